@@ -1,0 +1,55 @@
+# Every target makes and uses its own .venv; nothing needs setting up first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+FUZZ_SECONDS ?= 600
+FUZZ_DIR := build/fuzz
+
+.PHONY: all test unit lint bench fuzz fuzz-smoke deps clean
+
+all: test
+
+deps:
+	@bash scripts/system-deps.sh
+
+$(STAMP): pyproject.toml setup.py native/pulseline_asm.c native/pulseline_asm.h native/build_native.py | deps
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+test: lint unit
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check firmware host native tests hil_tests setup.py
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m pulseline.bench
+
+$(FUZZ_DIR)/fuzz_assembler: native/fuzz_assembler.c native/pulseline_asm.c native/pulseline_asm.h | deps
+	@mkdir -p $(FUZZ_DIR)
+	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	  -Inative native/fuzz_assembler.c native/pulseline_asm.c -lz -lm -o $@
+
+$(FUZZ_DIR)/corpus/.made: $(STAMP) tests/make_corpus.py
+	$(BIN)/python tests/make_corpus.py $(FUZZ_DIR)/corpus
+	@touch $@
+
+# A coverage-guided campaign under ASan and UBSan (10 minutes by default).
+fuzz: $(FUZZ_DIR)/fuzz_assembler $(FUZZ_DIR)/corpus/.made
+	@mkdir -p $(FUZZ_DIR)/findings
+	$(FUZZ_DIR)/fuzz_assembler -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -timeout=10 \
+	  -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/findings/ $(FUZZ_DIR)/corpus
+
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=30
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info host/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	rm -f host/pulseline/_native*.so host/pulseline/_native.c host/pulseline/_native.o

@@ -1,0 +1,286 @@
+# pulseline wire protocol: constants, packet encoder, and the board-side
+# decoder for host->board traffic. Runs on MicroPython and, for the host's
+# tests and simulator, on CPython. docs/protocol.md is the prose of this file;
+# native/pulseline_asm.h repeats the constants and a test keeps them equal.
+import struct
+from binascii import crc32
+
+from micropython import const
+
+PROTOCOL_VERSION = const(1)
+
+# Framing: sync(4) version(1) type(1) seq(2) length(2) header_check(2) |
+# payload | crc32(4). header_check is the low 16 bits of the CRC-32 of
+# version..length: a receiver rejects a damaged header (a corrupt length
+# above all) at once instead of waiting for bytes that may never come. The
+# packet CRC covers version..payload (everything after the sync marker).
+SYNC = b"\xa5\x5aPL"
+SYNC0 = const(0xA5)
+SYNC1 = const(0x5A)
+SYNC2 = const(0x50)
+SYNC3 = const(0x4C)
+HEADER_SIZE = const(12)
+CRC_SIZE = const(4)
+MAX_PAYLOAD = const(65535)
+
+# Packet types.
+PKT_COMMAND = const(1)  # host -> board
+PKT_RESPONSE = const(2)  # board -> host, answers one command
+PKT_EVENT = const(3)  # board -> host, unsolicited
+PKT_LINE = const(4)  # board -> host, one detector line
+PKT_TRAILER = const(5)  # board -> host, closes a frame
+PKT_LOG = const(6)  # board -> host, firmware log text
+
+# Pixel formats on the wire.
+FMT_MONO16 = const(1)  # 16-bit little-endian, 2 bytes per pixel
+FMT_MONO12P = const(2)  # GenICam Mono12p: 2 pixels in 3 bytes, LSB first
+
+# Response status / error codes.
+ERR_OK = const(0)
+ERR_UNKNOWN_COMMAND = const(1)
+ERR_MALFORMED = const(2)  # payload could not be parsed
+ERR_BAD_ARGUMENT = const(3)  # unknown or wrongly typed argument
+ERR_OUT_OF_RANGE = const(4)  # value outside the permitted range
+ERR_BAD_STATE = const(5)  # not allowed in the current controller state
+ERR_INTERLOCK = const(6)  # a permissive is not met
+ERR_LINK_BUDGET = const(7)  # data rate exceeds the link
+ERR_VERSION = const(8)  # incompatible protocol version
+ERR_BUSY = const(9)
+ERR_STORAGE = const(10)  # journal / filesystem failure
+ERR_INTERNAL = const(11)
+
+ERROR_NAMES = {
+    ERR_OK: "ok",
+    ERR_UNKNOWN_COMMAND: "unknown command",
+    ERR_MALFORMED: "malformed command",
+    ERR_BAD_ARGUMENT: "bad argument",
+    ERR_OUT_OF_RANGE: "out of range",
+    ERR_BAD_STATE: "not allowed in this state",
+    ERR_INTERLOCK: "interlock",
+    ERR_LINK_BUDGET: "link budget exceeded",
+    ERR_VERSION: "incompatible protocol version",
+    ERR_BUSY: "busy",
+    ERR_STORAGE: "storage failure",
+    ERR_INTERNAL: "internal error",
+}
+
+# Line data payload header (little-endian), followed by the pixels.
+#   frame_id u32, line_index u16, lines_per_frame u16, pixels_per_line u16,
+#   pixel_format u8, flags u8, pulse_id u32, timestamp_us u64
+LINE_HEADER_FORMAT = "<IHHHBBIQ"
+LINE_HEADER_SIZE = const(24)
+MAX_PIXELS_PER_LINE = const(16384)
+MAX_LINES_PER_FRAME = const(16384)
+
+# Frame trailer payload (little-endian): what the board actually delivered.
+#   frame_id u32, pulse_id u32, timestamp_us u64, lines_per_frame u16,
+#   lines_sent u16, kv f32, ma f32, pulse_width_ms f32,
+#   air_kerma_ugy f32 (reference point), kap_ugy_m2 f32 (kerma-area product)
+TRAILER_FORMAT = "<IIQHHfffff"
+TRAILER_SIZE = const(40)
+
+# Host->board byte stuffing: Ctrl-C (0x03) must never appear in ordinary
+# host->board traffic, so that a raw 0x03 always means "interrupt" and
+# mpremote can reach the REPL. 0x03 and ESC are sent as ESC, byte ^ ESC_XOR.
+CTRL_C = const(0x03)
+ESC = const(0x10)
+ESC_XOR = const(0x20)
+
+
+def pixel_bytes(pixels_per_line, pixel_format):
+    """Bytes one line of pixels takes on the wire."""
+    if pixel_format == FMT_MONO16:
+        return 2 * pixels_per_line
+    if pixel_format == FMT_MONO12P:
+        return (pixels_per_line * 12 + 7) // 8
+    raise ValueError("unknown pixel format")
+
+
+def header_check(head6):
+    """Check field of the 6 header bytes version..length."""
+    return crc32(head6) & 0xFFFF
+
+
+def encode(ptype, seq, payload):
+    """One complete packet as bytes (allocates; for commands, events, logs)."""
+    n = len(payload)
+    if n > MAX_PAYLOAD:
+        raise ValueError("payload too long")
+    head = struct.pack("<BBHH", PROTOCOL_VERSION, ptype, seq & 0xFFFF, n)
+    head += struct.pack("<H", header_check(head))
+    crc = crc32(payload, crc32(head))
+    return SYNC + head + payload + struct.pack("<I", crc & 0xFFFFFFFF)
+
+
+def put_u64(buf, offset, hi, lo):
+    # Writes hi * 2**30 + lo as u64 LE using only small-int arithmetic, so a
+    # 32-bit board does not allocate a long int per line (lo < 2**30, as
+    # time.ticks_us wraps there; hi counts the wraps).
+    buf[offset] = lo & 0xFF
+    buf[offset + 1] = (lo >> 8) & 0xFF
+    buf[offset + 2] = (lo >> 16) & 0xFF
+    buf[offset + 3] = ((lo >> 24) & 0x3F) | ((hi & 0x3) << 6)
+    hi >>= 2
+    buf[offset + 4] = hi & 0xFF
+    buf[offset + 5] = (hi >> 8) & 0xFF
+    buf[offset + 6] = (hi >> 16) & 0xFF
+    buf[offset + 7] = (hi >> 24) & 0xFF
+
+
+class LineEncoder:
+    """Line packets for a fixed geometry with buffers allocated once.
+
+    `write_line` emits a packet as three writes (head, pixels, crc) so the
+    pixels never get copied; `line_packet` returns one bytes object.
+    """
+
+    def __init__(self, pixels_per_line, lines_per_frame, pixel_format):
+        if not 1 <= pixels_per_line <= MAX_PIXELS_PER_LINE:
+            raise ValueError("pixels_per_line out of range")
+        if not 1 <= lines_per_frame <= MAX_LINES_PER_FRAME:
+            raise ValueError("lines_per_frame out of range")
+        self.pixels_per_line = pixels_per_line
+        self.lines_per_frame = lines_per_frame
+        self.pixel_format = pixel_format
+        self.pixel_bytes = pixel_bytes(pixels_per_line, pixel_format)
+        self.payload_size = LINE_HEADER_SIZE + self.pixel_bytes
+        self.head = bytearray(HEADER_SIZE + LINE_HEADER_SIZE)
+        self.head[0:4] = SYNC
+        struct.pack_into("<BBHH", self.head, 4, PROTOCOL_VERSION, PKT_LINE, 0, self.payload_size)
+        struct.pack_into("<HHB", self.head, HEADER_SIZE + 6, lines_per_frame, pixels_per_line, pixel_format)
+        self.crc = bytearray(CRC_SIZE)
+        self._head_mv = memoryview(self.head)
+        self._crc_part = self._head_mv[4:]
+        self._check_part = self._head_mv[4:10]
+
+    def _fill(self, seq, frame_id, line_index, pulse_id, ts_hi, ts_lo, pixels):
+        if len(pixels) != self.pixel_bytes:
+            raise ValueError("pixel data has the wrong length")
+        h = self.head
+        h[6] = seq & 0xFF
+        h[7] = (seq >> 8) & 0xFF
+        check = crc32(self._check_part) & 0xFFFF
+        h[10] = check & 0xFF
+        h[11] = check >> 8
+        struct.pack_into("<IH", h, HEADER_SIZE, frame_id, line_index)
+        struct.pack_into("<I", h, HEADER_SIZE + 12, pulse_id)
+        put_u64(h, HEADER_SIZE + 16, ts_hi, ts_lo)
+        crc = crc32(pixels, crc32(self._crc_part))
+        c = self.crc
+        c[0] = crc & 0xFF
+        c[1] = (crc >> 8) & 0xFF
+        c[2] = (crc >> 16) & 0xFF
+        c[3] = (crc >> 24) & 0xFF
+
+    def write_line(self, write, seq, frame_id, line_index, pulse_id, ts_hi, ts_lo, pixels):
+        self._fill(seq, frame_id, line_index, pulse_id, ts_hi, ts_lo, pixels)
+        write(self.head)
+        write(pixels)
+        write(self.crc)
+
+    def line_packet(self, seq, frame_id, line_index, pulse_id, timestamp_us, pixels):
+        self._fill(seq, frame_id, line_index, pulse_id, timestamp_us >> 30, timestamp_us & 0x3FFFFFFF, pixels)
+        return bytes(self.head) + bytes(pixels) + bytes(self.crc)
+
+
+def trailer_payload(frame_id, pulse_id, timestamp_us, lines_per_frame, lines_sent,
+                    kv, ma, pulse_width_ms, air_kerma_ugy, kap_ugy_m2):
+    return struct.pack(TRAILER_FORMAT, frame_id, pulse_id, timestamp_us, lines_per_frame,
+                       lines_sent, kv, ma, pulse_width_ms, air_kerma_ugy, kap_ugy_m2)
+
+
+def response_payload(command_seq, status, body):
+    # body: JSON text (status ERR_OK) or a one-line message (errors), as bytes.
+    return struct.pack("<HB", command_seq & 0xFFFF, status) + body
+
+
+def command_payload(opcode, args_json):
+    return struct.pack("<B", opcode) + args_json
+
+
+def stuff(packet):
+    """Host->board byte stuffing (see CTRL_C / ESC above)."""
+    if CTRL_C not in packet and ESC not in packet:
+        return packet
+    out = bytearray()
+    for b in packet:
+        if b == CTRL_C or b == ESC:
+            out.append(ESC)
+            out.append(b ^ ESC_XOR)
+        else:
+            out.append(b)
+    return bytes(out)
+
+
+class CommandDecoder:
+    """Board-side decoder of the stuffed host->board stream.
+
+    Feed bytes as they arrive; `feed` returns a list of
+    (version, type, seq, payload) for every packet whose CRC holds. Damaged
+    input is skipped with the host assembler's resynchronisation rule: after
+    a failed candidate, scanning resumes one byte after its sync marker. The
+    buffer is allocated once; a packet longer than max_payload is refused.
+    """
+
+    def __init__(self, max_payload=1024):
+        self.max_payload = max_payload
+        self.buf = bytearray(HEADER_SIZE + max_payload + CRC_SIZE)
+        self.mv = memoryview(self.buf)
+        self.n = 0
+        self.escaped = False
+        self.bytes_skipped = 0
+        self.crc_errors = 0
+
+    def feed(self, data):
+        out = []
+        for b in data:
+            if self.escaped:
+                b ^= ESC_XOR
+                self.escaped = False
+            elif b == ESC:
+                self.escaped = True
+                continue
+            if self.n == len(self.buf):
+                self._discard(1)  # cannot happen for a good packet: it fits
+            self.buf[self.n] = b
+            self.n += 1
+            self._parse(out)
+        return out
+
+    def _discard(self, k):
+        n = self.n - k
+        if n > 0:
+            self.mv[0:n] = bytes(self.mv[k:self.n])
+        self.n = n if n > 0 else 0
+
+    def _parse(self, out):
+        buf = self.buf
+        while self.n:
+            # Drop bytes that cannot start a sync marker.
+            i = 0
+            while i < self.n and (buf[i] != SYNC0 or (self.n - i >= 2 and buf[i + 1] != SYNC1)
+                                  or (self.n - i >= 3 and buf[i + 2] != SYNC2)
+                                  or (self.n - i >= 4 and buf[i + 3] != SYNC3)):
+                i += 1
+            if i:
+                self.bytes_skipped += i
+                self._discard(i)
+                continue
+            if self.n < HEADER_SIZE:
+                return
+            length = buf[8] | (buf[9] << 8)
+            if crc32(self.mv[4:10]) & 0xFFFF != buf[10] | (buf[11] << 8) or length > self.max_payload:
+                self.bytes_skipped += 1
+                self._discard(1)
+                continue
+            total = HEADER_SIZE + length + CRC_SIZE
+            if self.n < total:
+                return
+            want = buf[total - 4] | (buf[total - 3] << 8) | (buf[total - 2] << 16) | (buf[total - 1] << 24)
+            if crc32(self.mv[4:total - CRC_SIZE]) & 0xFFFFFFFF != want:
+                self.crc_errors += 1
+                self.bytes_skipped += 1
+                self._discard(1)
+                continue
+            out.append((buf[4], buf[5], buf[6] | (buf[7] << 8), bytes(self.mv[HEADER_SIZE:HEADER_SIZE + length])))
+            self._discard(total)

@@ -1,0 +1,40 @@
+"""The pulseline command: clear one-line errors, real output."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from pulseline.protocol import wire
+from pulseline.streamgen import clean_stream, random_frames
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pulseline.cli", *args], capture_output=True, text=True)
+
+
+def test_version_names_the_crc_backend():
+    res = run("version", "--json")
+    assert res.returncode == 0
+    assert json.loads(res.stdout)["protocol"] == wire.PROTOCOL_VERSION
+
+
+def test_decode_writes_the_frames(tmp_path):
+    frames = random_frames(np.random.default_rng(5), 3, 4, 6, wire.FMT_MONO12P)
+    stream = clean_stream(frames, wire.FMT_MONO12P)
+    src = tmp_path / "s.bin"
+    src.write_bytes(b"\x00garbage" + stream)
+    res = run("decode", str(src), "--pixels", "6", "--lines", "4", "-o", str(tmp_path / "f.npy"), "--json")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["frames"] == 3 and summary["counters"]["bytes_skipped"] > 0
+    assert (np.load(tmp_path / "f.npy")[2] == frames[2]).all()
+
+
+def test_bad_input_is_one_line_and_non_zero(tmp_path):
+    for args in (["decode", str(tmp_path / "missing.bin")],
+                 ["decode", str(tmp_path), "--pixels", "0"]):
+        res = run(*args)
+        assert res.returncode == 2
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("pulseline: error:")

@@ -1,0 +1,44 @@
+"""The C header and the firmware's wire module are one source of truth."""
+
+import re
+import struct
+from pathlib import Path
+
+from pulseline._native import ffi, lib
+from pulseline.protocol import wire
+
+HEADER = (Path(__file__).resolve().parents[1] / "native" / "pulseline_asm.h").read_text()
+# Assembler-only limits and statuses that the firmware has no reason to know.
+HOST_ONLY = re.compile(r"^PL_(MAX_FRAMES_IN_FLIGHT|RETIRED_MEMORY|OUTPUT_QUEUE|MESSAGE_ARENA|FEED_|OUT_|DONE_)")
+
+
+def c_constants() -> dict[str, int]:
+    names = re.findall(r"^#define (PL_\w+) ", HEADER, flags=re.M)
+    return {n: getattr(lib, n) for n in names if not HOST_ONLY.match(n)}
+
+
+def test_every_protocol_constant_in_c_matches_the_firmware():
+    consts = c_constants()
+    assert len(consts) > 30
+    for name, value in consts.items():
+        py_name = name[3:]
+        assert hasattr(wire, py_name), f"{name} has no counterpart in firmware/pulsefw/wire.py"
+        assert getattr(wire, py_name) == value, f"{name}: C {value} != firmware {getattr(wire, py_name)}"
+
+
+def test_every_firmware_constant_is_in_the_c_header():
+    shared = re.compile(r"^(PKT|FMT|ERR)_|^(PROTOCOL_VERSION|HEADER_SIZE|CRC_SIZE|MAX_PAYLOAD|SYNC\d|LINE_HEADER_SIZE|"
+                        r"TRAILER_SIZE|MAX_PIXELS_PER_LINE|MAX_LINES_PER_FRAME|CTRL_C|ESC|ESC_XOR)$")
+    for name in dir(wire):
+        if shared.match(name):
+            assert hasattr(lib, "PL_" + name), f"wire.{name} is missing from native/pulseline_asm.h"
+            assert getattr(lib, "PL_" + name) == getattr(wire, name)
+
+
+def test_layouts_agree():
+    assert bytes([lib.PL_SYNC0, lib.PL_SYNC1, lib.PL_SYNC2, lib.PL_SYNC3]) == wire.SYNC
+    assert struct.calcsize(wire.LINE_HEADER_FORMAT) == wire.LINE_HEADER_SIZE == lib.PL_LINE_HEADER_SIZE
+    assert struct.calcsize(wire.TRAILER_FORMAT) == wire.TRAILER_SIZE == lib.PL_TRAILER_SIZE
+    assert ffi.sizeof(ffi.typeof("pl_output").fields[[f[0] for f in ffi.typeof("pl_output").fields].index(
+        "trailer")][1].type) == wire.TRAILER_SIZE
+    assert set(wire.ERROR_NAMES) == {getattr(wire, n) for n in dir(wire) if n.startswith("ERR_")}

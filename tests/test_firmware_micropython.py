@@ -1,0 +1,86 @@
+"""The firmware is MicroPython: it compiles with mpy-cross and the encoder
+produces the same bytes on the real MicroPython unix port as under CPython."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pulseline.protocol import wire
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRMWARE = ROOT / "firmware"
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.micropython
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    if path.exists():
+        return str(path)
+    found = shutil.which(name)
+    assert found, f"{name} is not installed (make installs it into .venv)"
+    return found
+
+
+def run_micropython(code: str, path: Path) -> str:
+    res = subprocess.run([tool("micropython"), "-c", code], capture_output=True, text=True, timeout=60,
+                         env={"MICROPYPATH": str(path), "PATH": str(BIN)})
+    assert res.returncode == 0, res.stderr + res.stdout
+    return res.stdout.strip()
+
+
+SCRIPT = """
+from pulsefw import wire
+import binascii
+enc = wire.LineEncoder(5, 4, wire.FMT_MONO12P)
+out = []
+out.append(enc.line_packet(65535, 4000000000, 3, 77, 2**40 + 12345, bytes(range(8))))
+chunks = []
+enc.write_line(chunks.append, 2, 9, 1, 10, 5, 999, bytes(range(8, 16)))
+out.append(b"".join(bytes(c) for c in chunks))
+out.append(wire.encode(wire.PKT_EVENT, 3, b'{"a": 1}'))
+out.append(wire.stuff(wire.encode(wire.PKT_COMMAND, 3, b"\\x03\\x10\\x03")))
+out.append(wire.trailer_payload(1, 2, 3, 256, 256, 80.0, 20.0, 10.0, 39.0, 1.5))
+dec = wire.CommandDecoder()
+got = dec.feed(b"noise" + out[3] + b"\\xa5\\x5a" + out[3][:7])
+out.append(repr(got).encode())
+print(" ".join(binascii.hexlify(o).decode() for o in out))
+"""
+
+
+def expected() -> str:
+    enc = wire.LineEncoder(5, 4, wire.FMT_MONO12P)
+    out = [enc.line_packet(65535, 4000000000, 3, 77, 2**40 + 12345, bytes(range(8)))]
+    chunks: list[bytes] = []
+    enc.write_line(lambda b: chunks.append(bytes(b)), 2, 9, 1, 10, 5, 999, bytes(range(8, 16)))
+    out.append(b"".join(chunks))
+    out.append(wire.encode(wire.PKT_EVENT, 3, b'{"a": 1}'))
+    out.append(wire.stuff(wire.encode(wire.PKT_COMMAND, 3, b"\x03\x10\x03")))
+    out.append(wire.trailer_payload(1, 2, 3, 256, 256, 80.0, 20.0, 10.0, 39.0, 1.5))
+    dec = wire.CommandDecoder()
+    got = dec.feed(b"noise" + out[3] + b"\xa5\x5a" + out[3][:7])
+    out.append(repr(got).encode())
+    return " ".join(o.hex() for o in out)
+
+
+def test_encoder_bytes_identical_on_micropython():
+    assert run_micropython(SCRIPT, FIRMWARE) == expected()
+
+
+def test_every_firmware_file_compiles_with_mpy_cross_and_imports(tmp_path):
+    sources = sorted(FIRMWARE.rglob("*.py"))
+    assert sources
+    for src in sources:
+        rel = src.relative_to(FIRMWARE)
+        dest = (tmp_path / rel).with_suffix(".mpy")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run([tool("mpy-cross"), "-o", str(dest), str(src)], capture_output=True, text=True)
+        assert res.returncode == 0, f"{rel}: {res.stderr}"
+    # Only .mpy files on the path: the interpreter must load the compiled form.
+    modules = [".".join(p.relative_to(FIRMWARE).with_suffix("").parts) for p in sources]
+    modules = [m.removesuffix(".__init__") for m in modules]
+    code = "\n".join(f"import {m}" for m in modules) + "\nprint('ok')"
+    assert run_micropython(code, tmp_path) == "ok"
