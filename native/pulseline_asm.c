@@ -76,7 +76,7 @@ struct pl_asm {
     int flush_phase;
 
     pl_counters c;
-    uint32_t last_bad_version;
+    int last_bad_version;
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -297,6 +297,10 @@ static void emit_frame(pl_asm *a, slot_t *s, int reason, const uint8_t *trailer)
     if (a->cfg.float_output) {
         if (a->ndefect) replace_defects(a, (float *)s->buffer, s->bitmap);
         if (a->cfg.filter_alpha > 0.0f) apply_filter(a, (float *)s->buffer, s->bitmap);
+    }
+    if (s->received == 0 && trailer) {
+        s->pulse_id = rd32(trailer + 4);
+        s->timestamp_us = rd64(trailer + 8);
     }
     queued_t *q = queue_push(a);
     pl_output *o = &q->out;
@@ -635,7 +639,7 @@ int pl_free_buffers(const pl_asm *a) { return a->nfree; }
 
 void pl_get_counters(const pl_asm *a, pl_counters *c) { *c = a->c; }
 
-uint32_t pl_last_bad_version(const pl_asm *a) { return a->last_bad_version; }
+int pl_last_bad_version(const pl_asm *a) { return a->last_bad_version; }
 
 /* ---- life cycle --------------------------------------------------------- */
 
@@ -686,6 +690,7 @@ pl_asm *pl_create(const pl_config *cfg, const float *dark, const float *gain, co
     a = calloc(1, sizeof(*a));
     if (!a) FAIL("out of memory");
     a->cfg = *cfg;
+    a->last_bad_version = -1;
     a->npix = (size_t)W * H;
     a->line_bytes = pb;
     for (int i = 0; i < PL_MAX_FRAMES_IN_FLIGHT; i++)

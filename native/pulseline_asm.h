@@ -118,8 +118,8 @@ typedef struct {
     /* frame */
     void *buffer;                   /* the pixels, a buffer given by pl_give_buffer */
     uint32_t frame_id;
-    uint32_t pulse_id;              /* from the first line received */
-    uint64_t timestamp_us;          /* of the first line received */
+    uint32_t pulse_id;              /* of the first line received, else the trailer's */
+    uint64_t timestamp_us;          /* of the first line received, else the trailer's */
     uint32_t lines_received;
     int reason;                     /* PL_DONE_* */
     int has_trailer;
@@ -162,7 +162,8 @@ int pl_flush(pl_asm *a);
 int pl_next_output(pl_asm *a, pl_output *out);
 
 void pl_get_counters(const pl_asm *a, pl_counters *c);
-uint32_t pl_last_bad_version(const pl_asm *a);
+/* Version of the last good packet of another protocol version; -1: none. */
+int pl_last_bad_version(const pl_asm *a);
 
 /* CRC-32 (IEEE, zlib-compatible) with the backend chosen at build time. */
 uint32_t pl_crc32(uint32_t crc, const uint8_t *data, size_t n);

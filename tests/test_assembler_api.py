@@ -209,3 +209,37 @@ def test_other_packets_come_out_in_stream_order():
     assert [type(x).__name__ for x in out] == ["Packet", "Frame", "Packet"]
     assert isinstance(out[0], Packet) and out[0].type_name == "event" and b"READY" in out[0].payload
     assert isinstance(out[2], Packet) and out[2].payload.endswith(b"hello")
+
+
+def test_flush_lends_buffers_when_the_held_bytes_open_many_frames():
+    # A bogus header claiming a long payload holds back everything after it
+    # until end of stream; flush must then open ten frames, more than the
+    # spare buffers the wrapper keeps.
+    writer = StreamWriter(2, 2, wire.FMT_MONO16)
+    px = np.ones((2, 2), np.uint16)
+    fake = bytearray(wire.encode(wire.PKT_EVENT, 0, bytes(60000)))[:200]
+    stream = bytes(fake) + b"".join(next(iter(writer.frame(i, px, trailer=False))).data for i in range(10))
+    asm = FrameAssembler(2, 2, "mono16", max_frames_in_flight=16)
+    assert asm.feed(stream) == []
+    assert sorted(f.frame_id for f in frames_of(asm.flush())) == list(range(10))
+    assert asm.counters["lines_lost"] == 10
+
+
+def test_trailer_only_frame_takes_pulse_and_time_from_its_trailer():
+    writer = StreamWriter(2, 2, wire.FMT_MONO16)
+    packets = list(writer.frame(4, np.ones((2, 2), np.uint16), pulse_id=9, timestamp_us=123456))
+    asm = FrameAssembler(2, 2, "mono16")
+    (f,) = frames_of(asm.feed(packets[-1].data))
+    assert (f.pulse_id, f.timestamp_us, f.lines_lost) == (9, 123456, 2)
+
+
+def test_no_other_version_seen_is_none_and_version_zero_is_reported():
+    asm = FrameAssembler(2, 2, "mono16")
+    assert asm.last_bad_version is None
+    import zlib
+    pkt = bytearray(wire.encode(wire.PKT_LOG, 0, b"x"))
+    pkt[4] = 0
+    pkt[10:12] = wire.header_check(bytes(pkt[4:10])).to_bytes(2, "little")
+    pkt[-4:] = zlib.crc32(bytes(pkt[4:-4])).to_bytes(4, "little")
+    asm.feed(bytes(pkt))
+    assert asm.last_bad_version == 0

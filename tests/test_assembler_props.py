@@ -142,7 +142,7 @@ def assert_same_outputs(got: list[Frame | Packet], want: list[Frame | Packet]) -
         assert (g.defect_mask == w.defect_mask).all()
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_native_agrees_with_reference_on_damaged_streams(data: st.DataObject) -> None:
     sc = data.draw(scenarios())
@@ -155,12 +155,16 @@ def test_native_agrees_with_reference_on_damaged_streams(data: st.DataObject) ->
     assert native.last_bad_version == ref.last_bad_version
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_lost_lines_equal_injected_truth_and_no_damaged_line_is_delivered(data: st.DataObject) -> None:
     sc = data.draw(scenarios(max_frames=6))
     sc.options.update(dict.fromkeys(("dark", "flat", "defect_map", "filter_alpha"), None))
     stream, intact = damage(data.draw, sc.packets, allow_cross_frame_swap=False)
+    # Truth at the byte level: a packet arrived iff its exact bytes are in the
+    # stream. (Damage can undo itself: a packet that lost its first byte 0xA5
+    # after a packet whose CRC ends in 0xA5 is whole again, and rightly taken.)
+    intact |= {i for i, p in enumerate(sc.packets) if p.data in stream}
     native = FrameAssembler(sc.ppl, sc.lpf, sc.fmt, **sc.options)  # type: ignore[arg-type]
     out = run(native, chunked(data.draw, stream))
     frames = [x for x in out if isinstance(x, Frame)]

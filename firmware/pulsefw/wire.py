@@ -229,6 +229,7 @@ class CommandDecoder:
         self.n = 0
         self.escaped = False
         self.bytes_skipped = 0
+        self.header_errors = 0
         self.crc_errors = 0
 
     def feed(self, data):
@@ -240,8 +241,6 @@ class CommandDecoder:
             elif b == ESC:
                 self.escaped = True
                 continue
-            if self.n == len(self.buf):
-                self._discard(1)  # cannot happen for a good packet: it fits
             self.buf[self.n] = b
             self.n += 1
             self._parse(out)
@@ -269,7 +268,11 @@ class CommandDecoder:
             if self.n < HEADER_SIZE:
                 return
             length = buf[8] | (buf[9] << 8)
+            # A header that fails its check, or announces more than this
+            # board accepts, is no packet start (so the buffer, sized for the
+            # largest acceptable packet, can never overflow).
             if crc32(self.mv[4:10]) & 0xFFFF != buf[10] | (buf[11] << 8) or length > self.max_payload:
+                self.header_errors += 1
                 self.bytes_skipped += 1
                 self._discard(1)
                 continue

@@ -130,8 +130,10 @@ class FrameAssembler:
     def flush(self) -> list[Output]:
         """End of stream: resolve held bytes and emit every frame in flight."""
         out: list[Output] = []
-        while lib.pl_flush(self._asm) != lib.PL_FEED_DONE:
+        while (status := lib.pl_flush(self._asm)) != lib.PL_FEED_DONE:
             self._drain(out)
+            if status == lib.PL_FEED_NEED_BUFFER:
+                self._top_up()
         self._drain(out)
         self._top_up()
         return out
@@ -174,9 +176,11 @@ class FrameAssembler:
         return {name: int(getattr(c, name)) for name in COUNTER_NAMES}
 
     @property
-    def last_bad_version(self) -> int:
-        """Protocol version of the last good packet of another version (0: none)."""
-        return int(lib.pl_last_bad_version(self._asm))
+    def last_bad_version(self) -> int | None:
+        """Protocol version of the last good packet of another version, if any:
+        what the session names when it meets incompatible firmware."""
+        v = int(lib.pl_last_bad_version(self._asm))
+        return None if v < 0 else v
 
 
 def crc_backend() -> str:

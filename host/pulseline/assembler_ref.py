@@ -59,7 +59,7 @@ class ReferenceAssembler:
                  **options: Any) -> None:
         self.config = AssemblerConfig.build(pixels_per_line, lines_per_frame, pixel_format, **options)
         self.counters = dict.fromkeys(COUNTER_NAMES, 0)
-        self.last_bad_version = 0
+        self.last_bad_version: int | None = None
         self._buf = bytearray()
         self._slots: list[_Slot] = []
         self._order = 0
@@ -206,6 +206,8 @@ class ReferenceAssembler:
         fill = NAN if cfg.float_output else 0.0
         rows = [r if r is not None else [fill] * w for r in slot.rows]
         got = [r is not None for r in slot.rows]
+        if not any(got) and trailer is not None:
+            slot.pulse_id, slot.timestamp_us = trailer.pulse_id, trailer.timestamp_us
         if cfg.float_output and cfg.defect_map is not None:
             self._replace_defects(rows, got)
         if self._state is not None:

@@ -100,7 +100,9 @@ class AssemblerConfig:
         fmt = pixel_format_code(pixel_format)
         if wire.LINE_HEADER_SIZE + wire.pixel_bytes(pixels_per_line, fmt) > wire.MAX_PAYLOAD:
             raise ValueError(f"a line of {pixels_per_line} pixels does not fit in one packet")
-        if not isinstance(centre_fraction, int | float) or not 0 < centre_fraction <= 1:
+        if isinstance(centre_fraction, bool) or not isinstance(centre_fraction, int | float):
+            raise TypeError(f"centre_fraction must be a number, not {type(centre_fraction).__name__}")
+        if not 0 < centre_fraction <= 1:
             raise ValueError(f"centre_fraction must be in (0, 1], got {centre_fraction!r}")
         alpha = 0.0
         if filter_alpha is not None:
