@@ -33,7 +33,7 @@ bench: $(STAMP)
 
 $(FUZZ_DIR)/fuzz_assembler: native/fuzz_assembler.c native/pulseline_asm.c native/pulseline_asm.h | deps
 	@mkdir -p $(FUZZ_DIR)
-	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	clang-14 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -DPL_NO_CLONES \
 	  -Inative native/fuzz_assembler.c native/pulseline_asm.c -lz -lm -o $@
 
 $(FUZZ_DIR)/corpus/.made: $(STAMP) tests/make_corpus.py

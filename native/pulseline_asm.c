@@ -30,6 +30,15 @@ const char *pl_crc_backend(void) { return "zlib"; }
 #error "pulseline's assembler assumes a little-endian host"
 #endif
 
+/* The per-pixel loops get an AVX2 build beside the baseline one, picked at
+ * load time, so one portable binary runs at full speed where AVX2 exists.
+ * Sanitizer builds (the fuzzer) define PL_NO_CLONES. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(PL_NO_CLONES)
+#define PL_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define PL_HOT
+#endif
+
 static const uint8_t SYNC[4] = {PL_SYNC0, PL_SYNC1, PL_SYNC2, PL_SYNC3};
 #define MAX_PACKET (PL_HEADER_SIZE + PL_MAX_PAYLOAD + PL_CRC_SIZE)
 
@@ -132,7 +141,7 @@ static queued_t *queue_push(pl_asm *a)
 
 /* Unpack one wire line to uint16. Mono12p: byte0 = p0[7:0], byte1 = p0[11:8]
  * | p1[3:0] << 4, byte2 = p1[11:4]. */
-static void unpack_u16(uint16_t *restrict dst, const uint8_t *restrict src, uint32_t n, uint32_t fmt)
+PL_HOT static void unpack_u16(uint16_t *restrict dst, const uint8_t *restrict src, uint32_t n, uint32_t fmt)
 {
     if (fmt == PL_FMT_MONO16) {
         memcpy(dst, src, (size_t)n * 2);
@@ -151,7 +160,7 @@ static void unpack_u16(uint16_t *restrict dst, const uint8_t *restrict src, uint
 }
 
 /* Unpack and correct one line: (raw - dark) * gain, in float32. */
-static void unpack_corrected(float *restrict dst, const uint8_t *restrict src, uint32_t n, uint32_t fmt,
+PL_HOT static void unpack_corrected(float *restrict dst, const uint8_t *restrict src, uint32_t n, uint32_t fmt,
                              const float *restrict dark, const float *restrict gain)
 {
     if (fmt == PL_FMT_MONO16) {
@@ -218,11 +227,58 @@ static void apply_filter(pl_asm *a, float *px, const uint8_t *bitmap)
     }
 }
 
+/* Sum, min and max of one row of floats. The plain pass vectorises; only a
+ * row that holds NaN (lost data, an unreplaceable defect) takes the slow
+ * per-pixel test. Returns the count of non-NaN pixels. */
+PL_HOT static size_t row_stats_f32(const float *restrict row, uint32_t n, double *sum, float *mn, float *mx)
+{
+    double s = 0;
+    float lo = INFINITY, hi = -INFINITY;
+#pragma omp simd reduction(+ : s) reduction(min : lo) reduction(max : hi)
+    for (uint32_t x = 0; x < n; x++) {
+        float v = row[x];
+        s += v;
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    if (!isnan(s)) {
+        *sum = s, *mn = lo, *mx = hi;
+        return n;
+    }
+    size_t count = 0;
+    s = 0, lo = INFINITY, hi = -INFINITY;
+    for (uint32_t x = 0; x < n; x++) {
+        float v = row[x];
+        if (isnan(v)) continue;
+        s += v;
+        count++;
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    *sum = s, *mn = lo, *mx = hi;
+    return count;
+}
+
+/* Same for raw pixels: a row is at most 16384 pixels, so 32 bits hold its sum. */
+PL_HOT static void row_stats_u16(const uint16_t *restrict row, uint32_t n, uint64_t *sum, uint16_t *mn,
+                                 uint16_t *mx)
+{
+    uint32_t s = 0;
+    uint16_t lo = 0xFFFF, hi = 0;
+    for (uint32_t x = 0; x < n; x++) {
+        uint16_t v = row[x];
+        s += v;
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    *sum = s, *mn = lo, *mx = hi;
+}
+
 static void frame_stats(const pl_asm *a, const void *buf, const uint8_t *bitmap, pl_output *o)
 {
     const uint32_t W = a->cfg.pixels_per_line, H = a->cfg.lines_per_frame;
     const uint32_t r0 = a->cfg.centre_row0, r1 = r0 + a->cfg.centre_rows;
-    const uint32_t c0 = a->cfg.centre_col0, c1 = c0 + a->cfg.centre_cols;
+    const uint32_t c0 = a->cfg.centre_col0, nc = a->cfg.centre_cols;
     double sum = 0, csum = 0, mn = INFINITY, mx = -INFINITY;
     size_t count = 0, ccount = 0;
     for (uint32_t y = 0; y < H; y++) {
@@ -230,48 +286,32 @@ static void frame_stats(const pl_asm *a, const void *buf, const uint8_t *bitmap,
         int centre_row = y >= r0 && y < r1;
         if (a->cfg.float_output) {
             const float *row = (const float *)buf + (size_t)y * W;
-            float fmn = INFINITY, fmx = -INFINITY;
-            double s = 0;
-            size_t cnt = 0;
-            for (uint32_t x = 0; x < W; x++) {
-                float v = row[x];
-                if (isnan(v)) continue;
-                s += v;
-                cnt++;
-                fmn = v < fmn ? v : fmn;
-                fmx = v > fmx ? v : fmx;
-            }
-            sum += s;
-            count += cnt;
+            double s;
+            float lo, hi;
+            size_t cnt = row_stats_f32(row, W, &s, &lo, &hi);
             if (cnt) {
-                mn = fmn < mn ? fmn : mn;
-                mx = fmx > mx ? fmx : mx;
+                sum += s;
+                count += cnt;
+                mn = lo < mn ? lo : mn;
+                mx = hi > mx ? hi : mx;
             }
-            if (centre_row)
-                for (uint32_t x = c0; x < c1; x++)
-                    if (!isnan(row[x])) {
-                        csum += row[x];
-                        ccount++;
-                    }
+            if (centre_row) {
+                ccount += row_stats_f32(row + c0, nc, &s, &lo, &hi);
+                csum += s;
+            }
         } else {
             const uint16_t *row = (const uint16_t *)buf + (size_t)y * W;
-            uint64_t s = 0;
-            uint16_t lmn = 0xFFFF, lmx = 0;
-            for (uint32_t x = 0; x < W; x++) {
-                uint16_t v = row[x];
-                s += v;
-                lmn = v < lmn ? v : lmn;
-                lmx = v > lmx ? v : lmx;
-            }
+            uint64_t s;
+            uint16_t lo, hi;
+            row_stats_u16(row, W, &s, &lo, &hi);
             sum += (double)s;
             count += W;
-            mn = lmn < mn ? lmn : mn;
-            mx = lmx > mx ? lmx : mx;
+            mn = lo < mn ? lo : mn;
+            mx = hi > mx ? hi : mx;
             if (centre_row) {
-                uint64_t cs = 0;
-                for (uint32_t x = c0; x < c1; x++) cs += row[x];
-                csum += (double)cs;
-                ccount += c1 - c0;
+                row_stats_u16(row + c0, nc, &s, &lo, &hi);
+                csum += (double)s;
+                ccount += nc;
             }
         }
     }
