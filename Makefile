@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.py native/pulseline_asm.c native/pulseline_asm.h 
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@touch $@
 
-test: lint unit
+test: lint unit fuzz-smoke
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

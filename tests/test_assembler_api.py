@@ -243,3 +243,20 @@ def test_no_other_version_seen_is_none_and_version_zero_is_reported():
     pkt[-4:] = zlib.crc32(bytes(pkt[4:-4])).to_bytes(4, "little")
     asm.feed(bytes(pkt))
     assert asm.last_bad_version == 0
+
+
+def test_feed_returns_everything_its_bytes_complete():
+    # A damaged candidate with a plausible header holds the packets after it
+    # until its claimed length has arrived. When the chunk that completes it
+    # also completes frames than need more than the spare buffers, feed()
+    # must still hand out every one of them now, not on the next call.
+    writer = StreamWriter(2, 1, wire.FMT_MONO16)
+    frames = b"".join(p.data for i in range(10) for p in writer.frame(i, np.ones((1, 2), np.uint16)))
+    fake = bytearray(wire.encode(wire.PKT_EVENT, 0, bytes(2000)))
+    fake[-1] ^= 0xFF  # its CRC fails only once all 2016 bytes are in
+    held = bytes(fake[:12]) + frames
+    stream = held + bytes(len(fake) - len(held))
+    asm = FrameAssembler(2, 1, "mono16", max_frames_in_flight=16)
+    # Two chunks, so the held bytes wait in the assembler between calls.
+    assert asm.feed(stream[:100]) == []
+    assert sorted(f.frame_id for f in frames_of(asm.feed(stream[100:]))) == list(range(10))

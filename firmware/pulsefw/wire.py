@@ -236,8 +236,16 @@ class CommandDecoder:
         out = []
         for b in data:
             if self.escaped:
-                b ^= ESC_XOR
                 self.escaped = False
+                if b == CTRL_C ^ ESC_XOR or b == ESC ^ ESC_XOR:
+                    b ^= ESC_XOR
+                else:
+                    # Not a valid escape: the ESC was line noise. Drop it and
+                    # keep this byte as it is, so noise cannot eat a sync byte.
+                    self.bytes_skipped += 1
+                    if b == ESC:
+                        self.escaped = True
+                        continue
             elif b == ESC:
                 self.escaped = True
                 continue

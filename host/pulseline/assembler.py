@@ -119,11 +119,16 @@ class FrameAssembler:
         buf = ffi.from_buffer("uint8_t[]", view.cast("B"))
         n, pos = len(buf), 0
         out: list[Output] = []
-        while pos < n:
+        while True:
+            # Also call again once every byte is taken if the C side stopped
+            # for room or a buffer: held-back packets may be complete.
             pos += lib.pl_feed(self._asm, buf + pos, n - pos, self._status)
             self._drain(out)
-            if self._status[0] == lib.PL_FEED_NEED_BUFFER:
+            status = self._status[0]
+            if status == lib.PL_FEED_NEED_BUFFER:
                 self._top_up()
+            if pos >= n and status == lib.PL_FEED_DONE:
+                break
         self._top_up()
         return out
 
