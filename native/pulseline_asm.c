@@ -80,8 +80,8 @@ struct pl_asm {
     uint8_t *arena;
     size_t arena_used;
 
-    uint8_t *pend;         /* bytes of an unresolved candidate across feeds */
-    size_t pend_len;
+    uint8_t *pend;         /* bytes of an unresolved candidate across feeds: */
+    size_t pend_off, pend_len; /* pend[pend_off .. pend_off + pend_len) */
     int flush_phase;
 
     pl_counters c;
@@ -585,17 +585,24 @@ static int run_pending(pl_asm *a, const uint8_t *data, size_t n, size_t *taken, 
     while (a->pend_len > 0) {
         size_t used = 0, need = 0;
         int status = PL_FEED_DONE;
-        int r = step(a, a->pend, a->pend_len, eof && *taken == n, &used, &need, &status);
+        int r = step(a, a->pend + a->pend_off, a->pend_len, eof && *taken == n, &used, &need, &status);
         if (r == STEP_BLOCKED) return status;
         if (r == STEP_TAKEN) {
-            memmove(a->pend, a->pend + used, a->pend_len - used);
+            /* Advance instead of moving: recovery from a long bogus candidate
+             * stays linear in the bytes held. */
+            a->pend_off += used;
             a->pend_len -= used;
+            if (a->pend_len == 0) a->pend_off = 0;
             continue;
         }
         size_t add = need - a->pend_len;
         if (add > n - *taken) add = n - *taken;
         if (add == 0) return PL_FEED_DONE; /* wait for more input */
-        memcpy(a->pend + a->pend_len, data + *taken, add);
+        if (a->pend_off + a->pend_len + add > MAX_PACKET) {
+            memmove(a->pend, a->pend + a->pend_off, a->pend_len);
+            a->pend_off = 0;
+        }
+        memcpy(a->pend + a->pend_off + a->pend_len, data + *taken, add);
         a->pend_len += add;
         *taken += add;
     }
@@ -631,6 +638,7 @@ size_t pl_feed(pl_asm *a, const uint8_t *data, size_t n, int *status)
         if (r == STEP_NEED_MORE) {
             /* The candidate straddles this chunk's end: keep its bytes. */
             memcpy(a->pend, data + pos, n - pos);
+            a->pend_off = 0;
             a->pend_len = n - pos;
             pos = n;
             break;
