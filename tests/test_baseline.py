@@ -25,7 +25,10 @@ def test_numpy_baseline_matches_native(fmt, corrected):
     native = [f for f in asm.feed(stream) + asm.flush() if isinstance(f, Frame)]
     cfg = asm.config
     baseline = decode_numpy(stream, w, h, fmt, dark=cfg.dark, gain=cfg.gain, defect_map=cfg.defect_map)
-    assert [fid for fid, _ in baseline] == [f.frame_id for f in native]
-    for (_, px), f in zip(baseline, native, strict=True):
-        assert px.dtype == f.pixels.dtype
-        np.testing.assert_allclose(px, f.pixels, rtol=1e-5)
+    assert [b.frame_id for b in baseline] == [f.frame_id for f in native]
+    for b, f in zip(baseline, native, strict=True):
+        assert b.pixels.dtype == f.pixels.dtype
+        np.testing.assert_allclose(b.pixels, f.pixels, rtol=1e-5)
+        assert (b.line_received == f.line_received).all()
+        for stat in ("mean", "min", "max", "centre_mean"):
+            assert getattr(b, stat) == pytest.approx(getattr(f, stat), rel=1e-5), stat

@@ -181,7 +181,7 @@ class _Builder:
         return float(good.mean(dtype=np.float64)), float(good.min()), float(good.max()), cm
 
 
-def decode_numpy_frames(
+def decode_numpy(
     stream: bytes | bytearray | memoryview,
     pixels_per_line: int,
     lines_per_frame: int,
@@ -248,16 +248,3 @@ def decode_numpy_frames(
         out.append(b.build(window, frame_id, offsets))
     return out
 
-
-def decode_numpy(
-    stream: bytes | bytearray | memoryview,
-    pixels_per_line: int,
-    lines_per_frame: int,
-    pixel_format: str | int,
-    dark: Any = None,
-    gain: Any = None,
-    defect_map: Any = None,
-) -> list[tuple[int, npt.NDArray[Any]]]:
-    """(frame_id, pixels) of every frame of a clean stream; see decode_numpy_frames."""
-    frames = decode_numpy_frames(stream, pixels_per_line, lines_per_frame, pixel_format, dark, gain, defect_map)
-    return [(f.frame_id, f.pixels) for f in frames]

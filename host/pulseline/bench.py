@@ -33,7 +33,7 @@ import numpy as np
 
 from ._native import ffi
 from .assembler import FrameAssembler, crc32, crc_backend
-from .assembler_numpy import NumpyFrame, decode_numpy_frames
+from .assembler_numpy import NumpyFrame, decode_numpy
 from .assembler_ref import ReferenceAssembler
 from .frames import AssemblerConfig
 from .protocol import wire
@@ -162,14 +162,14 @@ def section_a(r: Report) -> None:
              f"{t_crc * 1e3:.1f} of {t_dec * 1e3:.1f} ms; placement, stats and wrapper the rest")
     t_zlib = best_of(lambda: zlib.crc32(view), 2)
     r.figure("zlib.crc32 alone GB/s", f"{gbps(n, t_zlib):.2f}", "what the numpy baseline's CRC check runs on")
-    t_np = best_of(lambda: decode_numpy_frames(stream, ppl, lpf, fmt), 2)
+    t_np = best_of(lambda: decode_numpy(stream, ppl, lpf, fmt), 2)
     r.figure("numpy GB/s", f"{gbps(n, t_np):.2f}", "decode_numpy, best of 2 (for scale, no bar)")
     r.ratio("decode/memcpy", t_memcpy / t_dec, MEMCPY_BAR)
     r.ratio("decode/numpy (A)", t_np / t_dec, digits=1)
 
     keep: list[Any] = []
     feed_all(make(), view, keep)
-    ref = decode_numpy_frames(stream[: len(stream) // count], ppl, lpf, fmt)
+    ref = decode_numpy(stream[: len(stream) // count], ppl, lpf, fmt)
     r.check("C frame 0 == numpy frame 0 == source pixels (uint16, exact)",
             len(keep) == count and np.array_equal(keep[0].pixels, ref[0].pixels)
             and np.array_equal(keep[0].pixels, frames[0]) and np.array_equal(keep[-1].pixels, frames[-1]))
@@ -207,7 +207,7 @@ def section_b(r: Report) -> None:
              f"FrameAssembler, corrections on: {t_dec * 1e3:.2f} ms, best of 25")
 
     def numpy_run() -> list[NumpyFrame]:
-        return decode_numpy_frames(stream, ppl, lpf, fmt, cfg.dark, cfg.gain, cfg.defect_map)
+        return decode_numpy(stream, ppl, lpf, fmt, cfg.dark, cfg.gain, cfg.defect_map)
 
     t_np = best_of(numpy_run, 7)
     r.figure("numpy GB/s", f"{gbps(n, t_np):.3f}", f"decode_numpy: {t_np * 1e3:.1f} ms, best of 7")
