@@ -1,0 +1,26 @@
+"""The firmware unit suite (tests/fw) on the real MicroPython binary; pytest
+runs the same files under CPython directly."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "tests" / "fw"
+MODULES = sorted(p.stem for p in SUITE.glob("test_*.py"))
+
+
+@pytest.mark.micropython
+def test_firmware_unit_suite_passes_on_micropython(tmp_path):
+    micropython = Path(sys.executable).parent / "micropython"
+    env = {"MICROPYPATH": f"{ROOT / 'firmware'}:{SUITE}", "PULSEFW_TMP": str(tmp_path),
+           "PATH": os.environ.get("PATH", "")}
+    res = subprocess.run([str(micropython), str(SUITE / "mpy_runner.py"), *MODULES],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # Every test function ran: the count must match the files.
+    expected = sum((SUITE / f"{m}.py").read_text().count("\ndef test_") for m in MODULES)
+    assert f"micropython: {expected} passed, 0 failed" in res.stdout, res.stdout
