@@ -1,0 +1,201 @@
+# The controller's safety core: states, permissives, the pulse scheduler and
+# the dose-rate guard. Pure logic, board-neutral: the main loop samples the
+# HAL's inputs, calls step(), and fires the pulse step() returns (if any).
+# docs/safety.md lists the rules this enforces and the tests that show it.
+from micropython import const
+
+from . import dose
+
+BOOT = const(0)
+IDLE = const(1)  # disarmed
+READY = const(2)  # armed, waiting for a fresh press of the exposure switch
+EXPOSING = const(3)
+HOLD = const(4)  # switch released after exposing: last image hold; armed
+FAULT = const(5)  # latched until fault reset
+STATE_NAMES = ("BOOT", "IDLE", "READY", "EXPOSING", "HOLD", "FAULT")
+
+LINK_TIMEOUT_US = const(200_000)  # host silent this long: emission stops
+PULSE_RATES = (3.75, 7.5, 15.0, 30.0)
+KV_MIN, KV_MAX = 60.0, 120.0
+MA_MIN, MA_MAX = 1.0, 80.0
+WIDTH_MIN_MS, WIDTH_MAX_MS = 2.0, 20.0
+# The guard aims this far below a cap, so generator tolerance cannot carry a
+# pulse over it.
+GUARD_MARGIN = 0.98
+
+# Why a press is not allowed to expose (for status and events).
+BLOCK_NONE = const(0)
+BLOCK_DOOR = const(1)
+BLOCK_KEY = const(2)
+BLOCK_GENERATOR = const(3)
+BLOCK_LINK = const(4)
+BLOCK_FAULT = const(5)
+BLOCK_NOT_ARMED = const(6)
+BLOCK_NEEDS_RELEASE = const(7)
+
+
+class Inputs:
+    """One sample of the operator and interlock inputs."""
+
+    def __init__(self, switch=False, door_closed=True, key_on=True, generator_ready=True, hlc_switch=False):
+        self.switch = switch
+        self.door_closed = door_closed
+        self.key_on = key_on
+        self.generator_ready = generator_ready
+        self.hlc_switch = hlc_switch
+
+
+class Technique:
+    def __init__(self, kv=80.0, ma=20.0, pulse_width_ms=10.0, pulses_per_s=15.0, hlc_enabled=False):
+        self.kv = kv
+        self.ma = ma
+        self.pulse_width_ms = pulse_width_ms
+        self.pulses_per_s = pulses_per_s
+        self.hlc_enabled = hlc_enabled
+
+    def check(self):
+        """None if the technique is allowed, else a one-line reason."""
+        if self.pulses_per_s not in PULSE_RATES:
+            return "pulse rate must be one of 3.75, 7.5, 15, 30 pps"
+        if not KV_MIN <= self.kv <= KV_MAX:
+            return "kV must be 60..120"
+        if not MA_MIN <= self.ma <= MA_MAX:
+            return "mA must be 1..80"
+        if not WIDTH_MIN_MS <= self.pulse_width_ms <= WIDTH_MAX_MS:
+            return "pulse width must be 2..20 ms"
+        if self.pulse_width_ms > 500.0 / self.pulses_per_s:
+            return "pulse width must be at most half the pulse period"
+        return None
+
+
+class Pulse:
+    """What step() asks the generator to deliver now (valid until the next
+    step: the controller reuses one object)."""
+
+    def __init__(self, pulse_id, kv, ma, pulse_width_ms, capped, hlc):
+        self.pulse_id = pulse_id
+        self.kv = kv
+        self.ma = ma
+        self.pulse_width_ms = pulse_width_ms
+        self.capped = capped  # the guard lowered mA to hold the cap
+        self.hlc = hlc  # delivered under high-level control
+
+
+class Controller:
+    def __init__(self, geometry, technique, now_us):
+        self.geometry = geometry
+        self.technique = technique
+        self.state = BOOT
+        self.fault_code = 0
+        self.last_host_us = now_us
+        # A press counts only after the switch has been seen released: so a
+        # switch held at boot, at arming, or through a trip never exposes.
+        self.released_seen = False
+        self.next_pulse_us = 0
+        self.pulse_id = 0
+        self.block = BLOCK_NOT_ARMED
+        self._pulse = Pulse(0, 0.0, 0.0, 0.0, False, False)  # reused: no allocation per pulse
+        self.state = IDLE
+
+    # -- commands (the protocol layer validates arguments first) ------------
+
+    def arm(self):
+        if self.state == FAULT:
+            return "a fault is latched: reset it first"
+        if self.state == IDLE:
+            self.state = READY
+            # A pedal already down when arming does not expose.
+            self.released_seen = False
+        return None
+
+    def disarm(self):
+        if self.state != FAULT:
+            self.state = IDLE
+
+    def latch_fault(self, code):
+        self.fault_code = code
+        self.state = FAULT
+
+    def fault_reset(self):
+        if self.state != FAULT:
+            return None
+        self.fault_code = 0
+        self.released_seen = False
+        self.state = IDLE
+        return None
+
+    def host_seen(self, now_us):
+        """Any good packet from the host keeps the link alive."""
+        self.last_host_us = now_us
+
+    # -- the loop -----------------------------------------------------------
+
+    def blocked_by(self, now_us, inputs):
+        """The first permissive that is not met (BLOCK_NONE if all are)."""
+        if self.state == FAULT:
+            return BLOCK_FAULT
+        if not inputs.door_closed:
+            return BLOCK_DOOR
+        if not inputs.key_on:
+            return BLOCK_KEY
+        if not inputs.generator_ready:
+            return BLOCK_GENERATOR
+        if now_us - self.last_host_us > LINK_TIMEOUT_US:
+            return BLOCK_LINK
+        if self.state == IDLE:
+            return BLOCK_NOT_ARMED
+        return BLOCK_NONE
+
+    def step(self, now_us, inputs):
+        """Advance to now_us with the inputs just sampled; returns the Pulse
+        to fire now, or None. Called at least once per millisecond."""
+        block = self.blocked_by(now_us, inputs)
+        self.block = block
+        if not inputs.switch:
+            self.released_seen = True
+        if self.state == EXPOSING:
+            if not inputs.switch:
+                self.state = HOLD
+                return None
+            if block != BLOCK_NONE:
+                # A trip latches: back to armed, and only a fresh release
+                # and press can expose again, whatever re-closes.
+                self.state = READY
+                self.released_seen = False
+                return None
+        elif self.state in (READY, HOLD):
+            if inputs.switch and block != BLOCK_NONE:
+                # A press made while a permissive is missing is spoiled:
+                # closing the door (or the like) must not start X-rays.
+                self.released_seen = False
+            if not (inputs.switch and self.released_seen and block == BLOCK_NONE):
+                if inputs.switch and not self.released_seen:
+                    self.block = BLOCK_NEEDS_RELEASE
+                return None
+            self.state = EXPOSING
+            self.released_seen = False
+            # The period holds across presses too: a chattering switch must
+            # not fire faster than the pulse rate (the cap assumes it).
+            if self.next_pulse_us < now_us:
+                self.next_pulse_us = now_us
+        else:
+            return None
+        if now_us < self.next_pulse_us:
+            return None
+        t = self.technique
+        self.next_pulse_us += int(1_000_000 / t.pulses_per_s)
+        if self.next_pulse_us <= now_us:  # the loop fell behind: no burst
+            self.next_pulse_us = now_us + int(1_000_000 / t.pulses_per_s)
+        hlc = t.hlc_enabled and inputs.hlc_switch
+        cap = dose.CAP_HIGH_LEVEL_MGY_MIN if hlc else dose.CAP_NORMAL_MGY_MIN
+        ma_max = self.geometry.max_ma(t.kv, t.pulse_width_ms, t.pulses_per_s, cap * GUARD_MARGIN)
+        ma = t.ma if t.ma <= ma_max else ma_max
+        self.pulse_id += 1
+        p = self._pulse
+        p.pulse_id = self.pulse_id
+        p.kv = t.kv
+        p.ma = ma
+        p.pulse_width_ms = t.pulse_width_ms
+        p.capped = ma < t.ma
+        p.hlc = hlc
+        return p

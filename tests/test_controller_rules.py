@@ -1,0 +1,346 @@
+"""Safety rules of the controller core (SPEC 2.5), as a hypothesis stateful
+test over random switch, interlock, link, fault and arming timelines in
+virtual time. The judge does not reuse the controller's logic: it checks
+every pulse against the recorded timeline of samples.
+
+Rule checked for every pulse at time t (the "fresh, clean press" rule): there
+is a sample r < t with the switch released, after the last arming and the
+last fault reset, such that at every sample in (r, t] the switch is held, the
+door is closed, the key is on, the generator is ready, no fault is latched
+and the host was heard within 200 ms. This covers: no pulse without every
+permissive; none after release; a trip latches and re-closing never restarts
+X-rays; a switch held at boot or at arming does not expose; link loss stops
+emission within 200 ms. Besides: pulses keep the period (no bursts) and every
+pulse's rate stays under the cap in force.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from hypothesis import settings, target
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from pulseline.mpcompat import import_firmware
+
+controller = import_firmware("pulsefw.controller")
+dose = import_firmware("pulsefw.dose")
+
+LOOP_US = 1000  # the firmware loop samples inputs every millisecond
+
+
+@dataclass
+class Sample:
+    t: int
+    switch: bool
+    permitted: bool  # door, key, generator, link, no fault
+    hlc: bool
+
+
+class ControllerRules(RuleBasedStateMachine):
+    @initialize(switch_at_boot=st.booleans(), pps=st.sampled_from([3.75, 7.5, 15.0, 30.0]),
+                kv=st.floats(60, 120), ma=st.floats(1, 80), width=st.floats(2, 20), hlc_enabled=st.booleans(),
+                arm_at_boot=st.booleans())
+    def boot(self, switch_at_boot, pps, kv, ma, width, hlc_enabled, arm_at_boot=False):
+        width = min(width, 500.0 / pps)
+        self.tech = controller.Technique(kv, ma, width, pps, hlc_enabled)
+        assert self.tech.check() is None
+        self.geometry = dose.Geometry(256, 256)
+        self.now = 0
+        self.inputs = controller.Inputs(switch=switch_at_boot)
+        self.host_alive = True
+        self.last_host = 0
+        self.fault = False
+        self.ctl = controller.Controller(self.geometry, self.tech, self.now)
+        self.samples: list[Sample] = []
+        self.reset_marks: list[int] = [0]  # arming and fault resets: a press must start after them
+        self.pulses: list[tuple[int, float, bool]] = []
+        if arm_at_boot:
+            self.arm()
+
+    # -- the world changes ---------------------------------------------------
+
+    @rule(held=st.booleans())
+    def switch(self, held):
+        self.inputs.switch = held
+
+    # Pressing and releasing with time passing: an operator's actions, so the
+    # search reaches exposures (and their interruptions) often.
+    @rule(ms=st.integers(1, 600))
+    def press(self, ms):
+        self.inputs.switch = True
+        self._advance(ms)
+
+    @rule(ms=st.integers(1, 300))
+    def release(self, ms):
+        self.inputs.switch = False
+        self._advance(ms)
+
+    @rule(closed=st.booleans())
+    def door(self, closed):
+        self.inputs.door_closed = closed
+
+    @rule(on=st.booleans())
+    def key(self, on):
+        self.inputs.key_on = on
+
+    @rule(ready=st.booleans())
+    def generator(self, ready):
+        self.inputs.generator_ready = ready
+
+    @rule(held=st.booleans())
+    def hlc_switch(self, held):
+        self.inputs.hlc_switch = held
+
+    @rule(alive=st.booleans())
+    def host_link(self, alive):
+        self.host_alive = alive
+
+    @rule()
+    def arm(self):
+        # Arming from IDLE starts a new arming; arming when already armed
+        # (or exposing) changes nothing, and a latched fault refuses it.
+        was_idle = self.ctl.state == controller.IDLE
+        if self.ctl.arm() is None and was_idle:
+            self.reset_marks.append(self.now)
+
+    @rule()
+    def disarm(self):
+        self.ctl.disarm()
+
+    @rule()
+    def inject_fault(self):
+        self.ctl.latch_fault(7)
+        self.fault = True
+
+    @rule()
+    def fault_reset(self):
+        if self.fault:
+            self.ctl.fault_reset()
+            self.fault = False
+            self.reset_marks.append(self.now)
+
+    # -- time passes -----------------------------------------------------------
+
+    @rule(ms=st.integers(1, 400))
+    def run(self, ms):
+        self._advance(ms)
+
+    def _advance(self, ms):
+        for _ in range(ms):
+            self.now += LOOP_US
+            if self.host_alive:
+                self.ctl.host_seen(self.now)
+                self.last_host = self.now
+            i = self.inputs
+            permitted = (i.door_closed and i.key_on and i.generator_ready and not self.fault
+                         and self.now - self.last_host <= controller.LINK_TIMEOUT_US)
+            self.samples.append(Sample(self.now, i.switch, permitted, i.hlc_switch))
+            p = self.ctl.step(self.now, i)
+            if p is not None:
+                rate = self.geometry.rate_mgy_min(p.kv, p.ma, p.pulse_width_ms, self.tech.pulses_per_s)
+                self.pulses.append((self.now, rate, p.hlc))
+                self.judge_pulse(p)
+
+    def judge_pulse(self, p):
+        now = self.now
+        last_mark = self.reset_marks[-1]
+        # Walk back through the press that led here.
+        press_start = None
+        for s in reversed(self.samples):
+            if not s.switch:
+                press_start = s.t
+                break
+            assert s.permitted, f"pulse at {now} us: a permissive was lost at {s.t} us during this press"
+        assert press_start is not None, f"pulse at {now} us without a release since boot"
+        assert press_start >= last_mark, f"pulse at {now} us: the press began before arming or fault reset"
+        # Rate under the cap in force at this pulse.
+        hlc = self.tech.hlc_enabled and self.inputs.hlc_switch
+        cap = dose.CAP_HIGH_LEVEL_MGY_MIN if hlc else dose.CAP_NORMAL_MGY_MIN
+        rate = self.geometry.rate_mgy_min(p.kv, p.ma, p.pulse_width_ms, self.tech.pulses_per_s)
+        assert rate <= cap, f"rate {rate:.1f} mGy/min over the {cap} cap"
+        assert p.hlc == hlc
+        assert p.ma <= self.tech.ma + 1e-9 and p.kv == self.tech.kv
+
+    def teardown(self):
+        # Steer the search toward timelines that expose (and so test more).
+        target(float(len(getattr(self, "pulses", []))), label="pulses")
+
+    @invariant()
+    def pulses_keep_their_period(self):
+        if len(self.pulses) >= 2:
+            period = 1_000_000 / self.tech.pulses_per_s
+            (t0, _, _), (t1, _, _) = self.pulses[-2], self.pulses[-1]
+            assert t1 - t0 >= period - LOOP_US, f"pulses {t1 - t0} us apart, period {period:.0f} us"
+
+    @precondition(lambda self: len(self.samples) > 0)
+    @invariant()
+    def state_matches_what_it_does(self):
+        if self.fault:
+            assert self.ctl.state == controller.FAULT
+
+
+ControllerRules.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+TestControllerRules = ControllerRules.TestCase
+
+
+def test_worked_technique_exposes_at_the_expected_rate_and_holds_on_release():
+    g = dose.Geometry(256, 256)
+    tech = controller.Technique(80, 20, 10, 15)
+    ctl = controller.Controller(g, tech, 0)
+    inputs = controller.Inputs()
+    assert ctl.arm() is None
+    pulses = []
+    for ms in range(1, 2001):
+        inputs.switch = ms > 100  # pressed at 100 ms, held to 2 s
+        ctl.host_seen(ms * 1000)
+        if ctl.step(ms * 1000, inputs):
+            pulses.append(ms)
+    assert ctl.state == controller.EXPOSING
+    assert len(pulses) == 29  # 1.9 s at 15 pps: a pulse at the press, then every 66.7 ms
+    inputs.switch = False
+    assert ctl.step(2_001_000, inputs) is None and ctl.state == controller.HOLD
+
+
+def test_cap_clamps_a_technique_over_it():
+    g = dose.Geometry(256, 256)
+    ctl = controller.Controller(g, controller.Technique(80, 80, 10, 15), 0)
+    ctl.arm()
+    inputs = controller.Inputs()
+    ctl.step(1000, inputs)
+    inputs.switch = True
+    p = ctl.step(2000, inputs)
+    assert p is not None and p.capped
+    rate = g.rate_mgy_min(p.kv, p.ma, p.pulse_width_ms, 15)
+    assert 0.97 * dose.CAP_NORMAL_MGY_MIN <= rate <= dose.CAP_NORMAL_MGY_MIN
+
+
+def drive(ctl, inputs, start_ms, end_ms, host=True):
+    """Run the loop from start_ms to end_ms; returns the ms of each pulse."""
+    fired = []
+    for ms in range(start_ms, end_ms):
+        if host:
+            ctl.host_seen(ms * 1000)
+        if ctl.step(ms * 1000, inputs) is not None:
+            fired.append(ms)
+    return fired
+
+
+def armed_controller(switch=False):
+    ctl = controller.Controller(dose.Geometry(256, 256), controller.Technique(80, 20, 10, 15), 0)
+    inputs = controller.Inputs(switch=switch)
+    return ctl, inputs
+
+
+def test_switch_held_at_boot_does_not_expose():
+    ctl, inputs = armed_controller(switch=True)
+    ctl.arm()
+    assert drive(ctl, inputs, 1, 500) == []
+    assert ctl.block == controller.BLOCK_NEEDS_RELEASE
+    inputs.switch = False
+    drive(ctl, inputs, 500, 510)
+    inputs.switch = True
+    assert drive(ctl, inputs, 510, 520) == [510]
+
+
+def test_switch_pressed_before_arming_does_not_expose_when_armed():
+    ctl, inputs = armed_controller()
+    drive(ctl, inputs, 1, 10)  # released while disarmed
+    inputs.switch = True
+    assert drive(ctl, inputs, 10, 100) == []  # disarmed: nothing
+    ctl.arm()
+    assert drive(ctl, inputs, 100, 600) == []  # armed with the pedal down: still nothing
+    inputs.switch = False
+    drive(ctl, inputs, 600, 610)
+    inputs.switch = True
+    assert drive(ctl, inputs, 610, 620) == [610]
+
+
+def test_interlock_trip_latches_until_a_fresh_release_and_press():
+    ctl, inputs = armed_controller()
+    ctl.arm()
+    drive(ctl, inputs, 1, 10)
+    inputs.switch = True
+    assert drive(ctl, inputs, 10, 200)  # exposing
+    inputs.door_closed = False
+    assert drive(ctl, inputs, 200, 201) == []  # the next pulse is withheld at once
+    inputs.door_closed = True
+    assert drive(ctl, inputs, 201, 2000) == []  # re-closing never restarts X-rays
+    inputs.switch = False
+    drive(ctl, inputs, 2000, 2010)
+    inputs.switch = True
+    assert drive(ctl, inputs, 2010, 2020) == [2010]
+
+
+def test_host_link_loss_stops_emission_within_200_ms():
+    ctl, inputs = armed_controller()
+    ctl.arm()
+    drive(ctl, inputs, 1, 10)
+    inputs.switch = True
+    drive(ctl, inputs, 10, 1000)
+    fired = drive(ctl, inputs, 1000, 3000, host=False)  # host silent from 1.0 s
+    assert fired and max(fired) <= 1000 + controller.LINK_TIMEOUT_US // 1000
+    assert ctl.state == controller.READY
+    # The link coming back does not restart X-rays either.
+    assert drive(ctl, inputs, 3000, 4000) == []
+
+
+def test_fault_latches_until_reset_and_a_fresh_press():
+    ctl, inputs = armed_controller()
+    ctl.arm()
+    drive(ctl, inputs, 1, 10)
+    inputs.switch = True
+    drive(ctl, inputs, 10, 100)
+    ctl.latch_fault(3)
+    assert drive(ctl, inputs, 100, 1000) == [] and ctl.state == controller.FAULT
+    assert ctl.arm() is not None  # cannot arm over a latched fault
+    ctl.fault_reset()
+    assert ctl.state == controller.IDLE
+    ctl.arm()
+    assert drive(ctl, inputs, 1000, 2000) == []  # pedal still down since before the reset
+    inputs.switch = False
+    drive(ctl, inputs, 2000, 2010)
+    inputs.switch = True
+    assert drive(ctl, inputs, 2010, 2020) == [2010]
+
+
+def test_release_stops_emission_at_once():
+    ctl, inputs = armed_controller()
+    ctl.arm()
+    drive(ctl, inputs, 1, 10)
+    inputs.switch = True
+    fired = drive(ctl, inputs, 10, 1010)
+    assert fired[0] == 10 and 1010 - fired[-1] <= 67  # the next pulse is due at 1010 ms exactly
+    inputs.switch = False  # ... and the switch is released at that very sample
+    assert drive(ctl, inputs, 1010, 3000) == [] and ctl.state == controller.HOLD
+
+
+def test_press_made_with_the_door_open_does_not_expose_when_it_closes():
+    # Found by the stateful test: armed, door open, pedal pressed, door closed.
+    ctl, inputs = armed_controller()
+    ctl.arm()
+    inputs.door_closed = False
+    drive(ctl, inputs, 1, 10)
+    inputs.switch = True
+    assert drive(ctl, inputs, 10, 100) == []
+    inputs.door_closed = True
+    assert drive(ctl, inputs, 100, 1000) == []
+    inputs.switch = False
+    drive(ctl, inputs, 1000, 1010)
+    inputs.switch = True
+    assert drive(ctl, inputs, 1010, 1020) == [1010]
+
+
+def test_switch_chatter_never_beats_the_pulse_rate():
+    # Found by the stateful test: a tap, a release and a tap fired twice in 2 ms.
+    ctl, inputs = armed_controller()
+    ctl.arm()
+    fired = []
+    for ms in range(1, 3000):
+        inputs.switch = (ms // 3) % 2 == 1  # 3 ms on, 3 ms off
+        ctl.host_seen(ms * 1000)
+        if ctl.step(ms * 1000, inputs) is not None:
+            fired.append(ms)
+    assert fired and all(b - a >= 66 for a, b in itertools.pairwise(fired))
