@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FUZZ_SECONDS ?= 600
 FUZZ_DIR := build/fuzz
+# The board's API for type-checking the firmware; kept out of .venv because
+# these stubs replace the standard library's.
+RP2_STUBS := build/stubs/rp2
+RP2_STUBS_PIN := micropython-rp2-rpi-pico-stubs==1.29.0.post1
 
 .PHONY: all test unit lint bench fuzz fuzz-smoke deps clean
 
@@ -24,9 +28,15 @@ test: lint unit fuzz-smoke
 unit: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 
-lint: $(STAMP)
+$(RP2_STUBS)/.installed: $(STAMP)
+	$(BIN)/python -m pip install -q --target $(RP2_STUBS) '$(RP2_STUBS_PIN)'
+	@touch $@
+
+lint: $(STAMP) $(RP2_STUBS)/.installed
 	$(BIN)/ruff check firmware host native tests hil_tests setup.py
 	$(BIN)/mypy
+	MYPYPATH=$(RP2_STUBS) $(BIN)/mypy --config-file firmware/mypy-board.ini \
+	  --custom-typeshed-dir $(RP2_STUBS) firmware/pulsefw
 
 bench: $(STAMP)
 	$(BIN)/python -m pulseline.bench

@@ -233,7 +233,7 @@ class CommandDecoder:
         self.crc_errors = 0
 
     def feed(self, data):
-        out = []
+        out = []  # type: list
         for b in data:
             if self.escaped:
                 self.escaped = False
