@@ -61,7 +61,6 @@ typedef struct {
 struct pl_asm {
     pl_config cfg;
     size_t npix;           /* pixels per frame */
-    size_t line_bytes;     /* wire bytes of one line's pixels */
     float *dark, *gain, *filter_state;
     uint8_t *defect;
     uint32_t *defect_list;
@@ -421,13 +420,12 @@ static int open_needs(const pl_asm *a, int also_emits)
 
 /* Handle one good packet. Returns PL_FEED_DONE when consumed, or a blocking
  * status with no state changed. */
-static int dispatch(pl_asm *a, const uint8_t *pkt, size_t total)
+static int dispatch(pl_asm *a, const uint8_t *pkt)
 {
     const uint8_t version = pkt[4], type = pkt[5];
     const uint16_t seq = rd16(pkt + 6);
     const uint32_t len = rd16(pkt + 8);
     const uint8_t *pl = pkt + PL_HEADER_SIZE;
-    (void)total;
 
     if (version != PL_PROTOCOL_VERSION) {
         a->c.bad_version++;
@@ -566,7 +564,7 @@ static int step(pl_asm *a, const uint8_t *p, size_t n, int eof, size_t *used, si
         *used = 1;
         return STEP_TAKEN;
     }
-    int st = dispatch(a, p, total);
+    int st = dispatch(a, p);
     if (st != PL_FEED_DONE) {
         *status = st;
         return STEP_BLOCKED;
@@ -740,7 +738,6 @@ pl_asm *pl_create(const pl_config *cfg, const float *dark, const float *gain, co
     a->cfg = *cfg;
     a->last_bad_version = -1;
     a->npix = (size_t)W * H;
-    a->line_bytes = pb;
     for (int i = 0; i < PL_MAX_FRAMES_IN_FLIGHT; i++)
         if (!(a->slots[i].bitmap = calloc(H, 1))) FAIL("out of memory");
     for (int i = 0; i < PL_OUTPUT_QUEUE; i++)

@@ -85,7 +85,8 @@ class Controller:
     def __init__(self, geometry, technique, now_us):
         self.geometry = geometry
         self.technique = technique
-        self.state = BOOT
+        # BOOT belongs to the main loop's start-up checks; the core itself
+        # starts disarmed (set last, below).
         self.fault_code = 0
         self.last_host_us = now_us
         # A press counts only after the switch has been seen released: so a
@@ -117,12 +118,10 @@ class Controller:
         self.state = FAULT
 
     def fault_reset(self):
-        if self.state != FAULT:
-            return None
-        self.fault_code = 0
-        self.released_seen = False
-        self.state = IDLE
-        return None
+        if self.state == FAULT:
+            self.fault_code = 0
+            self.released_seen = False
+            self.state = IDLE
 
     def host_seen(self, now_us):
         """Any good packet from the host keeps the link alive."""

@@ -146,9 +146,6 @@ class DoseAccount:
             return True
         return False
 
-    def switch_time_s(self):
-        return self.switch_s + self.switch_us / 1e6
-
     def fluoro_time_min_tenths(self):
         """Fluoroscopy time in tenths of a minute, as displayed (floor): the
         tenth-minute boundaries fall on whole 6-second marks."""

@@ -72,7 +72,6 @@ class AssemblerConfig:
     filter_alpha: float = 0.0
     centre: tuple[int, int, int, int] = (0, 0, 0, 0)  # row0, rows, col0, cols
     float_output: bool = False
-    _user_defects: npt.NDArray[np.uint8] | None = field(default=None, repr=False)
 
     @classmethod
     def build(
