@@ -9,6 +9,10 @@ FUZZ_DIR := build/fuzz
 # these stubs replace the standard library's.
 RP2_STUBS := build/stubs/rp2
 RP2_STUBS_PIN := micropython-rp2-rpi-pico-stubs==1.29.0.post1
+UNIX_STUBS := build/stubs/unix
+UNIX_STUBS_PIN := micropython-unix-stubs==1.29.0.post1
+# Board-neutral firmware: everything but a board's own HAL.
+FW_NEUTRAL := $(filter-out firmware/pulsefw/hal_sim.py,$(wildcard firmware/pulsefw/*.py))
 
 .PHONY: all test unit lint bench fuzz fuzz-smoke deps clean
 
@@ -32,11 +36,17 @@ $(RP2_STUBS)/.installed: $(STAMP)
 	$(BIN)/python -m pip install -q --target $(RP2_STUBS) '$(RP2_STUBS_PIN)'
 	@touch $@
 
-lint: $(STAMP) $(RP2_STUBS)/.installed
+$(UNIX_STUBS)/.installed: $(STAMP)
+	$(BIN)/python -m pip install -q --target $(UNIX_STUBS) '$(UNIX_STUBS_PIN)'
+	@touch $@
+
+lint: $(STAMP) $(RP2_STUBS)/.installed $(UNIX_STUBS)/.installed
 	$(BIN)/ruff check firmware host native tests hil_tests setup.py
 	$(BIN)/mypy
 	MYPYPATH=$(RP2_STUBS) $(BIN)/mypy --config-file firmware/mypy-board.ini \
-	  --custom-typeshed-dir $(RP2_STUBS) firmware/pulsefw
+	  --custom-typeshed-dir $(RP2_STUBS) $(FW_NEUTRAL)
+	MYPYPATH=$(UNIX_STUBS) $(BIN)/mypy --config-file firmware/mypy-board.ini \
+	  --custom-typeshed-dir $(UNIX_STUBS) firmware/pulsefw/hal_sim.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pulseline.bench

@@ -18,7 +18,8 @@ def test_firmware_unit_suite_passes_on_micropython(tmp_path):
     micropython = Path(sys.executable).parent / "micropython"
     env = {"MICROPYPATH": f"{ROOT / 'firmware'}:{SUITE}", "PULSEFW_TMP": str(tmp_path),
            "PATH": os.environ.get("PATH", "")}
-    res = subprocess.run([str(micropython), str(SUITE / "mpy_runner.py"), *MODULES],
+    # The heap holds the tests' recorded board output too, not only firmware.
+    res = subprocess.run([str(micropython), "-X", "heapsize=64M", str(SUITE / "mpy_runner.py"), *MODULES],
                          capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     # Every test function ran: the count must match the files.

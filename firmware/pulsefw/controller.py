@@ -145,9 +145,12 @@ class Controller:
             return BLOCK_NOT_ARMED
         return BLOCK_NONE
 
-    def step(self, now_us, inputs):
+    def step(self, now_us, inputs, detector_ready=True):
         """Advance to now_us with the inputs just sampled; returns the Pulse
-        to fire now, or None. Called at least once per millisecond."""
+        to fire now, or None. Called at least once per millisecond, and at
+        once when an input changes. A pulse due while the detector is still
+        busy with the last frame waits for it (never a pulse without its
+        frame)."""
         block = self.blocked_by(now_us, inputs)
         self.block = block
         if not inputs.switch:
@@ -179,7 +182,7 @@ class Controller:
                 self.next_pulse_us = now_us
         else:
             return None
-        if now_us < self.next_pulse_us:
+        if now_us < self.next_pulse_us or not detector_ready:
             return None
         t = self.technique
         self.next_pulse_us += int(1_000_000 / t.pulses_per_s)

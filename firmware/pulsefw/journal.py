@@ -95,7 +95,8 @@ def _sync():
 
 
 class Journal:
-    """Append records; read them back after any reset."""
+    """Append records; read them back after any reset. Only the last record
+    and where the current exam starts stay in RAM; reads go to the file."""
 
     def __init__(self, store, name="journal.bin"):
         self.store = store
@@ -105,20 +106,36 @@ class Journal:
         if good != len(data):
             # A torn tail (power cut mid-append): keep the good prefix.
             store.replace(name, bytes(data[:good]))
-        self.records = records
+        self.last = records[-1] if records else None
         self.next_seq = records[-1][0] + 1 if records else 0
+        self.exam_seq = -1  # seq of the last "exam" record (-1: none)
+        for seq, rec in records:
+            if rec.get("kind") == "exam":
+                self.exam_seq = seq
 
     def append(self, record):
         """Commit one record. When this returns, the record survives any
         later reset or power loss."""
         data = encode_record(self.next_seq, record)
         self.store.append(self.name, data)
-        self.records.append((self.next_seq, record))
+        self.last = (self.next_seq, record)
+        if record.get("kind") == "exam":
+            self.exam_seq = self.next_seq
         self.next_seq += 1
 
-    def since_last(self, kind):
-        """Records after the last one of the given kind (that one included)."""
-        for i in range(len(self.records) - 1, -1, -1):
-            if self.records[i][1].get("kind") == kind:
-                return [r for _, r in self.records[i:]]
-        return [r for _, r in self.records]
+    def read(self, from_seq=0, max_records=-1):
+        """(seq, record) pairs from the file, from from_seq on."""
+        out = []  # type: list
+        for seq, rec in decode_records(self.store.read(self.name))[0]:
+            if seq >= from_seq:
+                if len(out) == max_records:
+                    break
+                out.append((seq, rec))
+        return out
+
+    def read_all(self):
+        return self.read(0)
+
+    def current_exam(self):
+        """Records of the current exam (from its "exam" record on)."""
+        return self.read(self.exam_seq if self.exam_seq >= 0 else 0)

@@ -65,9 +65,13 @@ def test_round_trip_and_reopen():
     for r in RECORDS:
         j.append(r)
     again = journal.Journal(disk)
-    assert [r for _, r in again.records] == RECORDS
+    assert [r for _, r in again.read_all()] == RECORDS
     assert again.next_seq == len(RECORDS)
-    assert again.since_last("exam") == RECORDS
+    assert [r for _, r in again.current_exam()] == RECORDS
+    again.append({"kind": "exam", "id": 2})
+    again.append({"kind": "event", "n": 7})
+    assert [r for _, r in again.current_exam()] == [{"kind": "exam", "id": 2}, {"kind": "event", "n": 7}]
+    assert again.last == (len(RECORDS) + 1, {"kind": "event", "n": 7})
 
 
 def test_power_cut_at_every_byte_loses_nothing_committed():
@@ -76,12 +80,12 @@ def test_power_cut_at_every_byte_loses_nothing_committed():
         disk = Disk()
         committed = run_until_cut(disk, budget)
         j = journal.Journal(disk)  # reopen: repairs a torn tail
-        assert [r for _, r in j.records] == committed, budget
+        assert [r for _, r in j.read_all()] == committed, budget
         # After the repair the file holds exactly the good records, and new
         # appends follow them.
         assert journal.decode_records(disk.read("journal.bin"))[1] == len(disk.read("journal.bin"))
         j.append({"kind": "event", "n": 99})
-        assert [r for _, r in journal.Journal(disk).records] == committed + [{"kind": "event", "n": 99}]
+        assert [r for _, r in journal.Journal(disk).read_all()] == committed + [{"kind": "event", "n": 99}]
 
 
 def test_power_cut_during_the_repair_loses_nothing():
@@ -99,7 +103,7 @@ def test_power_cut_during_the_repair_loses_nothing():
         except PowerCut:
             pass
         disk.budget = -1
-        assert [r for _, r in journal.Journal(disk).records] == committed
+        assert [r for _, r in journal.Journal(disk).read_all()] == committed
 
 
 def test_garbage_is_never_taken_for_a_record():
@@ -120,6 +124,6 @@ def test_file_store_on_the_real_filesystem():
     with open(root + "/journal.bin", "ab") as f:
         f.write(b"JR\x05")  # a torn record
     again = journal.Journal(store)
-    assert [r for _, r in again.records] == [{"kind": "exam", "id": 7}]
+    assert [r for _, r in again.read_all()] == [{"kind": "exam", "id": 7}]
     again.append({"kind": "event"})
-    assert len(journal.Journal(store).records) == 2
+    assert len(journal.Journal(store).read_all()) == 2

@@ -1,0 +1,435 @@
+# The firmware's main loop: samples the HAL, runs the controller, fires the
+# pulses it returns, sends the lines and trailers, accounts the dose, keeps
+# the displays, alarms and journal, and answers the host. Board-neutral: the
+# board's HAL is passed in (main.py picks it).
+from array import array
+
+from micropython import const
+
+from . import brightness, commands, config, controller, dose, journal, readout, tx, wire
+
+FIRMWARE_VERSION = "0.2.0"
+
+WATCHDOG_MS = const(100)
+MAX_SLEEP_US = const(20_000)  # the loop runs at least this often (watchdog)
+READOUT_POLL_US = const(1_000)  # while lines are landing
+DOSE_DISPLAY_US = const(500_000)  # dose displays twice a second while exposing
+CHECKPOINT_US = const(10_000_000)  # journal progress during a long press
+LINES_PER_PUMP = const(32)  # lines sent per loop pass: the loop stays within ~1 ms on a board
+
+# Delivered technique must stay this close to the setpoint, or a fault latches.
+KV_TOLERANCE = 0.05
+MA_TOLERANCE = 0.10
+# Detector sensitivity for brightness control, ADU per uGy at the detector
+# entrance: the simulated detector's nominal value; a real detector's comes
+# from its calibration.
+DETECTOR_ADU_PER_UGY = 16000.0
+DETECTOR_PEDESTAL_ADU = 100.0
+
+# Fault codes (EV_FAULT and status).
+FAULT_KV_TOLERANCE = const(1)
+FAULT_MA_TOLERANCE = const(2)
+FAULT_PULSE_REFUSED = const(3)
+FAULT_DETECTOR = const(4)
+FAULT_STORAGE = const(5)
+FAULT_WATCHDOG_RESET = const(6)
+FAULT_SELF_TEST = const(7)
+FAULT_NAMES = {
+    FAULT_KV_TOLERANCE: "kV out of tolerance",
+    FAULT_MA_TOLERANCE: "mA out of tolerance",
+    FAULT_PULSE_REFUSED: "hardware interlock refused a pulse",
+    FAULT_DETECTOR: "detector readout failed",
+    FAULT_STORAGE: "dose journal could not be written",
+    FAULT_WATCHDOG_RESET: "the watchdog reset the board",
+    FAULT_SELF_TEST: "self-test failed",
+}
+
+BLOCK_NAMES = ("none", "door open", "key off", "generator not ready", "host link lost", "fault latched",
+               "not armed", "release the switch first")
+
+
+class Press:
+    """The irradiation event in progress: one press of the switch."""
+
+    def __init__(self, event_id, now_us, t):
+        self.event_id = event_id
+        self.start_us = now_us
+        self.end_us = now_us
+        self.pulses = 0
+        self.capped = 0
+        self.hlc = False
+        self.kerma = dose.Accumulator()
+        self.kap = dose.Accumulator()
+        self.kv_sum = 0.0
+        self.ma_sum = 0.0
+        self.pulse_width_ms = t.pulse_width_ms
+        self.pulses_per_s = t.pulses_per_s
+        self.closing = False
+        self.next_checkpoint_us = now_us + CHECKPOINT_US
+
+
+class App:
+    def __init__(self, hal):
+        self.hal = hal
+        now = hal.ticks_us()
+        self.boot_us = now
+        self.last_us = now
+        self.running = True
+        self.tx = tx.Tx(hal.link_write)
+        self.config = config.Config()
+        c = self.config
+        self.geometry = dose.Geometry(c.pixels_per_line, c.lines_per_frame)
+        self.ctl = controller.Controller(self.geometry, c.technique(), now)
+        self.ctl.state = controller.BOOT
+        self.account = dose.DoseAccount(c.dose_notify)
+        self.decoder = wire.CommandDecoder(1024)
+        self.rxbuf = bytearray(512)
+        self.readout = readout.Readout(hal, self.tx, c.lines_per_frame, c.pixels_per_line, c.pixel_format)
+        self.abc = brightness.Brightness(self.geometry, DETECTOR_ADU_PER_UGY)
+        self.feedback = array("f", [0.0, 0.0])
+        self.inputs = controller.Inputs()
+        self.frame_id = 0
+        self.press = None
+        # The pulse in flight, until accounted: pulse_id, frame_id, t0, t1,
+        # kv, ma, width_ms, capped, hlc; then what it delivered.
+        self.pend = (0, 0, 0, 0, 0.0, 0.0, 0.0, False, False)
+        self.pend_dose = (0.0, 0.0, 0.0, 0.0)
+        self.pend_done = True
+        self.trailer_due = False
+        self.rate_mgy_min = 0.0
+        self.next_display_us = 0
+        self.alarm_5min = False
+        self.hlc_tone = False
+        self.pulses_refused = 0
+        self.commands_bad = 0
+        self.state_sent = -1
+        self.exam_id = 0
+        self.event_id = 0
+        hal.watchdog_start(WATCHDOG_MS)
+        self.journal = None
+        journal_error = None
+        try:
+            self.journal = journal.Journal(hal.storage)
+            self._restore()
+        except (OSError, ValueError, KeyError) as exc:
+            self.journal = None
+            journal_error = "journal unreadable: %s" % exc
+        cause = hal.reset_cause()
+        self.tx.event(tx.EV_BOOT, now, {"firmware": FIRMWARE_VERSION, "protocol": wire.PROTOCOL_VERSION,
+                                        "board": hal.BOARD, "reset_cause": cause, "exam": self.exam_id})
+        # Boot checks done: disarmed. A switch held now does not expose
+        # (the controller needs to see it released first).
+        self.ctl.state = controller.IDLE
+        self._state_event(now)
+        if journal_error:
+            self.fault(FAULT_STORAGE, now, journal_error)
+        elif cause == "watchdog":
+            self.fault(FAULT_WATCHDOG_RESET, now, "the control loop stalled")
+
+    # -- configuration and checks -----------------------------------------------
+
+    def apply_config(self, new):
+        """Take a validated configuration (never while a frame is in flight)."""
+        old = self.config
+        self.config = new
+        if new.pixels_per_line != old.pixels_per_line or new.lines_per_frame != old.lines_per_frame:
+            self.geometry = dose.Geometry(new.pixels_per_line, new.lines_per_frame)
+            self.ctl.geometry = self.geometry
+            self.abc.geometry = self.geometry
+        if (new.pixels_per_line != old.pixels_per_line or new.lines_per_frame != old.lines_per_frame
+                or new.pixel_format != old.pixel_format):
+            self.readout.configure(new.lines_per_frame, new.pixels_per_line, new.pixel_format)
+        # Brightness control starts again from the operator's technique.
+        self.ctl.technique = new.technique()
+        self.account.notify = new.dose_notify
+        self.hal.generator_set(new.kv, new.ma)
+
+    def block_name(self):
+        return BLOCK_NAMES[self.ctl.block]
+
+    def self_test(self, now):
+        """Checks that need no X-rays. Latches FAULT_SELF_TEST on a failure."""
+        checks = {"clock": self.hal.ticks_us() >= now}
+        j = self.journal
+        ok = j is not None
+        if j is not None and j.last is not None:
+            got = j.read(j.last[0], 1)
+            ok = len(got) == 1 and got[0] == j.last
+        checks["journal"] = ok
+        try:
+            self.hal.storage.replace("selftest.bin", b"pulseline self-test")
+            checks["storage"] = self.hal.storage.read("selftest.bin") == b"pulseline self-test"
+        except OSError:
+            checks["storage"] = False
+        r = self.readout
+        checks["frame_buffer"] = len(r.frame_buf) == r.lines * r.enc.pixel_bytes
+        checks["technique"] = self.config.technique().check() is None
+        failed = [k for k in checks if not checks[k]]
+        if failed:
+            self.fault(FAULT_SELF_TEST, now, "self-test failed: " + ", ".join(failed))
+        return checks
+
+    # -- journal --------------------------------------------------------------
+
+    def _restore(self):
+        """Cumulative exam values from the last committed record."""
+        last = self.journal.last if self.journal is not None else None
+        if last is None:
+            return
+        rec = last[1]
+        self.exam_id = rec.get("exam", 0)
+        self.event_id = rec.get("event", 0)
+        if rec.get("kind") == "exam":
+            return
+        a = self.account
+        a.kerma.add(rec["total_kerma_ugy"])
+        a.kap.add(rec["total_kap_ugy_m2"])
+        a.pulses = rec["total_pulses"]
+        a.add_switch_time(rec["fluoro_s"] * 1_000_000 + rec.get("fluoro_us", 0))
+        a.next_alarm_s = (a.switch_s // dose.FLUORO_ALARM_S + 1) * dose.FLUORO_ALARM_S
+
+    def commit(self, record, now_us):
+        if self.journal is None:
+            self.fault(FAULT_STORAGE, now_us, "no journal")
+            return False
+        try:
+            self.journal.append(record)
+            return True
+        except OSError as exc:
+            self.fault(FAULT_STORAGE, now_us, str(exc))
+            return False
+
+    def new_exam(self, now_us):
+        self.exam_id += 1
+        self.event_id = 0
+        self.account.reset()
+        self.alarm_5min = False
+        ok = self.commit({"kind": "exam", "exam": self.exam_id}, now_us)
+        self.tx.event(tx.EV_EXAM, now_us, {"exam": self.exam_id})
+        return ok
+
+    def _press_record(self, p, final):
+        a = self.account
+        n = p.pulses if p.pulses else 1
+        return {"kind": "event", "exam": self.exam_id, "event": p.event_id, "final": final,
+                "start_us": p.start_us, "end_us": p.end_us, "pulses": p.pulses, "capped_pulses": p.capped,
+                "kv": round(p.kv_sum / n, 2), "ma": round(p.ma_sum / n, 3), "pulse_width_ms": p.pulse_width_ms,
+                "pulses_per_s": p.pulses_per_s, "hlc": p.hlc, "kerma_ugy": p.kerma.value(),
+                "kap_ugy_m2": p.kap.value(), "total_kerma_ugy": a.kerma.value(),
+                "total_kap_ugy_m2": a.kap.value(), "total_pulses": a.pulses, "fluoro_s": a.switch_s,
+                "fluoro_us": a.switch_us}
+
+    # -- events ---------------------------------------------------------------
+
+    def fault(self, code, now_us, message):
+        prev = self.ctl.state
+        if prev == controller.FAULT:
+            return  # the first fault stays the one reported
+        self.ctl.latch_fault(code)
+        self.tx.event(tx.EV_FAULT, now_us, {"code": code, "name": FAULT_NAMES.get(code, "fault"),
+                                            "message": message})
+        self.state_changed(prev, now_us)
+
+    def _state_event(self, now_us):
+        s = self.ctl.state
+        if s != self.state_sent:
+            prev = self.state_sent
+            self.state_sent = s
+            self.tx.event(tx.EV_STATE, now_us, {
+                "state": controller.STATE_NAMES[s],
+                "from": controller.STATE_NAMES[prev] if prev >= 0 else None,
+                "fault": self.ctl.fault_code})
+
+    def alarm(self, kind, active, now_us, extra=None):
+        body = {"alarm": kind, "active": active}
+        if extra:
+            body.update(extra)
+        self.tx.event(tx.EV_ALARM, now_us, body)
+
+    def dose_display(self, now_us):
+        a = self.account
+        t = self.ctl.technique
+        self.tx.event(tx.EV_DOSE, now_us, {
+            "rate_mgy_min": round(self.rate_mgy_min, 3),
+            "kerma_mgy": round(a.kerma_mgy(), 4),
+            "kap_gy_cm2": round(a.kap.value() * 0.01, 5),  # 1 uGy m^2 = 1e-6 Gy * 1e4 cm^2
+            "fluoro_min": a.fluoro_time_min_tenths() / 10,
+            "pulses": a.pulses, "kv": round(t.kv, 2), "ma": round(t.ma, 3),
+            "hlc": self.hlc_tone})
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self):
+        while self.running:
+            self.poll()
+
+    def poll(self):
+        """One pass of the main loop."""
+        hal = self.hal
+        now = hal.ticks_us()
+        ctl = self.ctl
+        if ctl.state == controller.EXPOSING and now > self.last_us:
+            if self.account.add_switch_time(now - self.last_us):
+                self.alarm_5min = True
+                self.alarm("fluoro_5min", True, now, {"fluoro_min": self.account.fluoro_time_min_tenths() / 10})
+        self.last_us = now
+        hal.read_inputs(self.inputs)
+        n = hal.link_read(self.rxbuf)
+        if n:
+            for _, ptype, seq, payload in self.decoder.feed(memoryview(self.rxbuf)[:n]):
+                ctl.host_seen(now)
+                if ptype == wire.PKT_COMMAND:
+                    commands.handle(self, seq, payload, now)
+        prev = ctl.state
+        block_before = ctl.block
+        pulse = ctl.step(now, self.inputs, not self.readout.busy)
+        if ctl.state != prev:
+            self.state_changed(prev, now)
+        elif (self.inputs.switch and ctl.block != block_before and ctl.block != controller.BLOCK_NONE
+              and ctl.state in (controller.READY, controller.HOLD, controller.IDLE, controller.FAULT)):
+            self.tx.event(tx.EV_BLOCKED, now, {"reason": BLOCK_NAMES[ctl.block]})
+        if pulse is not None:
+            self._fire(pulse, now)
+        self._pulse_end(now)
+        if self.readout.pump(now, LINES_PER_PUMP):
+            self.trailer_due = True
+        if self.trailer_due and self.pend_done:
+            self._frame_done(now)
+        self._timers(now)
+        hal.watchdog_feed()
+        hal.wait_until(self._next_wake(now))
+
+    def state_changed(self, prev, now):
+        """Bookkeeping after any state change (loop, command or fault)."""
+        s = self.ctl.state
+        if s == prev:
+            return
+        if s == controller.EXPOSING:
+            self.event_id += 1
+            self.press = Press(self.event_id, now, self.ctl.technique)
+            self.next_display_us = now
+        elif prev == controller.EXPOSING:
+            if self.press is not None:
+                self.press.end_us = now
+                self.press.closing = True
+            self.rate_mgy_min = 0.0
+            if self.hlc_tone:
+                self.hlc_tone = False
+                self.alarm("hlc_tone", False, now)
+        self._state_event(now)
+
+    def _fire(self, p, now):
+        hal = self.hal
+        self.frame_id += 1
+        width_us = int(p.pulse_width_ms * 1000)
+        self.readout.arm(self.frame_id, p.pulse_id, now, width_us)
+        hal.generator_set(p.kv, p.ma)
+        if not hal.generator_fire(width_us):
+            self.readout.cancel()
+            self.pulses_refused += 1
+            self.fault(FAULT_PULSE_REFUSED, now, "pulse %d refused by the hardware interlocks" % p.pulse_id)
+            return
+        # Keep what the trailer and the dose need (p is reused by step()).
+        self.pend = (p.pulse_id, self.frame_id, now, now + width_us, p.kv, p.ma, p.pulse_width_ms, p.capped, p.hlc)
+        self.pend_done = False
+        if p.hlc and not self.hlc_tone:
+            self.hlc_tone = True
+            self.alarm("hlc_tone", True, now)
+
+    def _pulse_end(self, now):
+        """Once the pulse in flight has ended: read what was delivered,
+        account its dose, check the generator's tolerance."""
+        if self.pend_done or now < self.pend[3]:
+            return
+        self.pend_done = True
+        pulse_id, frame_id, t0, t1, kv_set, ma_set, width_ms, capped, hlc = self.pend
+        fb = self.feedback
+        self.hal.generator_feedback(fb)
+        kv, ma = fb[0], fb[1]
+        kerma = self.geometry.pulse_kerma_ugy(kv, ma, width_ms)
+        kap = self.geometry.pulse_kap_ugy_m2(kerma)
+        self.pend_dose = (kv, ma, kerma, kap)
+        self.rate_mgy_min = kerma * self.ctl.technique.pulses_per_s * 0.06
+        if self.account.add_pulse(kerma, kap):
+            self.alarm("dose_notify", True, now, {"kerma_mgy": round(self.account.kerma_mgy(), 1)})
+        p = self.press
+        if p is not None:
+            p.pulses += 1
+            p.kerma.add(kerma)
+            p.kap.add(kap)
+            p.kv_sum += kv
+            p.ma_sum += ma
+            if capped:
+                p.capped += 1
+            if hlc:
+                p.hlc = True
+        if abs(kv - kv_set) > KV_TOLERANCE * kv_set:
+            self.fault(FAULT_KV_TOLERANCE, now, "pulse %d delivered %.1f kV for %.1f kV" % (pulse_id, kv, kv_set))
+        elif abs(ma - ma_set) > MA_TOLERANCE * ma_set:
+            self.fault(FAULT_MA_TOLERANCE, now, "pulse %d delivered %.2f mA for %.2f mA" % (pulse_id, ma, ma_set))
+
+    def _frame_done(self, now):
+        self.trailer_due = False
+        pulse_id, frame_id, t0, t1, kv_set, ma_set, width_ms, capped, hlc = self.pend
+        kv, ma, kerma, kap = self.pend_dose
+        r = self.readout
+        self.tx.trailer(wire.trailer_payload(frame_id, pulse_id, t0, r.lines, r.lines_sent, kv, ma, width_ms,
+                                             kerma, kap))
+        if r.lines_sent == 0:
+            self.fault(FAULT_DETECTOR, now, "frame %d: no line came from the detector" % frame_id)
+            return
+        c = self.config
+        if c.abc_enabled:
+            s = brightness.centre_signal(r.frame_buf, r.landed, r.lines, r.pixels, r.pixel_format,
+                                         DETECTOR_PEDESTAL_ADU)
+            if s is not None:
+                t = self.ctl.technique
+                cap = dose.CAP_HIGH_LEVEL_MGY_MIN if hlc else dose.CAP_NORMAL_MGY_MIN
+                self.abc.update(s, kv_set, ma_set, t, c.kv, c.abc_target_adu, cap * controller.GUARD_MARGIN,
+                                controller.MA_MIN, controller.MA_MAX)
+                # Set now, so the generator has settled before the next pulse.
+                self.hal.generator_set(t.kv, t.ma)
+
+    def _timers(self, now):
+        ctl = self.ctl
+        p = self.press
+        if ctl.state == controller.EXPOSING and now >= self.next_display_us:
+            self.dose_display(now)
+            self.next_display_us = now + DOSE_DISPLAY_US
+        if p is None:
+            return
+        if p.closing and self.pend_done:
+            p.end_us = p.end_us if p.end_us > p.start_us else now
+            self.press = None
+            if self.commit(self._press_record(p, True), now):
+                self.tx.event(tx.EV_IRRADIATION, now, {"exam": self.exam_id, "event": p.event_id,
+                                                       "pulses": p.pulses, "kerma_ugy": p.kerma.value(),
+                                                       "kap_ugy_m2": p.kap.value()})
+            self.dose_display(now)
+        elif not p.closing and now >= p.next_checkpoint_us:
+            p.end_us = now
+            p.next_checkpoint_us = now + CHECKPOINT_US
+            self.commit(self._press_record(p, False), now)
+
+    def _next_wake(self, now):
+        ctl = self.ctl
+        t = now + MAX_SLEEP_US
+        if ctl.state == controller.EXPOSING:
+            if ctl.next_pulse_us < t:
+                t = ctl.next_pulse_us
+            link = ctl.last_host_us + controller.LINK_TIMEOUT_US + 1
+            if link < t:
+                t = link
+            if self.next_display_us < t:
+                t = self.next_display_us
+            a = self.account
+            alarm = now + (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us
+            if alarm < t:
+                t = alarm
+        if not self.pend_done and self.pend[3] < t:
+            t = self.pend[3]
+        if self.readout.busy and now + READOUT_POLL_US < t:
+            t = now + READOUT_POLL_US
+        if self.pend_done and (self.trailer_due or (self.press is not None and self.press.closing)):
+            t = now  # work left for the next pass
+        return t if t > now else now

@@ -1,0 +1,258 @@
+# The host's commands: parse, validate, act, answer. A command that fails any
+# check gets an error response and changes nothing. docs/protocol.md lists
+# them with their arguments and answers.
+import json
+
+from micropython import const
+
+from . import config, controller, wire
+
+OP_HELLO = const(1)  # {"protocol": n} -> versions, board, config
+OP_GET_CONFIG = const(2)
+OP_SET_CONFIG = const(3)  # {setting: value, ...}, all or nothing
+OP_ARM = const(4)
+OP_DISARM = const(5)
+OP_NEW_EXAM = const(6)
+OP_STATUS = const(7)
+OP_DOSE_REPORT = const(8)
+OP_READ_JOURNAL = const(9)  # {"from": seq, "max": n}
+OP_FAULT_RESET = const(10)
+OP_SELF_TEST = const(11)
+OP_REBOOT = const(12)
+OP_EXIT_TO_REPL = const(13)
+OP_PING = const(14)  # keeps the link alive; any command does
+OP_ALARM_RESET = const(15)  # silences the 5-minute alarm until the next 5 minutes
+
+OP_NAMES = {
+    OP_HELLO: "hello", OP_GET_CONFIG: "get_config", OP_SET_CONFIG: "set_config", OP_ARM: "arm",
+    OP_DISARM: "disarm", OP_NEW_EXAM: "new_exam", OP_STATUS: "status", OP_DOSE_REPORT: "dose_report",
+    OP_READ_JOURNAL: "read_journal", OP_FAULT_RESET: "fault_reset", OP_SELF_TEST: "self_test",
+    OP_REBOOT: "reboot", OP_EXIT_TO_REPL: "exit_to_repl", OP_PING: "ping", OP_ALARM_RESET: "alarm_reset",
+}
+
+MAX_JOURNAL_RECORDS = const(32)  # per read_journal answer (the answer must fit a packet)
+MAX_REPORT_EVENTS = const(64)
+
+
+class Refused(Exception):
+    """A command that cannot be carried out: (code, message)."""
+
+
+def _args(payload):
+    if len(payload) < 1:
+        raise Refused(wire.ERR_MALFORMED, "empty command")
+    if len(payload) == 1:
+        return {}
+    try:
+        args = json.loads(bytes(payload[1:]))
+    except (ValueError, UnicodeError):
+        raise Refused(wire.ERR_MALFORMED, "arguments are not JSON") from None
+    if not isinstance(args, dict):
+        raise Refused(wire.ERR_MALFORMED, "arguments must be a JSON object")
+    return args
+
+
+def _only(args, allowed):
+    for k in args:
+        if k not in allowed:
+            raise Refused(wire.ERR_BAD_ARGUMENT, "unexpected argument " + str(k))
+
+
+def _int_arg(args, name, default, lo, hi):
+    v = args.get(name, default)
+    if v is True or v is False or not isinstance(v, int):
+        raise Refused(wire.ERR_BAD_ARGUMENT, name + " must be a whole number")
+    if not lo <= v <= hi:
+        raise Refused(wire.ERR_OUT_OF_RANGE, "%s must be %d..%d" % (name, lo, hi))
+    return v
+
+
+def _not_exposing(app):
+    if app.ctl.state == controller.EXPOSING or app.readout.busy:
+        raise Refused(wire.ERR_BAD_STATE, "not while exposing")
+
+
+def handle(app, seq, payload, now):
+    try:
+        op = payload[0] if len(payload) else 0
+        args = _args(payload)
+        fn = HANDLERS.get(op)
+        if fn is None:
+            raise Refused(wire.ERR_UNKNOWN_COMMAND, "unknown command %d" % op)
+        body = fn(app, args, now)
+    except Refused as r:
+        app.commands_bad += 1
+        app.tx.response(seq, r.args[0], r.args[1])
+        return
+    app.tx.response(seq, wire.ERR_OK, body)
+    after = AFTER.get(payload[0])
+    if after is not None:
+        after(app, now)
+
+
+def hello(app, args, now):
+    _only(args, ("protocol",))
+    v = args.get("protocol")
+    if v is True or v is False or not isinstance(v, int):
+        raise Refused(wire.ERR_BAD_ARGUMENT, "protocol must be a whole number")
+    if v != wire.PROTOCOL_VERSION:
+        raise Refused(wire.ERR_VERSION, "board speaks protocol %d, host %d" % (wire.PROTOCOL_VERSION, v))
+    return {"protocol": wire.PROTOCOL_VERSION, "firmware": app_version(app), "board": app.hal.BOARD,
+            "link_bytes_per_s": app.hal.LINK_BYTES_PER_S, "max_frame_bytes": app.hal.MAX_FRAME_BYTES,
+            "config": app.config.as_dict()}
+
+
+def app_version(app):
+    from . import app as app_module
+
+    return app_module.FIRMWARE_VERSION
+
+
+def get_config(app, args, now):
+    _only(args, ())
+    return app.config.as_dict()
+
+
+def set_config(app, args, now):
+    _not_exposing(app)
+    try:
+        new = config.updated(app.config, args, app.hal.LINK_BYTES_PER_S, app.hal.MAX_FRAME_BYTES)
+    except ValueError as exc:
+        raise Refused(exc.args[0][0], exc.args[0][1]) from None
+    app.apply_config(new)
+    return new.as_dict()
+
+
+def arm(app, args, now):
+    _only(args, ())
+    if app.journal is None:
+        raise Refused(wire.ERR_STORAGE, "no dose journal: cannot account dose")
+    prev = app.ctl.state
+    reason = app.ctl.arm()
+    if reason:
+        raise Refused(wire.ERR_BAD_STATE, reason)
+    app.state_changed(prev, now)
+    return {"state": controller.STATE_NAMES[app.ctl.state]}
+
+
+def disarm(app, args, now):
+    _only(args, ())
+    prev = app.ctl.state
+    app.ctl.disarm()
+    app.state_changed(prev, now)
+    return {"state": controller.STATE_NAMES[app.ctl.state]}
+
+
+def new_exam(app, args, now):
+    _only(args, ())
+    _not_exposing(app)
+    if app.press is not None:
+        raise Refused(wire.ERR_BUSY, "the last irradiation event is still being committed")
+    if not app.new_exam(now):
+        raise Refused(wire.ERR_STORAGE, "the journal could not be written")
+    return {"exam": app.exam_id}
+
+
+def status(app, args, now):
+    _only(args, ())
+    i = app.inputs
+    a = app.account
+    t = app.ctl.technique
+    r = app.readout
+    d = app.decoder
+    return {
+        "state": controller.STATE_NAMES[app.ctl.state], "block": app.block_name(), "fault": app.ctl.fault_code,
+        "inputs": {"switch": i.switch, "door_closed": i.door_closed, "key_on": i.key_on,
+                   "generator_ready": i.generator_ready, "hlc_switch": i.hlc_switch},
+        "technique": {"kv": t.kv, "ma": t.ma, "pulse_width_ms": t.pulse_width_ms,
+                      "pulses_per_s": t.pulses_per_s},
+        "exam": app.exam_id, "kerma_mgy": a.kerma_mgy(), "kap_gy_cm2": a.kap.value() * 0.01,
+        "fluoro_min": a.fluoro_time_min_tenths() / 10, "fluoro_s": a.switch_s, "pulses": a.pulses,
+        "alarm_5min": app.alarm_5min, "uptime_s": (now - app.boot_us) // 1_000_000,
+        "frames": r.frames_total, "lines_sent": r.lines_sent_total, "lines_lost": r.lines_lost_total,
+        "pulses_refused": app.pulses_refused, "commands_bad": app.commands_bad,
+        "rx_bytes_skipped": d.bytes_skipped, "rx_header_errors": d.header_errors, "rx_crc_errors": d.crc_errors,
+    }
+
+
+def dose_report(app, args, now):
+    _only(args, ())
+    a = app.account
+    events = {}
+    if app.journal is not None:
+        for _, rec in app.journal.current_exam():
+            if rec.get("kind") == "event":
+                events[rec["event"]] = rec  # the last record of an event holds its totals
+    keys = sorted(events)
+    # The answer must fit one packet: the latest events; read_journal has all.
+    return {"exam": app.exam_id, "kerma_mgy": a.kerma_mgy(), "kap_gy_cm2": a.kap.value() * 0.01,
+            "fluoro_min": a.fluoro_time_min_tenths() / 10, "fluoro_s": a.switch_s, "pulses": a.pulses,
+            "events_total": len(keys), "events": [events[k] for k in keys[-MAX_REPORT_EVENTS:]]}
+
+
+def read_journal(app, args, now):
+    _only(args, ("from", "max"))
+    if app.journal is None:
+        raise Refused(wire.ERR_STORAGE, "no dose journal")
+    start = _int_arg(args, "from", 0, 0, 0x7FFFFFFF)
+    n = _int_arg(args, "max", MAX_JOURNAL_RECORDS, 1, MAX_JOURNAL_RECORDS)
+    recs = app.journal.read(start, n)
+    return {"records": [{"seq": s, "record": r} for s, r in recs], "next": app.journal.next_seq}
+
+
+def fault_reset(app, args, now):
+    _only(args, ())
+    prev = app.ctl.state
+    app.ctl.fault_reset()
+    app.state_changed(prev, now)
+    return {"state": controller.STATE_NAMES[app.ctl.state]}
+
+
+def self_test(app, args, now):
+    _only(args, ())
+    _not_exposing(app)
+    checks = app.self_test(now)
+    return {"passed": all(checks[k] for k in checks), "checks": checks}
+
+
+def reboot(app, args, now):
+    _only(args, ())
+    _not_exposing(app)
+    return {}
+
+
+def exit_to_repl(app, args, now):
+    _only(args, ())
+    _not_exposing(app)
+    return {}
+
+
+def ping(app, args, now):
+    _only(args, ())
+    return {"t_us": now}
+
+
+def alarm_reset(app, args, now):
+    _only(args, ())
+    was = app.alarm_5min
+    app.alarm_5min = False
+    if was:
+        app.alarm("fluoro_5min", False, now)
+    return {}
+
+
+def _after_reboot(app, now):
+    app.hal.reset()
+
+
+def _after_exit(app, now):
+    app.running = False
+
+
+HANDLERS = {
+    OP_HELLO: hello, OP_GET_CONFIG: get_config, OP_SET_CONFIG: set_config, OP_ARM: arm, OP_DISARM: disarm,
+    OP_NEW_EXAM: new_exam, OP_STATUS: status, OP_DOSE_REPORT: dose_report, OP_READ_JOURNAL: read_journal,
+    OP_FAULT_RESET: fault_reset, OP_SELF_TEST: self_test, OP_REBOOT: reboot, OP_EXIT_TO_REPL: exit_to_repl,
+    OP_PING: ping, OP_ALARM_RESET: alarm_reset,
+}
+AFTER = {OP_REBOOT: _after_reboot, OP_EXIT_TO_REPL: _after_exit}

@@ -1,0 +1,94 @@
+# The hardware abstraction layer: everything the firmware needs from a board,
+# and nothing else. docs/hal.md is the prose of this file. The controller,
+# dose, brightness, readout and protocol modules see only this interface; a
+# board provides one implementation (hal_sim.py: the simulated board; the
+# rp2 HAL: the Raspberry Pi Pico). This base class raises for every call, so
+# a board that forgets one fails loudly at once.
+#
+# Rules every implementation keeps:
+# - No call blocks longer than stated; none allocates on the hot path
+#   (read_inputs, generator_*, detector_poll, link_*, watchdog_feed).
+# - Times are microseconds on one monotonic clock (ticks_us).
+
+
+class Hal:
+    BOARD = "none"
+    # Board->host link capacity, bytes/s: configurations above it are refused.
+    LINK_BYTES_PER_S = 1_000_000
+    # Largest frame buffer this board can hold, bytes.
+    MAX_FRAME_BYTES = 100_000
+
+    # -- clock ----------------------------------------------------------------
+    def ticks_us(self):
+        """Microseconds on a monotonic clock that does not wrap while the
+        board runs."""
+        raise NotImplementedError
+
+    def wait_until(self, deadline_us):
+        """Sleep until deadline_us, or less: return early when an input
+        changes or host bytes arrive (a board may simply poll: the rp2 HAL
+        returns after at most 1 ms). Never sleeps past the deadline."""
+        raise NotImplementedError
+
+    # -- operator inputs and interlocks ---------------------------------------
+    def read_inputs(self, inputs):
+        """Fill a controller.Inputs with the debounced inputs: switch,
+        door_closed, key_on, generator_ready, hlc_switch."""
+        raise NotImplementedError
+
+    # -- generator ------------------------------------------------------------
+    def generator_set(self, kv, ma):
+        """Technique setpoints for the next pulse (the generator settles
+        between pulses)."""
+        raise NotImplementedError
+
+    def generator_fire(self, width_us):
+        """Fire one pulse of width_us now; the hardware ends it. Returns
+        False when the hardware interlock chain refused it."""
+        raise NotImplementedError
+
+    def generator_feedback(self, out):
+        """Measured mean kV and mA of the last pulse into out[0], out[1]
+        (a preallocated array('f', 2)); valid once the pulse has ended."""
+        raise NotImplementedError
+
+    # -- detector -------------------------------------------------------------
+    def detector_arm(self, frame_buf, landed, lines, pixels, pixel_format):
+        """Read the next pulse's frame into frame_buf (lines x line bytes in
+        the wire pixel format); set landed[i] = 1 as line i lands."""
+        raise NotImplementedError
+
+    def detector_poll(self):
+        """Move landed lines into the armed buffer. True once the readout is
+        over (every line that will land has)."""
+        raise NotImplementedError
+
+    # -- watchdog -------------------------------------------------------------
+    def watchdog_start(self, timeout_ms):
+        raise NotImplementedError
+
+    def watchdog_feed(self):
+        raise NotImplementedError
+
+    def reset_cause(self):
+        """'power', 'watchdog' or 'soft': why the board last started."""
+        raise NotImplementedError
+
+    def reset(self):
+        """Restart the board (machine.reset on hardware)."""
+        raise NotImplementedError
+
+    # -- storage (the journal's filesystem) -----------------------------------
+    # `storage` is an object with read(name) -> bytes, append(name, data)
+    # and replace(name, data) (atomic), as journal.FileStore.
+    storage = None
+
+    # -- host link ------------------------------------------------------------
+    def link_read(self, buf):
+        """Copy waiting host bytes into buf; return how many (0: none).
+        Never blocks."""
+        raise NotImplementedError
+
+    def link_write(self, data):
+        """Send all of data to the host."""
+        raise NotImplementedError

@@ -1,0 +1,265 @@
+# The simulated board's HAL: the hardware is the plant model on the host.
+#
+# SimHal forwards the generator, interlock, detector, clock and watchdog
+# calls to a plant port, and takes the link and the filesystem as given:
+# - under CPython (the fast simulator) the port is the plant itself, in
+#   virtual time, and the link is an in-process byte pipe;
+# - on the MicroPython unix port the port is PlantClient below, a local
+#   socket to the plant server, and the link is stdin/stdout (the board's
+#   USB CDC, as on a Pico).
+# docs/hal.md describes the calls; the plant server's side of the socket
+# protocol is host/pulseline/sim/plantserver.py.
+import struct
+
+from micropython import const
+
+from .hal import Hal
+from .journal import FileStore
+
+# Plant socket protocol: request = op u8 + fixed arguments; every request
+# gets an answer, so the two sides stay in lock step.
+OP_HELLO = const(0x48)  # -> now_us u64
+OP_INPUTS = const(0x49)  # -> bits u8
+OP_SET = const(0x53)  # kv f32, ma f32 -> ack
+OP_FIRE = const(0x46)  # width_us u32 -> ok u8
+OP_FEEDBACK = const(0x42)  # -> kv f32, ma f32
+OP_ARM = const(0x41)  # lines u16, pixels u16, format u8 -> ack
+OP_POLL = const(0x50)  # -> done u8, count u16, count x index u16, then count lines of pixel bytes
+OP_WDT_START = const(0x44)  # timeout_ms u32 -> ack
+OP_WDT_FEED = const(0x45)  # -> ack
+OP_CAUSE = const(0x43)  # -> cause u8 (0 power, 1 watchdog, 2 soft)
+OP_RESET = const(0x58)  # -> ack; the plant server restarts the board
+
+INPUT_SWITCH = const(1)
+INPUT_DOOR_CLOSED = const(2)
+INPUT_KEY_ON = const(4)
+INPUT_GENERATOR_READY = const(8)
+INPUT_HLC_SWITCH = const(16)
+
+CAUSES = ("power", "watchdog", "soft")
+TICKS_PERIOD = const(1 << 30)  # time.ticks_us wraps here on MicroPython
+
+
+def fill_inputs(inputs, bits):
+    inputs.switch = bool(bits & INPUT_SWITCH)
+    inputs.door_closed = bool(bits & INPUT_DOOR_CLOSED)
+    inputs.key_on = bool(bits & INPUT_KEY_ON)
+    inputs.generator_ready = bool(bits & INPUT_GENERATOR_READY)
+    inputs.hlc_switch = bool(bits & INPUT_HLC_SWITCH)
+
+
+class SimHal(Hal):
+    BOARD = "sim"
+    LINK_BYTES_PER_S = 1_100_000  # USB full speed, practical (SPEC 3)
+    MAX_FRAME_BYTES = 8 * 1024 * 1024
+
+    def __init__(self, port, link, storage, link_bytes_per_s=None):
+        self.port = port
+        self.link = link
+        self.storage = storage
+        if link_bytes_per_s:
+            self.LINK_BYTES_PER_S = link_bytes_per_s
+    # Every call goes to the plant port (or the link) as it is.
+    def ticks_us(self):
+        return self.port.ticks_us()
+
+    def wait_until(self, deadline_us):
+        self.port.wait_until(deadline_us)
+
+    def read_inputs(self, inputs):
+        self.port.read_inputs(inputs)
+
+    def generator_set(self, kv, ma):
+        self.port.generator_set(kv, ma)
+
+    def generator_fire(self, width_us):
+        return self.port.generator_fire(width_us)
+
+    def generator_feedback(self, out):
+        self.port.generator_feedback(out)
+
+    def detector_arm(self, frame_buf, landed, lines, pixels, pixel_format):
+        self.port.detector_arm(frame_buf, landed, lines, pixels, pixel_format)
+
+    def detector_poll(self):
+        return self.port.detector_poll()
+
+    def watchdog_start(self, timeout_ms):
+        self.port.watchdog_start(timeout_ms)
+
+    def watchdog_feed(self):
+        self.port.watchdog_feed()
+
+    def reset_cause(self):
+        return self.port.reset_cause()
+
+    def reset(self):
+        self.port.reset()
+
+    def link_read(self, buf):
+        return self.link.read(buf)
+
+    def link_write(self, data):
+        self.link.write(data)
+
+
+class PlantClient:
+    """The plant port over a local socket (MicroPython unix port)."""
+
+    def __init__(self, host, tcp_port, link):
+        import socket
+        import time
+
+        self._time = time
+        self.link = link  # wait_until wakes on host bytes
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.connect(socket.getaddrinfo(host, tcp_port)[0][-1])
+        self.sock = s
+        self.req = bytearray(16)
+        self.ans = bytearray(16)
+        self.ans_mv = memoryview(self.ans)
+        self._wraps = 0
+        self._last_raw = time.ticks_us()
+        self.frame_views = []  # type: list
+        self.landed = bytearray(0)
+        self._index = bytearray(2 * 4096)
+        self.ask(OP_HELLO, 0, 8)
+        # Board time = plant time: offset the local monotonic clock (the same
+        # clock the plant server paces itself by) to the plant's.
+        self._offset = struct.unpack_from("<Q", self.ans)[0] - self._local_us()
+
+    # -- socket plumbing ------------------------------------------------------
+    def _recv_into(self, mv):
+        got = 0
+        n = len(mv)
+        while got < n:
+            k = self.sock.readinto(mv[got:]) if hasattr(self.sock, "readinto") else None
+            if k is None:
+                data = self.sock.recv(n - got)
+                k = len(data)
+                mv[got:got + k] = data
+            if not k:
+                raise OSError("plant connection closed")
+            got += k
+
+    def ask(self, op, nargs, nans):
+        self.req[0] = op
+        self.sock.write(memoryview(self.req)[:1 + nargs])
+        if nans:
+            self._recv_into(self.ans_mv[:nans])
+
+    # -- clock ----------------------------------------------------------------
+    def _local_us(self):
+        raw = self._time.ticks_us()
+        if raw < self._last_raw:
+            self._wraps += 1
+        self._last_raw = raw
+        return self._wraps * TICKS_PERIOD + raw
+
+    def ticks_us(self):
+        return self._local_us() + self._offset
+
+    def wait_until(self, deadline_us):
+        # As a board with a 1 ms loop: sleep at most 1 ms, less if host
+        # bytes are already waiting.
+        dt = deadline_us - self.ticks_us()
+        if dt > 1000:
+            dt = 1000
+        if dt > 0:
+            self.link.wait_readable(dt)
+
+    # -- hardware -------------------------------------------------------------
+    def read_inputs(self, inputs):
+        self.ask(OP_INPUTS, 0, 1)
+        fill_inputs(inputs, self.ans[0])
+
+    def generator_set(self, kv, ma):
+        struct.pack_into("<ff", self.req, 1, kv, ma)
+        self.ask(OP_SET, 8, 1)
+
+    def generator_fire(self, width_us):
+        struct.pack_into("<I", self.req, 1, width_us)
+        self.ask(OP_FIRE, 4, 1)
+        return self.ans[0] == 1
+
+    def generator_feedback(self, out):
+        self.ask(OP_FEEDBACK, 0, 8)
+        kv, ma = struct.unpack_from("<ff", self.ans)
+        out[0] = kv
+        out[1] = ma
+
+    def detector_arm(self, frame_buf, landed, lines, pixels, pixel_format):
+        line_bytes = len(frame_buf) // lines
+        if len(self.frame_views) != lines or len(self.frame_views[0]) != line_bytes:
+            mv = memoryview(frame_buf)
+            self.frame_views = [mv[i * line_bytes:(i + 1) * line_bytes] for i in range(lines)]
+        self.landed = landed
+        struct.pack_into("<HHB", self.req, 1, lines, pixels, pixel_format)
+        self.ask(OP_ARM, 5, 1)
+
+    def detector_poll(self):
+        self.ask(OP_POLL, 0, 3)
+        done = self.ans[0]
+        count = self.ans[1] | (self.ans[2] << 8)
+        if count:
+            idx = memoryview(self._index)[:2 * count]
+            self._recv_into(idx)
+            for k in range(count):
+                i = idx[2 * k] | (idx[2 * k + 1] << 8)
+                self._recv_into(self.frame_views[i])
+                self.landed[i] = 1
+        return done == 1
+
+    def watchdog_start(self, timeout_ms):
+        struct.pack_into("<I", self.req, 1, timeout_ms)
+        self.ask(OP_WDT_START, 4, 1)
+
+    def watchdog_feed(self):
+        self.ask(OP_WDT_FEED, 0, 1)
+
+    def reset_cause(self):
+        self.ask(OP_CAUSE, 0, 1)
+        return CAUSES[self.ans[0]] if self.ans[0] < len(CAUSES) else "power"
+
+    def reset(self):
+        self.ask(OP_RESET, 0, 1)
+        import sys
+
+        sys.exit(0)
+
+
+class StdioLink:
+    """The host link on stdin/stdout (the USB CDC port of a board)."""
+
+    def __init__(self):
+        import select
+        import sys
+
+        self.rx = sys.stdin.buffer
+        self.txs = sys.stdout.buffer
+        self.poller = select.poll()
+        self.poller.register(self.rx, select.POLLIN)
+        self.one = bytearray(1)
+
+    def wait_readable(self, timeout_us):
+        self.poller.poll((timeout_us + 999) // 1000)
+
+    def read(self, buf):
+        n = 0
+        while n < len(buf) and self.poller.poll(0):
+            if self.rx.readinto(self.one) != 1:
+                break
+            buf[n] = self.one[0]
+            n += 1
+        return n
+
+    def write(self, data):
+        self.txs.write(data)
+
+
+def connect(root, address):
+    """The sim HAL of a MicroPython simulated board: plant at address
+    ("host:port"), board filesystem at root."""
+    host, _, tcp_port = address.rpartition(":")
+    link = StdioLink()
+    return SimHal(PlantClient(host, int(tcp_port), link), link, FileStore(root))

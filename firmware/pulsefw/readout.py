@@ -1,0 +1,87 @@
+# Detector readout and line packetiser: one frame buffer, allocated when the
+# geometry is set (at boot or by a configuration change, never per frame);
+# the detector lands a pulse's lines in it during the pulse (slot scan) and
+# this module sends each landed line as a LINE packet, in line order,
+# straight from the buffer (no copy).
+from micropython import const
+
+from . import wire
+
+# A readout that is not over this long after the pulse has ended has failed.
+READOUT_TIMEOUT_US = const(50_000)
+
+
+class Readout:
+    def __init__(self, hal, tx, lines, pixels, pixel_format):
+        self.hal = hal
+        self.tx = tx
+        self.busy = False
+        self.lines_sent_total = 0
+        self.lines_lost_total = 0
+        self.frames_total = 0
+        self.configure(lines, pixels, pixel_format)
+
+    def configure(self, lines, pixels, pixel_format):
+        """Allocate for a new geometry (only while no frame is in flight)."""
+        self.enc = wire.LineEncoder(pixels, lines, pixel_format)
+        self.lines = lines
+        self.pixels = pixels
+        self.pixel_format = pixel_format
+        self.frame_buf = bytearray(0)  # let the old buffer go before the new one is made
+        pb = self.enc.pixel_bytes
+        self.frame_buf = bytearray(lines * pb)
+        self.landed = bytearray(lines)
+        self._zeros = bytes(lines)
+        mv = memoryview(self.frame_buf)
+        # One view per line, made once: sending a line allocates nothing.
+        self.line_views = [mv[i * pb:(i + 1) * pb] for i in range(lines)]
+
+    def arm(self, frame_id, pulse_id, t_us, width_us):
+        self.landed[:] = self._zeros
+        self.frame_id = frame_id
+        self.pulse_id = pulse_id
+        self.t_us = t_us
+        self.width_us = width_us
+        self.deadline_us = t_us + width_us + READOUT_TIMEOUT_US
+        self.next_line = 0
+        self.lines_sent = 0
+        self.over = False
+        self.busy = True
+        self.hal.detector_arm(self.frame_buf, self.landed, self.lines, self.pixels, self.pixel_format)
+
+    def cancel(self):
+        self.busy = False
+
+    def pump(self, now_us, max_lines):
+        """Send up to max_lines landed lines. True when the frame is over:
+        every line that landed has been sent and no more will land."""
+        if not self.busy:
+            return False
+        if not self.over:
+            self.over = self.hal.detector_poll() or now_us >= self.deadline_us
+        landed = self.landed
+        n = self.next_line
+        sent = 0
+        write = self.hal.link_write
+        tx = self.tx
+        t0 = self.t_us
+        step = self.width_us // self.lines  # slot scan: line i is read at t0 + i * step
+        while n < self.lines and sent < max_lines:
+            if landed[n]:
+                ts = t0 + n * step
+                self.enc.write_line(write, tx.next_seq(), self.frame_id, n, self.pulse_id, ts >> 30,
+                                    ts & 0x3FFFFFFF, self.line_views[n])
+                sent += 1
+            elif not self.over:
+                break  # not landed yet
+            else:
+                self.lines_lost_total += 1  # never landed: the host sees it missing
+            n += 1
+        self.next_line = n
+        self.lines_sent += sent
+        self.lines_sent_total += sent
+        if n >= self.lines and self.over:
+            self.busy = False
+            self.frames_total += 1
+            return True
+        return False

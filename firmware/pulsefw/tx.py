@@ -1,0 +1,65 @@
+# Board->host packets: responses, events and logs, with the board's one
+# sequence counter. Line packets go through readout.py, which shares it.
+import json
+import struct
+
+from micropython import const
+
+from . import wire
+
+# Event codes (EVENT payload: code u16, timestamp_us u64, JSON body).
+EV_BOOT = const(1)  # firmware started: version, reset cause
+EV_STATE = const(2)  # controller state changed
+EV_FAULT = const(3)  # a fault latched: code, name, message
+EV_ALARM = const(4)  # alarm on/off: 5-minute timer, high-level control tone, dose notification
+EV_DOSE = const(5)  # dose displays, at least once a second while exposing
+EV_BLOCKED = const(6)  # a press did not expose: why
+EV_EXAM = const(7)  # a new exam started
+EV_IRRADIATION = const(8)  # an irradiation event (one press) was committed to the journal
+
+EVENT_NAMES = {
+    EV_BOOT: "boot",
+    EV_STATE: "state",
+    EV_FAULT: "fault",
+    EV_ALARM: "alarm",
+    EV_DOSE: "dose",
+    EV_BLOCKED: "blocked",
+    EV_EXAM: "exam",
+    EV_IRRADIATION: "irradiation",
+}
+
+# Log levels (LOG payload: level u8, timestamp_us u64, text).
+LOG_DEBUG = const(10)
+LOG_INFO = const(20)
+LOG_WARNING = const(30)
+LOG_ERROR = const(40)
+
+
+class Tx:
+    def __init__(self, write):
+        self.write = write  # the HAL's link write: takes bytes-like, sends all of it
+        self.seq = 0
+
+    def next_seq(self):
+        s = self.seq
+        self.seq = (s + 1) & 0xFFFF
+        return s
+
+    def send(self, ptype, payload):
+        self.write(wire.encode(ptype, self.next_seq(), payload))
+
+    def response(self, command_seq, status, body):
+        if status == wire.ERR_OK:
+            body = json.dumps(body).encode()
+        else:
+            body = str(body).encode()
+        self.send(wire.PKT_RESPONSE, wire.response_payload(command_seq, status, body))
+
+    def event(self, code, now_us, body):
+        self.send(wire.PKT_EVENT, struct.pack("<HQ", code, now_us) + json.dumps(body).encode())
+
+    def log(self, level, now_us, text):
+        self.send(wire.PKT_LOG, struct.pack("<BQ", level, now_us) + str(text).encode())
+
+    def trailer(self, payload):
+        self.send(wire.PKT_TRAILER, payload)

@@ -1,0 +1,302 @@
+# The firmware's main loop and command layer against a scripted board (a
+# HAL whose hardware does exactly what it is told), on CPython and on the
+# real MicroPython binary. The plant-model tests (tests/test_sim_*.py) cover
+# the physics; these cover the protocol and the bookkeeping.
+import json
+import struct
+
+from pulsefw import app, commands, controller, dose, tx, wire
+
+
+class Disk:
+    def __init__(self):
+        self.files = {}
+
+    def read(self, name):
+        return self.files.get(name, b"")
+
+    def append(self, name, data):
+        self.files[name] = self.files.get(name, b"") + bytes(data)
+
+    def replace(self, name, data):
+        self.files[name] = bytes(data)
+
+
+class ScriptedHal:
+    BOARD = "scripted"
+    LINK_BYTES_PER_S = 1_100_000
+    MAX_FRAME_BYTES = 1_000_000
+
+    def __init__(self, disk=None):
+        self.now = 0
+        self.storage = disk if disk is not None else Disk()
+        self.switch = False
+        self.door_closed = True
+        self.kv = 0.0
+        self.ma = 0.0
+        self.fired = []  # (t, kv, ma, width_us)
+        self.rx = bytearray()
+        self.out = bytearray()
+        self.buf = None
+        self.cause = "power"
+
+    def ticks_us(self):
+        return self.now
+
+    def wait_until(self, deadline_us):
+        if deadline_us > self.now:
+            self.now = deadline_us
+
+    def read_inputs(self, inputs):
+        inputs.switch = self.switch
+        inputs.door_closed = self.door_closed
+        inputs.key_on = True
+        inputs.generator_ready = True
+        inputs.hlc_switch = False
+
+    def generator_set(self, kv, ma):
+        self.kv = kv
+        self.ma = ma
+
+    def generator_fire(self, width_us):
+        self.fired.append((self.now, self.kv, self.ma, width_us))
+        return self.door_closed
+
+    def generator_feedback(self, out):
+        out[0] = self.kv
+        out[1] = self.ma
+
+    def detector_arm(self, frame_buf, landed, lines, pixels, pixel_format):
+        self.buf = frame_buf
+        self.landed = landed
+
+    def detector_poll(self):
+        for i in range(len(self.landed)):
+            self.landed[i] = 1
+        return True
+
+    def watchdog_start(self, timeout_ms):
+        pass
+
+    def watchdog_feed(self):
+        pass
+
+    def reset_cause(self):
+        return self.cause
+
+    def reset(self):
+        pass
+
+    def link_read(self, buf):
+        n = min(len(buf), len(self.rx))
+        buf[:n] = self.rx[:n]
+        self.rx = self.rx[n:]
+        return n
+
+    def link_write(self, data):
+        self.out += data
+
+
+def packets(data):
+    """(type, payload) of every packet in a clean board stream."""
+    out = []
+    pos = 0
+    while pos + wire.HEADER_SIZE <= len(data):
+        assert data[pos:pos + 4] == wire.SYNC
+        ptype = data[pos + 5]
+        length = data[pos + 8] | (data[pos + 9] << 8)
+        out.append((ptype, bytes(data[pos + wire.HEADER_SIZE:pos + wire.HEADER_SIZE + length])))
+        pos += wire.HEADER_SIZE + length + wire.CRC_SIZE
+    assert pos == len(data)
+    return out
+
+
+class Board:
+    def __init__(self, disk=None):
+        self.hal = ScriptedHal(disk)
+        self.app = app.App(self.hal)
+        self.seq = 0
+        self.seen = 0
+
+    def run(self, us):
+        # As a host session does: a heartbeat every 100 ms keeps the link alive.
+        end = self.hal.now + us
+        next_ping = self.hal.now
+        while self.hal.now < end:
+            if self.hal.now >= next_ping:
+                self.seq += 1
+                self.hal.rx += wire.stuff(wire.encode(wire.PKT_COMMAND, self.seq, b"\x0e{}"))
+                next_ping = self.hal.now + 100_000
+            self.app.poll()
+
+    def send(self, name, args=None, raw=None):
+        op = 0
+        for k in commands.OP_NAMES:
+            if commands.OP_NAMES[k] == name:
+                op = k
+        payload = raw if raw is not None else wire.command_payload(op, json.dumps(args or {}).encode())
+        self.seq += 1
+        self.hal.rx += wire.stuff(wire.encode(wire.PKT_COMMAND, self.seq, payload))
+        self.app.poll()
+        for ptype, payload in self.new_packets():
+            if ptype == wire.PKT_RESPONSE:
+                cseq, status = struct.unpack("<HB", payload[:3])
+                if cseq != self.seq:
+                    continue  # a heartbeat's answer
+                body = payload[3:].decode()
+                return status, json.loads(body) if status == 0 else body
+        raise AssertionError("no response")
+
+    def ok(self, name, args=None):
+        status, body = self.send(name, args)
+        assert status == wire.ERR_OK, body
+        return body
+
+    def new_packets(self):
+        data = self.hal.out[self.seen:]
+        self.seen = len(self.hal.out)
+        return packets(data)
+
+    def all_packets(self):
+        return packets(self.hal.out)
+
+    def events(self, code):
+        return [json.loads(p[10:]) for t, p in self.all_packets() if t == wire.PKT_EVENT
+                and struct.unpack("<H", p[:2])[0] == code]
+
+
+def test_boot_announces_itself_and_comes_up_disarmed():
+    b = Board()
+    assert b.events(tx.EV_BOOT)[0]["firmware"] == app.FIRMWARE_VERSION
+    assert b.events(tx.EV_STATE)[-1]["state"] == "IDLE"
+    assert b.ok("status")["state"] == "IDLE"
+
+
+def test_handshake_checks_the_protocol_version():
+    b = Board()
+    body = b.ok("hello", {"protocol": wire.PROTOCOL_VERSION})
+    assert body["firmware"] == app.FIRMWARE_VERSION and body["config"]["kv"] == 80.0
+    status, msg = b.send("hello", {"protocol": wire.PROTOCOL_VERSION + 1})
+    assert status == wire.ERR_VERSION and "protocol" in msg
+    assert b.send("hello", {})[0] == wire.ERR_BAD_ARGUMENT
+
+
+def test_bad_commands_get_an_error_and_change_nothing():
+    b = Board()
+    before = b.ok("get_config")
+    bad = [
+        ({"kv": 130}, wire.ERR_OUT_OF_RANGE),
+        ({"kv": "80"}, wire.ERR_BAD_ARGUMENT),
+        ({"kv": True}, wire.ERR_BAD_ARGUMENT),
+        ({"pulses_per_s": 10}, wire.ERR_OUT_OF_RANGE),
+        ({"pulse_width_ms": 20, "pulses_per_s": 30}, wire.ERR_OUT_OF_RANGE),  # over half the period
+        ({"kv": 90, "ma": 0.5}, wire.ERR_OUT_OF_RANGE),  # all or nothing: kV is not taken either
+        ({"colour": 1}, wire.ERR_BAD_ARGUMENT),
+        ({"pixels_per_line": 1024, "lines_per_frame": 256, "pixel_format": 1, "pulses_per_s": 30},
+         wire.ERR_LINK_BUDGET),
+        ({"lines_per_frame": 12.5}, wire.ERR_BAD_ARGUMENT),
+    ]
+    for args, code in bad:
+        status, msg = b.send("set_config", args)
+        assert status == code, (args, status, msg)
+        assert "\n" not in msg and msg
+    assert b.send("set_config", raw=b"\x03not json")[0] == wire.ERR_MALFORMED
+    assert b.send("set_config", raw=b"\x03[1, 2]")[0] == wire.ERR_MALFORMED
+    assert b.send("x", raw=b"\xee{}")[0] == wire.ERR_UNKNOWN_COMMAND
+    assert b.send("x", raw=b"")[0] == wire.ERR_MALFORMED
+    assert b.send("read_journal", {"max": 0})[0] == wire.ERR_OUT_OF_RANGE
+    assert b.send("arm", {"now": True})[0] == wire.ERR_BAD_ARGUMENT
+    assert b.ok("get_config") == before
+    assert b.ok("status")["state"] == "IDLE"
+    # The link budget message carries the numbers.
+    msg = b.send("set_config", {"pixels_per_line": 1024, "pixel_format": 1, "pulses_per_s": 30})[1]
+    assert "bytes/s" in msg and "1100000" in msg
+
+
+def test_a_press_gives_frames_with_trailers_and_accounts_every_pulse():
+    b = Board()
+    b.ok("set_config", {"pixels_per_line": 64, "lines_per_frame": 32, "pulses_per_s": 15})
+    b.ok("arm")
+    b.run(10_000)
+    b.hal.switch = True
+    b.run(1_000_000)
+    b.hal.switch = False
+    b.run(100_000)
+    n = len(b.hal.fired)
+    assert 15 <= n <= 16
+    trailers = [p for t, p in b.all_packets() if t == wire.PKT_TRAILER]
+    lines = [p for t, p in b.all_packets() if t == wire.PKT_LINE]
+    assert len(trailers) == n and len(lines) == 32 * n
+    geo = dose.Geometry(64, 32)
+    per_pulse = geo.pulse_kerma_ugy(80.0, 20.0, 10.0)
+    t = struct.unpack(wire.TRAILER_FORMAT, trailers[0])
+    assert t[4] == 32 and abs(t[8] - per_pulse) < 1e-3 * per_pulse
+    report = b.ok("dose_report")
+    assert report["pulses"] == n
+    assert abs(report["kerma_mgy"] - n * per_pulse / 1000) < 1e-6 * n * per_pulse
+    assert len(report["events"]) == 1 and report["events"][0]["pulses"] == n
+    assert b.events(tx.EV_IRRADIATION)[0]["pulses"] == n
+    assert b.events(tx.EV_DOSE)  # displays while exposing
+    assert [e["state"] for e in b.events(tx.EV_STATE)][-3:] == ["READY", "EXPOSING", "HOLD"]
+
+
+def test_cumulative_values_survive_a_reset_and_a_new_exam_clears_them():
+    disk = Disk()
+    b = Board(disk)
+    b.ok("arm")
+    b.run(10_000)
+    b.hal.switch = True
+    b.run(500_000)
+    b.hal.switch = False
+    b.run(100_000)
+    before = b.ok("dose_report")
+    again = Board(disk)  # reset: a new firmware instance on the same filesystem
+    after = again.ok("dose_report")
+    assert after["pulses"] == before["pulses"] > 0
+    assert after["kerma_mgy"] == before["kerma_mgy"]
+    assert after["events"] == before["events"]
+    assert again.ok("new_exam")["exam"] == after["exam"] + 1
+    assert again.ok("dose_report")["pulses"] == 0
+    assert Board(disk).ok("dose_report")["pulses"] == 0
+
+
+def test_configuration_is_refused_while_exposing():
+    b = Board()
+    b.ok("arm")
+    b.run(10_000)
+    b.hal.switch = True
+    b.run(50_000)
+    assert b.ok("status")["state"] == "EXPOSING"
+    assert b.send("set_config", {"kv": 90})[0] == wire.ERR_BAD_STATE
+    assert b.send("new_exam")[0] == wire.ERR_BAD_STATE
+    assert b.ok("get_config")["kv"] == 80.0
+
+
+def test_a_pulse_the_hardware_refuses_latches_a_fault():
+    b = Board()
+    b.ok("arm")
+    b.run(10_000)
+    b.hal.door_closed = False  # the hardware chain opens first...
+    b.app.inputs.door_closed = True
+    b.hal.read_inputs = lambda inputs: ScriptedHal.read_inputs(b.hal, inputs) or setattr(inputs, "door_closed", True)
+    b.hal.switch = True  # ...while the firmware still reads the door closed
+    b.run(100_000)
+    assert b.app.ctl.state == controller.FAULT
+    assert b.events(tx.EV_FAULT)[0]["code"] == app.FAULT_PULSE_REFUSED
+    assert b.ok("status")["pulses_refused"] == 1
+
+
+def test_watchdog_reset_comes_up_with_a_fault():
+    hal = ScriptedHal()
+    hal.cause = "watchdog"
+    a = app.App(hal)
+    assert a.ctl.state == controller.FAULT and a.ctl.fault_code == app.FAULT_WATCHDOG_RESET
+
+
+def test_read_journal_pages_through_records():
+    b = Board()
+    for _ in range(3):
+        b.ok("new_exam")
+    page = b.ok("read_journal", {"from": 1, "max": 2})
+    assert [r["seq"] for r in page["records"]] == [1, 2] and page["next"] == 3
+    assert page["records"][0]["record"] == {"kind": "exam", "exam": 2}
