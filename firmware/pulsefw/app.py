@@ -106,6 +106,8 @@ class App:
         self.exam_id = 0
         self.event_id = 0
         hal.watchdog_start(WATCHDOG_MS)
+        # The high voltage settles long before the first pulse can be asked for.
+        hal.generator_set(c.kv, c.ma)
         self.journal = None
         journal_error = None
         try:
@@ -412,24 +414,21 @@ class App:
             self.commit(self._press_record(p, False), now)
 
     def _next_wake(self, now):
+        """The next moment that matters (inputs and host bytes wake the loop
+        on their own); only deadlines still ahead count, so the loop never
+        spins on one already passed."""
         ctl = self.ctl
         t = now + MAX_SLEEP_US
         if ctl.state == controller.EXPOSING:
-            if ctl.next_pulse_us < t:
-                t = ctl.next_pulse_us
-            link = ctl.last_host_us + controller.LINK_TIMEOUT_US + 1
-            if link < t:
-                t = link
-            if self.next_display_us < t:
-                t = self.next_display_us
             a = self.account
-            alarm = now + (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us
-            if alarm < t:
-                t = alarm
-        if not self.pend_done and self.pend[3] < t:
+            for c in (ctl.next_pulse_us, ctl.last_host_us + controller.LINK_TIMEOUT_US + 1, self.next_display_us,
+                      now + (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us):
+                if now < c < t:
+                    t = c
+        if not self.pend_done and now < self.pend[3] < t:
             t = self.pend[3]
         if self.readout.busy and now + READOUT_POLL_US < t:
             t = now + READOUT_POLL_US
         if self.pend_done and (self.trailer_due or (self.press is not None and self.press.closing)):
             t = now  # work left for the next pass
-        return t if t > now else now
+        return t

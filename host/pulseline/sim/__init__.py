@@ -1,0 +1,2 @@
+"""Simulated boards: the fast in-process simulator (virtual time) and the
+plant server for a board on the MicroPython unix port."""

@@ -1,0 +1,379 @@
+"""The fast simulator: the firmware, in-process under CPython, against the
+plant model in virtual time.
+
+Time only moves when the firmware sleeps (`wait_until`), and then jumps to
+the next thing that can matter: the firmware's own deadline, a change on the
+plant's timeline, or bytes from the host. So an hour of fluoroscopy runs in
+seconds, and the same seed gives the same bytes every time.
+
+The board's output is the same byte stream a real board sends over USB; the
+Stage 1 assembler consumes it. A simple host stands in for the session: it
+sends a heartbeat (PING) every `heartbeat_us`, except while the timeline
+says the link is down, and lets tests send commands.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..mpcompat import import_firmware
+from ..plant import Plant, PlantConfig, Timeline
+
+wire = import_firmware("pulsefw.wire")
+app_module = import_firmware("pulsefw.app")
+commands = import_firmware("pulsefw.commands")
+hal_sim = import_firmware("pulsefw.hal_sim")
+fw_journal = import_firmware("pulsefw.journal")
+
+
+class BoardReset(Exception):
+    """The firmware asked for a reset (or the watchdog gave one)."""
+
+
+class MemoryStore:
+    """The board's filesystem for the journal, in memory; it survives board
+    resets (as flash does) because the simulator keeps it."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+
+    def read(self, name: str) -> bytes:
+        return self.files.get(name, b"")
+
+    def append(self, name: str, data: bytes) -> None:
+        self.files[name] = self.files.get(name, b"") + bytes(data)
+
+    def replace(self, name: str, data: bytes) -> None:
+        self.files[name] = bytes(data)
+
+
+class PipeLink:
+    """Host <-> board bytes, in process. Host->board bytes are stuffed
+    packets, as on the wire."""
+
+    def __init__(self, sim: FastSim) -> None:
+        self.sim = sim
+        self.to_board = bytearray()
+        self.from_board = bytearray()
+        self.bytes_to_host = 0
+
+    def read(self, buf: bytearray) -> int:
+        n = min(len(buf), len(self.to_board))
+        if n:
+            buf[:n] = self.to_board[:n]
+            del self.to_board[:n]
+        return n
+
+    def write(self, data: Any) -> None:
+        if self.sim.link_down:
+            return  # a pulled cable: nothing arrives
+        self.from_board += data
+        self.bytes_to_host += len(data)
+
+
+class VirtualPort:
+    """The plant port of the sim HAL, in virtual time."""
+
+    def __init__(self, sim: FastSim) -> None:
+        self.sim = sim
+        self.plant = sim.plant
+        self.frame_buf: Any = None
+        self.landed: Any = None
+        self.line_bytes = 0
+        self.copied = 0
+        self.wdt_timeout_us = 0
+        self.wdt_fed_us = 0
+
+    def ticks_us(self) -> int:
+        return self.sim.now_us
+
+    def wait_until(self, deadline_us: int) -> None:
+        self.sim.advance(deadline_us)
+
+    def read_inputs(self, inputs: Any) -> None:
+        s = self.plant.inputs_at(self.sim.now_us)
+        inputs.switch = s.switch
+        inputs.door_closed = s.door_closed
+        inputs.key_on = s.key_on
+        inputs.generator_ready = s.generator_ready
+        inputs.hlc_switch = s.hlc_switch
+
+    def generator_set(self, kv: float, ma: float) -> None:
+        self.plant.generator_set(self.sim.now_us, kv, ma)
+
+    def generator_fire(self, width_us: int) -> bool:
+        truth = self.plant.generator_fire(self.sim.now_us, width_us)
+        if truth is not None:
+            self.copied = 0
+        return truth is not None
+
+    def generator_feedback(self, out: Any) -> None:
+        kv, ma, _ = self.plant.generator_feedback()
+        out[0] = kv
+        out[1] = ma
+
+    def detector_arm(self, frame_buf: Any, landed: Any, lines: int, pixels: int, pixel_format: int) -> None:
+        self.frame_buf = frame_buf
+        self.landed = landed
+        self.line_bytes = len(frame_buf) // lines
+        self.copied = 0
+        if not self.sim.pixels:
+            return
+        self.plant.detector_arm(self.sim.now_us, lines, pixels, pixel_format)
+
+    def detector_poll(self) -> bool:
+        if not self.sim.pixels:
+            # Control-only: every line lands at once, its pixels left as
+            # they are (no detector physics, no image).
+            self.landed[:] = b"\x01" * len(self.landed)
+            return True
+        now = self.sim.now_us
+        idx = self.plant.detector_landed_indices(now)
+        if len(idx) > self.copied:
+            frame = self.plant.detector_frame_bytes()
+            lb = self.line_bytes
+            for i in idx[self.copied:]:
+                i = int(i)
+                self.frame_buf[i * lb:(i + 1) * lb] = frame[i * lb:(i + 1) * lb]
+                self.landed[i] = 1
+            self.copied = len(idx)
+        return bool(self.plant.detector_done(now))
+
+    def watchdog_start(self, timeout_ms: int) -> None:
+        self.wdt_timeout_us = timeout_ms * 1000
+        self.wdt_fed_us = self.sim.now_us
+        self.plant.watchdog_start(self.sim.now_us, timeout_ms * 1000)
+
+    def watchdog_feed(self) -> None:
+        self.wdt_fed_us = self.sim.now_us
+        self.plant.watchdog_feed(self.sim.now_us)
+
+    def reset_cause(self) -> str:
+        return self.sim.reset_cause
+
+    def reset(self) -> None:
+        raise BoardReset("soft")
+
+
+@dataclass
+class Response:
+    seq: int
+    status: int
+    body: Any
+
+
+@dataclass
+class HostLog:
+    """What the stand-in host has read from the board, parsed."""
+
+    responses: dict[int, Response] = field(default_factory=dict)
+    events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)  # (t_us, name, body)
+    logs: list[tuple[int, str]] = field(default_factory=list)
+
+
+class FastSim:
+    """The firmware and the plant in one process, in virtual time.
+
+    >>> sim = FastSim(Plant(PlantConfig(seed=1), Timeline().press(1_000_000, 2_000_000)))
+    >>> sim.command("arm")
+    >>> sim.run_until(4_000_000)
+    >>> stream = sim.take_output()        # the board's bytes, for the assembler
+    """
+
+    def __init__(self, plant: Plant, *, pixels: bool = True, heartbeat_us: int = 100_000,
+                 store: MemoryStore | None = None) -> None:
+        self.plant = plant
+        self.pixels = pixels
+        self.heartbeat_us = heartbeat_us
+        self.now_us = 0
+        self.store = store if store is not None else MemoryStore()
+        self.link = PipeLink(self)
+        self.port = VirtualPort(self)
+        self.reset_cause = "power"
+        self.resets: list[tuple[int, str]] = []
+        self.host_seq = 0
+        self.next_heartbeat_us = 0
+        self.link_down = False
+        self._end_us = 0
+        self.host = HostLog()
+        self._pending = bytearray()  # board bytes not yet parsed by the host log
+        self._decoder_offset = 0
+        self._stalls: list[tuple[int, int]] = []
+        self._stall_times: list[int] = []
+        self._timeline_len = -1
+        self._boot()
+
+    # -- the board ------------------------------------------------------------
+
+    def _boot(self) -> None:
+        hal = hal_sim.SimHal(self.port, self.link, self.store)
+        self.app = app_module.App(hal)
+
+    def reboot(self, cause: str) -> None:
+        self.resets.append((self.now_us, cause))
+        self.reset_cause = cause
+        self._boot()
+        self.reset_cause = "power"
+
+    # -- time -----------------------------------------------------------------
+
+    def _next_stall_after(self, t_us: int) -> int | None:
+        tl = self.plant.timeline
+        if len(tl) != self._timeline_len:  # the timeline may grow while running
+            self._timeline_len = len(tl)
+            self._stalls = [(e.t_us, int(e.value)) for e in tl.events() if e.name == "stall"]
+            self._stall_times = [t for t, _ in self._stalls]
+        i = bisect.bisect_left(self._stall_times, t_us)
+        return self._stall_times[i] if i < len(self._stall_times) else None
+
+    def advance(self, deadline_us: int) -> None:
+        """The firmware sleeps until deadline_us; wake it earlier for a
+        timeline change or host bytes."""
+        now = self.now_us
+        if deadline_us <= now:
+            return
+        t = min(deadline_us, self._end_us)
+        ev = self.plant.next_event_after(now)
+        if ev is not None and ev < t:
+            t = ev
+        if self.heartbeat_us and self.next_heartbeat_us < t:
+            t = max(self.next_heartbeat_us, now)
+        self.now_us = t
+
+    def _host_tick(self) -> None:
+        """The stand-in host's duties at the current time."""
+        self.link_down = bool(self.plant.timeline.value_at("link_down", self.now_us))
+        if self.heartbeat_us and self.now_us >= self.next_heartbeat_us:
+            self.next_heartbeat_us = self.now_us + self.heartbeat_us
+            self.send_command("ping")
+
+    def run_until(self, t_us: int) -> None:
+        """Run the board and the plant until virtual time t_us."""
+        self._end_us = t_us
+        spins = 0
+        while self.now_us < t_us:
+            self._host_tick()
+            stall = self._next_stall_after(self.now_us)
+            if stall is not None and stall == self.now_us:
+                self._stall(stall)
+                continue
+            if stall is not None and stall < self._end_us:
+                self._end_us = stall  # wake the loop at the stall
+            before = self.now_us
+            try:
+                self.app.poll()
+            except BoardReset as exc:
+                self.reboot(str(exc))
+            if not self.app.running:
+                raise RuntimeError("the firmware left its main loop (exit to the REPL)")
+            if self.now_us == before:
+                spins += 1
+                if spins > 1000:  # a firmware defect, not a simulator state
+                    raise RuntimeError(f"the firmware loop spins at t = {self.now_us} us without sleeping")
+            else:
+                spins = 0
+            self._end_us = t_us
+        self._end_us = t_us
+
+    def _stall(self, t_us: int) -> None:
+        """The firmware stops running for the stall's duration; the plant's
+        watchdog resets the board if the stall outlasts it."""
+        duration = next(d for t, d in self._stalls if t == t_us)
+        end = t_us + duration
+        port = self.port
+        expiry = port.wdt_fed_us + port.wdt_timeout_us if port.wdt_timeout_us else None
+        if expiry is not None and expiry < end:
+            self.now_us = max(expiry, t_us)
+            self.plant.watchdog_expired(self.now_us)
+            self.reboot("watchdog")
+        else:
+            self.now_us = end
+
+    # -- the host side --------------------------------------------------------
+
+    def send_command(self, name: str, args: dict[str, Any] | None = None) -> int:
+        """Queue a command to the board; returns its seq."""
+        op = {v: k for k, v in commands.OP_NAMES.items()}[name]
+        seq = self.host_seq
+        self.host_seq = (self.host_seq + 1) & 0xFFFF
+        payload = wire.command_payload(op, json.dumps(args or {}).encode())
+        if not self.link_down:
+            self.link.to_board += wire.stuff(wire.encode(wire.PKT_COMMAND, seq, payload))
+        return seq
+
+    def command(self, name: str, args: dict[str, Any] | None = None, *, timeout_us: int = 50_000) -> Any:
+        """Send a command, run until it is answered, return the body; raise
+        CommandError on an error response."""
+        seq = self.send_command(name, args)
+        end = self.now_us + timeout_us
+        while self.now_us < end:
+            self.run_until(min(end, self.now_us + 1000))
+            self.parse_output()
+            r = self.host.responses.pop(seq, None)
+            if r is not None:
+                if r.status != wire.ERR_OK:
+                    raise CommandError(r.status, r.body)
+                return r.body
+        raise TimeoutError(f"no answer to {name} within {timeout_us} us")
+
+    def take_output(self) -> bytes:
+        """The board's bytes since the last call (for the assembler)."""
+        self.parse_output()
+        out = bytes(self.link.from_board)
+        self.link.from_board.clear()
+        self._decoder_offset = 0
+        return out
+
+    def parse_output(self) -> None:
+        """Read responses, events and logs out of the board's stream (lines
+        and trailers are left for the assembler)."""
+        data = self.link.from_board
+        pos = self._decoder_offset
+        n = len(data)
+        while pos + wire.HEADER_SIZE <= n:
+            if data[pos:pos + 4] != wire.SYNC:
+                nxt = data.find(wire.SYNC, pos + 1)
+                pos = nxt if nxt >= 0 else n
+                continue
+            _, ptype, _, length = struct.unpack_from("<BBHH", data, pos + 4)
+            end = pos + wire.HEADER_SIZE + length + wire.CRC_SIZE
+            if end > n:
+                break
+            payload = bytes(data[pos + wire.HEADER_SIZE:end - wire.CRC_SIZE])
+            if ptype == wire.PKT_RESPONSE:
+                cseq, status = struct.unpack_from("<HB", payload)
+                body_raw = payload[3:].decode()
+                body = json.loads(body_raw) if status == wire.ERR_OK else body_raw
+                self.host.responses[cseq] = Response(cseq, status, body)
+            elif ptype == wire.PKT_EVENT:
+                code, ts = struct.unpack_from("<HQ", payload)
+                self.host.events.append((ts, _event_name(code), json.loads(payload[10:])))
+            elif ptype == wire.PKT_LOG:
+                self.host.logs.append((self.now_us, payload[9:].decode(errors="replace")))
+            pos = end
+        self._decoder_offset = pos
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        self.parse_output()
+        return [b for _, n, b in self.host.events if n == name]
+
+
+class CommandError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{wire.ERROR_NAMES.get(status, status)}: {message}")
+        self.status = status
+        self.message = message
+
+
+def _event_name(code: int) -> str:
+    tx = import_firmware("pulsefw.tx")
+    return str(tx.EVENT_NAMES.get(code, f"event{code}"))
+
+
+__all__ = ["BoardReset", "CommandError", "FastSim", "MemoryStore", "Plant", "PlantConfig", "Timeline", "np"]

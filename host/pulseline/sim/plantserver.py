@@ -1,0 +1,164 @@
+"""The plant on a local socket, for a board running on the MicroPython unix
+port (firmware/pulsefw/hal_sim.py, PlantClient, is the other side).
+
+Plant time is the host's monotonic clock since the server started: the
+firmware reads the same clock (time.ticks_us on the unix port), offset once
+at connection, so both sides agree on "now" without a round trip.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from ..mpcompat import import_firmware
+from ..plant import Plant
+
+hal_sim = import_firmware("pulsefw.hal_sim")
+
+_ARG_SIZES = {
+    hal_sim.OP_HELLO: 0, hal_sim.OP_INPUTS: 0, hal_sim.OP_SET: 8, hal_sim.OP_FIRE: 4, hal_sim.OP_FEEDBACK: 0,
+    hal_sim.OP_ARM: 5, hal_sim.OP_POLL: 0, hal_sim.OP_WDT_START: 4, hal_sim.OP_WDT_FEED: 0, hal_sim.OP_CAUSE: 0,
+    hal_sim.OP_RESET: 0,
+}
+_CAUSE_CODES = {"power": 0, "watchdog": 1, "soft": 2}
+
+
+class PlantServer:
+    """Serves one board at a time; `address` is what the board connects to."""
+
+    def __init__(self, plant: Plant, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.plant = plant
+        self.lock = threading.Lock()  # the plant is shared with the host side (tests, CLI)
+        self._t0_ns = time.monotonic_ns()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(1)
+        bound_host, bound_port = self._sock.getsockname()
+        self.address = f"{bound_host}:{bound_port}"
+        self.reset_cause = "power"
+        self.resets_requested = 0
+        self.connections = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="plant-server", daemon=True)
+        self._thread.start()
+
+    def now_us(self) -> int:
+        return (time.monotonic_ns() - self._t0_ns) // 1000
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sock.close()
+        self._thread.join(timeout=2)
+
+    def __enter__(self) -> PlantServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- serving ---------------------------------------------------------------
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                self._session(conn)
+            except (OSError, ConnectionError):
+                pass
+            except Exception as exc:  # keep the reason for the test that started us
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+            finally:
+                conn.close()
+
+    @staticmethod
+    def _recv_exact(conn: socket.socket, n: int) -> bytes:
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = conn.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("board disconnected")
+            buf += chunk
+        return bytes(buf)
+
+    def _session(self, conn: socket.socket) -> None:
+        copied = 0
+        frame: bytes = b""
+        line_bytes = 0
+        while not self._stop.is_set():
+            op = self._recv_exact(conn, 1)[0]
+            if op not in _ARG_SIZES:
+                raise ValueError(f"unknown plant request {op:#x}")
+            args = self._recv_exact(conn, _ARG_SIZES[op]) if _ARG_SIZES[op] else b""
+            with self.lock:
+                now = self.now_us()
+                p = self.plant
+                if op == hal_sim.OP_HELLO:
+                    out = struct.pack("<Q", now)
+                elif op == hal_sim.OP_INPUTS:
+                    s = p.inputs_at(now)
+                    bits = ((hal_sim.INPUT_SWITCH if s.switch else 0)
+                            | (hal_sim.INPUT_DOOR_CLOSED if s.door_closed else 0)
+                            | (hal_sim.INPUT_KEY_ON if s.key_on else 0)
+                            | (hal_sim.INPUT_GENERATOR_READY if s.generator_ready else 0)
+                            | (hal_sim.INPUT_HLC_SWITCH if s.hlc_switch else 0))
+                    out = bytes([bits])
+                elif op == hal_sim.OP_SET:
+                    kv, ma = struct.unpack("<ff", args)
+                    p.generator_set(now, float(kv), float(ma))
+                    out = b"\x01"
+                elif op == hal_sim.OP_FIRE:
+                    (width_us,) = struct.unpack("<I", args)
+                    ok = p.generator_fire(now, int(width_us)) is not None
+                    if ok:
+                        copied = 0
+                        frame = b""
+                    out = b"\x01" if ok else b"\x00"
+                elif op == hal_sim.OP_FEEDBACK:
+                    kv, ma, _ = p.generator_feedback()
+                    out = struct.pack("<ff", kv, ma)
+                elif op == hal_sim.OP_ARM:
+                    lines, pixels, fmt = struct.unpack("<HHB", args)
+                    p.detector_arm(now, lines, pixels, fmt)
+                    copied = 0
+                    frame = b""
+                    line_bytes = 0
+                    out = b"\x01"
+                elif op == hal_sim.OP_POLL:
+                    idx: Any = p.detector_landed_indices(now)
+                    done = bool(p.detector_done(now))
+                    new = np.asarray(idx[copied:], dtype=np.uint16)
+                    if len(new) and not frame:
+                        frame = p.detector_frame_bytes()
+                        last = p.pulses[-1].frame if p.pulses else None
+                        line_bytes = len(frame) // last.lines if last is not None else 0
+                    parts = [struct.pack("<BH", 1 if done else 0, len(new)), new.astype("<u2").tobytes()]
+                    parts += [frame[int(i) * line_bytes:(int(i) + 1) * line_bytes] for i in new]
+                    copied += len(new)
+                    out = b"".join(parts)
+                elif op == hal_sim.OP_WDT_START:
+                    (timeout_ms,) = struct.unpack("<I", args)
+                    p.watchdog_start(now, int(timeout_ms) * 1000)
+                    out = b"\x01"
+                elif op == hal_sim.OP_WDT_FEED:
+                    p.watchdog_feed(now)
+                    out = b"\x01"
+                elif op == hal_sim.OP_CAUSE:
+                    out = bytes([_CAUSE_CODES.get(self.reset_cause, 0)])
+                else:  # OP_RESET
+                    self.resets_requested += 1
+                    self.reset_cause = "soft"
+                    out = b"\x01"
+            conn.sendall(out)
