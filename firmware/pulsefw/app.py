@@ -23,7 +23,7 @@ MA_TOLERANCE = 0.10
 # Detector sensitivity for brightness control, ADU per uGy at the detector
 # entrance: the simulated detector's nominal value; a real detector's comes
 # from its calibration.
-DETECTOR_ADU_PER_UGY = 16000.0
+DETECTOR_ADU_PER_UGY = 14400.0
 DETECTOR_PEDESTAL_ADU = 100.0
 
 # Fault codes (EV_FAULT and status).

@@ -56,7 +56,8 @@ class Brightness:
         and technique.ma for the next one."""
         if signal_adu < 1.0:
             signal_adu = 1.0  # no signal at all: assume very thick, go up hard
-        t = -log(signal_adu / self._per_mas(kv, 0.0)) / water_mu_per_cm(kv)
+        mas = ma * technique.pulse_width_ms * 0.001
+        t = -log(signal_adu / (self._per_mas(kv, 0.0) * mas)) / water_mu_per_cm(kv)
         t = 0.0 if t < 0.0 else (T_MAX_CM if t > T_MAX_CM else t)
         self.thickness_cm = t
         w = technique.pulse_width_ms * 0.001
