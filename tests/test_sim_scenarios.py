@@ -4,6 +4,8 @@ test_sim_safety.py covers the same rules over random timelines)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from pulseline.plant import Plant, PlantConfig, Timeline
@@ -76,8 +78,8 @@ def test_a_stalled_loop_stops_emission_and_the_watchdog_resets_the_board():
     assert [c for _, c in sim.resets] == ["watchdog"]
     reset_at = sim.resets[0][0]
     # The 100 ms watchdog, counted from the last feed (the loop feeds at
-    # least every 20 ms).
-    assert 800 * MS + 80 * MS <= reset_at <= 800 * MS + 100 * MS
+    # least every 50 ms).
+    assert 800 * MS + 50 * MS <= reset_at <= 800 * MS + 100 * MS
     # Nothing after the stall began: the board came back disarmed, in a fault,
     # with the pedal still down.
     assert not any(p.t_us >= 800 * MS for p in plant.pulses)
@@ -123,7 +125,7 @@ def test_the_five_minute_alarm_repeats_on_switch_time_until_reset():
     tl = Timeline()
     for k in range(6):
         tl.press(100 * MS + k * 150 * S, 120 * S)
-    sim, plant = board(tl, pulses_per_s=3.75)
+    sim, _ = board(tl, pulses_per_s=3.75)
     sim.command("arm")
     sim.run_until(6 * 150 * S)
     alarms = [b for b in sim.events("alarm") if b["alarm"] == "fluoro_5min" and b["active"]]
@@ -135,10 +137,10 @@ def test_the_five_minute_alarm_repeats_on_switch_time_until_reset():
 
 
 def test_dose_displays_come_at_least_once_a_second_while_exposing():
-    sim, plant = board(Timeline().press(100 * MS, 10 * S), pulses_per_s=7.5)
+    sim, _ = board(Timeline().press(100 * MS, 10 * S), pulses_per_s=7.5)
     sim.command("arm")
     sim.run_until(11 * S)
     sim.parse_output()
     shown = [t for t, n, b in sim.host.events if n == "dose" and 100 * MS <= t <= 10 * S]
-    gaps = [b - a for a, b in zip(shown, shown[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(shown)]
     assert len(shown) >= 10 and max(gaps) <= 1 * S

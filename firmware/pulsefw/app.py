@@ -11,7 +11,7 @@ from . import brightness, commands, config, controller, dose, journal, readout, 
 FIRMWARE_VERSION = "0.2.0"
 
 WATCHDOG_MS = const(100)
-MAX_SLEEP_US = const(20_000)  # the loop runs at least this often (watchdog)
+MAX_SLEEP_US = const(50_000)  # the loop runs at least this often: half the watchdog timeout
 READOUT_POLL_US = const(1_000)  # while lines are landing
 DOSE_DISPLAY_US = const(500_000)  # dose displays twice a second while exposing
 CHECKPOINT_US = const(10_000_000)  # journal progress during a long press

@@ -251,7 +251,9 @@ class CommandDecoder:
                 continue
             self.buf[self.n] = b
             self.n += 1
-            self._parse(out)
+            if self.n == len(self.buf):
+                self._parse(out)  # full: make room (the buffer holds the largest packet)
+        self._parse(out)
         return out
 
     def _discard(self, k):

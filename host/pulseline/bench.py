@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import bench_sim
 from ._native import ffi
 from .assembler import FrameAssembler, crc32, crc_backend
 from .assembler_numpy import NumpyFrame, decode_numpy
@@ -249,6 +250,7 @@ def main() -> int:
     print(f"  {'CRC backend':<34} {crc_backend():>12}")
     section_a(r)
     section_b(r)
+    bench_sim.run(r)
     print(f"{'PASS' if r.ok else 'FAIL'} ({time.perf_counter() - t0:.1f} s)")
     return 0 if r.ok else 1
 
