@@ -144,3 +144,61 @@ def test_dose_displays_come_at_least_once_a_second_while_exposing():
     shown = [t for t, n, b in sim.host.events if n == "dose" and 100 * MS <= t <= 10 * S]
     gaps = [b - a for a, b in itertools.pairwise(shown)]
     assert len(shown) >= 10 and max(gaps) <= 1 * S
+
+
+def test_lost_detector_lines_are_counted_by_the_host_exactly_and_never_filled():
+    tl = Timeline().press(100 * MS, 1 * S).add(400 * MS, "line_loss", 7)
+    plant = Plant(PlantConfig(seed=4), tl)
+    sim = FastSim(plant)
+    sim.command("arm")
+    sim.run_until(1200 * MS)
+    from pulseline.assembler import FrameAssembler
+    from pulseline.frames import Frame
+
+    asm = FrameAssembler(256, 256, "mono12p")
+    frames = [f for f in asm.feed(sim.take_output()) if isinstance(f, Frame)]
+    assert len(frames) == len(plant.pulses)
+    for f, p in zip(frames, plant.pulses, strict=True):
+        assert f.trailer is not None and f.trailer.lines_sent == 256 - int(p.frame.lost_lines.sum())
+        assert list(~f.line_received) == list(p.frame.lost_lines)
+        got = f.pixels[f.line_received]
+        assert (got == p.frame.raw_adu[~p.frame.lost_lines]).all()
+    assert asm.counters["lines_lost"] == 7
+    assert sim.command("status")["lines_lost"] == 7
+
+
+def test_a_detector_that_stops_reading_out_latches_a_fault():
+    tl = Timeline().press(100 * MS, 1 * S).add(500 * MS, "readout_timeout", True)
+    plant = Plant(PlantConfig(seed=4), tl)
+    sim = FastSim(plant)
+    sim.command("arm")
+    sim.run_until(1200 * MS)
+    assert sim.events("fault")[0]["name"] == "detector readout failed"
+    # One blind pulse, and no more: the fault stops emission.
+    assert [bool(p.frame.lost_lines.all()) for p in plant.pulses].count(True) == 1
+    assert plant.pulses[-1].frame.lost_lines.all()
+
+
+def test_reboot_restarts_the_board_disarmed_with_its_journal():
+    sim, _ = board(Timeline().press(100 * MS, 500 * MS))
+    sim.command("arm")
+    sim.run_until(1 * S)
+    pulses = sim.command("dose_report")["pulses"]
+    sim.command("reboot")
+    sim.run_until(sim.now_us + 10 * MS)
+    assert [c for _, c in sim.resets] == ["soft"]
+    assert sim.events("boot")[-1]["reset_cause"] == "soft"
+    status = sim.command("status")
+    assert status["state"] == "IDLE" and status["pulses"] == pulses > 0
+
+
+def test_the_same_seed_gives_the_same_bytes():
+    def run(seed: int) -> bytes:
+        tl = Timeline.random(__import__("numpy").random.default_rng(seed), 3 * S, faults=True)
+        sim = FastSim(Plant(PlantConfig(seed=seed), tl))
+        sim.command("arm")
+        sim.run_until(3 * S)
+        return sim.take_output()
+
+    assert run(11) == run(11)
+    assert run(11) != run(12)

@@ -37,7 +37,6 @@ INPUT_GENERATOR_READY = const(8)
 INPUT_HLC_SWITCH = const(16)
 
 CAUSES = ("power", "watchdog", "soft")
-TICKS_PERIOD = const(1 << 30)  # time.ticks_us wraps here on MicroPython
 
 
 def fill_inputs(inputs, bits):
@@ -118,7 +117,14 @@ class PlantClient:
         self.req = bytearray(16)
         self.ans = bytearray(16)
         self.ans_mv = memoryview(self.ans)
-        self._wraps = 0
+        # Views made once: a request allocates nothing.
+        req_mv = memoryview(self.req)
+        self.req_views = [req_mv[:1 + n] for n in range(9)]
+        self.ans_views = [self.ans_mv[:n] for n in range(9)]
+        # Local monotonic us, summed from ticks_diff: time.ticks_us wraps at the
+        # port's small-int range (2**30 on a 32-bit build, 2**62 on the 64-bit
+        # unix port), and ticks_diff handles the wrap on any port.
+        self._local = 0
         self._last_raw = time.ticks_us()
         self.frame_views = []  # type: list
         self.landed = bytearray(0)
@@ -133,7 +139,8 @@ class PlantClient:
         got = 0
         n = len(mv)
         while got < n:
-            k = self.sock.readinto(mv[got:]) if hasattr(self.sock, "readinto") else None
+            part = mv if got == 0 else mv[got:]  # slice only for a short read
+            k = self.sock.readinto(part) if hasattr(self.sock, "readinto") else None
             if k is None:
                 data = self.sock.recv(n - got)
                 k = len(data)
@@ -144,17 +151,16 @@ class PlantClient:
 
     def ask(self, op, nargs, nans):
         self.req[0] = op
-        self.sock.write(memoryview(self.req)[:1 + nargs])
+        self.sock.write(self.req_views[nargs])
         if nans:
-            self._recv_into(self.ans_mv[:nans])
+            self._recv_into(self.ans_views[nans])
 
     # -- clock ----------------------------------------------------------------
     def _local_us(self):
         raw = self._time.ticks_us()
-        if raw < self._last_raw:
-            self._wraps += 1
+        self._local += self._time.ticks_diff(raw, self._last_raw)
         self._last_raw = raw
-        return self._wraps * TICKS_PERIOD + raw
+        return self._local
 
     def ticks_us(self):
         return self._local_us() + self._offset
@@ -248,6 +254,9 @@ class StdioLink:
         n = 0
         while n < len(buf) and self.poller.poll(0):
             if self.rx.readinto(self.one) != 1:
+                # End of input (the host closed the link): stop polling it, or
+                # it reads as ready forever and the loop never sleeps again.
+                self.poller.unregister(self.rx)
                 break
             buf[n] = self.one[0]
             n += 1
