@@ -196,6 +196,7 @@ class FastSim:
         self.link = PipeLink(self)
         self.port = VirtualPort(self)
         self.reset_cause = "power"
+        self.at_repl = False
         self.resets: list[tuple[int, str]] = []
         self.host_seq = 0
         self.next_heartbeat_us = 0
@@ -216,6 +217,7 @@ class FastSim:
         self.app = app_module.App(hal)
 
     def reboot(self, cause: str) -> None:
+        self.at_repl = False
         self.resets.append((self.now_us, cause))
         self.reset_cause = cause
         self._boot()
@@ -258,6 +260,9 @@ class FastSim:
         self._end_us = t_us
         spins = 0
         while self.now_us < t_us:
+            if self.at_repl:
+                self.now_us = t_us
+                break
             self._host_tick()
             stall = self._next_stall_after(self.now_us)
             if stall is not None and stall == self.now_us:
@@ -271,7 +276,11 @@ class FastSim:
             except BoardReset as exc:
                 self.reboot(str(exc))
             if not self.app.running:
-                raise RuntimeError("the firmware left its main loop (exit to the REPL)")
+                # Exit to the REPL: the firmware is no longer running; the
+                # board idles at its prompt (Stage 3's simulated board has one).
+                self.at_repl = True
+                self.now_us = t_us
+                break
             if self.now_us == before:
                 spins += 1
                 if spins > 1000:  # a firmware defect, not a simulator state
