@@ -94,6 +94,7 @@ def test_command_decoder_recovers_intact_packets_and_rejects_damage(payloads, rn
         got += dec.feed(stream[pos:pos + step])
         pos += step
     good = [(wire.PROTOCOL_VERSION, wire.PKT_COMMAND, i, p) for i, p in enumerate(payloads) if i not in damaged]
+    got = [g for g in got if g[3] is not None]  # over-long notices carry no payload
     # Every intact packet arrives, and nothing else does.
     assert [g for g in got if g in good] == good
     assert all(g in good for g in got)
@@ -105,3 +106,13 @@ def test_command_decoder_is_deterministic_on_noise():
     noise = bytes(rnd.getrandbits(8) for _ in range(5000))
     assert dec.feed(noise) == []
     assert dec.bytes_skipped > 4000
+
+
+def test_command_decoder_reports_a_packet_too_long_to_take_and_resynchronises():
+    dec = wire.CommandDecoder(max_payload=64)
+    big = wire.encode(wire.PKT_COMMAND, 7, b"\x03" + b"{" + b" " * 200 + b"}")
+    small = wire.encode(wire.PKT_COMMAND, 8, b"\x0e{}")
+    got = dec.feed(wire.stuff(big) + wire.stuff(small))
+    assert got == [(wire.PROTOCOL_VERSION, wire.PKT_COMMAND, 7, None),
+                   (wire.PROTOCOL_VERSION, wire.PKT_COMMAND, 8, b"\x0e{}")]
+    assert dec.too_long == 1

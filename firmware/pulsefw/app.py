@@ -279,6 +279,12 @@ class App:
         n = hal.link_read(self.rxbuf)
         if n:
             for _, ptype, seq, payload in self.decoder.feed(memoryview(self.rxbuf)[:n]):
+                if payload is None:
+                    if ptype == wire.PKT_COMMAND:
+                        self.commands_bad += 1
+                        self.tx.response(seq, wire.ERR_MALFORMED, "command longer than %d bytes"
+                                         % self.decoder.max_payload)
+                    continue
                 ctl.host_seen(now)
                 if ptype == wire.PKT_COMMAND:
                     commands.handle(self, seq, payload, now)

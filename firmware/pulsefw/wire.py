@@ -216,7 +216,9 @@ class CommandDecoder:
     """Board-side decoder of the stuffed host->board stream.
 
     Feed bytes as they arrive; `feed` returns a list of
-    (version, type, seq, payload) for every packet whose CRC holds. Damaged
+    (version, type, seq, payload) for every packet whose CRC holds, and
+    (version, type, seq, None) for a good header announcing a payload over
+    max_payload (the packet itself is skipped). Damaged
     input is skipped with the host assembler's resynchronisation rule: after
     a failed candidate, scanning resumes one byte after its sync marker. The
     buffer is allocated once; a packet longer than max_payload is refused.
@@ -231,6 +233,7 @@ class CommandDecoder:
         self.bytes_skipped = 0
         self.header_errors = 0
         self.crc_errors = 0
+        self.too_long = 0
 
     def feed(self, data):
         out = []  # type: list
@@ -281,8 +284,16 @@ class CommandDecoder:
             # A header that fails its check, or announces more than this
             # board accepts, is no packet start (so the buffer, sized for the
             # largest acceptable packet, can never overflow).
-            if crc32(self.mv[4:10]) & 0xFFFF != buf[10] | (buf[11] << 8) or length > self.max_payload:
+            if crc32(self.mv[4:10]) & 0xFFFF != buf[10] | (buf[11] << 8):
                 self.header_errors += 1
+                self.bytes_skipped += 1
+                self._discard(1)
+                continue
+            if length > self.max_payload:
+                # A good header announcing more than this board takes: report
+                # it (payload None) so the sender gets an answer, then scan on.
+                self.too_long += 1
+                out.append((buf[4], buf[5], buf[6] | (buf[7] << 8), None))
                 self.bytes_skipped += 1
                 self._discard(1)
                 continue

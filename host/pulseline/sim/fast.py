@@ -238,8 +238,8 @@ class FastSim:
         """The firmware sleeps until deadline_us; wake it earlier for a
         timeline change or host bytes."""
         now = self.now_us
-        if deadline_us <= now:
-            return
+        if deadline_us <= now or self.link.to_board:
+            return  # host bytes are waiting: a board's loop wakes for them
         t = min(deadline_us, self._end_us)
         ev = self.plant.next_event_after(now)
         if ev is not None and ev < t:
