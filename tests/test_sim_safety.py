@@ -37,8 +37,8 @@ class PlantJudgedRules(RuleBasedStateMachine):
         tl = Timeline()
         if switch_at_boot:
             tl.add(0, "switch", True)
-        self.plant = Plant(PlantConfig(seed=seed, structures=False), tl)
-        self.sim = FastSim(self.plant, pixels=False)
+        self.plant = Plant(PlantConfig(seed=seed, structures=False, field_lines=16, field_pixels=16), tl)
+        self.sim = FastSim(self.plant, pixels=True)  # small frames, but the detector's faults are real
         self.arm_times: list[int] = []
         self.disarm_times: list[int] = []
         self.judged = 0
@@ -107,6 +107,16 @@ class PlantJudgedRules(RuleBasedStateMachine):
           ms=st.integers(1, 300))
     def generator_error(self, which, err, ms):
         self.tl.add(self.sim.now_us + 1, which, err)
+        self._run(ms)
+
+    @rule(lines=st.integers(1, 16), ms=st.integers(1, 300))
+    def detector_line_loss(self, lines, ms):
+        self.tl.add(self.sim.now_us + 1, "line_loss", lines)
+        self._run(ms)
+
+    @rule(on=st.booleans(), ms=st.integers(1, 300))
+    def detector_readout_timeout(self, on, ms):
+        self.tl.add(self.sim.now_us + 1, "readout_timeout", on)
         self._run(ms)
 
     # -- the host --------------------------------------------------------------
@@ -248,6 +258,18 @@ class PlantJudgedRules(RuleBasedStateMachine):
             bad = abs(a.kv_mean / a.kv_set - 1) > 0.05 or abs(a.ma_mean / a.ma_set - 1) > 0.10
             if bad and not any(a.t_us <= f <= b.t_us for f in faults):
                 raise Violation(f"pulse at {a.t_us} was out of tolerance and the next one still fired")
+
+    @invariant()
+    def a_blind_pulse_latches_before_the_next_pulse(self):
+        """A frame of which no line came: the detector failed; no more X-rays
+        until a fault reset."""
+        if not hasattr(self, "sim"):
+            return
+        pulses = self.plant.pulses
+        faults = self._fault_times()
+        for a, b in itertools.pairwise(pulses):
+            if a.frame is not None and a.frame.lost_lines.all() and not any(a.t_us <= f <= b.t_us for f in faults):
+                raise Violation(f"no line of the frame at {a.t_us} arrived and the next pulse still fired")
 
     def teardown(self):
         if hasattr(self, "sim"):
