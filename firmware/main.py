@@ -15,7 +15,8 @@ def board_hal():
 
     from pulsefw import hal_sim
 
-    return hal_sim.connect(os.getenv("PULSELINE_BOARD_FS") or ".", os.getenv("PULSELINE_PLANT") or "127.0.0.1:7301")
+    return hal_sim.connect(os.getenv("PULSELINE_BOARD_FS") or ".", os.getenv("PULSELINE_PLANT") or "127.0.0.1:7301",
+                           int(os.getenv("PULSELINE_LINK_BYTES_PER_S") or 0))
 
 
 app.App(board_hal()).run()

@@ -262,8 +262,15 @@ class App:
     # -- the loop -------------------------------------------------------------
 
     def run(self):
-        while self.running:
-            self.poll()
+        try:
+            while self.running:
+                self.poll()
+        except KeyboardInterrupt:
+            # Ctrl-C from the host: to the REPL, where the board must stay
+            # (to be re-flashed) without the watchdog resetting it.
+            self.hal.watchdog_stop()
+            raise
+        self.hal.watchdog_stop()  # exit_to_repl
 
     def poll(self):
         """One pass of the main loop."""

@@ -70,6 +70,11 @@ class Hal:
     def watchdog_feed(self):
         raise NotImplementedError
 
+    def watchdog_stop(self):
+        """Only on the way to the REPL (Ctrl-C, exit_to_repl): a board at the
+        prompt must not reset under mpremote."""
+        raise NotImplementedError
+
     def reset_cause(self):
         """'power', 'watchdog' or 'soft': why the board last started."""
         raise NotImplementedError

@@ -29,6 +29,7 @@ OP_WDT_START = const(0x44)  # timeout_ms u32 -> ack
 OP_WDT_FEED = const(0x45)  # -> ack
 OP_CAUSE = const(0x43)  # -> cause u8 (0 power, 1 watchdog, 2 soft)
 OP_RESET = const(0x58)  # -> ack; the plant server restarts the board
+OP_WDT_STOP = const(0x57)  # -> ack
 
 INPUT_SWITCH = const(1)
 INPUT_DOOR_CLOSED = const(2)
@@ -37,6 +38,9 @@ INPUT_GENERATOR_READY = const(8)
 INPUT_HLC_SWITCH = const(16)
 
 CAUSES = ("power", "watchdog", "soft")
+# The simulated board's supervisor reads this exit status of the interpreter
+# as "hard reset": reload everything from the board's filesystem.
+EXIT_HARD_RESET = const(66)
 
 
 def fill_inputs(inputs, bits):
@@ -88,6 +92,9 @@ class SimHal(Hal):
 
     def watchdog_feed(self):
         self.port.watchdog_feed()
+
+    def watchdog_stop(self):
+        self.port.watchdog_stop()
 
     def reset_cause(self):
         return self.port.reset_cause()
@@ -223,6 +230,9 @@ class PlantClient:
     def watchdog_feed(self):
         self.ask(OP_WDT_FEED, 0, 1)
 
+    def watchdog_stop(self):
+        self.ask(OP_WDT_STOP, 0, 1)
+
     def reset_cause(self):
         self.ask(OP_CAUSE, 0, 1)
         return CAUSES[self.ans[0]] if self.ans[0] < len(CAUSES) else "power"
@@ -231,7 +241,7 @@ class PlantClient:
         self.ask(OP_RESET, 0, 1)
         import sys
 
-        sys.exit(0)
+        sys.exit(EXIT_HARD_RESET)
 
 
 class StdioLink:
@@ -258,6 +268,11 @@ class StdioLink:
                 # it reads as ready forever and the loop never sleeps again.
                 self.poller.unregister(self.rx)
                 break
+            if self.one[0] == 0x03:
+                # Ctrl-C: ordinary host traffic never holds it (byte
+                # stuffing), so it is mpremote asking for the REPL. A Pico's
+                # USB stack raises this itself; on stdin the link does.
+                raise KeyboardInterrupt
             buf[n] = self.one[0]
             n += 1
         return n
@@ -266,9 +281,10 @@ class StdioLink:
         self.txs.write(data)
 
 
-def connect(root, address):
+def connect(root, address, link_bytes_per_s=0):
     """The sim HAL of a MicroPython simulated board: plant at address
-    ("host:port"), board filesystem at root."""
+    ("host:port"), board filesystem at root, and the emulated link's
+    capacity (0: USB full speed)."""
     host, _, tcp_port = address.rpartition(":")
     link = StdioLink()
-    return SimHal(PlantClient(host, int(tcp_port), link), link, FileStore(root))
+    return SimHal(PlantClient(host, int(tcp_port), link), link, FileStore(root), link_bytes_per_s)

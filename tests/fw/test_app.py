@@ -81,6 +81,9 @@ class ScriptedHal:
     def watchdog_feed(self):
         pass
 
+    def watchdog_stop(self):
+        pass
+
     def reset_cause(self):
         return self.cause
 

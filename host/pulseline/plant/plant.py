@@ -168,6 +168,13 @@ class Plant:
             raise ValueError(f"watchdog timeout must be > 0 us, got {timeout}")
         self._wd = _Watchdog(True, False, t_us, timeout)
 
+    def watchdog_stop(self, t_us: int) -> None:
+        """The firmware disables the watchdog on its way to the REPL (the
+        RP2040's can be, through its control register), so a board at the
+        prompt is not reset under mpremote."""
+        if not self.watchdog_expired(t_us):
+            self._wd = _Watchdog()
+
     def watchdog_feed(self, t_us: int) -> None:
         # A late feed cannot revive an expired watchdog.
         if self._wd.started and not self.watchdog_expired(t_us):

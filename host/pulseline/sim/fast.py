@@ -154,6 +154,10 @@ class VirtualPort:
         self.wdt_fed_us = self.sim.now_us
         self.plant.watchdog_feed(self.sim.now_us)
 
+    def watchdog_stop(self) -> None:
+        self.wdt_timeout_us = 0
+        self.plant.watchdog_stop(self.sim.now_us)
+
     def reset_cause(self) -> str:
         return self.sim.reset_cause
 

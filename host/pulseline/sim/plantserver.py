@@ -24,7 +24,7 @@ hal_sim = import_firmware("pulsefw.hal_sim")
 _ARG_SIZES = {
     hal_sim.OP_HELLO: 0, hal_sim.OP_INPUTS: 0, hal_sim.OP_SET: 8, hal_sim.OP_FIRE: 4, hal_sim.OP_FEEDBACK: 0,
     hal_sim.OP_ARM: 5, hal_sim.OP_POLL: 0, hal_sim.OP_WDT_START: 4, hal_sim.OP_WDT_FEED: 0, hal_sim.OP_CAUSE: 0,
-    hal_sim.OP_RESET: 0,
+    hal_sim.OP_RESET: 0, hal_sim.OP_WDT_STOP: 0,
 }
 _CAUSE_CODES = {"power": 0, "watchdog": 1, "soft": 2}
 
@@ -154,6 +154,9 @@ class PlantServer:
                     out = b"\x01"
                 elif op == hal_sim.OP_WDT_FEED:
                     p.watchdog_feed(now)
+                    out = b"\x01"
+                elif op == hal_sim.OP_WDT_STOP:
+                    p.watchdog_stop(now)
                     out = b"\x01"
                 elif op == hal_sim.OP_CAUSE:
                     out = bytes([_CAUSE_CODES.get(self.reset_cause, 0)])
