@@ -14,7 +14,7 @@ UNIX_STUBS_PIN := micropython-unix-stubs==1.29.0.post1
 # Board-neutral firmware: everything but a board's own HAL.
 FW_NEUTRAL := $(filter-out firmware/pulsefw/hal_sim.py,$(wildcard firmware/pulsefw/*.py))
 
-.PHONY: all test unit lint bench fuzz fuzz-smoke deps clean
+.PHONY: all test unit lint bench fuzz fuzz-smoke deps clean demo
 
 all: test
 
@@ -48,6 +48,10 @@ lint: $(STAMP) $(RP2_STUBS)/.installed $(UNIX_STUBS)/.installed
 	MYPYPATH=$(UNIX_STUBS) $(BIN)/mypy --config-file firmware/mypy-board.ini \
 	  --custom-typeshed-dir $(UNIX_STUBS) firmware/pulsefw/hal_sim.py
 
+# The main job on a simulated board: deploy with mpremote, capture, save.
+demo: $(STAMP)
+	$(BIN)/python -m pulseline.demo
+
 bench: $(STAMP)
 	$(BIN)/python -m pulseline.bench
 
@@ -70,6 +74,6 @@ fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=30
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info host/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info host/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis .pulseline demo-exam
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	rm -f host/pulseline/_native*.so host/pulseline/_native.c host/pulseline/_native.o

@@ -1,5 +1,6 @@
-"""The `pulseline` command. Stage 1 offers `version` and `decode`; the
-board commands (sim, flash, info, capture, ...) arrive with later stages."""
+"""The `pulseline` command: simulated boards, board information, capture,
+and stream decoding. Every board command takes --port: a device path, a
+pyserial URL, or a simulated board ("sim", "sim:NAME")."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +16,12 @@ from . import __version__
 from .protocol import PIXEL_FORMATS, wire
 
 EXAMPLES = """examples:
+  pulseline sim --detach                       start a simulated board in the background
+  pulseline info --port sim
+  pulseline capture --port sim --frames 16 -o exam
+  pulseline capture --port /dev/ttyACM0 --frames 30 --kv 70 --pps 15 -o exam
+  pulseline sim press; pulseline sim release   the simulated exposure switch
+  pulseline sim stop --all
   pulseline version
   pulseline decode stream.bin --pixels 256 --lines 256 --format mono12p -o frames.npy
 """
@@ -78,6 +86,210 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_of_port(port: str) -> str | None:
+    """The name of the running simulated board behind `port`, if any."""
+    from .sim.board import running_boards
+
+    for b in running_boards():
+        if port in ("sim", f"sim:{b['name']}", b["pty"], b["url"], b["link_path"]):
+            return str(b["name"])
+    return None
+
+
+def _session(port: str) -> Any:
+    from .session import Session, SessionError
+
+    try:
+        return Session(port)
+    except (SessionError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from .sim import board as simboard
+
+    try:
+        if args.action == "list":
+            boards = simboard.running_boards()
+            if args.json:
+                print(json.dumps(boards))
+            for b in boards if not args.json else []:
+                print(f"{b['name']}: {b['pty']} ({b['link_path']}), {b['url']}, link {b['link']}, fs {b['fs']}")
+            if not boards and not args.json:
+                print("no simulated board is running")
+            return 0
+        if args.action == "stop":
+            boards = simboard.running_boards() if args.all else [simboard.find_board(args.name)]
+            for b in boards:
+                simboard.SimControl(b["name"]).stop()
+                simboard.wait_stopped(b)
+                print(f"stopped {b['name']}")
+            return 0
+        if args.action in ("press", "release", "set"):
+            ctl = simboard.SimControl(args.name)
+            if args.action == "set":
+                if len(args.values) != 2:
+                    raise CliError("sim set needs an input and a value, e.g.: pulseline sim set door_closed false")
+                name, raw = args.values
+                value: float | bool = {"true": True, "false": False}.get(raw.lower())  # type: ignore[assignment]
+                if value is None:
+                    try:
+                        value = float(raw)
+                    except ValueError:
+                        raise CliError(f"{raw!r} is not true, false or a number") from None
+                t = ctl.set_input(name, value)
+            else:
+                t = ctl.press() if args.action == "press" else ctl.release()
+            print(json.dumps({"t_us": t}) if args.json else f"{args.action} at plant time {t / 1e6:.3f} s")
+            return 0
+    except (ValueError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    # start
+    if args.detach:
+        return _sim_detach(args)
+    try:
+        board = simboard.SimBoard(args.fs, name=args.name, link=args.link, faults=args.faults, seed=args.seed,
+                                  timeline=_timeline(args.timeline)).start()
+    except (ValueError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    _print_board(board.describe(), args.json)
+    try:
+        board.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        board.stop()
+    return 0
+
+
+def _timeline(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from .plant import Timeline
+
+    try:
+        return Timeline.from_json(json.loads(path.read_text()))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"timeline {path}: {exc}") from None
+
+
+def _print_board(desc: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(desc), flush=True)
+    else:
+        print(f"simulated board {desc['name']}:\n  serial  {desc['pty']}  (linked as {desc['link_path']})\n"
+              f"  url     {desc['url']}\n  fs      {desc['fs']}\n  link    {desc['link']}", flush=True)
+
+
+def _sim_detach(args: argparse.Namespace) -> int:
+    import subprocess
+    import time
+
+    from .sim import board as simboard
+
+    name = args.name or simboard.next_free_name()
+    cmd = [sys.executable, "-m", "pulseline.sim.board", "--name", name, "--link", args.link, "--faults",
+           args.faults, "--seed", str(args.seed)]
+    if args.fs:
+        cmd += ["--fs", str(args.fs)]
+    if args.timeline:
+        cmd += ["--timeline", str(args.timeline)]
+    log = simboard.STATE_DIR / f"{name}.log"
+    simboard.STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            desc = simboard.find_board(name)
+            _print_board(desc, args.json)
+            return 0
+        except ValueError:
+            pass
+        if proc.poll() is not None:
+            raise CliError(f"the simulated board did not start: {log.read_text().strip().splitlines()[-1:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise CliError(f"the simulated board did not start within 15 s (log: {log})")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    s = _session(args.port)
+    try:
+        status = s.status()
+        info = {"port": args.port, "firmware": s.board.get("firmware"), "protocol": s.board.get("protocol"),
+                "board": s.board.get("board"), "state": status["state"], "block": status["block"],
+                "exam": status["exam"], "kerma_mgy": status["kerma_mgy"], "fluoro_min": status["fluoro_min"],
+                "config": s.config}
+    finally:
+        s.close()
+    if args.json:
+        print(json.dumps(info))
+    else:
+        c = info["config"]
+        print(f"{args.port}: pulseline firmware {info['firmware']} (protocol {info['protocol']}) on a "
+              f"{info['board']} board")
+        print(f"  state {info['state']} ({info['block']}), exam {info['exam']}: {info['kerma_mgy']:.3f} mGy, "
+              f"{info['fluoro_min']:.1f} min")
+        print(f"  technique {c['kv']:g} kV {c['ma']:g} mA {c['pulse_width_ms']:g} ms at {c['pulses_per_s']:g} pps;"
+              f" detector {c['pixels_per_line']} x {c['lines_per_frame']} "
+              f"{'Mono12p' if c['pixel_format'] == 2 else 'Mono16'}")
+    return 0
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .capture import capture, save
+    from .session import SessionError
+    from .sim import board as simboard
+
+    if args.frames < 1:
+        raise CliError("--frames must be at least 1")
+    settings = {k: v for k, v in (("kv", args.kv), ("ma", args.ma), ("pulses_per_s", args.pps),
+                                  ("pulse_width_ms", args.width), ("abc_enabled", args.abc)) if v is not None}
+    s = _session(args.port)
+    press = release = None
+    try:
+        if settings:
+            try:
+                s.configure(**settings)
+            except SessionError as exc:
+                raise CliError(str(exc)) from None
+        sim = _sim_of_port(args.port)
+        if sim is not None:
+            ctl = simboard.SimControl(sim)
+            press, release = ctl.press, ctl.release
+        else:
+            print("press and hold the exposure switch", file=sys.stderr)
+
+        def progress(f: Any) -> None:
+            if not args.json:
+                t = f.trailer
+                dose = f"{t.air_kerma_ugy:7.2f} uGy" if t is not None else "   (no trailer)"
+                print(f"\rframe {f.frame_id:4}  {dose}  lines lost {f.lines_lost}", end="", flush=True)
+
+        cap = capture(s, args.frames, press=press, release=release, progress=progress)
+    finally:
+        s.close()
+    if not args.json and cap.frames:
+        print()
+    summary = save(cap, args.output, args.port)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        d = cap.dose_report
+        print(f"{summary['frames']} frames ({summary['frames_complete']} complete, {summary['lines_lost']} lines "
+              f"lost) written to {args.output / 'frames.tif'}")
+        if d:
+            print(f"dose: {d['kerma_mgy']:.3f} mGy air kerma at the reference point, {d['kap_gy_cm2']:.4f} Gy cm2, "
+                  f"{d['pulses']} pulses, fluoroscopy {d['fluoro_min']:.1f} min (exam {d['exam']})")
+        print(f"summary: {args.output / 'summary.json'}")
+    if cap.error:
+        print(f"pulseline: error: {cap.error} (the {len(cap.frames)} frames received are saved)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pulseline", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,6 +307,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write the frames as one .npy stack")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("sim", help="start, list, stop or drive simulated boards", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", nargs="?", default="start", choices=["start", "stop", "list", "press", "release", "set"])
+    p.add_argument("values", nargs="*", help="for set: an input (switch, door_closed, key_on, generator_ready, "
+                   "hlc_switch, water_cm, ...) and its value")
+    p.add_argument("--name", help="board name (default: the next free ttyACM<n>; for other actions: the first)")
+    p.add_argument("--fs", type=Path, help="the board's filesystem directory (default .pulseline/<name>.fs)")
+    p.add_argument("--link", default="usb-fs", help="usb-fs, usb-hs or uart:BAUD (default usb-fs)")
+    p.add_argument("--faults", default="", help="seeded link faults, e.g. corrupt=1e-5,drop=0.01,disconnect=30")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeline", type=Path, help="plant timeline (JSON) to load")
+    p.add_argument("--detach", action="store_true", help="run in the background and return")
+    p.add_argument("--all", action="store_true", help="stop: every running simulated board")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("info", help="firmware, state and configuration of a board")
+    p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("capture", help="expose and save frames (TIFF stack + JSON summary)", epilog=EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
+    p.add_argument("--kv", type=float)
+    p.add_argument("--ma", type=float)
+    p.add_argument("--pps", type=float, help="pulses per second: 3.75, 7.5, 15 or 30")
+    p.add_argument("--width", type=float, help="pulse width, ms")
+    p.add_argument("--abc", action=argparse.BooleanOptionalAction, default=None, help="brightness control")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_capture)
     return parser
 
 

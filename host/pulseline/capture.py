@@ -1,0 +1,137 @@
+"""Capture an exposure through a session and save it: a TIFF stack with the
+technique and dose of every frame in its page description, and a JSON
+summary. (Stage 4 adds DICOM and the full operator experience.)"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .frames import Frame
+from .session import Session, SessionError
+
+SILENCE_S = 2.0  # the board answers a heartbeat every 100 ms: this much silence is a dead link
+
+
+@dataclass
+class Capture:
+    frames: list[Frame] = field(default_factory=list)
+    dose_report: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    board: dict[str, Any] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None  # why the capture ended early, if it did
+    wall_s: float = 0.0
+
+
+def capture(session: Session, frames: int, *, press: Callable[[], object] | None = None,
+            release: Callable[[], object] | None = None, timeout_s: float | None = None,
+            progress: Callable[[Frame], None] | None = None) -> Capture:
+    """Arm, expose until `frames` frames have arrived, release, disarm. On
+    any failure the frames already received are kept and `error` says why."""
+    out = Capture(config=dict(session.config), board=dict(session.board))
+    pps = float(session.config.get("pulses_per_s", 7.5))
+    limit = timeout_s if timeout_s is not None else frames / pps * 2.0 + 5.0
+    first_event = len(session.events)
+    t0 = time.monotonic()
+    try:
+        session.arm()
+        if press is not None:
+            press()
+        deadline = time.monotonic() + limit
+        while len(out.frames) < frames:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                out.error = f"only {len(out.frames)} of {frames} frames within {limit:.0f} s"
+                break
+            f = session.next_frame(min(left, 0.25))
+            if f is not None:
+                out.frames.append(f)
+                if progress is not None:
+                    progress(f)
+            elif session.error:
+                out.error = session.error
+                break
+            elif session.silent_for() > SILENCE_S:
+                out.error = (f"nothing from the board for {SILENCE_S:.0f} s after {len(out.frames)} frames: "
+                             "the link is down")
+                break
+    except SessionError as exc:
+        out.error = str(exc)
+    finally:
+        if release is not None:
+            try:
+                release()
+            except (OSError, ValueError) as exc:
+                out.error = out.error or f"could not release the switch: {exc}"
+    try:
+        if not session.error and session.silent_for() <= SILENCE_S:
+            # Lines of the last frame still on their way, then the dose of
+            # the irradiation event.
+            session.wait_event("state", 2.0, since=first_event, state="HOLD")
+            while (f := session.next_frame(0.3)) is not None:
+                out.frames.append(f)
+            out.frames += session.flush_frames()
+            session.disarm()
+            session.wait_event("irradiation", 2.0, since=first_event)
+            out.dose_report = session.dose_report()
+    except SessionError as exc:
+        out.error = out.error or str(exc)
+    out.counters = session.counters()
+    out.events = [{"t_us": e.t_us, "event": e.name, **e.body} for e in session.events[first_event:]
+                  if e.name != "dose"]
+    out.wall_s = time.monotonic() - t0
+    return out
+
+
+def frame_meta(f: Frame) -> dict[str, Any]:
+    t = f.trailer
+    meta: dict[str, Any] = {"frame_id": f.frame_id, "pulse_id": f.pulse_id, "timestamp_us": f.timestamp_us,
+                            "lines_lost": f.lines_lost, "complete": f.complete}
+    if t is not None:
+        meta.update(kv=round(t.kv, 3), ma=round(t.ma, 4), pulse_width_ms=round(t.pulse_width_ms, 4),
+                    air_kerma_ugy=round(t.air_kerma_ugy, 4), kap_ugy_m2=t.kap_ugy_m2)
+    return meta
+
+
+def save(cap: Capture, out_dir: Path, port: str) -> dict[str, Any]:
+    """Write frames.tif and summary.json; returns the summary."""
+    import tifffile
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tif = out_dir / "frames.tif"
+    if cap.frames:
+        with tifffile.TiffWriter(tif) as w:
+            for f in cap.frames:
+                w.write(np.ascontiguousarray(f.pixels), description=json.dumps(frame_meta(f)),
+                        metadata=None, photometric="minisblack")
+    trailers = [f.trailer for f in cap.frames if f.trailer is not None]
+    summary: dict[str, Any] = {
+        "pulseline": __version__,
+        "port": port,
+        "firmware": cap.board.get("firmware"),
+        "board": cap.board.get("board"),
+        "technique": {k: cap.config.get(k) for k in ("kv", "ma", "pulse_width_ms", "pulses_per_s",
+                                                    "abc_enabled", "abc_target_adu")},
+        "detector": {k: cap.config.get(k) for k in ("pixels_per_line", "lines_per_frame", "pixel_format")},
+        "frames": len(cap.frames),
+        "frames_complete": sum(f.complete for f in cap.frames),
+        "lines_lost": sum(f.lines_lost for f in cap.frames),
+        "kerma_ugy_from_trailers": sum(t.air_kerma_ugy for t in trailers),
+        "dose_report": cap.dose_report,
+        "link_counters": cap.counters,
+        "events": cap.events,
+        "error": cap.error,
+        "files": {"frames": tif.name if cap.frames else None, "summary": "summary.json"},
+        "wall_s": round(cap.wall_s, 3),
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary

@@ -1,0 +1,328 @@
+"""A host session with a board: open any port, check the firmware's
+protocol, configure, arm, and receive frames (assembled by the native
+assembler), their trailers, and the board's events.
+
+    with Session("sim") as s:            # or "/dev/ttyACM0", "socket://..."
+        s.configure(pulses_per_s=7.5)
+        s.arm()
+        ...                              # the operator presses the switch
+        frame = s.next_frame(timeout_s=2)
+
+A reader thread takes the bytes off the port and feeds the assembler; a
+heartbeat keeps the board's link alive (it stops exposure after 200 ms of
+silence). Responses are matched to commands by sequence number.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+
+from . import ports
+from .assembler import FrameAssembler
+from .frames import Frame
+from .mpcompat import import_firmware
+from .protocol import Packet, wire
+
+commands = import_firmware("pulsefw.commands")
+tx = import_firmware("pulsefw.tx")
+
+OPCODES = {name: op for op, name in commands.OP_NAMES.items()}
+HEARTBEAT_S = 0.1
+# Doing these twice is the same as once: safe to ask again on a lost answer.
+IDEMPOTENT = frozenset({"hello", "get_config", "set_config", "arm", "disarm", "status", "dose_report",
+                        "read_journal", "fault_reset", "ping", "alarm_reset", "self_test"})
+
+
+class SessionError(Exception):
+    """A one-line reason the session cannot go on."""
+
+
+class BoardError(SessionError):
+    """The board refused a command: an error code and its one-line message."""
+
+    def __init__(self, command: str, status: int, message: str) -> None:
+        super().__init__(f"{command}: {wire.ERROR_NAMES.get(status, status)}: {message}")
+        self.command = command
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Event:
+    t_us: int
+    name: str
+    body: dict[str, Any]
+
+
+class Session:
+    def __init__(self, port: str, *, answer_timeout_s: float = 2.0, heartbeat: bool = True,
+                 handshake: bool = True) -> None:
+        self.port = port
+        self.answer_timeout_s = answer_timeout_s
+        target = ports.resolve(port)
+        try:
+            self.serial = serial.serial_for_url(target, baudrate=115200, timeout=0.02, write_timeout=2)
+        except (serial.SerialException, ValueError) as exc:
+            raise SessionError(f"cannot open port {port}: {exc}") from None
+        self._write_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._responses: dict[int, tuple[int, Any]] = {}
+        self._seq = 0
+        self._ignore: set[int] = set()
+        self.events: list[Event] = []
+        self.logs: list[tuple[int, int, str]] = []
+        self.frames: queue.Queue[Frame] = queue.Queue()
+        self.frames_received = 0
+        self.bytes_received = 0
+        self.last_rx = time.monotonic()
+        self.error: str | None = None
+        self.board: dict[str, Any] = {}
+        self.config: dict[str, Any] = {}
+        self._asm_lock = threading.Lock()
+        self.asm = FrameAssembler(256, 256, "mono12p")
+        self.counters_before: dict[str, int] = {}
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read_loop, name="session-reader", daemon=True)
+        self._reader.start()
+        self._heartbeat: threading.Thread | None = None
+        if handshake:
+            try:
+                self.hello()
+            except SessionError:
+                self.close()
+                raise
+        if heartbeat:
+            self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="session-heartbeat", daemon=True)
+            self._heartbeat.start()
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _read_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data = self.serial.read(65536)
+            except (serial.SerialException, OSError) as exc:
+                if not self._closed.is_set():
+                    self.error = f"link lost: {exc}"
+                    with self._cond:
+                        self._cond.notify_all()
+                return
+            if not data:
+                continue
+            self.bytes_received += len(data)
+            self.last_rx = time.monotonic()
+            with self._asm_lock:
+                items = self.asm.feed(data)
+            for item in items:
+                if isinstance(item, Frame):
+                    self.frames_received += 1
+                    self.frames.put(item)
+                else:
+                    self._packet(item)
+
+    def _packet(self, p: Packet) -> None:
+        if p.type == wire.PKT_RESPONSE and len(p.payload) >= 3:
+            cseq, status = struct.unpack_from("<HB", p.payload)
+            text = p.payload[3:].decode(errors="replace")
+            body: Any = text
+            if status == wire.ERR_OK:
+                try:
+                    body = json.loads(text)
+                except ValueError:
+                    body = text
+            with self._cond:
+                if cseq in self._ignore:
+                    self._ignore.discard(cseq)
+                    return
+                self._responses[cseq] = (status, body)
+                self._cond.notify_all()
+        elif p.type == wire.PKT_EVENT and len(p.payload) >= 10:
+            code, ts = struct.unpack_from("<HQ", p.payload)
+            try:
+                body = json.loads(p.payload[10:])
+            except ValueError:
+                body = {"raw": p.payload[10:].decode(errors="replace")}
+            ev = Event(ts, str(tx.EVENT_NAMES.get(code, f"event{code}")), body)
+            with self._cond:
+                self.events.append(ev)
+                self._cond.notify_all()
+        elif p.type == wire.PKT_LOG and len(p.payload) >= 9:
+            level, ts = struct.unpack_from("<BQ", p.payload)
+            self.logs.append((ts, level, p.payload[9:].decode(errors="replace")))
+
+    def _send(self, name: str, args: dict[str, Any] | None, ignore_answer: bool = False) -> int:
+        op = OPCODES.get(name)
+        if op is None:
+            raise ValueError(f"unknown command {name!r}")
+        with self._write_lock:
+            seq = self._seq
+            self._seq = (self._seq + 1) & 0xFFFF
+            if ignore_answer:
+                with self._cond:
+                    self._ignore.add(seq)
+            packet = wire.encode(wire.PKT_COMMAND, seq, wire.command_payload(op, json.dumps(args or {}).encode()))
+            try:
+                self.serial.write(wire.stuff(packet))
+            except (serial.SerialException, OSError) as exc:
+                self.error = f"link lost: {exc}"
+                raise SessionError(f"{self.port}: {self.error}") from None
+        return seq
+
+    def _heartbeat_loop(self) -> None:
+        while not self._closed.wait(HEARTBEAT_S):
+            try:
+                self._send("ping", None, ignore_answer=True)
+            except SessionError:
+                return
+
+    # -- commands ----------------------------------------------------------------------
+
+    def command(self, name: str, args: dict[str, Any] | None = None, timeout_s: float | None = None) -> Any:
+        """Send a command and wait for its answer; BoardError if refused.
+        A command that does the same when done twice is asked again when its
+        answer does not come (a damaged packet on a noisy link)."""
+        total = timeout_s if timeout_s is not None else self.answer_timeout_s
+        attempts = 3 if name in IDEMPOTENT else 1
+        for k in range(attempts):
+            try:
+                return self._command_once(name, args, total)
+            except BoardError:
+                raise
+            except SessionError:
+                if k == attempts - 1 or self.error:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _command_once(self, name: str, args: dict[str, Any] | None, timeout_s: float) -> Any:
+        seq = self._send(name, args)
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while seq not in self._responses:
+                if self.error:
+                    raise SessionError(f"{self.port}: {self.error}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise SessionError(f"{self.port}: no answer to {name}: is the pulseline firmware running "
+                                       "on the board? (flash it, or reset the board)")
+                self._cond.wait(left)
+            status, body = self._responses.pop(seq)
+        if status != wire.ERR_OK:
+            raise BoardError(name, status, str(body))
+        return body
+
+    def hello(self, attempts: int = 6) -> dict[str, Any]:
+        """The version handshake. Asked again a few times: a board that has
+        just been reset is still booting and misses the first."""
+        body: Any = None
+        try:
+            for k in range(attempts):
+                try:
+                    body = self._command_once("hello", {"protocol": wire.PROTOCOL_VERSION},
+                                              self.answer_timeout_s if k == attempts - 1 else 0.5)
+                    break
+                except BoardError:
+                    raise
+                except SessionError:
+                    if k == attempts - 1 or self.error:
+                        raise
+        except BoardError as exc:
+            if exc.status == wire.ERR_VERSION:
+                raise SessionError(f"{self.port}: incompatible firmware: {exc.message}; "
+                                   "flash a firmware that speaks this host's protocol") from None
+            raise
+        self.board = body
+        self._reconfigure(body["config"])
+        return dict(body)
+
+    def _reconfigure(self, config: dict[str, Any]) -> None:
+        old = self.config
+        self.config = dict(config)
+        geometry = ("pixels_per_line", "lines_per_frame", "pixel_format")
+        if not old or any(old.get(k) != config.get(k) for k in geometry):
+            with self._asm_lock:
+                self.counters_before = {}
+                self.asm = FrameAssembler(int(config["pixels_per_line"]), int(config["lines_per_frame"]),
+                                          int(config["pixel_format"]))
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        body = self.command("set_config", settings)
+        self._reconfigure(body)
+        return dict(body)
+
+    def arm(self) -> None:
+        self.command("arm")
+
+    def disarm(self) -> None:
+        self.command("disarm")
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.command("status"))
+
+    def dose_report(self) -> dict[str, Any]:
+        return dict(self.command("dose_report"))
+
+    # -- what comes in -----------------------------------------------------------------
+
+    def next_frame(self, timeout_s: float) -> Frame | None:
+        try:
+            return self.frames.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def wait_event(self, name: str, timeout_s: float, since: int = 0, **match: Any) -> Event | None:
+        """The first event called `name` (after index `since` in `events`)
+        whose body has the given values."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                for ev in self.events[since:]:
+                    if ev.name == name and all(ev.body.get(k) == v for k, v in match.items()):
+                        return ev
+                left = deadline - time.monotonic()
+                if left <= 0 or self.error:
+                    return None
+                self._cond.wait(left)
+
+    def silent_for(self) -> float:
+        """Seconds since the last byte from the board (it sends at least a
+        heartbeat answer every 100 ms, so silence means the link is down)."""
+        return time.monotonic() - self.last_rx
+
+    def counters(self) -> dict[str, int]:
+        with self._asm_lock:
+            return dict(self.asm.counters)
+
+    def flush_frames(self) -> list[Frame]:
+        """End of a capture: frames still in flight come out (incomplete ones
+        with their lost lines marked)."""
+        with self._asm_lock:
+            items = self.asm.flush()
+        out = []
+        for item in items:
+            if isinstance(item, Frame):
+                self.frames_received += 1
+                out.append(item)
+        return out
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=1)
+        self._reader.join(timeout=1)
+        self.serial.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,27 @@
+"""`make demo` does the main job on a simulated board: deploy with mpremote,
+capture, save, stop. Run here in a scratch directory, as a user would."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import tifffile
+
+
+@pytest.mark.micropython
+def test_demo_deploys_captures_and_saves_an_exam(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "pulseline.demo"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "mpremote connect" in res.stdout and "fs cp -r boot.py main.py pulsefw :" in res.stdout
+    summary = json.loads((tmp_path / "demo-exam" / "summary.json").read_text())
+    assert summary["frames"] >= 16 and summary["lines_lost"] == 0 and summary["error"] is None
+    assert summary["dose_report"]["pulses"] == summary["frames"]
+    stack = tifffile.imread(tmp_path / "demo-exam" / "frames.tif")
+    assert stack.shape == (summary["frames"], 256, 256)
+    with tifffile.TiffFile(tmp_path / "demo-exam" / "frames.tif") as tif:
+        meta = json.loads(tif.pages[0].description)
+    assert meta["kv"] == pytest.approx(80, rel=0.01) and meta["air_kerma_ugy"] > 0
+    # The simulated board is gone again.
+    assert not list((tmp_path / ".pulseline").glob("*.json"))

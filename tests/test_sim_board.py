@@ -1,0 +1,211 @@
+"""The simulated board: the firmware on the real MicroPython unix port behind
+a pty, driven by the real mpremote and by the host session, end to end."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pulseline.capture import capture
+from pulseline.frames import Frame
+from pulseline.plant import Plant, PlantConfig, Timeline
+from pulseline.session import Session, SessionError
+from pulseline.sim.board import SimBoard
+
+pytestmark = pytest.mark.micropython
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRMWARE = ROOT / "firmware"
+MPREMOTE = str(Path(sys.executable).parent / "mpremote")
+
+
+def deploy(fs: Path) -> None:
+    """What `mpremote fs cp` does, done directly (test_mpremote covers mpremote)."""
+    fs.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIRMWARE / "boot.py", fs)
+    shutil.copy(FIRMWARE / "main.py", fs)
+    shutil.copytree(FIRMWARE / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def mpremote(board: SimBoard, *args: str, cwd: Path | None = None) -> str:
+    res = subprocess.run([MPREMOTE, "connect", board.pty_path, *args], capture_output=True, text=True, timeout=60,
+                         cwd=cwd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def wait_for(pred, timeout_s: float = 10.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_mpremote_works_unmodified_against_the_simulated_board(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "hello.py").write_text("print('hello from', 'the board')\n")
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "state") as board:
+        # Deploy the firmware as one would to a Pico, and list it.
+        out = mpremote(board, "fs", "cp", "-r", "boot.py", "main.py", "pulsefw", ":", cwd=FIRMWARE)
+        assert "cp main.py :" in out
+        listing = mpremote(board, "fs", "ls", ":pulsefw")
+        for src in (FIRMWARE / "pulsefw").glob("*.py"):
+            assert f"{src.stat().st_size:>12} {src.name}" in listing
+        assert (tmp_path / "fs" / "pulsefw" / "app.py").read_bytes() == (FIRMWARE / "pulsefw" / "app.py").read_bytes()
+        assert mpremote(board, "fs", "cat", ":boot.py") == (FIRMWARE / "boot.py").read_text()
+        assert mpremote(board, "exec", "print(6 * 7)").strip() == "42"
+        assert mpremote(board, "run", str(tmp_path / "src" / "hello.py")).strip() == "hello from the board"
+        mpremote(board, "fs", "cp", str(tmp_path / "src" / "hello.py"), ":hello.py")
+        mpremote(board, "fs", "rm", ":hello.py")
+        assert "hello.py" not in mpremote(board, "fs", "ls")
+        # A hard reset reloads everything from the filesystem: boot.py, then
+        # main.py, so the firmware answers.
+        mpremote(board, "reset")
+        with Session(board.pty_path) as s:
+            assert s.board["firmware"] and s.status()["state"] == "IDLE"
+        # Ctrl-C reaches the REPL from the running firmware (mpremote sends
+        # it first), and a soft reset says "soft reboot" as a board does.
+        assert mpremote(board, "exec", "import sys; print(sys.platform)").strip() == "linux"
+        n = len(board.resets)
+        mpremote(board, "soft-reset")
+        assert [k for _, k in board.resets[n:]].count("soft") >= 1
+        # The firmware is not running after a raw-REPL soft reset (as on a
+        # board), and a hard reset brings it back.
+        mpremote(board, "reset")
+        with Session(board.pty_path) as s:
+            assert s.status()["state"] == "IDLE"
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("board")
+    deploy(tmp / "fs")
+    plant = Plant(PlantConfig(seed=21), Timeline())
+    with SimBoard(tmp / "fs", state_dir=tmp / "state", plant=plant) as b:
+        assert wait_for(lambda: b.proc is not None and b.proc.poll() is None)
+        yield b
+
+
+def test_capture_through_the_pty_matches_the_plant(board):
+    with Session(board.pty_path) as s:
+        before = len(board.plant.pulses)
+        meter_before = board.plant.meter_kerma_ugy
+        report_before = s.dose_report()["kerma_mgy"]
+        cap = capture(s, 12, press=board.press, release=board.release)
+    assert cap.error is None, cap.error
+    pulses = board.plant.pulses[before:]
+    frames = [f for f in cap.frames if isinstance(f, Frame)]
+    assert len(frames) == len(pulses) >= 12
+    assert cap.counters["lines_lost"] == 0 and cap.counters["crc_errors"] == 0
+    assert all(f.complete for f in frames)
+    # Images against the plant's noise-free truth: the residual, scaled by
+    # the noise the detector model predicts (quantum + read), has mean ~0
+    # and unit spread. A statistical check, not a pixel-equal one.
+    det = board.plant.detector
+    for f, p in zip(frames, pulses, strict=True):
+        truth = p.frame
+        assert truth is not None
+        expected = truth.expected_adu.astype(np.float64)
+        maps = det.maps(truth.lines, truth.pixels)
+        live = ~maps.dead & (expected < 4000)
+        signal = expected - maps.offset
+        # Quantum noise: var(ADU) = (ADU per photon) x mean signal in ADU.
+        variance = np.maximum(maps.adu_per_photon * signal, 0) + det.spec.read_noise_adu ** 2 + 1 / 12
+        z = (f.pixels.astype(np.float64) - expected)[live] / np.sqrt(variance[live])
+        assert abs(z.mean()) < 0.05, z.mean()
+        assert 0.9 < z.std() < 1.1, z.std()
+    # Dose: the firmware's account against the plant's meter.
+    delivered = (board.plant.meter_kerma_ugy - meter_before) / 1000
+    assert cap.dose_report["kerma_mgy"] - report_before == pytest.approx(delivered, rel=0.01)
+
+
+def test_a_configuration_over_the_link_is_refused_with_the_numbers(board):
+    with Session(board.pty_path) as s:
+        with pytest.raises(SessionError, match=r"needs \d+ bytes/s; the link carries 1100000"):
+            s.configure(pixels_per_line=1024, lines_per_frame=512, pixel_format=1, pulses_per_s=30)
+        assert s.command("get_config")["pixels_per_line"] == 256
+
+
+def test_an_unknown_port_is_a_clear_error(tmp_path):
+    with pytest.raises(SessionError, match="cannot open port"):
+        Session(str(tmp_path / "ttyNOPE"))
+
+
+def test_two_simulated_boards_side_by_side(tmp_path):
+    deploy(tmp_path / "a")
+    deploy(tmp_path / "b")
+    with SimBoard(tmp_path / "a", state_dir=tmp_path / "st") as a, \
+            SimBoard(tmp_path / "b", state_dir=tmp_path / "st") as b, Session(a.pty_path) as sa, Session(b.url) as sb:
+        assert a.name != b.name and a.pty_path != b.pty_path and a.url != b.url
+        sa.command("new_exam")
+        assert sa.status()["exam"] == 1 and sb.status()["exam"] == 0
+
+
+def _line_packets(stream: bytes) -> list[tuple[int, int, bytes]]:
+    """(frame_id, line_index, packet bytes) of every LINE packet in a clean stream."""
+    from pulseline.protocol import wire
+
+    out = []
+    pos = stream.find(wire.SYNC)
+    while pos >= 0 and pos + wire.HEADER_SIZE <= len(stream):
+        ptype = stream[pos + 5]
+        length = stream[pos + 8] | (stream[pos + 9] << 8)
+        end = pos + wire.HEADER_SIZE + length + wire.CRC_SIZE
+        if end > len(stream):
+            break
+        if ptype == wire.PKT_LINE:
+            frame_id = int.from_bytes(stream[pos + 12:pos + 16], "little")
+            line = int.from_bytes(stream[pos + 16:pos + 18], "little")
+            out.append((frame_id, line, stream[pos:end]))
+        pos = stream.find(wire.SYNC, end)
+    return out
+
+
+def test_with_seeded_link_faults_lost_lines_are_exactly_the_damaged_ones(tmp_path):
+    deploy(tmp_path / "fs")
+    faults = "corrupt=2e-5,drop=0.003,dup=0.003,delay=0.01:3ms"
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st", faults=faults, seed=5, record=True,
+                  plant=Plant(PlantConfig(seed=5), Timeline())) as board:
+        with Session(board.pty_path) as s:
+            cap = capture(s, 12, press=board.press, release=board.release)
+            time.sleep(0.3)
+        sent, got = bytes(board.sent_to_host), bytes(board.delivered_to_host)
+        log = board._to_host.faults_log if board._to_host is not None else []
+    assert cap.error is None, cap.error
+    assert log, "the seed injected no fault: choose another"
+    frames = {f.frame_id: f for f in cap.frames}
+    truth = {p.index + 1: p.frame for p in board.plant.pulses}  # frame ids count pulses from 1
+    damaged = 0
+    for frame_id, line, packet in _line_packets(sent):
+        if frame_id not in frames:
+            continue
+        intact = packet in got
+        damaged += not intact
+        f = frames[frame_id]
+        # The host has the line if and only if it crossed the link intact.
+        assert bool(f.line_received[line]) == intact, (frame_id, line)
+    assert damaged > 0
+    assert sum(f.lines_lost for f in frames.values()) == damaged
+    # No damaged line is ever delivered as good: every line the host has is
+    # the detector's own.
+    for f in frames.values():
+        t = truth[f.frame_id]
+        assert t is not None
+        assert np.array_equal(f.pixels[f.line_received], t.raw_adu[f.line_received])
+
+
+def test_a_disconnect_mid_capture_is_reported_and_what_came_is_kept(tmp_path):
+    deploy(tmp_path / "fs")
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st", faults="disconnect=4", seed=2) as board, \
+            Session(board.pty_path) as s:
+        cap = capture(s, 1000, press=board.press, release=board.release)
+    assert cap.error is not None and "link is down" in cap.error
+    assert len(cap.frames) > 0
