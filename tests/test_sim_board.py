@@ -122,9 +122,14 @@ def test_capture_through_the_pty_matches_the_plant(board):
         z = (f.pixels.astype(np.float64) - expected)[live] / np.sqrt(variance[live])
         assert abs(z.mean()) < 0.05, z.mean()
         assert 0.9 < z.std() < 1.1, z.std()
-    # Dose: the firmware's account against the plant's meter.
+    # Dose: the firmware's account, and the last dose display event of the
+    # exposure, against the plant's meter.
     delivered = (board.plant.meter_kerma_ugy - meter_before) / 1000
     assert cap.dose_report["kerma_mgy"] - report_before == pytest.approx(delivered, rel=0.01)
+    shown = [e for e in s.events if e.name == "dose"]
+    assert len(shown) >= 2
+    assert shown[-1].body["kerma_mgy"] - report_before == pytest.approx(delivered, rel=0.01)
+    assert shown[-1].body["pulses"] == cap.dose_report["pulses"]
 
 
 def test_a_configuration_over_the_link_is_refused_with_the_numbers(board):
