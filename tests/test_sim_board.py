@@ -174,11 +174,39 @@ def _line_packets(stream: bytes) -> list[tuple[int, int, bytes]]:
     return out
 
 
-def test_with_seeded_link_faults_lost_lines_are_exactly_the_damaged_ones(tmp_path):
+def _bad_candidates(stream: bytes, start: int) -> int:
+    """Sync markers after `start` that do not begin an intact packet and do
+    not lie inside one (a receiver skips over packets it accepts)."""
+    import zlib
+
+    from pulseline.protocol import wire
+
+    bad = 0
+    pos = start
+    while (i := stream.find(wire.SYNC, pos)) >= 0 and i + wire.HEADER_SIZE <= len(stream):
+        head = stream[i + 4:i + 10]
+        length = head[4] | (head[5] << 8)
+        end = i + wire.HEADER_SIZE + length + wire.CRC_SIZE
+        header_ok = zlib.crc32(head) & 0xFFFF == int.from_bytes(stream[i + 10:i + 12], "little")
+        if header_ok and end > len(stream):
+            break  # still arriving when the capture ended
+        if header_ok and zlib.crc32(stream[i + 4:end - 4]) == int.from_bytes(stream[end - 4:end], "little"):
+            pos = end
+        else:
+            bad += 1
+            pos = i + 1
+    return bad
+
+
+@pytest.mark.parametrize("seed", [5, 8])
+def test_with_seeded_link_faults_lost_lines_are_exactly_the_damaged_ones(tmp_path, seed):
     deploy(tmp_path / "fs")
     faults = "corrupt=2e-5,drop=0.003,dup=0.003,delay=0.01:3ms"
-    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st", faults=faults, seed=5, record=True,
-                  plant=Plant(PlantConfig(seed=5), Timeline())) as board:
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st", faults=faults, seed=seed, record=True,
+                  plant=Plant(PlantConfig(seed=seed), Timeline())) as board:
+        assert wait_for(lambda: b"\xa5\x5aPL" in bytes(board.delivered_to_host))  # the firmware's boot event
+        time.sleep(0.2)
+        start_of_session = len(board.delivered_to_host)  # the session's assembler sees what comes after
         with Session(board.pty_path) as s:
             cap = capture(s, 12, press=board.press, release=board.release)
             time.sleep(0.3)
@@ -199,6 +227,10 @@ def test_with_seeded_link_faults_lost_lines_are_exactly_the_damaged_ones(tmp_pat
         assert bool(f.line_received[line]) == intact, (frame_id, line)
     assert damaged > 0
     assert sum(f.lines_lost for f in frames.values()) == damaged
+    # Bad packets: every place in what arrived that starts like a packet but
+    # is not one (a damaged header, or a payload that fails its CRC), as an
+    # independent walk over the delivered bytes counts them.
+    assert cap.counters["crc_errors"] + cap.counters["header_errors"] == _bad_candidates(got, start_of_session)
     # No damaged line is ever delivered as good: every line the host has is
     # the detector's own.
     for f in frames.values():

@@ -85,10 +85,12 @@ class Session:
         self.last_rx = time.monotonic()
         self.error: str | None = None
         self.board: dict[str, Any] = {}
-        self.config: dict[str, Any] = {}
+        # The firmware's default geometry until the board says otherwise; the
+        # assembler (and its counters) is only replaced when that changes.
+        self.config: dict[str, Any] = {"pixels_per_line": 256, "lines_per_frame": 256,
+                                       "pixel_format": wire.FMT_MONO12P}
         self._asm_lock = threading.Lock()
         self.asm = FrameAssembler(256, 256, "mono12p")
-        self.counters_before: dict[str, int] = {}
         self._closed = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="session-reader", daemon=True)
         self._reader.start()
@@ -246,9 +248,8 @@ class Session:
         old = self.config
         self.config = dict(config)
         geometry = ("pixels_per_line", "lines_per_frame", "pixel_format")
-        if not old or any(old.get(k) != config.get(k) for k in geometry):
+        if any(old.get(k) != config.get(k) for k in geometry):
             with self._asm_lock:
-                self.counters_before = {}
                 self.asm = FrameAssembler(int(config["pixels_per_line"]), int(config["lines_per_frame"]),
                                           int(config["pixel_format"]))
 
