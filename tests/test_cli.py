@@ -10,8 +10,9 @@ from pulseline.protocol import wire
 from pulseline.streamgen import clean_stream, random_frames
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pulseline.cli", *args], capture_output=True, text=True)
+def run(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pulseline.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=60)
 
 
 def test_version_names_the_crc_backend():
@@ -38,3 +39,17 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path):
         res = run(*args)
         assert res.returncode == 2
         assert res.stderr.count("\n") == 1 and res.stderr.startswith("pulseline: error:")
+
+
+def test_board_commands_fail_with_one_clear_line(tmp_path):
+    for args in (["capture", "--port", str(tmp_path / "ttyNOPE"), "--frames", "3", "-o", str(tmp_path / "x")],
+                 ["info", "--port", "sim"],
+                 ["info", "--port", "sim:ttyACM7"],
+                 ["sim", "press"],
+                 ["sim", "--link", "usb-xs", "--detach"],
+                 ["sim", "--faults", "drop=7", "--detach"],
+                 ["sim", "set", "door_closed"]):
+        res = run(*args, cwd=tmp_path)
+        assert res.returncode == 2, (args, res.stdout, res.stderr)
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("pulseline: error:"), (args, res.stderr)
+    assert not (tmp_path / "x").exists()

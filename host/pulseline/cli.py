@@ -144,12 +144,19 @@ def cmd_sim(args: argparse.Namespace) -> int:
             return 0
     except (ValueError, OSError) as exc:
         raise CliError(str(exc)) from None
-    # start
+    # start: check the options here, so that a detached start fails at once
+    from .sim.link import parse_faults, parse_link
+
+    try:
+        parse_link(args.link)
+        parse_faults(",".join(i for i in args.faults.split(",") if not i.strip().startswith("dir=")))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     if args.detach:
         return _sim_detach(args)
     try:
         board = simboard.SimBoard(args.fs, name=args.name, link=args.link, faults=args.faults, seed=args.seed,
-                                  timeline=_timeline(args.timeline)).start()
+                                  timeline=_timeline(args.timeline), water_cm=args.water_cm).start()
     except (ValueError, OSError) as exc:
         raise CliError(str(exc)) from None
     _print_board(board.describe(), args.json)
@@ -194,6 +201,8 @@ def _sim_detach(args: argparse.Namespace) -> int:
         cmd += ["--fs", str(args.fs)]
     if args.timeline:
         cmd += ["--timeline", str(args.timeline)]
+    if args.water_cm is not None:
+        cmd += ["--water-cm", str(args.water_cm)]
     log = simboard.STATE_DIR / f"{name}.log"
     simboard.STATE_DIR.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as fh:
@@ -208,7 +217,8 @@ def _sim_detach(args: argparse.Namespace) -> int:
         except ValueError:
             pass
         if proc.poll() is not None:
-            raise CliError(f"the simulated board did not start: {log.read_text().strip().splitlines()[-1:]}")
+            last = (log.read_text().strip().splitlines() or ["no output"])[-1]
+            raise CliError(f"the simulated board did not start: {last} (log: {log})")
         time.sleep(0.05)
     proc.kill()
     raise CliError(f"the simulated board did not start within 15 s (log: {log})")
@@ -319,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faults", default="", help="seeded link faults, e.g. corrupt=1e-5,drop=0.01,disconnect=30")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeline", type=Path, help="plant timeline (JSON) to load")
+    p.add_argument("--water-cm", type=float, help="phantom: water slab thickness, cm (default 20)")
     p.add_argument("--detach", action="store_true", help="run in the background and return")
     p.add_argument("--all", action="store_true", help="stop: every running simulated board")
     p.add_argument("--json", action="store_true")
@@ -354,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pulseline: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of our output went away (e.g. | head)
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

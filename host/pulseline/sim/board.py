@@ -203,7 +203,8 @@ class SimBoard:
 
     def __init__(self, fs_dir: str | Path | None = None, *, name: str | None = None, link: str = "usb-fs",
                  faults: str = "", seed: int = 0, plant: Plant | None = None, timeline: Timeline | None = None,
-                 state_dir: str | Path = STATE_DIR, tcp_port: int = 0, record: bool = False) -> None:
+                 state_dir: str | Path = STATE_DIR, tcp_port: int = 0, record: bool = False,
+                 water_cm: float | None = None) -> None:
         self.state_dir = Path(state_dir)
         self.name = name or next_free_name(self.state_dir)
         self.files = BoardFiles(self.name, self.state_dir)
@@ -219,7 +220,10 @@ class SimBoard:
         self.sent_to_host = bytearray()  # what the board wrote (record=True)
         self.delivered_to_host = bytearray()  # what the link delivered
         self.seed = seed
-        self.plant = plant if plant is not None else Plant(PlantConfig(seed=seed), timeline or Timeline())
+        if plant is None:
+            cfg = PlantConfig(seed=seed) if water_cm is None else PlantConfig(seed=seed, water_cm=water_cm)
+            plant = Plant(cfg, timeline or Timeline())
+        self.plant = plant
         self._tcp_port = tcp_port
         self.proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -656,11 +660,12 @@ def serve(args: list[str] | None = None) -> int:
     ap.add_argument("--faults", default="")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeline")
+    ap.add_argument("--water-cm", type=float)
     ap.add_argument("--state-dir", default=str(STATE_DIR))
     ns = ap.parse_args(args)
     timeline = Timeline.from_json(json.loads(Path(ns.timeline).read_text())) if ns.timeline else None
     board = SimBoard(ns.fs, name=ns.name, link=ns.link, faults=ns.faults, seed=ns.seed, timeline=timeline,
-                     state_dir=ns.state_dir)
+                     state_dir=ns.state_dir, water_cm=ns.water_cm)
     signal.signal(signal.SIGTERM, lambda *_: board._stop.set())
     board.start()
     try:
