@@ -246,3 +246,32 @@ def test_a_disconnect_mid_capture_is_reported_and_what_came_is_kept(tmp_path):
         cap = capture(s, 1000, press=board.press, release=board.release)
     assert cap.error is not None and "link is down" in cap.error
     assert len(cap.frames) > 0
+
+
+def test_flash_deploys_changes_only_what_differs_and_catches_a_corrupted_file(tmp_path):
+    from pulseline.flash import flash, handshake
+
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    with SimBoard(fs, state_dir=tmp_path / "st") as board:
+        port = board.pty_path
+        plan = flash(port, build_dir=tmp_path / "build", log=lambda m: None)
+        assert len(plan.copy) == len(plan.bundle) >= 10
+        assert handshake(port)["firmware"]
+        assert (fs / "pulsefw" / "app.mpy").exists() and not (fs / "pulsefw" / "app.py").exists()
+        # A second run changes nothing.
+        again = flash(port, dry_run=True, build_dir=tmp_path / "build")
+        assert again.copy == [] and again.remove == []
+        # One corrupted byte on the board, and a stale source file: found,
+        # fixed, verified.
+        target = fs / "pulsefw" / "dose.mpy"
+        data = bytearray(target.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        target.write_bytes(bytes(data))
+        (fs / "pulsefw" / "wire.py").write_text("# stale\n")
+        dry = flash(port, dry_run=True, build_dir=tmp_path / "build")
+        assert [f.path for f in dry.copy] == ["pulsefw/dose.mpy"] and dry.remove == ["pulsefw/wire.py"]
+        fixed = flash(port, build_dir=tmp_path / "build", log=lambda m: None)
+        assert [f.path for f in fixed.copy] == ["pulsefw/dose.mpy"]
+        assert not (fs / "pulsefw" / "wire.py").exists()
+        assert handshake(port)["firmware"]

