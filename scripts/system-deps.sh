@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the build and tests need. Installs what is missing when
 # run as root with apt-get; otherwise says what to install and carries on
-# (the build falls back to zlib's CRC without ISA-L; `make fuzz` needs clang).
+# (the build falls back to zlib's CRC without ISA-L; `make fuzz` needs clang;
+# the DICOM tests validate with dicom3tools' dciodvfy).
 set -euo pipefail
-need=(zlib1g-dev libisal-dev clang-14 libclang-rt-14-dev)
+need=(zlib1g-dev libisal-dev clang-14 libclang-rt-14-dev dicom3tools)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -275,3 +275,21 @@ def test_flash_deploys_changes_only_what_differs_and_catches_a_corrupted_file(tm
         assert [f.path for f in fixed.copy] == ["pulsefw/dose.mpy"]
         assert not (fs / "pulsefw" / "wire.py").exists()
         assert handshake(port)["firmware"]
+
+
+def test_a_capture_saves_a_valid_dicom_rf_image(board, tmp_path):
+    import pydicom
+
+    from pulseline.capture import save
+
+    with Session(board.pty_path) as s:
+        cap = capture(s, 5, press=board.press, release=board.release)
+    summary = save(cap, tmp_path / "exam", board.pty_path)
+    dcm = tmp_path / "exam" / summary["files"]["dicom_rf"]
+    res = subprocess.run(["dciodvfy", str(dcm)], capture_output=True, text=True)
+    assert "Error" not in res.stdout + res.stderr, res.stdout + res.stderr
+    ds = pydicom.dcmread(dcm)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.12.2" and ds.RadiationMode == "PULSED"
+    assert int(ds.NumberOfFrames) == len(cap.frames) and float(ds.FrameTime) == pytest.approx(1000 / 7.5, rel=1e-4)
+    assert float(ds.KVP) == pytest.approx(80.0, rel=0.01) and float(ds.AveragePulseWidth) == pytest.approx(10.0)
+    assert np.array_equal(ds.pixel_array, np.stack([f.pixels for f in cap.frames]))

@@ -102,8 +102,8 @@ def frame_meta(f: Frame) -> dict[str, Any]:
     return meta
 
 
-def save(cap: Capture, out_dir: Path, port: str) -> dict[str, Any]:
-    """Write frames.tif and summary.json; returns the summary."""
+def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[str, Any]:
+    """Write frames.tif, rf.dcm and summary.json; returns the summary."""
     import tifffile
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,6 +114,19 @@ def save(cap: Capture, out_dir: Path, port: str) -> dict[str, Any]:
                 w.write(np.ascontiguousarray(f.pixels), description=json.dumps(frame_meta(f)),
                         metadata=None, photometric="minisblack")
     trailers = [f.trailer for f in cap.frames if f.trailer is not None]
+    dcm = out_dir / "rf.dcm"
+    if cap.frames:
+        from .dicom_rf import Identity, write_rf
+
+        kv = float(np.mean([t.kv for t in trailers])) if trailers else float(cap.config.get("kv", 0.0))
+        ma = float(np.mean([t.ma for t in trailers])) if trailers else float(cap.config.get("ma", 0.0))
+        kap_ugy_m2 = sum(t.kap_ugy_m2 for t in trailers)
+        write_rf(dcm, np.stack([f.pixels for f in cap.frames]).astype(np.uint16),
+                 bits_stored=12 if cap.config.get("pixel_format") == 2 else 16,
+                 pulses_per_s=float(cap.config.get("pulses_per_s", 7.5)), kv=kv, ma=ma,
+                 pulse_width_ms=float(cap.config.get("pulse_width_ms", 0.0)),
+                 kap_dgy_cm2=kap_ugy_m2 * 0.1,  # 1 uGy m^2 = 0.01 Gy cm^2 = 0.1 dGy cm^2
+                 firmware=str(cap.board.get("firmware", "")), identity=identity or Identity())
     summary: dict[str, Any] = {
         "pulseline": __version__,
         "port": port,
@@ -130,7 +143,8 @@ def save(cap: Capture, out_dir: Path, port: str) -> dict[str, Any]:
         "link_counters": cap.counters,
         "events": cap.events,
         "error": cap.error,
-        "files": {"frames": tif.name if cap.frames else None, "summary": "summary.json"},
+        "files": {"frames": tif.name if cap.frames else None, "dicom_rf": dcm.name if cap.frames else None,
+                  "summary": "summary.json"},
         "wall_s": round(cap.wall_s, 3),
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
