@@ -293,3 +293,7 @@ def test_a_capture_saves_a_valid_dicom_rf_image(board, tmp_path):
     assert int(ds.NumberOfFrames) == len(cap.frames) and float(ds.FrameTime) == pytest.approx(1000 / 7.5, rel=1e-4)
     assert float(ds.KVP) == pytest.approx(80.0, rel=0.01) and float(ds.AveragePulseWidth) == pytest.approx(10.0)
     assert np.array_equal(ds.pixel_array, np.stack([f.pixels for f in cap.frames]))
+    from PIL import Image
+
+    png = Image.open(tmp_path / "exam" / summary["files"]["last_image"])
+    assert png.size == (256, 256) and png.mode == "L" and np.asarray(png).std() > 5

@@ -102,6 +102,18 @@ def frame_meta(f: Frame) -> dict[str, Any]:
     return meta
 
 
+def write_png(path: Path, pixels: Any) -> None:
+    """The last image (last-image hold) as an 8-bit PNG, windowed on the
+    1st..99th percentile of its pixels so that the anatomy shows."""
+    from PIL import Image
+
+    img = np.asarray(pixels, dtype=np.float64)
+    finite = img[np.isfinite(img)]
+    lo, hi = (np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0))
+    scaled = np.clip((np.nan_to_num(img, nan=lo) - lo) / max(hi - lo, 1e-9), 0, 1) * 255
+    Image.fromarray(scaled.astype(np.uint8), mode="L").save(path)
+
+
 def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[str, Any]:
     """Write frames.tif, rf.dcm and summary.json; returns the summary."""
     import tifffile
@@ -114,6 +126,9 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
                 w.write(np.ascontiguousarray(f.pixels), description=json.dumps(frame_meta(f)),
                         metadata=None, photometric="minisblack")
     trailers = [f.trailer for f in cap.frames if f.trailer is not None]
+    png = out_dir / "last.png"
+    if cap.frames:
+        write_png(png, cap.frames[-1].pixels)
     dcm = out_dir / "rf.dcm"
     if cap.frames:
         from .dicom_rf import Identity, write_rf
@@ -144,6 +159,7 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
         "events": cap.events,
         "error": cap.error,
         "files": {"frames": tif.name if cap.frames else None, "dicom_rf": dcm.name if cap.frames else None,
+                  "last_image": png.name if cap.frames else None,
                   "summary": "summary.json"},
         "wall_s": round(cap.wall_s, 3),
     }
