@@ -66,6 +66,9 @@ def capture(session: Session, frames: int, *, press: Callable[[], object] | None
                 break
     except SessionError as exc:
         out.error = str(exc)
+    except KeyboardInterrupt:
+        # Ctrl-C: end the exposure safely (release, below) and keep what came.
+        out.error = f"interrupted (Ctrl-C) after {len(out.frames)} frames"
     finally:
         if release is not None:
             try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".pulseline-write-test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        raise CliError(f"cannot write to {out}: {exc.strerror or exc}") from None
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture, save
     from .session import SessionError
@@ -262,6 +273,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     s = _session(args.port)
     press = release = None
     try:
+        _check_writable(args.output)  # before any X-rays: a capture must have somewhere to go
         if settings:
             try:
                 s.configure(**settings)
@@ -272,7 +284,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
             ctl = simboard.SimControl(sim)
             press, release = ctl.press, ctl.release
         else:
-            print("press and hold the exposure switch", file=sys.stderr)
+            if not args.json:
+                print("press and hold the exposure switch", flush=True)
 
         def progress(f: Any) -> None:
             if not args.json:
@@ -285,7 +298,20 @@ def cmd_capture(args: argparse.Namespace) -> int:
         s.close()
     if not args.json and cap.frames:
         print()
-    summary = save(cap, args.output, args.port)
+    try:
+        summary = save(cap, args.output, args.port)
+    except OSError as exc:
+        # Disk full or the like: the frames are still here; keep them as raw
+        # arrays in the working directory rather than lose them.
+        where = ""
+        if cap.frames:
+            rescue = Path(f"pulseline-rescue-{os.getpid()}.npy")
+            try:
+                np.save(rescue, np.stack([f.pixels for f in cap.frames]))
+                where = f"; the {len(cap.frames)} frames are in {rescue}"
+            except OSError:
+                where = f"; the {len(cap.frames)} frames could not be saved anywhere"
+        raise CliError(f"cannot write the exam to {args.output}: {exc.strerror or exc}{where}") from None
     if args.json:
         print(json.dumps(summary))
     else:

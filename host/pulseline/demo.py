@@ -58,7 +58,7 @@ def main() -> int:
     print(f"  frames.tif    {summary['frames']} frames, {summary['detector']['pixels_per_line']} x "
           f"{summary['detector']['lines_per_frame']} pixels, 16-bit, technique and dose of each frame in its "
           "page description (tifffile, ImageJ/Fiji)")
-    print(f"  rf.dcm        the same frames as a DICOM X-Ray Radiofluoroscopic image (frame time, kV, mA, "
+    print("  rf.dcm        the same frames as a DICOM X-Ray Radiofluoroscopic image (frame time, kV, mA, "
           "pulse width, PULSED, area dose product)")
     print("  last.png      the last image held, windowed for display")
     d = summary["dose_report"]

@@ -69,8 +69,14 @@ class Session:
         self.answer_timeout_s = answer_timeout_s
         target = ports.resolve(port)
         try:
-            self.serial = serial.serial_for_url(target, baudrate=115200, timeout=0.02, write_timeout=2)
+            # Exclusive on a device: a second program on the same board would
+            # steal its bytes (pyserial takes a lock on POSIX).
+            kwargs: dict[str, Any] = {} if "://" in target else {"exclusive": True}
+            self.serial = serial.serial_for_url(target, baudrate=115200, timeout=0.02, write_timeout=2, **kwargs)
         except (serial.SerialException, ValueError) as exc:
+            text = str(exc)
+            if "exclusively lock" in text or "Resource temporarily unavailable" in text:
+                raise SessionError(f"port {port} is busy: another program has it open") from None
             raise SessionError(f"cannot open port {port}: {exc}") from None
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
@@ -233,6 +239,11 @@ class Session:
                 except BoardError:
                     raise
                 except SessionError:
+                    other = self.asm.last_bad_version
+                    if other is not None:
+                        # It answers, in another protocol generation.
+                        raise SessionError(f"{self.port}: incompatible firmware: the board speaks protocol {other}, "
+                                           f"this host {wire.PROTOCOL_VERSION}; flash a matching firmware") from None
                     if k == attempts - 1 or self.error:
                         raise
         except BoardError as exc:

@@ -1,0 +1,145 @@
+"""Bad input to the board commands, against a running simulated board: each
+gives one clear line on stderr and a non-zero exit, and nothing captured is
+lost."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pulseline.session import Session, SessionError
+from pulseline.sim.board import SimBoard
+
+pytestmark = pytest.mark.micropython
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRMWARE = ROOT / "firmware"
+
+
+def deploy(fs: Path, protocol: int | None = None) -> None:
+    fs.mkdir(parents=True, exist_ok=True)
+    shutil.copy(FIRMWARE / "boot.py", fs)
+    shutil.copy(FIRMWARE / "main.py", fs)
+    shutil.copytree(FIRMWARE / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__"))
+    if protocol is not None:  # a firmware from another protocol generation
+        wire = fs / "pulsefw" / "wire.py"
+        text = wire.read_text().replace("PROTOCOL_VERSION = const(1)", f"PROTOCOL_VERSION = const({protocol})")
+        wire.write_text(text)
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pulseline.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert res.returncode != 0, res.stdout
+    err = res.stderr.strip()
+    assert "\n" not in err and err.startswith("pulseline: error:"), res.stderr
+    for n in needles:
+        assert n in err, err
+
+
+@pytest.fixture(scope="module")
+def boards(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    deploy(tmp / "good")
+    deploy(tmp / "old", protocol=2)
+    (tmp / "bare").mkdir()  # MicroPython, but no pulseline firmware
+    with SimBoard(tmp / "good", state_dir=tmp / "st") as good, \
+            SimBoard(tmp / "old", state_dir=tmp / "st") as old, \
+            SimBoard(tmp / "bare", state_dir=tmp / "st") as bare:
+        time.sleep(0.5)
+        yield {"good": good, "old": old, "bare": bare, "tmp": tmp}
+
+
+def test_unknown_port(tmp_path):
+    one_line_error(cli("info", "--port", "/dev/ttyNOPE0", cwd=tmp_path), "cannot open port /dev/ttyNOPE0")
+
+
+def test_busy_port(boards):
+    port = boards["good"].pty_path
+    with Session(port):
+        one_line_error(cli("info", "--port", port, cwd=boards["tmp"]), "is busy")
+
+
+def test_not_a_pulseline_board(boards):
+    one_line_error(cli("info", "--port", boards["bare"].pty_path, cwd=boards["tmp"]),
+                   "no answer to hello", "is the pulseline firmware running")
+
+
+def test_incompatible_firmware(boards):
+    one_line_error(cli("info", "--port", boards["old"].pty_path, cwd=boards["tmp"]),
+                   "incompatible firmware", "the board speaks protocol 2, this host 1")
+
+
+def test_out_of_range_technique(boards, tmp_path):
+    res = cli("capture", "--port", boards["good"].pty_path, "--kv", "150", "-o", str(tmp_path / "x"),
+              cwd=boards["tmp"])
+    one_line_error(res, "out of range", "kv must be 60.0..120.0")
+    res = cli("capture", "--port", boards["good"].pty_path, "--pps", "10", "-o", str(tmp_path / "y"),
+              cwd=boards["tmp"])
+    one_line_error(res, "pulse rate must be one of 3.75, 7.5, 15, 30 pps")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_output_not_writable(boards, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    res = cli("capture", "--port", boards["good"].pty_path, "-o", str(ro / "exam"), cwd=boards["tmp"])
+    one_line_error(res, "cannot write to")
+
+
+def test_output_not_a_directory(boards, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    res = cli("capture", "--port", boards["good"].pty_path, "-o", str(f / "exam"), cwd=boards["tmp"])
+    one_line_error(res, "cannot write to")
+
+
+def test_link_lost_mid_capture_keeps_the_frames(tmp_path):
+    deploy(tmp_path / "fs")
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / ".pulseline", faults="disconnect=3") as b:
+        time.sleep(0.5)
+        res = cli("capture", "--port", b.pty_path, "--frames", "500", "-o", str(tmp_path / "exam"), cwd=tmp_path)
+    one_line_error(res, "the link is down", "frames received are saved")
+    import json
+
+    summary = json.loads((tmp_path / "exam" / "summary.json").read_text())
+    assert summary["frames"] > 0 and summary["error"]
+
+
+def test_a_board_at_the_repl_is_not_taken_for_a_dead_link(boards):
+    with pytest.raises(SessionError, match="no answer to hello"):
+        Session(boards["bare"].pty_path, answer_timeout_s=0.5)
+
+
+def test_ctrl_c_mid_capture_ends_the_exposure_and_keeps_the_frames(tmp_path):
+    import json
+    import signal
+
+    deploy(tmp_path / "fs")
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / ".pulseline") as b:
+        time.sleep(0.5)
+        proc = subprocess.Popen([sys.executable, "-m", "pulseline.cli", "capture", "--port", b.pty_path, "--frames",
+                                 "1000", "-o", str(tmp_path / "exam")], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while len(b.plant.pulses) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert not b.plant.inputs_at(b.server.now_us()).switch  # the pedal was let go
+        time.sleep(0.5)
+        emitted = len(b.plant.pulses)
+    res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    one_line_error(res, "interrupted (Ctrl-C)", "frames received are saved")
+    summary = json.loads((tmp_path / "exam" / "summary.json").read_text())
+    assert 5 <= summary["frames"] <= emitted
