@@ -143,3 +143,13 @@ def test_ctrl_c_mid_capture_ends_the_exposure_and_keeps_the_frames(tmp_path):
     one_line_error(res, "interrupted (Ctrl-C)", "frames received are saved")
     summary = json.loads((tmp_path / "exam" / "summary.json").read_text())
     assert 5 <= summary["frames"] <= emitted
+
+
+def test_a_press_that_cannot_expose_says_why(tmp_path):
+    deploy(tmp_path / "fs")
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / ".pulseline") as b:
+        time.sleep(0.5)
+        b.set_input("door_closed", False)
+        res = cli("capture", "--port", b.pty_path, "--frames", "4", "-o", str(tmp_path / "exam"), cwd=tmp_path)
+        assert b.plant.pulses == []
+    one_line_error(res, "the board does not expose: door open")

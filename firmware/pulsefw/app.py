@@ -88,6 +88,7 @@ class App:
         self.abc = brightness.Brightness(self.geometry, DETECTOR_ADU_PER_UGY)
         self.feedback = array("f", [0.0, 0.0])
         self.inputs = controller.Inputs()
+        self.switch_before = False
         self.frame_id = 0
         self.press = None
         # The pulse in flight, until accounted: pulse_id, frame_id, t0, t1,
@@ -297,11 +298,15 @@ class App:
                     commands.handle(self, seq, payload, now)
         prev = ctl.state
         block_before = ctl.block
+        pressed_before = self.switch_before
+        self.switch_before = self.inputs.switch
         pulse = ctl.step(now, self.inputs, not self.readout.busy)
         if ctl.state != prev:
             self.state_changed(prev, now)
-        elif (self.inputs.switch and ctl.block != block_before and ctl.block != controller.BLOCK_NONE
+        elif (self.inputs.switch and ctl.block != controller.BLOCK_NONE
+              and (ctl.block != block_before or not pressed_before)
               and ctl.state in (controller.READY, controller.HOLD, controller.IDLE, controller.FAULT)):
+            # A press that does not expose, or a new reason while held: say why.
             self.tx.event(tx.EV_BLOCKED, now, {"reason": BLOCK_NAMES[ctl.block]})
         if pulse is not None:
             self._fire(pulse, now)

@@ -171,7 +171,9 @@ class Controller:
                 # closing the door (or the like) must not start X-rays.
                 self.released_seen = False
             if not (inputs.switch and self.released_seen and block == BLOCK_NONE):
-                if inputs.switch and not self.released_seen:
+                if inputs.switch and not self.released_seen and block == BLOCK_NONE:
+                    # Only when nothing else stands in the way: the operator
+                    # is told the first real reason (door open, ...) first.
                     self.block = BLOCK_NEEDS_RELEASE
                 return None
             self.state = EXPOSING

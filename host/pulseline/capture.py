@@ -52,6 +52,12 @@ def capture(session: Session, frames: int, *, press: Callable[[], object] | None
             if left <= 0:
                 out.error = f"only {len(out.frames)} of {frames} frames within {limit:.0f} s"
                 break
+            blocked = [e for e in session.events[first_event:] if e.name in ("blocked", "fault")]
+            if blocked and not out.frames:
+                b = blocked[0].body  # the first reason is the cause; later ones follow from it
+                why = b.get("reason") or b.get("name") or "a fault"
+                out.error = f"the board does not expose: {why}"
+                break
             f = session.next_frame(min(left, 0.25))
             if f is not None:
                 out.frames.append(f)

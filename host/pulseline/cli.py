@@ -316,8 +316,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         d = cap.dose_report
-        print(f"{summary['frames']} frames ({summary['frames_complete']} complete, {summary['lines_lost']} lines "
-              f"lost) written to {args.output / 'frames.tif'}")
+        if cap.frames:
+            print(f"{summary['frames']} frames ({summary['frames_complete']} complete, {summary['lines_lost']} lines "
+                  f"lost) written to {args.output / 'frames.tif'}")
+        else:
+            print("no frames captured")
         if d:
             print(f"dose: {d['kerma_mgy']:.3f} mGy air kerma at the reference point, {d['kap_gy_cm2']:.4f} Gy cm2, "
                   f"{d['pulses']} pulses, fluoroscopy {d['fluoro_min']:.1f} min (exam {d['exam']})")
