@@ -454,3 +454,10 @@ def test_disconnect_at_zero_delivers_nothing_ever():
     d.push(b"abc", 7.0)
     assert d.disconnected(7.0) and d.pop_ready(FAR) == b"" and d.next_ready_s() is None
     assert d.faults_log == [Fault("disconnect", 0, 3)]
+
+
+def test_a_chunk_ready_at_the_disconnect_instant_itself_arrives():
+    d = direction("uart:1000", "disconnect=0.05,chunk=1")  # 100 B/s: byte i ready at (i + 1) / 100 s
+    d.push(b"abcdefgh", 0.0)
+    assert d.pop_ready(0.05) == b"abcde"
+    assert d.faults_log == [Fault("disconnect", 5, 3)]

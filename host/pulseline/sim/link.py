@@ -394,7 +394,7 @@ class LinkDirection:
                 kept.append(seg)
                 continue
             if first_lost < 0:
-                first_lost = int(seg.in_off[0])
+                first_lost = int(seg.in_off[k])
             cut = int(seg.ends[k - 1]) if k else 0
             lost += len(seg.buf) - cut
             if cut > seg.pos:
