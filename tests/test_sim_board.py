@@ -293,6 +293,26 @@ def test_a_capture_saves_a_valid_dicom_rf_image(board, tmp_path):
     assert int(ds.NumberOfFrames) == len(cap.frames) and float(ds.FrameTime) == pytest.approx(1000 / 7.5, rel=1e-4)
     assert float(ds.KVP) == pytest.approx(80.0, rel=0.01) and float(ds.AveragePulseWidth) == pytest.approx(10.0)
     assert np.array_equal(ds.pixel_array, np.stack([f.pixels for f in cap.frames]))
+    # The dose SR: valid, one irradiation event per press, totals = sum of events.
+    sr_path = tmp_path / "exam" / summary["files"]["dose_sr"]
+    res = subprocess.run(["dciodvfy", str(sr_path)], capture_output=True, text=True)
+    assert "Error" not in res.stdout + res.stderr, res.stdout + res.stderr
+    sr = pydicom.dcmread(sr_path)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.67" and sr.StudyInstanceUID == ds.StudyInstanceUID
+
+    def num(container, meaning):
+        return [float(i.MeasuredValueSequence[0].NumericValue) for i in container.ContentSequence
+                if i.ValueType == "NUM" and i.ConceptNameCodeSequence[0].CodeMeaning == meaning]
+
+    events = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning ==
+              "Irradiation Event X-Ray Data"]
+    totals = next(i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning ==
+                  "Accumulated X-Ray Dose Data").ContentSequence[1]
+    assert len(events) == len(cap.dose_report["events"]) >= 1
+    assert num(totals, "Dose (RP) Total")[0] == pytest.approx(sum(num(e, "Dose (RP)")[0] for e in events), rel=1e-5)
+    assert num(totals, "Dose Area Product Total")[0] == pytest.approx(
+        sum(num(e, "Dose Area Product")[0] for e in events), rel=1e-5)
+    assert sum(num(e, "Number of Pulses")[0] for e in events) == cap.dose_report["pulses"]
     from PIL import Image
 
     png = Image.open(tmp_path / "exam" / summary["files"]["last_image"])

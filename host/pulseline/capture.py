@@ -138,9 +138,11 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
     png = out_dir / "last.png"
     if cap.frames:
         write_png(png, cap.frames[-1].pixels)
+    from .dicom_rf import Identity, write_rf
+
+    ident = identity or Identity()  # the RF image and the dose SR belong to one study
     dcm = out_dir / "rf.dcm"
     if cap.frames:
-        from .dicom_rf import Identity, write_rf
 
         kv = float(np.mean([t.kv for t in trailers])) if trailers else float(cap.config.get("kv", 0.0))
         ma = float(np.mean([t.ma for t in trailers])) if trailers else float(cap.config.get("ma", 0.0))
@@ -150,7 +152,12 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
                  pulses_per_s=float(cap.config.get("pulses_per_s", 7.5)), kv=kv, ma=ma,
                  pulse_width_ms=float(cap.config.get("pulse_width_ms", 0.0)),
                  kap_dgy_cm2=kap_ugy_m2 * 0.1,  # 1 uGy m^2 = 0.01 Gy cm^2 = 0.1 dGy cm^2
-                 firmware=str(cap.board.get("firmware", "")), identity=identity or Identity())
+                 firmware=str(cap.board.get("firmware", "")), identity=ident)
+    sr = out_dir / "dose_sr.dcm"
+    if cap.dose_report:
+        from .dicom_rdsr import write_rdsr
+
+        write_rdsr(sr, cap.dose_report, identity=ident, firmware=str(cap.board.get("firmware", "")))
     summary: dict[str, Any] = {
         "pulseline": __version__,
         "port": port,
@@ -169,6 +176,7 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
         "error": cap.error,
         "files": {"frames": tif.name if cap.frames else None, "dicom_rf": dcm.name if cap.frames else None,
                   "last_image": png.name if cap.frames else None,
+                  "dose_sr": "dose_sr.dcm" if cap.dose_report else None,
                   "summary": "summary.json"},
         "wall_s": round(cap.wall_s, 3),
     }

@@ -60,6 +60,7 @@ def main() -> int:
           "page description (tifffile, ImageJ/Fiji)")
     print("  rf.dcm        the same frames as a DICOM X-Ray Radiofluoroscopic image (frame time, kV, mA, "
           "pulse width, PULSED, area dose product)")
+    print("  dose_sr.dcm   the X-Ray Radiation Dose SR: one irradiation event per press, and the exam's totals")
     print("  last.png      the last image held, windowed for display")
     d = summary["dose_report"]
     print(f"  summary.json  technique, {summary['lines_lost']} lines lost, dose {d['kerma_mgy']:.3f} mGy "
