@@ -53,3 +53,14 @@ def test_board_commands_fail_with_one_clear_line(tmp_path):
         assert res.returncode == 2, (args, res.stdout, res.stderr)
         assert res.stderr.count("\n") == 1 and res.stderr.startswith("pulseline: error:"), (args, res.stderr)
     assert not (tmp_path / "x").exists()
+
+
+def test_ports_lists_simulated_boards(tmp_path):
+    from pulseline.sim.board import SimBoard
+
+    with SimBoard(tmp_path / "fs", name="ttyACM5", state_dir=tmp_path / ".pulseline") as b:
+        res = run("ports", "--json", cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+        sims = json.loads(res.stdout)["simulated"]
+        assert {"port": "sim:ttyACM5", "device": b.pty_path, "url": b.url, "link": "usb-fs"} in sims
+        assert "sim:ttyACM5" in run("ports", cwd=tmp_path).stdout

@@ -18,6 +18,7 @@ from .protocol import PIXEL_FORMATS, wire
 
 EXAMPLES = """examples:
   pulseline sim --detach                       start a simulated board in the background
+  pulseline ports                              serial ports and simulated boards
   pulseline flash --port sim --dry-run          what would change on the board
   pulseline flash --port /dev/ttyACM0
   pulseline info --port sim
@@ -227,6 +228,30 @@ def _sim_detach(args: argparse.Namespace) -> int:
     raise CliError(f"the simulated board did not start within 15 s (log: {log})")
 
 
+def cmd_ports(args: argparse.Namespace) -> int:
+    from serial.tools import list_ports
+
+    from .sim.board import running_boards
+
+    real = []
+    for p in sorted(list_ports.comports(), key=lambda p: p.device):
+        usb = f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None and p.pid is not None else None
+        real.append({"port": p.device, "description": p.description, "usb": usb,
+                     "serial_number": p.serial_number})
+    sims = [{"port": f"sim:{b['name']}", "device": b["pty"], "url": b["url"], "link": b["link"]}
+            for b in running_boards()]
+    if args.json:
+        print(json.dumps({"serial": real, "simulated": sims}))
+        return 0
+    for r in real:
+        print(f"{r['port']:20} {r['description']}" + (f"  (USB {r['usb']})" if r["usb"] else ""))
+    for b in sims:
+        print(f"{b['port']:20} simulated board on {b['device']}, {b['url']}, link {b['link']}")
+    if not real and not sims:
+        print("no serial ports and no simulated boards (start one with: pulseline sim --detach)")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     s = _session(args.port)
     try:
@@ -393,6 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="stop: every running simulated board")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sim)
+
+    p = sub.add_parser("ports", help="serial ports (with USB ids) and running simulated boards")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ports)
 
     p = sub.add_parser("flash", help="compile, copy what differs, verify by hash, restart, handshake",
                        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
