@@ -153,3 +153,21 @@ def test_a_press_that_cannot_expose_says_why(tmp_path):
         res = cli("capture", "--port", b.pty_path, "--frames", "4", "-o", str(tmp_path / "exam"), cwd=tmp_path)
         assert b.plant.pulses == []
     one_line_error(res, "the board does not expose: door open")
+
+
+def test_exam_shows_the_journal_and_starts_a_new_one(tmp_path):
+    import json
+
+    deploy(tmp_path / "fs")
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / ".pulseline") as b:
+        time.sleep(0.5)
+        for k in range(2):
+            assert cli("capture", "--port", b.pty_path, "--frames", "3", "-o", str(tmp_path / f"e{k}"),
+                       cwd=tmp_path).returncode == 0
+        report = json.loads(cli("exam", "--port", b.pty_path, "--json", cwd=tmp_path).stdout)
+        assert report["events_total"] == 2 and report["pulses"] == sum(e["pulses"] for e in report["events"])
+        assert report["kerma_mgy"] * 1000 == pytest.approx(sum(e["kerma_ugy"] for e in report["events"]), rel=1e-6)
+        text = cli("exam", "--port", b.pty_path, cwd=tmp_path).stdout
+        assert "2 irradiation events" in text and "event   2:" in text
+        fresh = json.loads(cli("exam", "--port", b.pty_path, "--new", "--json", cwd=tmp_path).stdout)
+        assert fresh["exam"] == report["exam"] + 1 and fresh["pulses"] == 0 and fresh["events"] == []

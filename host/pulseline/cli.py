@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   pulseline flash --port sim --dry-run          what would change on the board
   pulseline flash --port /dev/ttyACM0
   pulseline info --port sim
+  pulseline exam --port sim                    dose report of the current exam; --new starts one
   pulseline capture --port sim --frames 16 -o exam
   pulseline capture --port /dev/ttyACM0 --frames 30 --kv 70 --pps 15 -o exam
   pulseline sim press; pulseline sim release   the simulated exposure switch
@@ -252,6 +253,32 @@ def cmd_ports(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_exam(args: argparse.Namespace) -> int:
+    from .session import SessionError
+
+    s = _session(args.port)
+    try:
+        if args.new:
+            s.command("new_exam")
+        report = s.dose_report()
+    except SessionError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        s.close()
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"exam {report['exam']}: {report['kerma_mgy']:.3f} mGy air kerma at the reference point, "
+          f"{report['kap_gy_cm2']:.4f} Gy cm2, fluoroscopy {report['fluoro_min']:.1f} min, {report['pulses']} pulses, "
+          f"{report['events_total']} irradiation events")
+    for e in report["events"]:
+        secs = (e["end_us"] - e["start_us"]) / 1e6
+        print(f"  event {e['event']:3}: {e['pulses']:5} pulses in {secs:6.1f} s at {e['pulses_per_s']:g} pps, "
+              f"{e['kv']:.1f} kV {e['ma']:.2f} mA {e['pulse_width_ms']:g} ms, {e['kerma_ugy'] / 1000:.3f} mGy"
+              + (", high-level control" if e.get("hlc") else "") + ("" if e.get("final", True) else " (cut short)"))
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     s = _session(args.port)
     try:
@@ -429,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show the bundle and what would change")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flash)
+
+    p = sub.add_parser("exam", help="the dose report of the current exam (from the board's journal); --new starts one")
+    p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
+    p.add_argument("--new", action="store_true", help="start a new exam (resets the cumulative values)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_exam)
 
     p = sub.add_parser("info", help="firmware, state and configuration of a board")
     p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
