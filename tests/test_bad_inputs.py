@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pulseline.session import Session, SessionError
+from pulseline.session import Session, SessionError, wait_for_firmware
 from pulseline.sim.board import SimBoard
 
 pytestmark = pytest.mark.micropython
@@ -55,7 +55,7 @@ def boards(tmp_path_factory):
     with SimBoard(tmp / "good", state_dir=tmp / "st") as good, \
             SimBoard(tmp / "old", state_dir=tmp / "st") as old, \
             SimBoard(tmp / "bare", state_dir=tmp / "st") as bare:
-        time.sleep(0.5)
+        wait_for_firmware(good.pty_path, timeout_s=60)
         yield {"good": good, "old": old, "bare": bare, "tmp": tmp}
 
 
@@ -106,8 +106,8 @@ def test_output_not_a_directory(boards, tmp_path):
 
 def test_link_lost_mid_capture_keeps_the_frames(tmp_path):
     deploy(tmp_path / "fs")
-    with SimBoard(tmp_path / "fs", state_dir=tmp_path / ".pulseline", faults="disconnect=3") as b:
-        time.sleep(0.5)
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / ".pulseline", faults="disconnect=8") as b:
+        wait_for_firmware(b.pty_path, timeout_s=60)
         res = cli("capture", "--port", b.pty_path, "--frames", "500", "-o", str(tmp_path / "exam"), cwd=tmp_path)
     one_line_error(res, "the link is down", "frames received are saved")
     import json
@@ -127,7 +127,7 @@ def test_ctrl_c_mid_capture_ends_the_exposure_and_keeps_the_frames(tmp_path):
 
     deploy(tmp_path / "fs")
     with SimBoard(tmp_path / "fs", state_dir=tmp_path / ".pulseline") as b:
-        time.sleep(0.5)
+        wait_for_firmware(b.pty_path, timeout_s=60)
         proc = subprocess.Popen([sys.executable, "-m", "pulseline.cli", "capture", "--port", b.pty_path, "--frames",
                                  "1000", "-o", str(tmp_path / "exam")], cwd=tmp_path, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
@@ -137,7 +137,7 @@ def test_ctrl_c_mid_capture_ends_the_exposure_and_keeps_the_frames(tmp_path):
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
         assert not b.plant.inputs_at(b.server.now_us()).switch  # the pedal was let go
-        time.sleep(0.5)
+        wait_for_firmware(b.pty_path, timeout_s=60)
         emitted = len(b.plant.pulses)
     res = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     one_line_error(res, "interrupted (Ctrl-C)", "frames received are saved")
@@ -148,7 +148,7 @@ def test_ctrl_c_mid_capture_ends_the_exposure_and_keeps_the_frames(tmp_path):
 def test_a_press_that_cannot_expose_says_why(tmp_path):
     deploy(tmp_path / "fs")
     with SimBoard(tmp_path / "fs", state_dir=tmp_path / ".pulseline") as b:
-        time.sleep(0.5)
+        wait_for_firmware(b.pty_path, timeout_s=60)
         b.set_input("door_closed", False)
         res = cli("capture", "--port", b.pty_path, "--frames", "4", "-o", str(tmp_path / "exam"), cwd=tmp_path)
         assert b.plant.pulses == []
@@ -160,7 +160,7 @@ def test_exam_shows_the_journal_and_starts_a_new_one(tmp_path):
 
     deploy(tmp_path / "fs")
     with SimBoard(tmp_path / "fs", state_dir=tmp_path / ".pulseline") as b:
-        time.sleep(0.5)
+        wait_for_firmware(b.pty_path, timeout_s=60)
         for k in range(2):
             assert cli("capture", "--port", b.pty_path, "--frames", "3", "-o", str(tmp_path / f"e{k}"),
                        cwd=tmp_path).returncode == 0

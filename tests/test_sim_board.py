@@ -15,7 +15,7 @@ import pytest
 from pulseline.capture import capture
 from pulseline.frames import Frame
 from pulseline.plant import Plant, PlantConfig, Timeline
-from pulseline.session import Session, SessionError
+from pulseline.session import Session, SessionError, wait_for_firmware
 from pulseline.sim.board import SimBoard
 
 pytestmark = pytest.mark.micropython
@@ -84,13 +84,19 @@ def test_mpremote_works_unmodified_against_the_simulated_board(tmp_path):
             assert s.status()["state"] == "IDLE"
 
 
+def wait_until_answering(b: SimBoard) -> None:
+    """Until the firmware on a freshly started board answers (it compiles
+    its modules at boot, which takes a while on a loaded machine)."""
+    wait_for_firmware(b.pty_path, timeout_s=60)
+
+
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("board")
     deploy(tmp / "fs")
     plant = Plant(PlantConfig(seed=21), Timeline())
     with SimBoard(tmp / "fs", state_dir=tmp / "state", plant=plant) as b:
-        assert wait_for(lambda: b.proc is not None and b.proc.poll() is None)
+        wait_until_answering(b)
         yield b
 
 
@@ -148,10 +154,17 @@ def test_two_simulated_boards_side_by_side(tmp_path):
     deploy(tmp_path / "a")
     deploy(tmp_path / "b")
     with SimBoard(tmp_path / "a", state_dir=tmp_path / "st") as a, \
-            SimBoard(tmp_path / "b", state_dir=tmp_path / "st") as b, Session(a.pty_path) as sa, Session(b.url) as sb:
-        assert a.name != b.name and a.pty_path != b.pty_path and a.url != b.url
-        sa.command("new_exam")
-        assert sa.status()["exam"] == 1 and sb.status()["exam"] == 0
+            SimBoard(tmp_path / "b", state_dir=tmp_path / "st") as b:
+        wait_until_answering(a)
+        wait_until_answering(b)
+        sa, sb = Session(a.pty_path), Session(b.url)
+        try:
+            assert a.name != b.name and a.pty_path != b.pty_path and a.url != b.url
+            sa.command("new_exam")
+            assert sa.status()["exam"] == 1 and sb.status()["exam"] == 0
+        finally:
+            sa.close()
+            sb.close()
 
 
 def _line_packets(stream: bytes) -> list[tuple[int, int, bytes]]:
@@ -204,8 +217,8 @@ def test_with_seeded_link_faults_lost_lines_are_exactly_the_damaged_ones(tmp_pat
     faults = "corrupt=2e-5,drop=0.003,dup=0.003,delay=0.01:3ms"
     with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st", faults=faults, seed=seed, record=True,
                   plant=Plant(PlantConfig(seed=seed), Timeline())) as board:
-        assert wait_for(lambda: b"\xa5\x5aPL" in bytes(board.delivered_to_host))  # the firmware's boot event
-        time.sleep(0.2)
+        wait_until_answering(board)
+        time.sleep(0.3)
         start_of_session = len(board.delivered_to_host)  # the session's assembler sees what comes after
         with Session(board.pty_path) as s:
             cap = capture(s, 12, press=board.press, release=board.release)
@@ -241,9 +254,10 @@ def test_with_seeded_link_faults_lost_lines_are_exactly_the_damaged_ones(tmp_pat
 
 def test_a_disconnect_mid_capture_is_reported_and_what_came_is_kept(tmp_path):
     deploy(tmp_path / "fs")
-    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st", faults="disconnect=4", seed=2) as board, \
-            Session(board.pty_path) as s:
-        cap = capture(s, 1000, press=board.press, release=board.release)
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st", faults="disconnect=8", seed=2) as board:
+        wait_until_answering(board)
+        with Session(board.pty_path) as s:
+            cap = capture(s, 1000, press=board.press, release=board.release)
     assert cap.error is not None and "link is down" in cap.error
     assert len(cap.frames) > 0
 

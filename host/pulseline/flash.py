@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,16 +202,11 @@ def flash(port: str, *, dry_run: bool = False, build_dir: Path = Path("build/fla
     return plan
 
 
-def handshake(port: str, timeout_s: float = 10.0) -> dict[str, Any]:
+def handshake(port: str, timeout_s: float = 30.0) -> dict[str, Any]:
     """The firmware's version handshake after a restart."""
-    from .session import Session, SessionError
+    from .session import SessionError, wait_for_firmware
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            with Session(port, heartbeat=False) as s:
-                return dict(s.board)
-        except SessionError as exc:
-            if time.monotonic() > deadline:
-                raise FlashError(f"flashed and verified, but the firmware did not answer: {exc}") from None
-            time.sleep(0.3)
+    try:
+        return wait_for_firmware(port, timeout_s)
+    except SessionError as exc:
+        raise FlashError(f"flashed and verified, but the firmware did not answer: {exc}") from None

@@ -338,3 +338,19 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def wait_for_firmware(port: str, timeout_s: float = 30.0) -> dict[str, Any]:
+    """Until the firmware on a board that has just started (or been reset)
+    answers the handshake; its hello body. SessionError after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with Session(port, heartbeat=False) as s:
+                return dict(s.board)
+        except BoardError:
+            raise
+        except SessionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
