@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import threading
@@ -34,11 +33,11 @@ from pulseline.assembler import FrameAssembler
 from pulseline.frames import Frame
 from pulseline.mpcompat import import_firmware
 from pulseline.plant import Plant, PlantConfig, Timeline
+from pulseline.sim.fast import HostLog, Response
 from pulseline.sim.plantserver import PlantServer
 
 wire = import_firmware("pulsefw.wire")
 commands = import_firmware("pulsefw.commands")
-tx = import_firmware("pulsefw.tx")
 
 pytestmark = pytest.mark.micropython
 
@@ -65,13 +64,6 @@ def _micropython() -> str:
 
 
 @dataclass
-class Response:
-    seq: int
-    status: int
-    body: Any
-
-
-@dataclass
 class BoardRun:
     """Everything one session produced, for the tests to judge."""
 
@@ -93,36 +85,15 @@ class BoardRun:
         return [b for _, n, b in self.events if n == name]
 
 
-class StreamParser:
+class StreamParser(HostLog):
     """Responses and events out of the board's byte stream, incrementally
-    (lines and trailers are skipped: the assembler takes those)."""
+    (the fast simulator's host log; lines and trailers are left to the
+    assembler)."""
 
-    def __init__(self) -> None:
-        self.pos = 0
-        self.responses: dict[int, Response] = {}
-        self.events: list[tuple[int, str, dict[str, Any]]] = []
+    pos = 0
 
     def parse(self, data: bytes | bytearray) -> None:
-        pos, n = self.pos, len(data)
-        while pos + wire.HEADER_SIZE <= n:
-            if data[pos:pos + 4] != wire.SYNC:
-                nxt = data.find(wire.SYNC, pos + 1)
-                pos = nxt if nxt >= 0 else n
-                continue
-            _, ptype, _, length = struct.unpack_from("<BBHH", data, pos + 4)
-            end = pos + wire.HEADER_SIZE + length + wire.CRC_SIZE
-            if end > n:
-                break
-            payload = bytes(data[pos + wire.HEADER_SIZE:end - wire.CRC_SIZE])
-            if ptype == wire.PKT_RESPONSE:
-                cseq, status = struct.unpack_from("<HB", payload)
-                text = payload[3:].decode()
-                self.responses[cseq] = Response(cseq, status, json.loads(text) if status == wire.ERR_OK else text)
-            elif ptype == wire.PKT_EVENT:
-                code, ts = struct.unpack_from("<HQ", payload)
-                self.events.append((ts, tx.EVENT_NAMES.get(code, f"event{code}"), json.loads(payload[10:])))
-            pos = end
-        self.pos = pos
+        self.pos = self.feed(data, self.pos)
 
 
 class Board:

@@ -26,13 +26,8 @@ T_MAX_CM = 60.0
 
 
 def water_mu_per_cm(kv):
-    e = kv * 0.5  # effective energy of the filtered beam, keV
-    xs, ys = WATER_KEV, WATER_MU_PER_CM
-    i = 0
-    while i < len(xs) - 2 and e > xs[i + 1]:
-        i += 1
-    slope = log(ys[i + 1] / ys[i]) / log(xs[i + 1] / xs[i])
-    return ys[i] * exp(slope * log(e / xs[i]))
+    # At the effective energy of the filtered beam, about half the kV.
+    return dose.loglog(WATER_KEV, WATER_MU_PER_CM, kv * 0.5)
 
 
 class Brightness:

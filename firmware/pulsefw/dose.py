@@ -27,15 +27,19 @@ NOTIFY_FIRST_UGY = 3_000_000.0  # optional notifications: 3 Gy, then every 1 Gy
 NOTIFY_STEP_UGY = 1_000_000.0
 
 
+def loglog(xs, ys, x):
+    """y at x on a table of positive points, by the power law through the
+    two bracketing points (the end segments extrapolate)."""
+    i = 0
+    while i < len(xs) - 2 and x > xs[i + 1]:
+        i += 1
+    slope = log(ys[i + 1] / ys[i]) / log(xs[i + 1] / xs[i])
+    return ys[i] * exp(slope * log(x / xs[i]))
+
+
 def tube_output_ugy_per_mas(kv):
     """Air kerma per mAs at 1 m for tube voltage kv."""
-    xs, ys = TUBE_OUTPUT_KV, TUBE_OUTPUT_UGY_PER_MAS
-    i = 0
-    while i < len(xs) - 2 and kv > xs[i + 1]:
-        i += 1
-    # Power law through points i and i+1 (also used to extrapolate).
-    slope = log(ys[i + 1] / ys[i]) / log(xs[i + 1] / xs[i])
-    return ys[i] * exp(slope * log(kv / xs[i]))
+    return loglog(TUBE_OUTPUT_KV, TUBE_OUTPUT_UGY_PER_MAS, kv)
 
 
 class Geometry:

@@ -150,39 +150,24 @@ def cmd_sim(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         raise CliError(str(exc)) from None
     # start: check the options here, so that a detached start fails at once
-    from .sim.link import parse_faults, parse_link
+    from .sim.link import parse_link
 
     try:
         parse_link(args.link)
-        parse_faults(",".join(i for i in args.faults.split(",") if not i.strip().startswith("dir=")))
+        simboard.parse_board_faults(args.faults)
+        simboard.load_timeline(args.timeline)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     if args.detach:
         return _sim_detach(args)
     try:
         board = simboard.SimBoard(args.fs, name=args.name, link=args.link, faults=args.faults, seed=args.seed,
-                                  timeline=_timeline(args.timeline), water_cm=args.water_cm).start()
+                                  timeline=simboard.load_timeline(args.timeline), water_cm=args.water_cm).start()
     except (ValueError, OSError) as exc:
         raise CliError(str(exc)) from None
     _print_board(board.describe(), args.json)
-    try:
-        board.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        board.stop()
+    board.serve_until_stopped()
     return 0
-
-
-def _timeline(path: Path | None) -> Any:
-    if path is None:
-        return None
-    from .plant import Timeline
-
-    try:
-        return Timeline.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError) as exc:
-        raise CliError(f"timeline {path}: {exc}") from None
 
 
 def _print_board(desc: dict[str, Any], as_json: bool) -> None:

@@ -9,12 +9,12 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, generate_uid
 
 from . import __version__
-from .dicom_rf import Identity
+from .dicom_rf import Identity, new_dataset
 
 RDSR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.88.67")
 
@@ -105,30 +105,9 @@ def write_rdsr(path: Path, report: dict[str, Any], *, identity: Identity, firmwa
     """The dose SR of an exam; `report` is the board's dose_report."""
     when = when or dt.datetime.now()
     events = [e for e in report.get("events", []) if e.get("pulses", 0) > 0]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RDSR_STORAGE
-    sop_uid = generate_uid()
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = new_dataset(path, RDSR_STORAGE, identity, when, modality="SR", series_number=identity.series_number + 100)
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = RDSR_STORAGE
-    ds.SOPInstanceUID = sop_uid
-    ds.PatientName, ds.PatientID = identity.patient_name, identity.patient_id
-    ds.PatientBirthDate, ds.PatientSex = "", ""
-    ds.StudyInstanceUID = identity.study_uid
-    ds.StudyDate, ds.StudyTime = date, time
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = identity.study_id
-    ds.AccessionNumber = identity.accession_number
-    ds.Modality = "SR"
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = identity.series_number + 100
     ds.ReferencedPerformedProcedureStepSequence = Sequence([])
-    ds.Manufacturer = "pulseline (development kit, not a medical device)"
-    ds.ManufacturerModelName = "pulseline"
     ds.DeviceSerialNumber = "SIM-0001"
     ds.SoftwareVersions = [f"host {__version__}", f"firmware {firmware}"]
     ds.InstanceNumber = 1
@@ -161,6 +140,9 @@ def write_rdsr(path: Path, report: dict[str, Any], *, identity: Identity, firmwa
             _code_item("CONTAINS", _code("113780", "DCM", "Reference Point Definition"), REF_POINT),
         ]),
     ])
+    scope = _code_item("CONTAINS", _code("113705", "DCM", "Scope of Accumulation"), _code("113014", "DCM", "Study"))
+    scope.ContentSequence = Sequence(
+        [_uid_item("HAS PROPERTIES", _code("110180", "DCM", "Study Instance UID"), identity.study_uid)])
     ds.ContentSequence = Sequence([
         _code_item("HAS CONCEPT MOD", _code("121058", "DCM", "Procedure reported"),
                    _code("113704", "DCM", "Projection X-Ray")),
@@ -168,11 +150,9 @@ def write_rdsr(path: Path, report: dict[str, Any], *, identity: Identity, firmwa
         _uid_item("HAS OBS CONTEXT", _code("121012", "DCM", "Device Observer UID"), generate_uid()),
         _datetime_item("HAS OBS CONTEXT", _code("113809", "DCM", "Start of X-Ray Irradiation"), when),
         _datetime_item("HAS OBS CONTEXT", _code("113810", "DCM", "End of X-Ray Irradiation"), when),
-        _code_item("CONTAINS", _code("113705", "DCM", "Scope of Accumulation"), _code("113014", "DCM", "Study")),
+        scope,
         accumulated,
         *(_event(e, when) for e in events),
     ])
-    ds["ContentSequence"].value[5].ContentSequence = Sequence(
-        [_uid_item("HAS PROPERTIES", _code("110180", "DCM", "Study Instance UID"), identity.study_uid)])
     ds.save_as(path, enforce_file_format=True)
     return ds

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -41,15 +40,12 @@ class Identity:
             self.study_uid = generate_uid()
 
 
-def write_rf(path: Path, pixels: npt.NDArray[np.uint16], *, bits_stored: int, pulses_per_s: float, kv: float,
-             ma: float, pulse_width_ms: float, kap_dgy_cm2: float, firmware: str, identity: Identity,
-             when: dt.datetime | None = None, frame_meta: list[dict[str, Any]] | None = None) -> FileDataset:
-    """Write one multi-frame RF image; pixels are (frames, rows, columns)."""
-    if pixels.ndim != 3 or pixels.shape[0] < 1:
-        raise ValueError("an RF image needs at least one frame of (rows, columns)")
-    when = when or dt.datetime.now()
+def new_dataset(path: Path, sop_class: UID, identity: Identity, when: dt.datetime, *, modality: str,
+                series_number: int) -> FileDataset:
+    """A new instance with its file meta, and the Patient, General Study,
+    General Series and General Equipment modules every exam file shares."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = RF_IMAGE_STORAGE
+    meta.MediaStorageSOPClassUID = sop_class
     sop_uid = generate_uid()
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -57,31 +53,39 @@ def write_rf(path: Path, pixels: npt.NDArray[np.uint16], *, bits_stored: int, pu
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = RF_IMAGE_STORAGE
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
-    # Patient
     ds.PatientName = identity.patient_name
     ds.PatientID = identity.patient_id
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
-    # General Study
     ds.StudyInstanceUID = identity.study_uid
     ds.StudyDate, ds.StudyTime = date, time
     ds.ReferringPhysicianName = ""
     ds.StudyID = identity.study_id
     ds.AccessionNumber = identity.accession_number
-    # General Series
-    ds.Modality = "RF"
+    ds.Modality = modality
     ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = identity.series_number
-    ds.SeriesDate, ds.SeriesTime = date, time
-    ds.Laterality = ""  # 2C: unknown (a phantom has no side)
-    # General Equipment
+    ds.SeriesNumber = series_number
     ds.Manufacturer = "pulseline (development kit, not a medical device)"
     ds.ManufacturerModelName = "pulseline"
-    ds.SoftwareVersions = [f"host {__version__}", f"firmware {firmware}"]
     if identity.institution:
         ds.InstitutionName = identity.institution
+    return ds
+
+
+def write_rf(path: Path, pixels: npt.NDArray[np.uint16], *, bits_stored: int, pulses_per_s: float, kv: float,
+             ma: float, pulse_width_ms: float, kap_dgy_cm2: float, firmware: str, identity: Identity,
+             when: dt.datetime | None = None) -> FileDataset:
+    """Write one multi-frame RF image; pixels are (frames, rows, columns)."""
+    if pixels.ndim != 3 or pixels.shape[0] < 1:
+        raise ValueError("an RF image needs at least one frame of (rows, columns)")
+    when = when or dt.datetime.now()
+    ds = new_dataset(path, RF_IMAGE_STORAGE, identity, when, modality="RF", series_number=identity.series_number)
+    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    ds.SeriesDate, ds.SeriesTime = date, time
+    ds.Laterality = ""  # 2C: unknown (a phantom has no side)
+    ds.SoftwareVersions = [f"host {__version__}", f"firmware {firmware}"]
     # General Image
     ds.InstanceNumber = 1
     ds.PatientOrientation = ""

@@ -112,6 +112,14 @@ def ilistdir(path="."):
 """
 
 
+def parse_board_faults(spec: str) -> tuple[FaultSpec, bool]:
+    """A simulated board's --faults: the link faults, and whether they hit
+    both directions ("dir=both"; by default only board->host, the image
+    data, so that commands are not lost unless asked for)."""
+    items = [i.strip() for i in spec.split(",") if i.strip()]
+    return parse_faults(",".join(i for i in items if not i.startswith("dir="))), "dir=both" in items
+
+
 @dataclass
 class BoardFiles:
     """Where a named board keeps its state (pid, endpoints) and filesystem."""
@@ -210,12 +218,7 @@ class SimBoard:
         self.files = BoardFiles(self.name, self.state_dir)
         self.fs_dir = Path(fs_dir) if fs_dir is not None else self.files.default_fs
         self.link_class: LinkClass = parse_link(link)
-        # Faults hit the board->host direction (the image data), or both
-        # with "dir=both" (commands then get lost too, as on a real cable).
-        items = [i for i in faults.split(",") if i.strip()]
-        both = "dir=both" in [i.strip() for i in items]
-        self.fault_spec: FaultSpec = parse_faults(",".join(i for i in items if not i.strip().startswith("dir=")))
-        self.faults_both_ways = both
+        self.fault_spec, self.faults_both_ways = parse_board_faults(faults)
         self.record = record
         self.sent_to_host = bytearray()  # what the board wrote (record=True)
         self.delivered_to_host = bytearray()  # what the link delivered
@@ -606,6 +609,27 @@ class SimBoard:
         while not self._stop.is_set():
             time.sleep(0.1)
 
+    def serve_until_stopped(self) -> None:
+        """Block until stopped (a control 'stop', SIGTERM, or Ctrl-C), then
+        shut the board down."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        try:
+            self.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+
+def load_timeline(path: str | Path | None) -> Timeline | None:
+    """A plant timeline from a JSON file; ValueError with the reason."""
+    if path is None:
+        return None
+    try:
+        return Timeline.from_json(json.loads(Path(path).read_text()))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"timeline {path}: {exc}") from None
+
 
 class SimControl:
     """The simulated hardware of a running board, from another process."""
@@ -663,17 +687,10 @@ def serve(args: list[str] | None = None) -> int:
     ap.add_argument("--water-cm", type=float)
     ap.add_argument("--state-dir", default=str(STATE_DIR))
     ns = ap.parse_args(args)
-    timeline = Timeline.from_json(json.loads(Path(ns.timeline).read_text())) if ns.timeline else None
-    board = SimBoard(ns.fs, name=ns.name, link=ns.link, faults=ns.faults, seed=ns.seed, timeline=timeline,
-                     state_dir=ns.state_dir, water_cm=ns.water_cm)
-    signal.signal(signal.SIGTERM, lambda *_: board._stop.set())
+    board = SimBoard(ns.fs, name=ns.name, link=ns.link, faults=ns.faults, seed=ns.seed,
+                     timeline=load_timeline(ns.timeline), state_dir=ns.state_dir, water_cm=ns.water_cm)
     board.start()
-    try:
-        board.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        board.stop()
+    board.serve_until_stopped()
     return 0
 
 

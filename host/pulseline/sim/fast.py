@@ -180,6 +180,33 @@ class HostLog:
     events: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)  # (t_us, name, body)
     logs: list[tuple[int, str]] = field(default_factory=list)
 
+    def feed(self, data: bytes | bytearray, pos: int, now_us: int = 0) -> int:
+        """Parse the clean board stream `data` from `pos`; returns where the
+        next call starts (a packet still arriving waits for its bytes)."""
+        n = len(data)
+        while pos + wire.HEADER_SIZE <= n:
+            if data[pos:pos + 4] != wire.SYNC:
+                nxt = data.find(wire.SYNC, pos + 1)
+                pos = nxt if nxt >= 0 else n
+                continue
+            _, ptype, _, length = struct.unpack_from("<BBHH", data, pos + 4)
+            end = pos + wire.HEADER_SIZE + length + wire.CRC_SIZE
+            if end > n:
+                break
+            payload = bytes(data[pos + wire.HEADER_SIZE:end - wire.CRC_SIZE])
+            if ptype == wire.PKT_RESPONSE:
+                cseq, status = struct.unpack_from("<HB", payload)
+                body_raw = payload[3:].decode()
+                body = json.loads(body_raw) if status == wire.ERR_OK else body_raw
+                self.responses[cseq] = Response(cseq, status, body)
+            elif ptype == wire.PKT_EVENT:
+                code, ts = struct.unpack_from("<HQ", payload)
+                self.events.append((ts, _event_name(code), json.loads(payload[10:])))
+            elif ptype == wire.PKT_LOG:
+                self.logs.append((now_us, payload[9:].decode(errors="replace")))
+            pos = end
+        return pos
+
 
 class FastSim:
     """The firmware and the plant in one process, in virtual time.
@@ -346,31 +373,7 @@ class FastSim:
     def parse_output(self) -> None:
         """Read responses, events and logs out of the board's stream (lines
         and trailers are left for the assembler)."""
-        data = self.link.from_board
-        pos = self._decoder_offset
-        n = len(data)
-        while pos + wire.HEADER_SIZE <= n:
-            if data[pos:pos + 4] != wire.SYNC:
-                nxt = data.find(wire.SYNC, pos + 1)
-                pos = nxt if nxt >= 0 else n
-                continue
-            _, ptype, _, length = struct.unpack_from("<BBHH", data, pos + 4)
-            end = pos + wire.HEADER_SIZE + length + wire.CRC_SIZE
-            if end > n:
-                break
-            payload = bytes(data[pos + wire.HEADER_SIZE:end - wire.CRC_SIZE])
-            if ptype == wire.PKT_RESPONSE:
-                cseq, status = struct.unpack_from("<HB", payload)
-                body_raw = payload[3:].decode()
-                body = json.loads(body_raw) if status == wire.ERR_OK else body_raw
-                self.host.responses[cseq] = Response(cseq, status, body)
-            elif ptype == wire.PKT_EVENT:
-                code, ts = struct.unpack_from("<HQ", payload)
-                self.host.events.append((ts, _event_name(code), json.loads(payload[10:])))
-            elif ptype == wire.PKT_LOG:
-                self.host.logs.append((self.now_us, payload[9:].decode(errors="replace")))
-            pos = end
-        self._decoder_offset = pos
+        self._decoder_offset = self.host.feed(self.link.from_board, self._decoder_offset, self.now_us)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         self.parse_output()
