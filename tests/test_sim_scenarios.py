@@ -202,3 +202,15 @@ def test_the_same_seed_gives_the_same_bytes():
 
     assert run(11) == run(11)
     assert run(11) != run(12)
+
+
+def test_a_pulse_delayed_by_a_short_stall_does_not_bring_the_next_one_closer():
+    # Found by the plant-judged stateful test: a pulse fired late after an
+    # 11 ms stall, and the next kept the old cadence, 32.7 ms after it at 30 pps.
+    tl = Timeline().press(100 * MS, 1 * S).add(130 * MS, "stall", 11 * MS)  # over the pulse due at 133 ms
+    sim, plant = board(tl, pulses_per_s=30.0, pulse_width_ms=2.0)
+    sim.command("arm")
+    sim.run_until(1200 * MS)
+    times = [p.t_us for p in plant.pulses]
+    assert len(times) > 20 and sim.resets == []
+    assert min(b - a for a, b in itertools.pairwise(times)) >= int(1_000_000 / 30.0)

@@ -187,9 +187,14 @@ class Controller:
         if now_us < self.next_pulse_us or not detector_ready:
             return None
         t = self.technique
-        self.next_pulse_us += int(1_000_000 / t.pulses_per_s)
-        if self.next_pulse_us <= now_us:  # the loop fell behind: no burst
-            self.next_pulse_us = now_us + int(1_000_000 / t.pulses_per_s)
+        period = int(1_000_000 / t.pulses_per_s)
+        # A pulse fired late (the loop stalled, the detector was still busy)
+        # moves the cadence: the next one comes a whole period after this
+        # one, never sooner, and there is no burst to catch up.
+        if now_us > self.next_pulse_us:
+            self.next_pulse_us = now_us + period
+        else:
+            self.next_pulse_us += period
         hlc = t.hlc_enabled and inputs.hlc_switch
         cap = dose.CAP_HIGH_LEVEL_MGY_MIN if hlc else dose.CAP_NORMAL_MGY_MIN
         ma_max = self.geometry.max_ma(t.kv, t.pulse_width_ms, t.pulses_per_s, cap * GUARD_MARGIN)
