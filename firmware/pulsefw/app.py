@@ -48,6 +48,11 @@ BLOCK_NAMES = ("none", "door open", "key off", "generator not ready", "host link
                "not armed", "release the switch first")
 
 
+def _sooner(now, t, candidate):
+    """candidate if it lies ahead of now and before t, else t."""
+    return candidate if now < candidate < t else t
+
+
 class Press:
     """The irradiation event in progress: one press of the switch."""
 
@@ -438,11 +443,12 @@ class App:
         ctl = self.ctl
         t = now + MAX_SLEEP_US
         if ctl.state == controller.EXPOSING:
+            # One comparison each, no tuple: this runs every loop pass.
             a = self.account
-            for c in (ctl.next_pulse_us, ctl.last_host_us + controller.LINK_TIMEOUT_US + 1, self.next_display_us,
-                      now + (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us):
-                if now < c < t:
-                    t = c
+            t = _sooner(now, t, ctl.next_pulse_us)
+            t = _sooner(now, t, ctl.last_host_us + controller.LINK_TIMEOUT_US + 1)
+            t = _sooner(now, t, self.next_display_us)
+            t = _sooner(now, t, now + (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us)
         if not self.pend_done and now < self.pend[3] < t:
             t = self.pend[3]
         if self.readout.busy and now + READOUT_POLL_US < t:

@@ -235,6 +235,7 @@ class SimBoard:
         self.raw_mode = False
         self._swallow = False  # relaunching into the raw REPL: hide the interpreter's banner
         self._swallow_buf = bytearray()
+        self._sent_ctrl_a = False  # raw-REPL relaunch: Ctrl-A sent to the new interpreter
         self._tail = b""
         self._interrupt_at: float | None = None
         self._prompt_seen = 0.0
@@ -391,14 +392,14 @@ class SimBoard:
         self._swallow_buf += data
         buf = self._swallow_buf
         i = buf.find(READY_MARK)
-        if i >= 0 and not getattr(self, "_sent_ctrl_a", False):
+        if i >= 0 and not self._sent_ctrl_a:
             self._emit(bytes(buf[:i]))
             del buf[:i + len(READY_MARK)]
             self._sent_ctrl_a = True
             assert self.proc is not None and self.proc.stdin is not None
             os.write(self.proc.stdin.fileno(), b"\x01")
         j = buf.find(RAW_PROMPT)
-        if j >= 0 and getattr(self, "_sent_ctrl_a", False):
+        if j >= 0 and self._sent_ctrl_a:
             rest = bytes(buf[j + len(RAW_PROMPT):])
             buf.clear()
             self._swallow = False
