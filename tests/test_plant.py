@@ -18,7 +18,7 @@ from pulseline.plant import EVENT_NAMES, Event, Plant, PlantConfig, Timeline
 from pulseline.plant.detector import DETECTED_PHOTONS_PER_UGY, photon_counts
 from pulseline.plant.generator import BIAS_LIMIT, FEEDBACK_NOISE, tube_output_ugy_per_mas
 from pulseline.plant.phantom import iodine_mu_cm2_per_g, water_mu_per_cm, water_transmission
-from pulseline.plant.timeline import LEVEL_DEFAULTS, LEVEL_SIGNALS
+from pulseline.plant.timeline import BOOL_SIGNALS, LEVEL_DEFAULTS, LEVEL_SIGNALS
 from pulseline.protocol import wire
 
 fwdose = import_firmware("pulsefw.dose")
@@ -421,9 +421,7 @@ def test_random_timeline_is_seeded_and_valid():
     Timeline.from_json(a.to_json())  # everything it makes passes validation
 
 
-_BOOLS = {"switch", "door_closed", "key_on", "generator_ready", "hlc_switch", "generator_fault", "readout_timeout",
-          "link_down"}
-_VALUES = {name: st.booleans() if name in _BOOLS else st.integers(0, 40).map(float) for name in EVENT_NAMES}
+_VALUES = {name: st.booleans() if name in BOOL_SIGNALS else st.integers(0, 40).map(float) for name in EVENT_NAMES}
 _VALUES["kv_error"] = _VALUES["ma_error"] = st.sampled_from([0.0, 0.15, -0.2])
 EVENTS = st.lists(st.sampled_from(sorted(EVENT_NAMES)).flatmap(
     lambda n: st.tuples(st.integers(0, 300), st.just(n), _VALUES[n])), max_size=40)

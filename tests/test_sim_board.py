@@ -271,7 +271,8 @@ def test_flash_deploys_changes_only_what_differs_and_catches_a_corrupted_file(tm
         port = board.pty_path
         plan = flash(port, build_dir=tmp_path / "build", log=lambda m: None)
         assert len(plan.copy) == len(plan.bundle) >= 10
-        assert handshake(port)["firmware"]
+        # The firmware names the exact bundle it runs.
+        assert handshake(port, expect_hash=plan.firmware_hash)["firmware_hash"] == plan.firmware_hash
         assert (fs / "pulsefw" / "app.mpy").exists() and not (fs / "pulsefw" / "app.py").exists()
         # A second run changes nothing.
         again = flash(port, dry_run=True, build_dir=tmp_path / "build")
@@ -288,7 +289,7 @@ def test_flash_deploys_changes_only_what_differs_and_catches_a_corrupted_file(tm
         fixed = flash(port, build_dir=tmp_path / "build", log=lambda m: None)
         assert [f.path for f in fixed.copy] == ["pulsefw/dose.mpy"]
         assert not (fs / "pulsefw" / "wire.py").exists()
-        assert handshake(port)["firmware"]
+        assert handshake(port, expect_hash=fixed.firmware_hash)["firmware"]
 
 
 def test_a_capture_saves_a_valid_dicom_rf_image(board, tmp_path):

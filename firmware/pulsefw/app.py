@@ -95,6 +95,13 @@ class App:
         self.inputs = controller.Inputs()
         self.switch_before = False
         self.frame_id = 0
+        # Dark frames (beam off) still to read for a calibration, when the
+        # next is due, and whether the frame in flight is one.
+        self.dark_left = 0
+        self.next_dark_us = 0
+        self.frame_dark = False
+        self.serial, self.detector_serial = hal.identity()
+        self._firmware_hash = None
         self.press = None
         # The pulse in flight, until accounted: pulse_id, frame_id, t0, t1,
         # kv, ma, width_ms, capped, hlc; then what it delivered.
@@ -124,7 +131,8 @@ class App:
             journal_error = "journal unreadable: %s" % exc
         cause = hal.reset_cause()
         self.tx.event(tx.EV_BOOT, now, {"firmware": FIRMWARE_VERSION, "protocol": wire.PROTOCOL_VERSION,
-                                        "board": hal.BOARD, "reset_cause": cause, "exam": self.exam_id})
+                                        "board": hal.BOARD, "serial": self.serial, "reset_cause": cause,
+                                        "exam": self.exam_id})
         # Boot checks done: disarmed. A switch held now does not expose
         # (the controller needs to see it released first).
         self.ctl.state = controller.IDLE
@@ -151,6 +159,16 @@ class App:
         self.ctl.technique = new.technique()
         self.account.notify = new.dose_notify
         self.hal.generator_set(new.kv, new.ma)
+
+    def firmware_hash(self):
+        if self._firmware_hash is None:
+            from . import ident
+
+            try:
+                self._firmware_hash = ident.firmware_hash()
+            except OSError as exc:
+                self._firmware_hash = "unknown (%s)" % exc
+        return self._firmware_hash
 
     def block_name(self):
         return BLOCK_NAMES[self.ctl.block]
@@ -316,6 +334,8 @@ class App:
         if pulse is not None:
             self._fire(pulse, now)
         self._pulse_end(now)
+        if self.dark_left and now >= self.next_dark_us and not self.readout.busy and not self.trailer_due:
+            self._dark(now)
         if self.readout.pump(now, LINES_PER_PUMP):
             self.trailer_due = True
         if self.trailer_due and self.pend_done:
@@ -361,6 +381,25 @@ class App:
             self.hlc_tone = True
             self.alarm("hlc_tone", True, now)
 
+    def start_dark(self, frames, now):
+        """Read `frames` frames with the beam off, one per pulse period."""
+        self.dark_left = frames
+        self.next_dark_us = now
+
+    def _dark(self, now):
+        c = self.config
+        self.dark_left -= 1
+        self.next_dark_us = now + int(1_000_000 / c.pulses_per_s)
+        self.frame_id += 1
+        width_us = int(c.pulse_width_ms * 1000)
+        self.readout.arm(self.frame_id, 0, now, width_us)
+        self.hal.detector_dark(width_us)
+        # Its trailer: pulse 0, no kV, no mA, no dose (nothing was fired).
+        self.pend = (0, self.frame_id, now, now + width_us, 0.0, 0.0, c.pulse_width_ms, False, False)
+        self.pend_dose = (0.0, 0.0, 0.0, 0.0)
+        self.pend_done = True
+        self.frame_dark = True
+
     def _pulse_end(self, now):
         """Once the pulse in flight has ended: read what was delivered,
         account its dose, check the generator's tolerance."""
@@ -395,6 +434,8 @@ class App:
 
     def _frame_done(self, now):
         self.trailer_due = False
+        dark = self.frame_dark
+        self.frame_dark = False
         pulse_id, frame_id, t0, t1, kv_set, ma_set, width_ms, capped, hlc = self.pend
         kv, ma, kerma, kap = self.pend_dose
         r = self.readout
@@ -404,7 +445,7 @@ class App:
             self.fault(FAULT_DETECTOR, now, "frame %d: no line came from the detector" % frame_id)
             return
         c = self.config
-        if c.abc_enabled:
+        if c.abc_enabled and not dark:
             s = brightness.centre_signal(r.frame_buf, r.landed, r.lines, r.pixels, r.pixel_format,
                                          DETECTOR_PEDESTAL_ADU)
             if s is not None:
@@ -449,6 +490,8 @@ class App:
             t = _sooner(now, t, ctl.last_host_us + controller.LINK_TIMEOUT_US + 1)
             t = _sooner(now, t, self.next_display_us)
             t = _sooner(now, t, now + (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us)
+        if self.dark_left:
+            t = _sooner(now, t, self.next_dark_us)
         if not self.pend_done and now < self.pend[3] < t:
             t = self.pend[3]
         if self.readout.busy and now + READOUT_POLL_US < t:

@@ -22,16 +22,19 @@ OP_REBOOT = const(12)
 OP_EXIT_TO_REPL = const(13)
 OP_PING = const(14)  # keeps the link alive; any command does
 OP_ALARM_RESET = const(15)  # silences the 5-minute alarm until the next 5 minutes
+OP_DARK_FRAMES = const(16)  # {"frames": n}: read n frames with the beam off (calibration)
 
 OP_NAMES = {
     OP_HELLO: "hello", OP_GET_CONFIG: "get_config", OP_SET_CONFIG: "set_config", OP_ARM: "arm",
     OP_DISARM: "disarm", OP_NEW_EXAM: "new_exam", OP_STATUS: "status", OP_DOSE_REPORT: "dose_report",
     OP_READ_JOURNAL: "read_journal", OP_FAULT_RESET: "fault_reset", OP_SELF_TEST: "self_test",
     OP_REBOOT: "reboot", OP_EXIT_TO_REPL: "exit_to_repl", OP_PING: "ping", OP_ALARM_RESET: "alarm_reset",
+    OP_DARK_FRAMES: "dark_frames",
 }
 
 MAX_JOURNAL_RECORDS = const(32)  # per read_journal answer (the answer must fit a packet)
 MAX_REPORT_EVENTS = const(64)
+MAX_DARK_FRAMES = const(256)
 
 
 class Refused(Exception):
@@ -68,6 +71,8 @@ def _int_arg(args, name, default, lo, hi):
 
 
 def _not_exposing(app):
+    if app.dark_left:
+        raise Refused(wire.ERR_BUSY, "not while dark frames are being read")
     if app.ctl.state == controller.EXPOSING or app.readout.busy:
         raise Refused(wire.ERR_BAD_STATE, "not while exposing")
 
@@ -97,7 +102,9 @@ def hello(app, args, now):
         raise Refused(wire.ERR_BAD_ARGUMENT, "protocol must be a whole number")
     if v != wire.PROTOCOL_VERSION:
         raise Refused(wire.ERR_VERSION, "board speaks protocol %d, host %d" % (wire.PROTOCOL_VERSION, v))
-    return {"protocol": wire.PROTOCOL_VERSION, "firmware": app_version(app), "board": app.hal.BOARD,
+    return {"protocol": wire.PROTOCOL_VERSION, "firmware": app_version(app), "firmware_hash": app.firmware_hash(),
+            "board": app.hal.BOARD,
+            "serial": app.serial, "detector_serial": app.detector_serial,
             "link_bytes_per_s": app.hal.LINK_BYTES_PER_S, "max_frame_bytes": app.hal.MAX_FRAME_BYTES,
             "config": app.config.as_dict()}
 
@@ -127,6 +134,8 @@ def arm(app, args, now):
     _only(args, ())
     if app.journal is None:
         raise Refused(wire.ERR_STORAGE, "no dose journal: cannot account dose")
+    if app.dark_left:
+        raise Refused(wire.ERR_BUSY, "dark frames are being read")
     prev = app.ctl.state
     reason = app.ctl.arm()
     if reason:
@@ -241,6 +250,17 @@ def alarm_reset(app, args, now):
     return {}
 
 
+def dark_frames(app, args, now):
+    _only(args, ("frames",))
+    n = _int_arg(args, "frames", None, 1, MAX_DARK_FRAMES)
+    _not_exposing(app)
+    if app.ctl.state != controller.IDLE:
+        raise Refused(wire.ERR_BAD_STATE, "dark frames only while disarmed (IDLE), not " +
+                      controller.STATE_NAMES[app.ctl.state])
+    app.start_dark(n, now)
+    return {"frames": n, "first_frame": app.frame_id + 1}
+
+
 def _after_reboot(app, now):
     app.hal.reset()
 
@@ -253,6 +273,6 @@ HANDLERS = {
     OP_HELLO: hello, OP_GET_CONFIG: get_config, OP_SET_CONFIG: set_config, OP_ARM: arm, OP_DISARM: disarm,
     OP_NEW_EXAM: new_exam, OP_STATUS: status, OP_DOSE_REPORT: dose_report, OP_READ_JOURNAL: read_journal,
     OP_FAULT_RESET: fault_reset, OP_SELF_TEST: self_test, OP_REBOOT: reboot, OP_EXIT_TO_REPL: exit_to_repl,
-    OP_PING: ping, OP_ALARM_RESET: alarm_reset,
+    OP_PING: ping, OP_ALARM_RESET: alarm_reset, OP_DARK_FRAMES: dark_frames,
 }
 AFTER = {OP_REBOOT: _after_reboot, OP_EXIT_TO_REPL: _after_exit}

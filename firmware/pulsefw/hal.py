@@ -58,9 +58,21 @@ class Hal:
         the wire pixel format); set landed[i] = 1 as line i lands."""
         raise NotImplementedError
 
+    def detector_dark(self, width_us):
+        """Read the armed frame with the beam off (for dark-field
+        calibration): the line clock runs as for a pulse of width_us and
+        nothing fires. The lines land as after a pulse."""
+        raise NotImplementedError
+
     def detector_poll(self):
         """Move landed lines into the armed buffer. True once the readout is
         over (every line that will land has)."""
+        raise NotImplementedError
+
+    # -- identity -------------------------------------------------------------
+    def identity(self):
+        """(board serial, detector serial) as strings, read once at boot:
+        the dose report names the device, a calibration its detector."""
         raise NotImplementedError
 
     # -- watchdog -------------------------------------------------------------

@@ -30,6 +30,8 @@ OP_WDT_FEED = const(0x45)  # -> ack
 OP_CAUSE = const(0x43)  # -> cause u8 (0 power, 1 watchdog, 2 soft)
 OP_RESET = const(0x58)  # -> ack; the plant server restarts the board
 OP_WDT_STOP = const(0x57)  # -> ack
+OP_DARK = const(0x52)  # width_us u32 -> ack: read the armed frame with the beam off
+OP_IDENT = const(0x4E)  # -> seed u32 (the simulated hardware's identity)
 
 INPUT_SWITCH = const(1)
 INPUT_DOOR_CLOSED = const(2)
@@ -41,6 +43,11 @@ CAUSES = ("power", "watchdog", "soft")
 # The simulated board's supervisor reads this exit status of the interpreter
 # as "hard reset": reload everything from the board's filesystem.
 EXIT_HARD_RESET = const(66)
+
+
+def sim_identity(seed):
+    """(board serial, detector serial) of the simulated hardware drawn from seed."""
+    return ("SIM-%08X" % seed, "SIMDET-%08X" % seed)
 
 
 def fill_inputs(inputs, bits):
@@ -84,8 +91,14 @@ class SimHal(Hal):
     def detector_arm(self, frame_buf, landed, lines, pixels, pixel_format):
         self.port.detector_arm(frame_buf, landed, lines, pixels, pixel_format)
 
+    def detector_dark(self, width_us):
+        self.port.detector_dark(width_us)
+
     def detector_poll(self):
         return self.port.detector_poll()
+
+    def identity(self):
+        return self.port.identity()
 
     def watchdog_start(self, timeout_ms):
         self.port.watchdog_start(timeout_ms)
@@ -209,6 +222,14 @@ class PlantClient:
         self.landed = landed
         struct.pack_into("<HHB", self.req, 1, lines, pixels, pixel_format)
         self.ask(OP_ARM, 5, 1)
+
+    def detector_dark(self, width_us):
+        struct.pack_into("<I", self.req, 1, width_us)
+        self.ask(OP_DARK, 4, 1)
+
+    def identity(self):
+        self.ask(OP_IDENT, 0, 4)
+        return sim_identity(struct.unpack_from("<I", self.ans)[0])
 
     def detector_poll(self):
         self.ask(OP_POLL, 0, 3)

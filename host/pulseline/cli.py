@@ -373,7 +373,7 @@ def cmd_flash(args: argparse.Namespace) -> int:
 
     try:
         plan = flash(args.port, dry_run=args.dry_run, log=(lambda m: None) if args.json else print)
-        board = None if args.dry_run else handshake(args.port)
+        board = None if args.dry_run else handshake(args.port, expect_hash=plan.firmware_hash)
     except FlashError as exc:
         raise CliError(str(exc)) from None
     if args.json:
@@ -392,7 +392,7 @@ def cmd_flash(args: argparse.Namespace) -> int:
         print(f"{len(plan.copy)} to copy, {len(plan.remove)} to remove (dry run: nothing changed)")
     else:
         print(f"{len(plan.copy)} copied, {len(plan.remove)} removed, {len(plan.bundle) - len(plan.copy)} unchanged; "
-              f"firmware {board and board.get('firmware')} answers the handshake")
+              f"firmware {board and board.get('firmware')} ({plan.firmware_hash[:16]}) answers the handshake")
     return 0
 
 

@@ -74,10 +74,23 @@ class FlashPlan:
     remove: list[str] = field(default_factory=list)
     board: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def firmware_hash(self) -> str:
+        """The digest the firmware reports (hello's firmware_hash) once this
+        bundle is on the board."""
+        return bundle_hash(self.bundle)
+
     def as_dict(self) -> dict[str, Any]:
         return {"bundle": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.bundle],
+                "firmware_hash": self.firmware_hash,
                 "copy": [f.path for f in self.copy], "remove": self.remove,
                 "board": {k: v for k, v in self.board.items() if k != "files"}}
+
+
+def bundle_hash(files: list[BundleFile]) -> str:
+    from .mpcompat import import_firmware
+
+    return str(import_firmware("pulsefw.ident").digest([(f.path, f.sha256) for f in files]))
 
 
 def _sha(data: bytes) -> str:
@@ -202,11 +215,16 @@ def flash(port: str, *, dry_run: bool = False, build_dir: Path = Path("build/fla
     return plan
 
 
-def handshake(port: str, timeout_s: float = 30.0) -> dict[str, Any]:
-    """The firmware's version handshake after a restart."""
+def handshake(port: str, timeout_s: float = 30.0, expect_hash: str | None = None) -> dict[str, Any]:
+    """The firmware's version handshake after a restart; with expect_hash,
+    the firmware must also report that it runs exactly that bundle."""
     from .session import SessionError, wait_for_firmware
 
     try:
-        return wait_for_firmware(port, timeout_s)
+        board = wait_for_firmware(port, timeout_s)
     except SessionError as exc:
         raise FlashError(f"flashed and verified, but the firmware did not answer: {exc}") from None
+    if expect_hash is not None and board.get("firmware_hash") != expect_hash:
+        raise FlashError(f"the board reports firmware {str(board.get('firmware_hash'))[:16]}, not the bundle just "
+                         f"flashed ({expect_hash[:16]}): is another file shadowing it?")
+    return board

@@ -96,6 +96,9 @@ class Session:
         self.config: dict[str, Any] = {"pixels_per_line": 256, "lines_per_frame": 256,
                                        "pixel_format": wire.FMT_MONO12P}
         self._asm_lock = threading.Lock()
+        # Corrections the assembler applies (dark, flat, defect_map,
+        # filter_alpha): kept while the geometry they were made for holds.
+        self.corrections: dict[str, Any] = {}
         self.asm = FrameAssembler(256, 256, "mono12p")
         self._closed = threading.Event()
         self._reader = threading.Thread(target=self._read_loop, name="session-reader", daemon=True)
@@ -260,9 +263,33 @@ class Session:
         self.config = dict(config)
         geometry = ("pixels_per_line", "lines_per_frame", "pixel_format")
         if any(old.get(k) != config.get(k) for k in geometry):
-            with self._asm_lock:
-                self.asm = FrameAssembler(int(config["pixels_per_line"]), int(config["lines_per_frame"]),
-                                          int(config["pixel_format"]))
+            if old.get("pixels_per_line") != config.get("pixels_per_line") or \
+                    old.get("lines_per_frame") != config.get("lines_per_frame"):
+                self.corrections = {}  # made for another geometry
+            self._new_assembler()
+
+    def _new_assembler(self) -> None:
+        c = self.config
+        asm = FrameAssembler(int(c["pixels_per_line"]), int(c["lines_per_frame"]), int(c["pixel_format"]),
+                             **self.corrections)
+        with self._asm_lock:
+            self.asm = asm
+
+    def set_corrections(self, *, dark: Any = None, flat: Any = None, defect_map: Any = None,
+                        filter_alpha: float | None = None) -> None:
+        """Corrections for the frames from now on (the assembler's: offset,
+        two-point gain, defective-pixel replacement, recursive filter); none
+        given: raw frames. ValueError if a map does not fit the geometry.
+        Call between exposures: frames in flight are dropped."""
+        corrections = {k: v for k, v in (("dark", dark), ("flat", flat), ("defect_map", defect_map),
+                                         ("filter_alpha", filter_alpha)) if v is not None}
+        old = self.corrections
+        self.corrections = corrections
+        try:
+            self._new_assembler()
+        except (ValueError, TypeError):
+            self.corrections = old
+            raise
 
     def configure(self, **settings: Any) -> dict[str, Any]:
         body = self.command("set_config", settings)

@@ -35,6 +35,7 @@ class ScriptedHal:
         self.kv = 0.0
         self.ma = 0.0
         self.fired = []  # (t, kv, ma, width_us)
+        self.darks = []  # (t, width_us)
         self.rx = bytearray()
         self.out = bytearray()
         self.buf = None
@@ -69,6 +70,12 @@ class ScriptedHal:
     def detector_arm(self, frame_buf, landed, lines, pixels, pixel_format):
         self.buf = frame_buf
         self.landed = landed
+
+    def detector_dark(self, width_us):
+        self.darks.append((self.now, width_us))
+
+    def identity(self):
+        return ("SCRIPTED-1", "SCRIPTED-DET-1")
 
     def detector_poll(self):
         for i in range(len(self.landed)):

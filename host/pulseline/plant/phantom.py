@@ -179,10 +179,12 @@ class Phantom:
             areal[lay.vessel.index] += VESSEL_G_CM3 * _chord_cm(lay.vessel.across_mm, vessel_radius_mm(t_s))
         return areal.reshape(lines, pixels)
 
-    def transmission(self, lines: int, pixels: int, t_us: int, kv: float, water_cm: float) -> F64:
-        """Primary transmission map (lines, pixels) at time t_us for beam kv."""
+    def transmission(self, lines: int, pixels: int, t_us: int, kv: float, water_cm: float,
+                     structures: bool = True) -> F64:
+        """Primary transmission map (lines, pixels) at time t_us for beam kv
+        (`structures` False takes them out of the beam for now)."""
         slab = water_transmission(kv, water_cm)
-        if not self.structures:
+        if not (self.structures and structures):
             return np.full((lines, pixels), slab)
         areal = self.iodine_g_per_cm2(lines, pixels, t_us).ravel()
         out = np.full(lines * pixels, slab)

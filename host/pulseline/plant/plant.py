@@ -22,6 +22,7 @@ from .phantom import Phantom
 from .timeline import LEVEL_DEFAULTS, Timeline
 
 _fwdose = import_firmware("pulsefw.dose")
+_hal_sim = import_firmware("pulsefw.hal_sim")
 
 # Sub-stream keys under the seed (SeedSequence spawn keys).
 STREAM_GENERATOR = 0  # per-unit accuracy bias
@@ -29,6 +30,7 @@ STREAM_FEEDBACK = 1  # measuring-circuit noise, one draw per pulse in order
 STREAM_MAPS = 2  # detector fixed maps, keyed by geometry
 STREAM_NOISE = 3  # quantum and read noise, keyed by pulse index
 STREAM_LINE_LOSS = 4  # which lines a line_loss fault removes, keyed by pulse index
+STREAM_DARK = 5  # read noise of dark frames, keyed by dark frame index
 
 
 @dataclass
@@ -145,6 +147,13 @@ class Plant:
         self._field_area_m2: dict[tuple[int, int], float] = {}
         self._line_loss_after_us = -1
         self._wd = _Watchdog()
+        self.dark_frames: list[FrameTruth] = []  # readouts with the beam off, in order
+
+    def identity(self) -> tuple[str, str]:
+        """(board serial, detector serial): the simulated hardware is drawn
+        from the seed, so the seed is its identity."""
+        serials: tuple[str, str] = tuple(_hal_sim.sim_identity(self.config.seed & 0xFFFFFFFF))
+        return serials
 
     # -- inputs ------------------------------------------------------------
 
@@ -273,9 +282,27 @@ class Plant:
         timeout = self.timeline.level_at_many("readout_timeout", landing_times_us(t_us, width_us, lines))
         lost |= timeout > 0.5
         # The scene moves little within a pulse: take it at mid-pulse.
-        transmission = self.phantom.transmission(lines, pixels, t_us + width_us // 2, kv_mean, water_cm)
+        mid_us = t_us + width_us // 2
+        transmission = self.phantom.transmission(lines, pixels, mid_us, kv_mean, water_cm,
+                                                 bool(self.timeline.value_at("structures", mid_us)))
         frame = self.detector.render(entrance_ugy, transmission, pixel_format, lost,
                                      _substream(self.config.seed, STREAM_NOISE, index))
+        self.detector.readout = Readout(frame, t_us, width_us)
+        return frame
+
+    def detector_dark(self, t_us: int, width_us: int) -> FrameTruth:
+        """Read the armed frame with the beam off (offset and read noise
+        only): the line clock runs as for a pulse of width_us."""
+        if self.detector.armed is None:
+            raise ValueError("the detector is not armed")
+        if not 1 <= width_us <= 1_000_000:
+            raise ValueError(f"dark readout width {width_us} us outside 1..1000000")
+        lines, pixels, pixel_format = self.detector.armed
+        self.detector.armed = None
+        lost = self.timeline.level_at_many("readout_timeout", landing_times_us(t_us, width_us, lines)) > 0.5
+        frame = self.detector.render(0.0, np.zeros((lines, pixels)), pixel_format, lost,
+                                     _substream(self.config.seed, STREAM_DARK, len(self.dark_frames)))
+        self.dark_frames.append(frame)
         self.detector.readout = Readout(frame, t_us, width_us)
         return frame
 
@@ -297,6 +324,9 @@ class Plant:
         """The last exposed frame's readout is over (true before any exposure)."""
         r = self.detector.readout
         return True if r is None else r.done(t_us)
+
+    def detector_readout_lines(self) -> int:
+        return self._readout().frame.lines
 
     def detector_line_bytes(self, line_index: int) -> bytes:
         return self._readout().line_bytes(line_index)

@@ -20,7 +20,7 @@ import numpy.typing as npt
 Value = float | bool
 
 BOOL_SIGNALS = frozenset({"switch", "door_closed", "key_on", "generator_ready", "hlc_switch",
-                          "generator_fault", "readout_timeout", "link_down"})
+                          "generator_fault", "readout_timeout", "link_down", "structures"})
 FLOAT_LEVELS = frozenset({"water_cm", "kv_error", "ma_error"})
 IMPULSES = frozenset({"line_loss", "stall"})
 LEVEL_SIGNALS = BOOL_SIGNALS | FLOAT_LEVELS
@@ -40,6 +40,7 @@ LEVEL_DEFAULTS: dict[str, Value] = {
     "ma_error": 0.0,
     "readout_timeout": False,
     "link_down": False,
+    "structures": True,  # the phantom's moving structures; off with water_cm 0: an open field
 }
 
 

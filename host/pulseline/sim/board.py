@@ -568,7 +568,9 @@ class SimBoard:
             return {"t_us": now, "pulses": len(self.plant.pulses), "meter_kerma_ugy": self.plant.meter_kerma_ugy,
                     "meter_kap_ugy_m2": self.plant.meter_kap_ugy_m2, "switch": s.switch,
                     "door_closed": s.door_closed, "key_on": s.key_on, "generator_ready": s.generator_ready,
-                    "hlc_switch": s.hlc_switch, "resets": [k for _, k in self.resets],
+                    "hlc_switch": s.hlc_switch, "water_cm": self.plant.water_cm_at(now),
+                    "structures": bool(self.plant.timeline.value_at("structures", now)),
+                    "resets": [k for _, k in self.resets],
                     "link": self.link_counters()}
 
     def link_counters(self) -> dict[str, dict[str, int]]:

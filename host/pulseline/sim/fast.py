@@ -127,6 +127,14 @@ class VirtualPort:
             return
         self.plant.detector_arm(self.sim.now_us, lines, pixels, pixel_format)
 
+    def detector_dark(self, width_us: int) -> None:
+        self.copied = 0
+        if self.sim.pixels:
+            self.plant.detector_dark(self.sim.now_us, width_us)
+
+    def identity(self) -> tuple[str, str]:
+        return self.plant.identity()
+
     def detector_poll(self) -> bool:
         if not self.sim.pixels:
             # Control-only: every line lands at once, its pixels left as

@@ -24,7 +24,7 @@ hal_sim = import_firmware("pulsefw.hal_sim")
 _ARG_SIZES = {
     hal_sim.OP_HELLO: 0, hal_sim.OP_INPUTS: 0, hal_sim.OP_SET: 8, hal_sim.OP_FIRE: 4, hal_sim.OP_FEEDBACK: 0,
     hal_sim.OP_ARM: 5, hal_sim.OP_POLL: 0, hal_sim.OP_WDT_START: 4, hal_sim.OP_WDT_FEED: 0, hal_sim.OP_CAUSE: 0,
-    hal_sim.OP_RESET: 0, hal_sim.OP_WDT_STOP: 0,
+    hal_sim.OP_RESET: 0, hal_sim.OP_WDT_STOP: 0, hal_sim.OP_DARK: 4, hal_sim.OP_IDENT: 0,
 }
 _CAUSE_CODES = {"power": 0, "watchdog": 1, "soft": 2}
 
@@ -142,8 +142,7 @@ class PlantServer:
                     new = np.asarray(idx[copied:], dtype=np.uint16)
                     if len(new) and not frame:
                         frame = p.detector_frame_bytes()
-                        last = p.pulses[-1].frame if p.pulses else None
-                        line_bytes = len(frame) // last.lines if last is not None else 0
+                        line_bytes = len(frame) // p.detector_readout_lines()
                     parts = [struct.pack("<BH", 1 if done else 0, len(new)), new.astype("<u2").tobytes()]
                     parts += [frame[int(i) * line_bytes:(int(i) + 1) * line_bytes] for i in new]
                     copied += len(new)
@@ -158,6 +157,14 @@ class PlantServer:
                 elif op == hal_sim.OP_WDT_STOP:
                     p.watchdog_stop(now)
                     out = b"\x01"
+                elif op == hal_sim.OP_DARK:
+                    (width_us,) = struct.unpack("<I", args)
+                    p.detector_dark(now, int(width_us))
+                    copied = 0
+                    frame = b""
+                    out = b"\x01"
+                elif op == hal_sim.OP_IDENT:
+                    out = struct.pack("<I", p.config.seed & 0xFFFFFFFF)
                 elif op == hal_sim.OP_CAUSE:
                     out = bytes([_CAUSE_CODES.get(self.reset_cause, 0)])
                 else:  # OP_RESET
