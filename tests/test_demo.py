@@ -17,11 +17,14 @@ def test_demo_deploys_captures_and_saves_an_exam(tmp_path):
     assert "mpremote connect" in res.stdout and "fs cp -r boot.py main.py pulsefw :" in res.stdout
     summary = json.loads((tmp_path / "demo-exam" / "summary.json").read_text())
     assert summary["frames"] >= 16 and summary["lines_lost"] == 0 and summary["error"] is None
+    # Calibrated first, then a new exam: the exam's dose is the capture's.
+    assert summary["calibration"]["detector_serial"] == "SIMDET-00000000"
+    assert summary["calibration"]["defective_pixels"] > 0 and summary["warnings"] == []
     assert summary["dose_report"]["pulses"] == summary["frames"]
     stack = tifffile.imread(tmp_path / "demo-exam" / "frames.tif")
-    assert stack.shape == (summary["frames"], 256, 256)
+    assert stack.shape == (summary["frames"], 256, 256) and stack.dtype == "float32"
     with tifffile.TiffFile(tmp_path / "demo-exam" / "frames.tif") as tif:
-        meta = json.loads(tif.pages[0].description)
+        meta = json.loads(tif.imagej_metadata["Properties"]["pulseline.frames"])[0]
     assert meta["kv"] == pytest.approx(80, rel=0.01) and meta["air_kerma_ugy"] > 0
     # The simulated board is gone again.
     assert not list((tmp_path / ".pulseline").glob("*.json"))

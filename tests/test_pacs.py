@@ -306,3 +306,84 @@ def test_parse_destination_refuses_bad_input(text: str, why: str) -> None:
     with pytest.raises(ValueError, match=r"^bad PACS destination ") as e:
         parse_destination(text)
     assert why in str(e.value) and "\n" not in str(e.value)
+
+
+# -- acceptance 1, end to end: capture on a simulated board, write, validate, --send -----
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    res = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (res.stdout + res.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.mark.micropython
+def test_capture_writes_valid_exam_files_and_sends_them_to_orthanc(orthanc: Orthanc, tmp_path: Path) -> None:
+    import sys
+
+    import tifffile
+
+    from pulseline.sim.board import SimBoard
+
+    root = Path(__file__).resolve().parents[1]
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    for name in ("boot.py", "main.py"):
+        shutil.copy(root / "firmware" / name, fs)
+    shutil.copytree(root / "firmware" / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "exam"
+    pulseline = str(Path(sys.executable).parent / "pulseline")
+    env = {**__import__("os").environ, "PULSELINE_CALIBRATION_DIR": str(tmp_path / "cal")}
+    with SimBoard(fs, name="ttyACM7", state_dir=tmp_path / ".pulseline", seed=9) as board:
+        res = subprocess.run(
+            [pulseline, "capture", "--port", board.pty_path, "--preset", "qa-80kv", "--frames", "6", "-o", str(out),
+             "--patient-name", "PHANTOM^WATER", "--patient-id", "QA-20CM", "--accession", "A123",
+             "--study-description", "QA run", "--series-description", "qa-80kv", "--send",
+             f"{LOOPBACK}:{orthanc.dicom_port}", "--called-ae", ORTHANC_AET, "--json"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["pacs"]["stored"] == 2 and "error" not in summary["pacs"]
+    assert summary["board_serial"] == "SIM-00000009" and len(summary["firmware_hash"]) == 64
+    assert summary["calibration"] is None and "no calibration" in summary["warnings"][0]
+    rf, sr = pydicom.dcmread(out / "rf.dcm"), pydicom.dcmread(out / "dose_sr.dcm")
+    # Valid per dciodvfy, and what was written reads back.
+    assert _dciodvfy_errors(out / "rf.dcm") == [] and _dciodvfy_errors(out / "dose_sr.dcm") == []
+    assert rf.SOPClassUID == RF_IMAGE_STORAGE and sr.SOPClassUID == RDSR_STORAGE
+    assert str(rf.PatientName) == "PHANTOM^WATER" and rf.PatientID == "QA-20CM" and rf.AccessionNumber == "A123"
+    assert rf.StudyInstanceUID == sr.StudyInstanceUID and rf.DeviceSerialNumber == "SIM-00000009"
+    assert sr.DeviceSerialNumber == "SIM-00000009"
+    assert rf.NumberOfFrames == summary["frames"] >= 6 and rf.BitsStored == 12
+    assert float(rf.FrameTime) == pytest.approx(1000 / 7.5, abs=1e-3) and rf.RadiationMode == "PULSED"
+    assert float(rf.KVP) == pytest.approx(80, rel=0.02) and float(rf.AveragePulseWidth) == pytest.approx(10)
+    stack = tifffile.imread(out / "frames.tif")
+    np.testing.assert_array_equal(rf.pixel_array, stack)  # raw frames: the same pixels in both
+    with tifffile.TiffFile(out / "frames.tif") as tif:
+        per_frame = json.loads(tif.imagej_metadata["Properties"]["pulseline.frames"])
+        labels = tif.imagej_metadata["Labels"]
+    assert len(per_frame) == len(labels) == summary["frames"] and "kV" in labels[0]
+    assert sum(f["air_kerma_ugy"] for f in per_frame) == pytest.approx(summary["kerma_ugy_from_trailers"])
+
+    # The dose SR: its accumulated totals are the sum of its events.
+    def nums(item: Any, meaning: str) -> list[float]:
+        found = []
+        for it in item.get("ContentSequence", []):
+            if it.ConceptNameCodeSequence[0].CodeMeaning == meaning and it.ValueType == "NUM":
+                found.append(float(it.MeasuredValueSequence[0].NumericValue))
+            found += nums(it, meaning) if it.ValueType == "CONTAINER" else []
+        return found
+
+    events = [it for it in sr.ContentSequence if it.ConceptNameCodeSequence[0].CodeMeaning ==
+              "Irradiation Event X-Ray Data"]
+    acc = next(it for it in sr.ContentSequence if it.ConceptNameCodeSequence[0].CodeMeaning ==
+               "Accumulated X-Ray Dose Data")
+    assert len(events) == summary["dose_report"]["events_total"] >= 1
+    assert sum(nums(e, "Dose Area Product")[0] for e in events) == pytest.approx(
+        nums(acc, "Dose Area Product Total")[0], rel=1e-6)
+    assert sum(nums(e, "Dose (RP)")[0] for e in events) == pytest.approx(nums(acc, "Dose (RP) Total")[0], rel=1e-6)
+    # Orthanc has both, with our identifiers and the same pixels.
+    for ds in (rf, sr):
+        oid = orthanc.instance_id(ds.SOPInstanceUID)
+        tags = orthanc.json(f"/instances/{oid}/simplified-tags")
+        assert tags["PatientID"] == "QA-20CM" and tags["StudyInstanceUID"] == rf.StudyInstanceUID
+    stored = pydicom.dcmread(io.BytesIO(orthanc.get(f"/instances/{orthanc.instance_id(rf.SOPInstanceUID)}/file")))
+    np.testing.assert_array_equal(stored.pixel_array, rf.pixel_array)

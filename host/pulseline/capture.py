@@ -1,6 +1,6 @@
-"""Capture an exposure through a session and save it: a TIFF stack with the
-technique and dose of every frame in its page description, and a JSON
-summary. (Stage 4 adds DICOM and the full operator experience.)"""
+"""Capture an exposure through a session and save the exam: an ImageJ TIFF
+stack with the technique and dose of every frame, a DICOM RF image, the
+dose SR, a PNG of the last image and a JSON summary."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import __version__
 from .frames import Frame
@@ -30,6 +31,9 @@ class Capture:
     events: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None  # why the capture ended early, if it did
     wall_s: float = 0.0
+    calibration: dict[str, Any] | None = None  # the one applied (Calibration.describe())
+    preset: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def capture(session: Session, frames: int, *, press: Callable[[], object] | None = None,
@@ -111,6 +115,16 @@ def frame_meta(f: Frame) -> dict[str, Any]:
     return meta
 
 
+def frame_label(f: Frame) -> str:
+    """The slice label ImageJ shows for a frame."""
+    t = f.trailer
+    text = f"frame {f.frame_id} pulse {f.pulse_id}"
+    if t is not None:
+        text += (f": {t.kv:.1f} kV {t.ma:.2f} mA {t.pulse_width_ms:g} ms, {t.air_kerma_ugy:.2f} uGy, "
+                 f"KAP {t.kap_ugy_m2:.4g} uGy m2")
+    return text + (f", {f.lines_lost} lines lost" if f.lines_lost else "")
+
+
 def write_png(path: Path, pixels: Any) -> None:
     """The last image (last-image hold) as an 8-bit PNG, windowed on the
     1st..99th percentile of its pixels so that the anatomy shows."""
@@ -123,49 +137,69 @@ def write_png(path: Path, pixels: Any) -> None:
     Image.fromarray(scaled.astype(np.uint8), mode="L").save(path)
 
 
-def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[str, Any]:
-    """Write frames.tif, rf.dcm and summary.json; returns the summary."""
+def write_tiff(path: Path, cap: Capture, pixel_pitch_mm: float = 0.4) -> None:
+    """An ImageJ hyperstack (T, Y, X): raw uint16, or float32 when corrected
+    (lines that never arrived stay NaN). Each frame's technique and dose is
+    its slice label, and all of them as JSON in the property
+    pulseline.frames; the capture's technique in pulseline.technique."""
     import tifffile
 
+    data = np.stack([f.pixels for f in cap.frames])
+    data = data.astype(np.float32 if data.dtype.kind == "f" else np.uint16, copy=False)
+    pps = float(cap.config.get("pulses_per_s", 7.5))
+    technique = {k: cap.config.get(k) for k in ("kv", "ma", "pulse_width_ms", "pulses_per_s", "abc_enabled",
+                                                "filter_alpha")}
+    info = (f"pulseline capture: {len(cap.frames)} frames at {pps:g} pps; firmware {cap.board.get('firmware')} "
+            f"({str(cap.board.get('firmware_hash', ''))[:16]}); detector {cap.board.get('detector_serial')}; "
+            + ("corrected with calibration " + str(cap.calibration.get("created")) if cap.calibration
+               else "raw (uncorrected)"))
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / pixel_pitch_mm, 1 / pixel_pitch_mm),
+                     metadata={"axes": "TYX", "unit": "mm", "finterval": 1 / pps, "Info": info,
+                               "Labels": [frame_label(f) for f in cap.frames],
+                               "Properties": {"pulseline.frames": json.dumps([frame_meta(f) for f in cap.frames]),
+                                              "pulseline.technique": json.dumps(technique)}})
+
+
+def as_stored_pixels(frames: list[Frame], full_scale: int) -> npt.NDArray[np.uint16]:
+    """Frames as unsigned integers for DICOM: raw as they are; corrected ones
+    rounded and clipped to the detector's range, with no-data pixels (lost
+    lines) at 0."""
+    data = np.stack([f.pixels for f in frames])
+    if data.dtype.kind == "f":
+        data = np.clip(np.rint(np.nan_to_num(data, nan=0.0)), 0, full_scale)
+    return np.ascontiguousarray(data, dtype=np.uint16)
+
+
+def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[str, Any]:
+    """Write frames.tif, rf.dcm, dose_sr.dcm, last.png and summary.json;
+    returns the summary. The summary goes first and last: whatever fails
+    later, what was captured is described on disk."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tif = out_dir / "frames.tif"
-    if cap.frames:
-        with tifffile.TiffWriter(tif) as w:
-            for f in cap.frames:
-                w.write(np.ascontiguousarray(f.pixels), description=json.dumps(frame_meta(f)),
-                        metadata=None, photometric="minisblack")
     trailers = [f.trailer for f in cap.frames if f.trailer is not None]
-    png = out_dir / "last.png"
-    if cap.frames:
-        write_png(png, cap.frames[-1].pixels)
     from .dicom_rf import Identity, write_rf
 
     ident = identity or Identity()  # the RF image and the dose SR belong to one study
-    dcm = out_dir / "rf.dcm"
-    if cap.frames:
-
-        kv = float(np.mean([t.kv for t in trailers])) if trailers else float(cap.config.get("kv", 0.0))
-        ma = float(np.mean([t.ma for t in trailers])) if trailers else float(cap.config.get("ma", 0.0))
-        kap_ugy_m2 = sum(t.kap_ugy_m2 for t in trailers)
-        write_rf(dcm, np.stack([f.pixels for f in cap.frames]).astype(np.uint16),
-                 bits_stored=12 if cap.config.get("pixel_format") == 2 else 16,
-                 pulses_per_s=float(cap.config.get("pulses_per_s", 7.5)), kv=kv, ma=ma,
-                 pulse_width_ms=float(cap.config.get("pulse_width_ms", 0.0)),
-                 kap_dgy_cm2=kap_ugy_m2 * 0.1,  # 1 uGy m^2 = 0.01 Gy cm^2 = 0.1 dGy cm^2
-                 firmware=str(cap.board.get("firmware", "")), identity=ident)
-    sr = out_dir / "dose_sr.dcm"
-    if cap.dose_report:
-        from .dicom_rdsr import write_rdsr
-
-        write_rdsr(sr, cap.dose_report, identity=ident, firmware=str(cap.board.get("firmware", "")))
+    twelve = cap.config.get("pixel_format") == 2
+    have = bool(cap.frames)
+    files = {"frames": "frames.tif" if have else None, "dicom_rf": "rf.dcm" if have else None,
+             "last_image": "last.png" if have else None, "dose_sr": "dose_sr.dcm" if cap.dose_report else None,
+             "summary": "summary.json"}
     summary: dict[str, Any] = {
         "pulseline": __version__,
         "port": port,
         "firmware": cap.board.get("firmware"),
+        "firmware_hash": cap.board.get("firmware_hash"),
         "board": cap.board.get("board"),
+        "board_serial": cap.board.get("serial"),
+        "detector_serial": cap.board.get("detector_serial"),
+        "preset": cap.preset,
         "technique": {k: cap.config.get(k) for k in ("kv", "ma", "pulse_width_ms", "pulses_per_s",
-                                                    "abc_enabled", "abc_target_adu")},
+                                                    "abc_enabled", "abc_target_adu", "filter_alpha")},
+        "technique_delivered": {
+            "kv_mean": round(float(np.mean([t.kv for t in trailers])), 3) if trailers else None,
+            "ma_mean": round(float(np.mean([t.ma for t in trailers])), 4) if trailers else None},
         "detector": {k: cap.config.get(k) for k in ("pixels_per_line", "lines_per_frame", "pixel_format")},
+        "calibration": cap.calibration,
         "frames": len(cap.frames),
         "frames_complete": sum(f.complete for f in cap.frames),
         "lines_lost": sum(f.lines_lost for f in cap.frames),
@@ -173,12 +207,29 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
         "dose_report": cap.dose_report,
         "link_counters": cap.counters,
         "events": cap.events,
+        "warnings": cap.warnings,
         "error": cap.error,
-        "files": {"frames": tif.name if cap.frames else None, "dicom_rf": dcm.name if cap.frames else None,
-                  "last_image": png.name if cap.frames else None,
-                  "dose_sr": "dose_sr.dcm" if cap.dose_report else None,
-                  "summary": "summary.json"},
+        "files": files,
         "wall_s": round(cap.wall_s, 3),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    summary_path = out_dir / "summary.json"
+    summary_path.write_text(json.dumps(summary, indent=1))
+    if have:
+        write_tiff(out_dir / "frames.tif", cap)
+        write_png(out_dir / "last.png", cap.frames[-1].pixels)
+        kv = float(np.mean([t.kv for t in trailers])) if trailers else float(cap.config.get("kv", 0.0))
+        ma = float(np.mean([t.ma for t in trailers])) if trailers else float(cap.config.get("ma", 0.0))
+        kap_ugy_m2 = sum(t.kap_ugy_m2 for t in trailers)
+        write_rf(out_dir / "rf.dcm", as_stored_pixels(cap.frames, 4095 if twelve else 65535),
+                 bits_stored=12 if twelve else 16,
+                 pulses_per_s=float(cap.config.get("pulses_per_s", 7.5)), kv=kv, ma=ma,
+                 pulse_width_ms=float(cap.config.get("pulse_width_ms", 0.0)),
+                 kap_dgy_cm2=kap_ugy_m2 * 0.1,  # 1 uGy m^2 = 0.01 Gy cm^2 = 0.1 dGy cm^2
+                 firmware=str(cap.board.get("firmware", "")), identity=ident,
+                 device_serial=str(cap.board.get("serial") or ""))
+    if cap.dose_report:
+        from .dicom_rdsr import write_rdsr
+
+        write_rdsr(out_dir / "dose_sr.dcm", cap.dose_report, identity=ident,
+                   firmware=str(cap.board.get("firmware", "")), device_serial=str(cap.board.get("serial") or ""))
     return summary

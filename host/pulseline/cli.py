@@ -5,8 +5,10 @@ pyserial URL, or a simulated board ("sim", "sim:NAME")."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,20 +18,61 @@ import numpy as np
 from . import __version__
 from .protocol import PIXEL_FORMATS, wire
 
-EXAMPLES = """examples:
+EXAMPLES = {
+    "sim": """examples:
   pulseline sim --detach                       start a simulated board in the background
-  pulseline ports                              serial ports and simulated boards
-  pulseline flash --port sim --dry-run          what would change on the board
-  pulseline flash --port /dev/ttyACM0
-  pulseline info --port sim
-  pulseline exam --port sim                    dose report of the current exam; --new starts one
-  pulseline capture --port sim --frames 16 -o exam
-  pulseline capture --port /dev/ttyACM0 --frames 30 --kv 70 --pps 15 -o exam
+  pulseline sim --detach --link usb-hs --faults corrupt=1e-5,drop=0.001 --seed 7
+  pulseline sim list
   pulseline sim press; pulseline sim release   the simulated exposure switch
+  pulseline sim set door_closed false          any plant input (door_closed, key_on, water_cm, ...)
   pulseline sim stop --all
-  pulseline version
+""",
+    "ports": """examples:
+  pulseline ports
+  pulseline ports --json
+""",
+    "flash": """examples:
+  pulseline flash --port sim --dry-run         what would change on the board
+  pulseline flash --port /dev/ttyACM0          compile, copy what differs, verify, restart
+  pulseline flash --port socket://127.0.0.1:7301 --json
+""",
+    "info": """examples:
+  pulseline info --port sim
+  pulseline info --port /dev/ttyACM0 --json
+""",
+    "exam": """examples:
+  pulseline exam --port sim                    dose report of the current exam
+  pulseline exam --port sim --new              start a new exam (cumulative values back to 0)
+""",
+    "calibrate": """examples:
+  pulseline calibrate --port sim               dark and open-field frames, maps, stored per detector
+  pulseline calibrate --port /dev/ttyACM0 --dark 32 --flat 64 --kv 70
+""",
+    "capture": """examples:
+  pulseline capture --port sim -o exam                       16 frames at the board's technique
+  pulseline capture --port sim --preset fluoro-low -o exam   a named protocol (pulseline presets)
+  pulseline capture --port sim --kv 70 --ma 10 --pps 15 --duration 5 -o exam
+  pulseline capture --port sim --water-cm 30 --abc --filter 0.25 -o exam
+  pulseline capture --port /dev/ttyACM0 --patient-name DOE^JANE --patient-id 1234 -o exam \\
+      --send pacs.example.org:104 --called-ae PACS
+""",
+    "presets": """examples:
+  pulseline presets
+  pulseline presets --presets my-presets.json --json
+""",
+    "monitor": """examples:
+  pulseline monitor --port sim                 state, events, alarms and logs until Ctrl-C
+  pulseline monitor --port sim --duration 30 --no-dose --json
+""",
+    "version": """examples:
+  pulseline version --json
+""",
+    "decode": """examples:
   pulseline decode stream.bin --pixels 256 --lines 256 --format mono12p -o frames.npy
-"""
+""",
+}
+ALL_EXAMPLES = "examples:\n" + "".join(
+    line + "\n" for text in EXAMPLES.values() for line in text.splitlines()[1:])
 
 
 class CliError(Exception):
@@ -269,7 +312,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         status = s.status()
         info = {"port": args.port, "firmware": s.board.get("firmware"), "protocol": s.board.get("protocol"),
-                "board": s.board.get("board"), "state": status["state"], "block": status["block"],
+                "firmware_hash": s.board.get("firmware_hash"), "board": s.board.get("board"),
+                "serial": s.board.get("serial"), "detector_serial": s.board.get("detector_serial"),
+                "state": status["state"], "block": status["block"],
                 "exam": status["exam"], "kerma_mgy": status["kerma_mgy"], "fluoro_min": status["fluoro_min"],
                 "config": s.config}
     finally:
@@ -278,8 +323,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(json.dumps(info))
     else:
         c = info["config"]
-        print(f"{args.port}: pulseline firmware {info['firmware']} (protocol {info['protocol']}) on a "
-              f"{info['board']} board")
+        print(f"{args.port}: pulseline firmware {info['firmware']} (protocol {info['protocol']}, "
+              f"{str(info['firmware_hash'])[:16]}) on a {info['board']} board, serial {info['serial']}, "
+              f"detector {info['detector_serial']}")
         print(f"  state {info['state']} ({info['block']}), exam {info['exam']}: {info['kerma_mgy']:.3f} mGy, "
               f"{info['fluoro_min']:.1f} min")
         print(f"  technique {c['kv']:g} kV {c['ma']:g} mA {c['pulse_width_ms']:g} ms at {c['pulses_per_s']:g} pps;"
@@ -298,17 +344,102 @@ def _check_writable(out: Path) -> None:
         raise CliError(f"cannot write to {out}: {exc.strerror or exc}") from None
 
 
+def _identity(args: argparse.Namespace) -> Any:
+    from .dicom_rf import Identity
+
+    if args.series_number is not None and not 1 <= args.series_number <= 99999:
+        raise CliError("--series-number must be 1..99999")
+    if args.study_uid and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", args.study_uid or ""):
+        raise CliError(f"--study-uid {args.study_uid!r} is not a DICOM UID (digits and dots)")
+    fields = {"patient_name": args.patient_name, "patient_id": args.patient_id, "study_id": args.study_id,
+              "accession_number": args.accession, "study_uid": args.study_uid, "series_number": args.series_number,
+              "institution": args.institution, "study_description": args.study_description,
+              "series_description": args.series_description}
+    for k, v in fields.items():
+        if isinstance(v, str) and ("\\" in v or any(ord(c) < 32 for c in v)):
+            raise CliError(f"--{k.replace('_', '-')} must not hold backslashes or control characters")
+    return Identity(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _capture_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any], float | None, float | None]:
+    """(preset, settings, filter_alpha, water_cm) from the preset and the options (options win)."""
+    from .presets import PresetError, get
+
+    preset = None
+    settings: dict[str, Any] = {}
+    filter_alpha = water = None
+    if args.preset:
+        try:
+            preset = get(args.preset, args.presets)
+        except PresetError as exc:
+            raise CliError(str(exc)) from None
+        settings = preset.settings()
+        filter_alpha, water = preset.filter_alpha, preset.water_cm
+    settings.update({k: v for k, v in (("kv", args.kv), ("ma", args.ma), ("pulses_per_s", args.pps),
+                                       ("pulse_width_ms", args.width), ("abc_enabled", args.abc)) if v is not None})
+    if args.kv is not None or args.ma is not None:
+        settings.setdefault("abc_enabled", False)  # a technique given by hand is a manual technique
+        if args.abc is None:
+            settings["abc_enabled"] = False
+    if args.filter is not None:
+        if not 0 <= args.filter <= 1:
+            raise CliError(f"--filter must be within 0..1 (0: off), got {args.filter:g}")
+        filter_alpha = args.filter
+    if filter_alpha is not None:
+        settings["filter_alpha"] = filter_alpha
+    if args.water_cm is not None:
+        water = args.water_cm
+    return preset, settings, filter_alpha, water
+
+
+def _frame_count(args: argparse.Namespace, preset: Any, pps: float) -> int:
+    if args.frames is not None and args.duration is not None:
+        raise CliError("give --frames or --duration, not both")
+    if args.frames is not None:
+        if args.frames < 1:
+            raise CliError("--frames must be at least 1")
+        return int(args.frames)
+    if args.duration is not None:
+        if not args.duration > 0:
+            raise CliError("--duration must be more than 0 s")
+        return max(1, round(float(args.duration) * pps))
+    if preset is not None and preset.duration_s is not None and preset.frames is None:
+        return max(1, round(float(preset.duration_s) * pps))
+    if preset is not None and preset.frames is not None:
+        return int(preset.frames)
+    return 16
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from . import calibration, display
     from .capture import capture, save
     from .session import SessionError
     from .sim import board as simboard
 
-    if args.frames < 1:
-        raise CliError("--frames must be at least 1")
-    settings = {k: v for k, v in (("kv", args.kv), ("ma", args.ma), ("pulses_per_s", args.pps),
-                                  ("pulse_width_ms", args.width), ("abc_enabled", args.abc)) if v is not None}
+    preset, settings, _, water = _capture_plan(args)
+    identity = _identity(args)
+    destination = None
+    if args.send:
+        from .pacs import parse_destination
+
+        try:
+            destination = parse_destination(args.send)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    err = Console(stderr=True, highlight=False)
+    warnings: list[str] = []
+
+    def warn(text: str) -> None:
+        warnings.append(text)
+        print(f"pulseline: warning: {text}", file=sys.stderr, flush=True)
+
     s = _session(args.port)
     press = release = None
+    sim = _sim_of_port(args.port)
+    scene_before: dict[str, Any] = {}
+    ctl = None
     try:
         _check_writable(args.output)  # before any X-rays: a capture must have somewhere to go
         if settings:
@@ -316,55 +447,192 @@ def cmd_capture(args: argparse.Namespace) -> int:
                 s.configure(**settings)
             except SessionError as exc:
                 raise CliError(str(exc)) from None
-        sim = _sim_of_port(args.port)
+        frames = _frame_count(args, preset, float(s.config["pulses_per_s"]))
+        cal_info = None
+        if not args.no_calibration:
+            try:
+                cal, why = calibration.for_session(s)
+            except calibration.CalibrationError as exc:
+                cal, why = None, str(exc)
+            if why:
+                warn(why)
+            if cal is not None:
+                s.set_corrections(**cal.corrections(), filter_alpha=s.config.get("filter_alpha") or None)
+                cal_info = cal.describe()
         if sim is not None:
             ctl = simboard.SimControl(sim)
             press, release = ctl.press, ctl.release
+            if water is not None:
+                scene_before = {"water_cm": ctl.status().get("water_cm")}
+                ctl.set_input("water_cm", float(water))
+        elif args.water_cm is not None:
+            raise CliError("--water-cm sets the phantom of a simulated board; this port is not one")
+        elif not args.json:
+            print("press and hold the exposure switch", flush=True)
+        if args.json:
+            cap = capture(s, frames, press=press, release=release)
         else:
-            if not args.json:
-                print("press and hold the exposure switch", flush=True)
-
-        def progress(f: Any) -> None:
-            if not args.json:
-                t = f.trailer
-                dose = f"{t.air_kerma_ugy:7.2f} uGy" if t is not None else "   (no trailer)"
-                print(f"\rframe {f.frame_id:4}  {dose}  lines lost {f.lines_lost}", end="", flush=True)
-
-        cap = capture(s, args.frames, press=press, release=release, progress=progress)
+            with display.CaptureProgress(s, frames, err) as bar:
+                cap = capture(s, frames, press=press, release=release, progress=bar.frame)
     finally:
         s.close()
-    if not args.json and cap.frames:
-        print()
+        if ctl is not None and scene_before.get("water_cm") is not None:
+            with contextlib.suppress(OSError, ValueError):
+                ctl.set_input("water_cm", float(scene_before["water_cm"]))
+    cap.calibration = cal_info
+    cap.preset = preset.name if preset is not None else None
+    cap.warnings = warnings
     try:
-        summary = save(cap, args.output, args.port)
+        summary = save(cap, args.output, args.port, identity)
     except OSError as exc:
-        # Disk full or the like: the frames are still here; keep them as raw
-        # arrays in the working directory rather than lose them.
-        where = ""
-        if cap.frames:
-            rescue = Path(f"pulseline-rescue-{os.getpid()}.npy")
-            try:
-                np.save(rescue, np.stack([f.pixels for f in cap.frames]))
-                where = f"; the {len(cap.frames)} frames are in {rescue}"
-            except OSError:
-                where = f"; the {len(cap.frames)} frames could not be saved anywhere"
-        raise CliError(f"cannot write the exam to {args.output}: {exc.strerror or exc}{where}") from None
+        raise CliError(f"cannot write the exam to {args.output}: {exc.strerror or exc}{_rescue(cap)}") from None
+    failed = cap.error
+    if destination is not None:
+        summary["pacs"] = _send(args, summary, destination)
+        (args.output / "summary.json").write_text(json.dumps(summary, indent=1))
+        failed = failed or summary["pacs"].get("error")
     if args.json:
         print(json.dumps(summary))
     else:
-        d = cap.dose_report
-        if cap.frames:
-            print(f"{summary['frames']} frames ({summary['frames_complete']} complete, {summary['lines_lost']} lines "
-                  f"lost) written to {args.output / 'frames.tif'}")
-        else:
+        out = Console(highlight=False)
+        if cap.frames and (args.preview or (err.is_terminal and args.preview is None)):
+            if args.preview:
+                err = Console(stderr=True, highlight=False, force_terminal=True)
+            err.print(display.image_text(cap.frames[-1].pixels, title=f"LAST IMAGE HOLD  frame "
+                                         f"{cap.frames[-1].frame_id}  ({args.output / 'last.png'})"))
+        if not cap.frames:
             print("no frames captured")
-        if d:
-            print(f"dose: {d['kerma_mgy']:.3f} mGy air kerma at the reference point, {d['kap_gy_cm2']:.4f} Gy cm2, "
-                  f"{d['pulses']} pulses, fluoroscopy {d['fluoro_min']:.1f} min (exam {d['exam']})")
-        print(f"summary: {args.output / 'summary.json'}")
+        out.print(display.summary_table(summary))
+        print(f"exam written to {args.output}/")
     if cap.error:
         print(f"pulseline: error: {cap.error} (the {len(cap.frames)} frames received are saved)", file=sys.stderr)
         return 1
+    if failed:
+        print(f"pulseline: error: {failed} (the exam is saved in {args.output})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _rescue(cap: Any) -> str:
+    """Disk full or the like: the frames are still in memory. Keep them as
+    one raw array where there is room (the working directory, else the
+    temporary directory) rather than lose them; say where."""
+    import tempfile
+
+    if not cap.frames:
+        return ""
+    for where in (Path.cwd(), Path(tempfile.gettempdir())):
+        rescue = where / f"pulseline-rescue-{os.getpid()}.npy"
+        try:
+            np.save(rescue, np.stack([f.pixels for f in cap.frames]))
+            return f"; the {len(cap.frames)} frames are in {rescue}"
+        except OSError:
+            with contextlib.suppress(OSError):
+                rescue.unlink()
+    return f"; the {len(cap.frames)} frames could not be saved anywhere"
+
+
+def _send(args: argparse.Namespace, summary: dict[str, Any], destination: tuple[str, int]) -> dict[str, Any]:
+    from .pacs import PacsError, send
+
+    host, port = destination
+    files = [args.output / summary["files"][k] for k in ("dicom_rf", "dose_sr") if summary["files"].get(k)]
+    result: dict[str, Any] = {"destination": f"{host}:{port}", "called_ae": args.called_ae,
+                              "calling_ae": args.calling_ae, "files": len(files), "stored": 0}
+    try:
+        done = send(files, host, port, called_ae=args.called_ae, calling_ae=args.calling_ae)
+        result["stored"] = sum(r.ok for r in done)
+    except PacsError as exc:
+        result["stored"] = sum(r.ok for r in (exc.results or []))
+        result["error"] = f"PACS: {exc}"
+    return result
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from . import calibration
+    from .capture import capture
+    from .session import SessionError
+    from .sim import board as simboard
+
+    if args.dark < 2 or args.flat < 2:
+        raise CliError("--dark and --flat need at least 2 frames each")
+    s = _session(args.port)
+    sim = _sim_of_port(args.port)
+    ctl = simboard.SimControl(sim) if sim is not None else None
+    def log(text: str) -> None:
+        if not args.json:
+            print(text, flush=True)
+
+    scene: dict[str, Any] = {}
+    try:
+        if ctl is not None:
+            st = ctl.status()
+            scene = {"water_cm": st.get("water_cm"), "structures": st.get("structures")}
+        else:
+            log("take everything out of the beam (open field); press and hold the exposure switch when asked")
+
+        def expose(n: int) -> list[Any]:
+            if ctl is not None:
+                ctl.set_input("water_cm", 0.0)  # the simulated open field
+                ctl.set_input("structures", False)
+            else:
+                log(f"press and hold the exposure switch for {n} frames")
+            cap = capture(s, n, press=ctl.press if ctl else None, release=ctl.release if ctl else None)
+            if cap.error:
+                raise calibration.CalibrationError(f"flat frames: {cap.error}")
+            return cap.frames
+
+        try:
+            cal = calibration.calibrate(s, dark_count=args.dark, flat_count=args.flat, kv=args.kv,
+                                        pulse_width_ms=args.width, expose=expose, log=log)
+        except (calibration.CalibrationError, SessionError) as exc:
+            raise CliError(str(exc)) from None
+    finally:
+        s.close()
+        if ctl is not None and scene.get("water_cm") is not None:
+            with contextlib.suppress(OSError, ValueError):
+                ctl.set_input("water_cm", float(scene["water_cm"]))
+                ctl.set_input("structures", bool(scene["structures"]))
+    try:
+        path = cal.save(args.dir)
+    except OSError as exc:
+        raise CliError(f"cannot store the calibration in {args.dir or calibration.calibration_dir()}: "
+                       f"{exc.strerror or exc}") from None
+    out = {**cal.meta(), "file": str(path)}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    st = cal.stats
+    d = st["defective"]
+    t = cal.technique
+    print(f"calibrated detector {cal.detector_serial} at {cal.pixels_per_line} x {cal.lines_per_frame}: "
+          f"{cal.dark_frames} dark frames, {cal.flat_frames} flat frames at {t['kv']:g} kV {t['ma']:g} mA "
+          f"{t['pulse_width_ms']:g} ms")
+    print(f"  offset {st['dark_median_adu']:.1f} ADU (median), flat signal {st['flat_signal_median_adu']:.0f} ADU, "
+          f"gain spread {st['gain_robust_sigma'] * 100:.1f} % (robust sigma)")
+    print(f"  {d['total']} defective pixels (by gain {d['gain']}, by offset {d['offset']}, by noise {d['noise']})")
+    print(f"  saved to {path}; captures on this detector now apply it")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from .presets import PresetError, load
+
+    try:
+        presets = load(args.presets)
+    except PresetError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps({name: p.as_dict() for name, p in presets.items()}))
+        return 0
+    for name, p in sorted(presets.items()):
+        n = p.frame_count()
+        how = f"{n} frames" if n else "16 frames"
+        tech = "brightness control" if p.abc else f"{p.kv:g} kV {p.ma:g} mA"
+        print(f"{name:15} {p.pulses_per_s:g} pps {p.pulse_width_ms:g} ms, {tech}, "
+              f"filter {p.filter_alpha if p.filter_alpha else 'off'}, {how}"
+              + (f", phantom {p.water_cm:g} cm (sim)" if p.water_cm is not None else ""))
+        print(f"{'':15} {p.description}")
     return 0
 
 
@@ -396,75 +664,123 @@ def cmd_flash(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
+
+
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pulseline", description=__doc__, epilog=EXAMPLES,
+    parser = argparse.ArgumentParser(prog="pulseline", description=__doc__, epilog=ALL_EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("version", help="versions of the host, its protocol and its CRC backend")
-    p.add_argument("--json", action="store_true")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("version", "versions of the host, its protocol and its CRC backend")
+    _json_arg(p)
     p.set_defaults(func=cmd_version)
-    p = sub.add_parser("decode", help="assemble frames from a recorded board->host byte stream",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("decode", "assemble frames from a recorded board->host byte stream")
     p.add_argument("stream", type=Path)
     p.add_argument("--pixels", type=int, default=256, help="pixels per line (default 256)")
     p.add_argument("--lines", type=int, default=256, help="lines per frame (default 256)")
     p.add_argument("--format", choices=sorted(PIXEL_FORMATS), default="mono12p")
     p.add_argument("--in-flight", type=int, default=4, help="frames assembled at once (default 4)")
     p.add_argument("-o", "--output", type=Path, help="write the frames as one .npy stack")
-    p.add_argument("--json", action="store_true")
+    _json_arg(p)
     p.set_defaults(func=cmd_decode)
 
-    p = sub.add_parser("sim", help="start, list, stop or drive simulated boards", epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command("sim", "start, list, stop or drive simulated boards")
     p.add_argument("action", nargs="?", default="start", choices=["start", "stop", "list", "press", "release", "set"])
     p.add_argument("values", nargs="*", help="for set: an input (switch, door_closed, key_on, generator_ready, "
-                   "hlc_switch, water_cm, ...) and its value")
+                   "hlc_switch, water_cm, structures, ...) and its value")
     p.add_argument("--name", help="board name (default: the next free ttyACM<n>; for other actions: the first)")
     p.add_argument("--fs", type=Path, help="the board's filesystem directory (default .pulseline/<name>.fs)")
     p.add_argument("--link", default="usb-fs", help="usb-fs, usb-hs or uart:BAUD (default usb-fs)")
     p.add_argument("--faults", default="", help="seeded link faults, e.g. corrupt=1e-5,drop=0.01,disconnect=30")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the plant's seed: detector maps, noise, serial numbers")
     p.add_argument("--timeline", type=Path, help="plant timeline (JSON) to load")
     p.add_argument("--water-cm", type=float, help="phantom: water slab thickness, cm (default 20)")
     p.add_argument("--detach", action="store_true", help="run in the background and return")
     p.add_argument("--all", action="store_true", help="stop: every running simulated board")
-    p.add_argument("--json", action="store_true")
+    _json_arg(p)
     p.set_defaults(func=cmd_sim)
 
-    p = sub.add_parser("ports", help="serial ports (with USB ids) and running simulated boards")
-    p.add_argument("--json", action="store_true")
+    p = command("ports", "serial ports (with USB ids) and running simulated boards")
+    _json_arg(p)
     p.set_defaults(func=cmd_ports)
 
-    p = sub.add_parser("flash", help="compile, copy what differs, verify by hash, restart, handshake",
-                       epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
+    p = command("flash", "compile, copy what differs, verify by hash, restart, handshake")
+    _port_arg(p)
     p.add_argument("--dry-run", action="store_true", help="show the bundle and what would change")
-    p.add_argument("--json", action="store_true")
+    _json_arg(p)
     p.set_defaults(func=cmd_flash)
 
-    p = sub.add_parser("exam", help="the dose report of the current exam (from the board's journal); --new starts one")
-    p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
+    p = command("exam", "the dose report of the current exam (from the board's journal); --new starts one")
+    _port_arg(p)
     p.add_argument("--new", action="store_true", help="start a new exam (resets the cumulative values)")
-    p.add_argument("--json", action="store_true")
+    _json_arg(p)
     p.set_defaults(func=cmd_exam)
 
-    p = sub.add_parser("info", help="firmware, state and configuration of a board")
-    p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
-    p.add_argument("--json", action="store_true")
+    p = command("info", "firmware, serials, state and configuration of a board")
+    _port_arg(p)
+    _json_arg(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("capture", help="expose and save frames (TIFF stack + JSON summary)", epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("-o", "--output", type=Path, required=True, help="output directory")
-    p.add_argument("--kv", type=float)
-    p.add_argument("--ma", type=float)
-    p.add_argument("--pps", type=float, help="pulses per second: 3.75, 7.5, 15 or 30")
-    p.add_argument("--width", type=float, help="pulse width, ms")
-    p.add_argument("--abc", action=argparse.BooleanOptionalAction, default=None, help="brightness control")
-    p.add_argument("--json", action="store_true")
+    p = command("calibrate", "dark and flat frames -> offset, gain and defective-pixel maps for the detector")
+    _port_arg(p)
+    p.add_argument("--dark", type=int, default=16, help="dark frames (beam off), default 16")
+    p.add_argument("--flat", type=int, default=32, help="flat frames (open field), default 32")
+    p.add_argument("--kv", type=float, default=60.0, help="flat-field kV (default 60; mA is chosen for half range)")
+    p.add_argument("--width", type=float, help="flat-field pulse width, ms (default the shortest, 2)")
+    p.add_argument("--dir", type=Path, help="where calibrations are kept (default $PULSELINE_CALIBRATION_DIR "
+                   "or ~/.local/share/pulseline/calibration)")
+    _json_arg(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = command("capture", "expose and save an exam: DICOM RF + dose SR, TIFF stack, PNG, JSON summary")
+    _port_arg(p)
+    p.add_argument("-o", "--output", type=Path, required=True, help="output directory (one per capture)")
+    g = p.add_argument_group("technique (options win over the preset)")
+    g.add_argument("--preset", help="a named protocol (see: pulseline presets)")
+    g.add_argument("--presets", type=Path, help="a JSON file of more presets (or $PULSELINE_PRESETS)")
+    g.add_argument("--frames", type=int, help="frames to capture (default: the preset's, else 16)")
+    g.add_argument("--duration", type=float, help="seconds of exposure instead of --frames")
+    g.add_argument("--kv", type=float, help="tube voltage, kV (60..120): a manual technique")
+    g.add_argument("--ma", type=float, help="tube current, mA (1..80)")
+    g.add_argument("--pps", type=float, help="pulses per second: 3.75, 7.5, 15 or 30")
+    g.add_argument("--width", type=float, help="pulse width, ms (2..20, at most half the period)")
+    g.add_argument("--abc", action=argparse.BooleanOptionalAction, default=None, help="brightness control")
+    g.add_argument("--filter", type=float, help="recursive noise filter alpha (0..1; 0 off)")
+    g.add_argument("--water-cm", type=float, help="simulated board: the phantom's water thickness, cm")
+    g.add_argument("--no-calibration", action="store_true", help="save raw frames even if a calibration exists")
+    g = p.add_argument_group("exam identity (anonymous by default)")
+    g.add_argument("--patient-name", help="DICOM person name, e.g. DOE^JANE")
+    g.add_argument("--patient-id")
+    g.add_argument("--study-id")
+    g.add_argument("--study-uid", help="add to an existing study (default: a new one)")
+    g.add_argument("--accession")
+    g.add_argument("--series-number", type=int)
+    g.add_argument("--study-description")
+    g.add_argument("--series-description")
+    g.add_argument("--institution")
+    g = p.add_argument_group("PACS")
+    g.add_argument("--send", metavar="HOST:PORT", help="store the exam on a PACS (DICOM C-STORE)")
+    g.add_argument("--called-ae", default="ANY-SCP", help="the PACS's AE title (default ANY-SCP)")
+    g.add_argument("--calling-ae", default="PULSELINE", help="our AE title (default PULSELINE)")
+    p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
+                   help="show the last image in the terminal (default: when it is a terminal)")
+    _json_arg(p)
     p.set_defaults(func=cmd_capture)
+
+    p = command("presets", "the named protocol presets capture knows")
+    p.add_argument("--presets", type=Path, help="a JSON file of more presets (or $PULSELINE_PRESETS)")
+    _json_arg(p)
+    p.set_defaults(func=cmd_presets)
     return parser
 
 

@@ -1,7 +1,8 @@
 """`make demo`: the main job end to end, on a simulated board.
 
 Starts a simulated board, deploys the firmware to it with mpremote (as one
-would to a Pico), resets it, captures a short exam of the default phantom,
+would to a Pico), resets it, calibrates the detector (dark and open-field frames), captures
+a short exam of the default phantom with the calibration applied,
 writes the files, says where they are and what they hold, and stops the
 board. Every step is a command a user could type; each is printed first.
 """
@@ -9,6 +10,7 @@ board. Every step is a command a user could type; each is printed first.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -42,6 +44,8 @@ def main() -> int:
         import shutil
 
         shutil.rmtree(fs)  # a fresh board: nothing on its filesystem
+    # The demo's calibrations stay with the demo, not in the user's data directory.
+    os.environ.setdefault("PULSELINE_CALIBRATION_DIR", str(Path(".pulseline") / "calibration"))
     desc = json.loads(run([pulseline, "sim", "--detach", "--name", NAME, "--json"]))
     try:
         pty = desc["pty"]
@@ -50,14 +54,16 @@ def main() -> int:
         run([mpremote, "connect", pty, "reset"])
         time.sleep(0.5)  # the board boots: boot.py, then main.py
         run([pulseline, "info", "--port", f"sim:{NAME}"])
+        run([pulseline, "calibrate", "--port", f"sim:{NAME}"])
+        run([pulseline, "exam", "--port", f"sim:{NAME}", "--new"])  # the patient's exam starts here
         run([pulseline, "capture", "--port", f"sim:{NAME}", "--frames", "16", "-o", str(EXAM)])
     finally:
         run([pulseline, "sim", "stop", "--name", NAME])
     summary = json.loads((EXAM / "summary.json").read_text())
     print(f"\nThe exam is in {EXAM.resolve()}:")
     print(f"  frames.tif    {summary['frames']} frames, {summary['detector']['pixels_per_line']} x "
-          f"{summary['detector']['lines_per_frame']} pixels, 16-bit, technique and dose of each frame in its "
-          "page description (tifffile, ImageJ/Fiji)")
+          f"{summary['detector']['lines_per_frame']} pixels, corrected (float), an ImageJ stack: technique and "
+          "dose of each frame in its slice label and properties (ImageJ/Fiji, tifffile)")
     print("  rf.dcm        the same frames as a DICOM X-Ray Radiofluoroscopic image (frame time, kV, mA, "
           "pulse width, PULSED, area dose product)")
     print("  dose_sr.dcm   the X-Ray Radiation Dose SR: one irradiation event per press, and the exam's totals")

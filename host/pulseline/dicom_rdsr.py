@@ -14,7 +14,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
 
 from . import __version__
-from .dicom_rf import Identity, new_dataset
+from .dicom_rf import MANUFACTURER, Identity, new_dataset
 
 RDSR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.88.67")
 
@@ -94,6 +94,12 @@ def _uid_item(rel: str, name: Dataset, uid: str) -> Dataset:
     return d
 
 
+def _text_item(rel: str, name: Dataset, text: str) -> Dataset:
+    d = _item(rel, "TEXT", name)
+    d.TextValue = text
+    return d
+
+
 def _datetime_item(rel: str, name: Dataset, when: dt.datetime) -> Dataset:
     d = _item(rel, "DATETIME", name)
     d.DateTime = when.strftime("%Y%m%d%H%M%S")
@@ -101,14 +107,15 @@ def _datetime_item(rel: str, name: Dataset, when: dt.datetime) -> Dataset:
 
 
 def write_rdsr(path: Path, report: dict[str, Any], *, identity: Identity, firmware: str,
-               when: dt.datetime | None = None) -> FileDataset:
+               when: dt.datetime | None = None, device_serial: str = "") -> FileDataset:
     """The dose SR of an exam; `report` is the board's dose_report."""
     when = when or dt.datetime.now()
     events = [e for e in report.get("events", []) if e.get("pulses", 0) > 0]
-    ds = new_dataset(path, RDSR_STORAGE, identity, when, modality="SR", series_number=identity.series_number + 100)
+    ds = new_dataset(path, RDSR_STORAGE, identity, when, modality="SR", series_number=identity.series_number + 100,
+                     device_serial=device_serial or "UNKNOWN")
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     ds.ReferencedPerformedProcedureStepSequence = Sequence([])
-    ds.DeviceSerialNumber = "SIM-0001"
+    serial = device_serial or "UNKNOWN"
     ds.SoftwareVersions = [f"host {__version__}", f"firmware {firmware}"]
     ds.InstanceNumber = 1
     ds.CompletionFlag = "COMPLETE"
@@ -147,7 +154,12 @@ def write_rdsr(path: Path, report: dict[str, Any], *, identity: Identity, firmwa
         _code_item("HAS CONCEPT MOD", _code("121058", "DCM", "Procedure reported"),
                    _code("113704", "DCM", "Projection X-Ray")),
         _code_item("HAS OBS CONTEXT", _code("121005", "DCM", "Observer Type"), _code("121007", "DCM", "Device")),
-        _uid_item("HAS OBS CONTEXT", _code("121012", "DCM", "Device Observer UID"), generate_uid()),
+        # One device, one observer UID: derived from its serial number.
+        _uid_item("HAS OBS CONTEXT", _code("121012", "DCM", "Device Observer UID"),
+                  generate_uid(entropy_srcs=["pulseline device", serial])),
+        _text_item("HAS OBS CONTEXT", _code("121014", "DCM", "Device Observer Manufacturer"), MANUFACTURER),
+        _text_item("HAS OBS CONTEXT", _code("121015", "DCM", "Device Observer Model Name"), "pulseline"),
+        _text_item("HAS OBS CONTEXT", _code("121016", "DCM", "Device Observer Serial Number"), serial),
         _datetime_item("HAS OBS CONTEXT", _code("113809", "DCM", "Start of X-Ray Irradiation"), when),
         _datetime_item("HAS OBS CONTEXT", _code("113810", "DCM", "End of X-Ray Irradiation"), when),
         scope,

@@ -21,6 +21,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian,
 from . import __version__
 
 RF_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.12.2")
+MANUFACTURER = "pulseline (development kit, not a medical device)"
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Identity:
     study_uid: str = ""
     series_number: int = 1
     institution: str = ""
+    study_description: str = ""
+    series_description: str = ""
 
     def __post_init__(self) -> None:
         if not self.study_uid:
@@ -41,7 +44,7 @@ class Identity:
 
 
 def new_dataset(path: Path, sop_class: UID, identity: Identity, when: dt.datetime, *, modality: str,
-                series_number: int) -> FileDataset:
+                series_number: int, device_serial: str = "") -> FileDataset:
     """A new instance with its file meta, and the Patient, General Study,
     General Series and General Equipment modules every exam file shares."""
     meta = FileMetaDataset()
@@ -67,8 +70,14 @@ def new_dataset(path: Path, sop_class: UID, identity: Identity, when: dt.datetim
     ds.Modality = modality
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = series_number
-    ds.Manufacturer = "pulseline (development kit, not a medical device)"
+    ds.Manufacturer = MANUFACTURER
     ds.ManufacturerModelName = "pulseline"
+    if device_serial:
+        ds.DeviceSerialNumber = device_serial
+    if identity.study_description:
+        ds.StudyDescription = identity.study_description
+    if identity.series_description:
+        ds.SeriesDescription = identity.series_description
     if identity.institution:
         ds.InstitutionName = identity.institution
     return ds
@@ -76,12 +85,13 @@ def new_dataset(path: Path, sop_class: UID, identity: Identity, when: dt.datetim
 
 def write_rf(path: Path, pixels: npt.NDArray[np.uint16], *, bits_stored: int, pulses_per_s: float, kv: float,
              ma: float, pulse_width_ms: float, kap_dgy_cm2: float, firmware: str, identity: Identity,
-             when: dt.datetime | None = None) -> FileDataset:
+             when: dt.datetime | None = None, device_serial: str = "") -> FileDataset:
     """Write one multi-frame RF image; pixels are (frames, rows, columns)."""
     if pixels.ndim != 3 or pixels.shape[0] < 1:
         raise ValueError("an RF image needs at least one frame of (rows, columns)")
     when = when or dt.datetime.now()
-    ds = new_dataset(path, RF_IMAGE_STORAGE, identity, when, modality="RF", series_number=identity.series_number)
+    ds = new_dataset(path, RF_IMAGE_STORAGE, identity, when, modality="RF", series_number=identity.series_number,
+                     device_serial=device_serial)
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     ds.SeriesDate, ds.SeriesTime = date, time
     ds.Laterality = ""  # 2C: unknown (a phantom has no side)
