@@ -39,9 +39,13 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def one_line_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """A non-zero exit, and on stderr exactly one error line, the last one;
+    anything before it is a warning line."""
     assert res.returncode != 0, res.stdout
-    err = res.stderr.strip()
-    assert "\n" not in err and err.startswith("pulseline: error:"), res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("pulseline: error:"), res.stderr
+    assert all(line.startswith("pulseline: warning:") for line in lines[:-1]), res.stderr
+    err = lines[-1]
     for n in needles:
         assert n in err, err
 
@@ -52,9 +56,11 @@ def boards(tmp_path_factory):
     deploy(tmp / "good")
     deploy(tmp / "old", protocol=2)
     (tmp / "bare").mkdir()  # MicroPython, but no pulseline firmware
-    with SimBoard(tmp / "good", state_dir=tmp / "st") as good, \
-            SimBoard(tmp / "old", state_dir=tmp / "st") as old, \
-            SimBoard(tmp / "bare", state_dir=tmp / "st") as bare:
+    # State where the CLI looks for simulated boards (run in tmp), so that
+    # it can press their switches.
+    with SimBoard(tmp / "good", state_dir=tmp / ".pulseline") as good, \
+            SimBoard(tmp / "old", state_dir=tmp / ".pulseline") as old, \
+            SimBoard(tmp / "bare", state_dir=tmp / ".pulseline") as bare:
         wait_for_firmware(good.pty_path, timeout_s=60)
         yield {"good": good, "old": old, "bare": bare, "tmp": tmp}
 
@@ -171,3 +177,54 @@ def test_exam_shows_the_journal_and_starts_a_new_one(tmp_path):
         assert "2 irradiation events" in text and "event   2:" in text
         fresh = json.loads(cli("exam", "--port", b.pty_path, "--new", "--json", cwd=tmp_path).stdout)
         assert fresh["exam"] == report["exam"] + 1 and fresh["pulses"] == 0 and fresh["events"] == []
+
+
+def test_unknown_preset_and_bad_presets_file(boards, tmp_path):
+    port = boards["good"].pty_path
+    one_line_error(cli("capture", "--port", port, "--preset", "cardiak", "-o", str(tmp_path / "x"), cwd=tmp_path),
+                   "unknown preset 'cardiak'", "known presets:", "cardiac")
+    bad = tmp_path / "presets.json"
+    bad.write_text('{"mine": {"pulses_per_s": 7.5, "pulse_width_ms": 8, "colour": "blue"}}')
+    one_line_error(cli("capture", "--port", port, "--presets", str(bad), "--preset", "mine", "-o",
+                       str(tmp_path / "y"), cwd=tmp_path), "unknown setting 'colour'")
+    bad.write_text("{not json")
+    one_line_error(cli("presets", "--presets", str(bad), cwd=tmp_path), "not valid JSON")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()  # refused before anything
+
+
+def test_no_pacs_answering_and_a_full_disk_keep_what_was_captured(tmp_path):
+    import json
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens once closed
+    deploy(tmp_path / "fs")
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / ".pulseline") as b:
+        wait_for_firmware(b.pty_path, timeout_s=60)
+        res = cli("capture", "--port", b.pty_path, "--frames", "2", "-o", str(tmp_path / "exam"),
+                  "--send", f"127.0.0.1:{port}", cwd=tmp_path)
+        one_line_error(res, "PACS:", "no PACS answers", "the exam is saved in")
+        summary = json.loads((tmp_path / "exam" / "summary.json").read_text())
+        assert summary["frames"] >= 2 and summary["pacs"]["stored"] == 0
+        assert (tmp_path / "exam" / "rf.dcm").exists() and (tmp_path / "exam" / "dose_sr.dcm").exists()
+        one_line_error(cli("capture", "--port", b.pty_path, "-o", str(tmp_path / "e2"), "--send", "pacs",
+                           cwd=tmp_path), "bad PACS destination")
+
+        # Disk full: the exam goes to a 64 kB filesystem (a tmpfs in a
+        # private mount namespace): the summary fits, the frames do not. One
+        # error line, and the frames are kept in the working directory.
+        import numpy as np
+
+        small = tmp_path / "small"
+        small.mkdir()
+        unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--mount"]
+        script = 'mount -t tmpfs -o size=64k tmpfs "$1" && shift && exec "$@"'
+        res = subprocess.run([*unshare, "sh", "-c", script, "sh", str(small), sys.executable, "-m", "pulseline.cli",
+                              "capture", "--port", b.pty_path, "--frames", "6", "-o", str(small / "exam")],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    one_line_error(res, f"cannot write the exam to {small / 'exam'}", "no space left on the device", "frames are in")
+    rescued = list(tmp_path.glob("pulseline-rescue-*.npy"))
+    assert len(rescued) == 1
+    frames = np.load(rescued[0])
+    assert frames.shape[0] >= 6 and frames.shape[1:] == (256, 256) and frames.any()

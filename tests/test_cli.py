@@ -64,3 +64,28 @@ def test_ports_lists_simulated_boards(tmp_path):
         sims = json.loads(res.stdout)["simulated"]
         assert {"port": "sim:ttyACM5", "device": b.pty_path, "url": b.url, "link": "usb-fs"} in sims
         assert "sim:ttyACM5" in run("ports", cwd=tmp_path).stdout
+
+
+def test_every_command_has_examples_and_json_output():
+    from pulseline.cli import EXAMPLES, build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(commands) == set(EXAMPLES)
+    for name, sub in commands.items():
+        text = sub.format_help()
+        assert "examples:" in text and f"pulseline {name}" in text, name
+        assert "--json" in text, name
+    assert "pulseline calibrate" in parser.format_help()  # the top level lists every example
+
+
+def test_presets_are_listed_and_loadable(tmp_path):
+    res = run("presets", "--json")
+    presets = json.loads(res.stdout)
+    assert {"fluoro-low", "fluoro-normal", "cardiac", "paediatric", "qa-80kv"} <= set(presets)
+    mine = tmp_path / "p.json"
+    mine.write_text(json.dumps({"fluoro-low": {"pulses_per_s": 3.75, "pulse_width_ms": 6, "duration_s": 2},
+                                "phantom-qa": {"pulses_per_s": 7.5, "pulse_width_ms": 10, "abc": False, "kv": 70,
+                                               "ma": 10, "frames": 4}}))
+    text = run("presets", "--presets", str(mine)).stdout
+    assert "phantom-qa      7.5 pps 10 ms, 70 kV 10 mA" in text and "fluoro-low      3.75 pps 6 ms" in text

@@ -332,3 +332,22 @@ def test_a_capture_saves_a_valid_dicom_rf_image(board, tmp_path):
 
     png = Image.open(tmp_path / "exam" / summary["files"]["last_image"])
     assert png.size == (256, 256) and png.mode == "L" and np.asarray(png).std() > 5
+
+
+def test_a_stalled_firmware_is_reset_once_by_the_watchdog(tmp_path):
+    import os
+    import signal
+
+    deploy(tmp_path / "fs")
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st") as b:
+        wait_for_firmware(b.pty_path, timeout_s=60)
+        assert b.proc is not None
+        os.kill(b.proc.pid, signal.SIGSTOP)  # the control loop stalls
+        time.sleep(0.4)
+        os.kill(b.proc.pid, signal.SIGCONT)
+        assert wait_for(lambda: [k for _, k in b.resets] == ["watchdog"], 10)
+        with Session(b.pty_path, answer_timeout_s=5) as s:
+            status = s.status()
+        assert status["state"] == "FAULT" and status["fault"] == 6  # FAULT_WATCHDOG_RESET, latched
+        time.sleep(1.0)
+        assert [k for _, k in b.resets] == ["watchdog"]  # once: the new firmware runs on

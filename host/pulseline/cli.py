@@ -469,7 +469,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
             raise CliError("--water-cm sets the phantom of a simulated board; this port is not one")
         elif not args.json:
             print("press and hold the exposure switch", flush=True)
-        if args.json:
+        if args.json or not err.is_terminal:  # the live display is for a person at a terminal
             cap = capture(s, frames, press=press, release=release)
         else:
             with display.CaptureProgress(s, frames, err) as bar:
@@ -485,7 +485,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     try:
         summary = save(cap, args.output, args.port, identity)
     except OSError as exc:
-        raise CliError(f"cannot write the exam to {args.output}: {exc.strerror or exc}{_rescue(cap)}") from None
+        raise CliError(f"cannot write the exam to {args.output}: {_write_failure(exc, args.output)}"
+                       f"{_rescue(cap)}") from None
     failed = cap.error
     if destination is not None:
         summary["pacs"] = _send(args, summary, destination)
@@ -511,6 +512,21 @@ def cmd_capture(args: argparse.Namespace) -> int:
         print(f"pulseline: error: {failed} (the exam is saved in {args.output})", file=sys.stderr)
         return 1
     return 0
+
+
+def _write_failure(exc: OSError, where: Path) -> str:
+    """Why a write failed, in words: a full disk is said so even when the
+    writer reports only a short write."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = None
+    if exc.errno == errno.ENOSPC or exc.errno == errno.EDQUOT or (free is not None and free < 1 << 20):
+        return "no space left on the device" + (f" ({free // 1024} kB free)" if free is not None else "")
+    return str(exc.strerror or exc)
 
 
 def _rescue(cap: Any) -> str:
@@ -612,6 +628,27 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           f"gain spread {st['gain_robust_sigma'] * 100:.1f} % (robust sigma)")
     print(f"  {d['total']} defective pixels (by gain {d['gain']}, by offset {d['offset']}, by noise {d['noise']})")
     print(f"  saved to {path}; captures on this detector now apply it")
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from .monitor import MonitorError, monitor
+
+    if args.duration is not None and not args.duration > 0:
+        raise CliError("--duration must be more than 0 s")
+    s = _session(args.port)
+
+    def write(line: str) -> None:
+        print(line, flush=True)
+
+    try:
+        monitor(s, write=write, as_json=args.json, duration_s=args.duration, dose=args.dose)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how one stops watching
+    except MonitorError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        s.close()
     return 0
 
 
@@ -776,6 +813,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show the last image in the terminal (default: when it is a terminal)")
     _json_arg(p)
     p.set_defaults(func=cmd_capture)
+
+    p = command("monitor", "state, events, alarms and firmware logs as they come (until Ctrl-C)")
+    _port_arg(p)
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--dose", action=argparse.BooleanOptionalAction, default=True,
+                   help="show the dose displays (twice a second while exposing)")
+    _json_arg(p)
+    p.set_defaults(func=cmd_monitor)
 
     p = command("presets", "the named protocol presets capture knows")
     p.add_argument("--presets", type=Path, help="a JSON file of more presets (or $PULSELINE_PRESETS)")

@@ -184,6 +184,11 @@ class Plant:
         if not self.watchdog_expired(t_us):
             self._wd = _Watchdog()
 
+    def watchdog_reset(self) -> None:
+        """The board was reset (by the watchdog or otherwise): the watchdog
+        is off, expiry cleared, until the firmware starts it again."""
+        self._wd = _Watchdog()
+
     def watchdog_feed(self, t_us: int) -> None:
         # A late feed cannot revive an expired watchdog.
         if self._wd.started and not self.watchdog_expired(t_us):

@@ -541,9 +541,12 @@ class SimBoard:
         with self.server.lock:
             expired = self.plant.watchdog_expired(self.server.now_us())
         if expired:
-            self._restart("watchdog")
+            # Clear the expiry before the new interpreter starts its own
+            # watchdog (watchdog_stop would keep an expired one: the board
+            # would be reset again and again).
             with self.server.lock:
-                self.plant.watchdog_stop(self.server.now_us())
+                self.plant.watchdog_reset()
+            self._restart("watchdog")
 
     # -- the simulated hardware, from the host ---------------------------------------
 
