@@ -210,3 +210,25 @@ def test_a_board_without_dark_readout_is_a_clear_error():
 
     with pytest.raises(CalibrationError, match="does not read dark frames"):
         calibration.dark_frames(Old(), 4)  # type: ignore[arg-type]
+
+
+@pytest.mark.micropython
+def test_the_recursive_filter_is_applied_from_the_board_setting_and_off_for_calibration(tmp_path):
+    fs = tmp_path / "fs"
+    deploy(fs)
+    with SimBoard(fs, state_dir=tmp_path / "st", seed=2) as board, Session(board.pty_path) as s:
+        s.configure(filter_alpha=0.25, pixels_per_line=64, lines_per_frame=64)
+        assert s.asm.config.filter_alpha == 0.25
+
+        def expose(n):
+            assert s.asm.config.filter_alpha == 0.0  # calibration frames are not filtered
+            return capture(s, n, press=board.press, release=board.release).frames
+
+        board.set_input("water_cm", 0.0)
+        board.set_input("structures", False)
+        cal = calibration.calibrate(s, dark_count=4, flat_count=4, expose=expose)
+        assert s.config["filter_alpha"] == 0.25 and s.asm.config.filter_alpha == 0.25  # restored
+        s.set_corrections(**cal.corrections())
+        assert s.asm.config.filter_alpha == 0.25 and s.asm.config.gain is not None
+        s.configure(filter_alpha=0.0)
+        assert s.asm.config.filter_alpha == 0.0 and s.asm.config.gain is not None  # calibration kept

@@ -296,13 +296,16 @@ def calibrate(session: Session, *, dark_count: int = 16, flat_count: int = 32, k
     if dark_count < 2 or flat_count < 2:
         raise CalibrationError("calibration needs at least 2 dark and 2 flat frames")
     board = dict(session.board)
-    saved = {k: session.config[k] for k in ("kv", "ma", "pulse_width_ms", "abc_enabled") if k in session.config}
+    saved = {k: session.config[k] for k in ("kv", "ma", "pulse_width_ms", "abc_enabled", "filter_alpha")
+             if k in session.config}
     full = full_scale_adu or (4095 if int(session.config.get("pixel_format", 2)) == 2 else 65535)
     session.set_corrections()  # calibrate from raw frames
     try:
         status = session.status()
         if status["state"] != "IDLE":
             session.disarm()
+        if session.config.get("filter_alpha"):
+            session.configure(filter_alpha=0.0)  # every frame on its own: no recursive filter
         log(f"reading {dark_count} dark frames (no X-rays)")
         darks = dark_frames(session, dark_count)
         dark_now = np.nanmean(stack(darks), axis=0).astype(np.float32)

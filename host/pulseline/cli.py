@@ -374,7 +374,7 @@ def _capture_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any], float 
         except PresetError as exc:
             raise CliError(str(exc)) from None
         settings = preset.settings()
-        filter_alpha, water = preset.filter_alpha, preset.water_cm
+        filter_alpha, water = preset.filter_alpha or 0.0, preset.water_cm  # a preset without a filter: off
     settings.update({k: v for k, v in (("kv", args.kv), ("ma", args.ma), ("pulses_per_s", args.pps),
                                        ("pulse_width_ms", args.width), ("abc_enabled", args.abc)) if v is not None})
     if args.kv is not None or args.ma is not None:
@@ -457,7 +457,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
             if why:
                 warn(why)
             if cal is not None:
-                s.set_corrections(**cal.corrections(), filter_alpha=s.config.get("filter_alpha") or None)
+                s.set_corrections(**cal.corrections())
                 cal_info = cal.describe()
         if sim is not None:
             ctl = simboard.SimControl(sim)

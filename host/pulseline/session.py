@@ -261,7 +261,7 @@ class Session:
     def _reconfigure(self, config: dict[str, Any]) -> None:
         old = self.config
         self.config = dict(config)
-        geometry = ("pixels_per_line", "lines_per_frame", "pixel_format")
+        geometry = ("pixels_per_line", "lines_per_frame", "pixel_format", "filter_alpha")
         if any(old.get(k) != config.get(k) for k in geometry):
             if old.get("pixels_per_line") != config.get("pixels_per_line") or \
                     old.get("lines_per_frame") != config.get("lines_per_frame"):
@@ -270,8 +270,12 @@ class Session:
 
     def _new_assembler(self) -> None:
         c = self.config
-        asm = FrameAssembler(int(c["pixels_per_line"]), int(c["lines_per_frame"]), int(c["pixel_format"]),
-                             **self.corrections)
+        kw = dict(self.corrections)
+        # The recursive filter is a board setting the host applies (the
+        # board only stores it with the technique).
+        if float(c.get("filter_alpha") or 0) > 0:
+            kw.setdefault("filter_alpha", float(c["filter_alpha"]))
+        asm = FrameAssembler(int(c["pixels_per_line"]), int(c["lines_per_frame"]), int(c["pixel_format"]), **kw)
         with self._asm_lock:
             self.asm = asm
 
