@@ -94,13 +94,21 @@ def test_out_of_range_technique(boards, tmp_path):
     one_line_error(res, "pulse rate must be one of 3.75, 7.5, 15, 30 pps")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def in_private_mount(mount_opts: str, where: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI with a fresh tmpfs (mount_opts) on `where`, in a private
+    mount namespace: a read-only or tiny filesystem that even root meets."""
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--mount"]
+    script = f'mount -t tmpfs -o {mount_opts} tmpfs "$1" && shift && exec "$@"'
+    return subprocess.run([*unshare, "sh", "-c", script, "sh", str(where), sys.executable, "-m", "pulseline.cli",
+                           *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
 def test_output_not_writable(boards, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
-    ro.chmod(0o500)
-    res = cli("capture", "--port", boards["good"].pty_path, "-o", str(ro / "exam"), cwd=boards["tmp"])
-    one_line_error(res, "cannot write to")
+    res = in_private_mount("ro", ro, "capture", "--port", boards["good"].pty_path, "-o", str(ro / "exam"),
+                           cwd=boards["tmp"])
+    one_line_error(res, f"cannot write to {ro / 'exam'}", "Read-only file system")
 
 
 def test_output_not_a_directory(boards, tmp_path):
@@ -177,6 +185,11 @@ def test_exam_shows_the_journal_and_starts_a_new_one(tmp_path):
         assert "2 irradiation events" in text and "event   2:" in text
         fresh = json.loads(cli("exam", "--port", b.pty_path, "--new", "--json", cwd=tmp_path).stdout)
         assert fresh["exam"] == report["exam"] + 1 and fresh["pulses"] == 0 and fresh["events"] == []
+        # The past exam, rebuilt from the journal, is the report the board gave while it was current.
+        past = json.loads(cli("exam", "--port", b.pty_path, "--exam", str(report["exam"]), "--json",
+                              cwd=tmp_path).stdout)
+        assert past == report
+        one_line_error(cli("exam", "--port", b.pty_path, "--exam", "9", cwd=tmp_path), "no exam 9")
 
 
 def test_unknown_preset_and_bad_presets_file(boards, tmp_path):
@@ -218,11 +231,8 @@ def test_no_pacs_answering_and_a_full_disk_keep_what_was_captured(tmp_path):
 
         small = tmp_path / "small"
         small.mkdir()
-        unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--mount"]
-        script = 'mount -t tmpfs -o size=64k tmpfs "$1" && shift && exec "$@"'
-        res = subprocess.run([*unshare, "sh", "-c", script, "sh", str(small), sys.executable, "-m", "pulseline.cli",
-                              "capture", "--port", b.pty_path, "--frames", "6", "-o", str(small / "exam")],
-                             capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        res = in_private_mount("size=64k", small, "capture", "--port", b.pty_path, "--frames", "6", "-o",
+                               str(small / "exam"), cwd=tmp_path)
     one_line_error(res, f"cannot write the exam to {small / 'exam'}", "no space left on the device", "frames are in")
     rescued = list(tmp_path.glob("pulseline-rescue-*.npy"))
     assert len(rescued) == 1

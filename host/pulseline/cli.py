@@ -43,6 +43,7 @@ EXAMPLES = {
     "exam": """examples:
   pulseline exam --port sim                    dose report of the current exam
   pulseline exam --port sim --new              start a new exam (cumulative values back to 0)
+  pulseline exam --port sim --exam 3           a past exam, from the board's journal
 """,
     "calibrate": """examples:
   pulseline calibrate --port sim               dark and open-field frames, maps, stored per detector
@@ -284,12 +285,19 @@ def cmd_ports(args: argparse.Namespace) -> int:
 def cmd_exam(args: argparse.Namespace) -> int:
     from .session import SessionError
 
+    from . import exams
+
+    if args.new and args.exam is not None:
+        raise CliError("give --new or --exam, not both")
     s = _session(args.port)
     try:
         if args.new:
             s.command("new_exam")
-        report = s.dose_report()
-    except SessionError as exc:
+        if args.exam is None:
+            report = s.dose_report()
+        else:
+            report = exams.report(exams.read_journal(s), args.exam)
+    except (SessionError, ValueError) as exc:
         raise CliError(str(exc)) from None
     finally:
         s.close()
@@ -757,9 +765,10 @@ def build_parser() -> argparse.ArgumentParser:
     _json_arg(p)
     p.set_defaults(func=cmd_flash)
 
-    p = command("exam", "the dose report of the current exam (from the board's journal); --new starts one")
+    p = command("exam", "the dose report of the current or a past exam (from the board's journal); --new starts one")
     _port_arg(p)
     p.add_argument("--new", action="store_true", help="start a new exam (resets the cumulative values)")
+    p.add_argument("--exam", type=int, help="the report of this exam (a past one) from the journal")
     _json_arg(p)
     p.set_defaults(func=cmd_exam)
 

@@ -1,0 +1,54 @@
+"""Exams from the board's dose journal: the report of any exam, current or
+past, built from the journal's records (the board's `dose_report` covers
+only the current one).
+
+The journal holds an `exam` record when an exam starts and `event` records
+for each irradiation event (a press may be checkpointed several times; its
+last record holds its totals, and every record carries the exam's running
+totals). The report of an exam has the same keys as `dose_report`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .session import Session
+
+PAGE = 32  # records per read_journal answer (the firmware's maximum)
+
+
+def read_journal(session: Session) -> list[dict[str, Any]]:
+    """Every record of the journal, in order."""
+    out: list[dict[str, Any]] = []
+    start = 0
+    while True:
+        page = session.command("read_journal", {"from": start, "max": PAGE})
+        records = page["records"]
+        out += [r["record"] for r in records]
+        if not records or records[-1]["seq"] + 1 >= page["next"]:
+            return out
+        start = records[-1]["seq"] + 1
+
+
+def exams_in(records: list[dict[str, Any]]) -> list[int]:
+    return sorted({int(r.get("exam", 0)) for r in records})
+
+
+def report(records: list[dict[str, Any]], exam: int) -> dict[str, Any]:
+    """The dose report of `exam` from journal records; ValueError if the
+    journal holds nothing of it."""
+    mine = [r for r in records if int(r.get("exam", 0)) == exam]
+    if not mine:
+        known = ", ".join(map(str, exams_in(records))) or "none"
+        raise ValueError(f"the journal holds no exam {exam} (exams in it: {known})")
+    events: dict[int, dict[str, Any]] = {}
+    for r in mine:
+        if r.get("kind") == "event":
+            events[int(r["event"])] = r  # the last record of an event holds its totals
+    last = next((r for r in reversed(mine) if r.get("kind") == "event"), None)
+    kerma_ugy = float(last["total_kerma_ugy"]) if last else 0.0
+    kap = float(last["total_kap_ugy_m2"]) if last else 0.0
+    fluoro_s = int(last["fluoro_s"]) if last else 0
+    tenths = fluoro_s // 6  # as the board shows it: 0.1 min, rounded down
+    return {"exam": exam, "kerma_mgy": kerma_ugy / 1000, "kap_gy_cm2": kap * 0.01, "fluoro_min": tenths / 10,
+            "fluoro_s": fluoro_s, "pulses": int(last["total_pulses"]) if last else 0,
+            "events_total": len(events), "events": [events[k] for k in sorted(events)]}
