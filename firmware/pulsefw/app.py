@@ -69,7 +69,6 @@ class Press:
         self.ma_sum = 0.0
         self.pulse_width_ms = t.pulse_width_ms
         self.pulses_per_s = t.pulses_per_s
-        self.closing = False
         self.next_checkpoint_us = now_us + CHECKPOINT_US
 
 
@@ -102,7 +101,11 @@ class App:
         self.frame_dark = False
         self.serial, self.detector_serial = hal.identity()
         self._firmware_hash = None
-        self.press = None
+        self.press = None  # the irradiation event in progress
+        # Events that have ended, until their last pulse is accounted and
+        # they are committed (a new press may already have started).
+        self.closing = []
+        self.pend_press = None  # the event the pulse in flight belongs to
         # The pulse in flight, until accounted: pulse_id, frame_id, t0, t1,
         # kv, ma, width_ms, capped, hlc; then what it delivered.
         self.pend = (0, 0, 0, 0, 0.0, 0.0, 0.0, False, False)
@@ -356,7 +359,8 @@ class App:
         elif prev == controller.EXPOSING:
             if self.press is not None:
                 self.press.end_us = now
-                self.press.closing = True
+                self.closing.append(self.press)
+                self.press = None
             self.rate_mgy_min = 0.0
             if self.hlc_tone:
                 self.hlc_tone = False
@@ -377,6 +381,7 @@ class App:
         # Keep what the trailer and the dose need (p is reused by step()).
         self.pend = (p.pulse_id, self.frame_id, now, now + width_us, p.kv, p.ma, p.pulse_width_ms, p.capped, p.hlc)
         self.pend_done = False
+        self.pend_press = self.press
         if p.hlc and not self.hlc_tone:
             self.hlc_tone = True
             self.alarm("hlc_tone", True, now)
@@ -416,7 +421,7 @@ class App:
         self.rate_mgy_min = kerma * self.ctl.technique.pulses_per_s * 0.06
         if self.account.add_pulse(kerma, kap):
             self.alarm("dose_notify", True, now, {"kerma_mgy": round(self.account.kerma_mgy(), 1)})
-        p = self.press
+        p = self.pend_press  # the event that fired it, even if another has started since
         if p is not None:
             p.pulses += 1
             p.kerma.add(kerma)
@@ -458,21 +463,19 @@ class App:
 
     def _timers(self, now):
         ctl = self.ctl
-        p = self.press
         if ctl.state == controller.EXPOSING and now >= self.next_display_us:
             self.dose_display(now)
             self.next_display_us = now + DOSE_DISPLAY_US
-        if p is None:
-            return
-        if p.closing and self.pend_done:
-            p.end_us = p.end_us if p.end_us > p.start_us else now
-            self.press = None
-            if self.commit(self._press_record(p, True), now):
-                self.tx.event(tx.EV_IRRADIATION, now, {"exam": self.exam_id, "event": p.event_id,
-                                                       "pulses": p.pulses, "kerma_ugy": p.kerma.value(),
-                                                       "kap_ugy_m2": p.kap.value()})
+        while self.closing and (self.pend_done or self.pend_press is not self.closing[0]):
+            c = self.closing.pop(0)
+            c.end_us = c.end_us if c.end_us > c.start_us else now
+            if self.commit(self._press_record(c, True), now):
+                self.tx.event(tx.EV_IRRADIATION, now, {"exam": self.exam_id, "event": c.event_id,
+                                                       "pulses": c.pulses, "kerma_ugy": c.kerma.value(),
+                                                       "kap_ugy_m2": c.kap.value()})
             self.dose_display(now)
-        elif not p.closing and now >= p.next_checkpoint_us:
+        p = self.press
+        if p is not None and now >= p.next_checkpoint_us:
             p.end_us = now
             p.next_checkpoint_us = now + CHECKPOINT_US
             self.commit(self._press_record(p, False), now)
@@ -496,6 +499,8 @@ class App:
             t = self.pend[3]
         if self.readout.busy and now + READOUT_POLL_US < t:
             t = now + READOUT_POLL_US
-        if self.pend_done and (self.trailer_due or (self.press is not None and self.press.closing)):
+        if self.closing and (self.pend_done or self.pend_press is not self.closing[0]):
+            t = now  # an ended event to commit
+        if self.pend_done and self.trailer_due:
             t = now  # work left for the next pass
         return t

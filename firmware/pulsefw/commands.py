@@ -155,7 +155,7 @@ def disarm(app, args, now):
 def new_exam(app, args, now):
     _only(args, ())
     _not_exposing(app)
-    if app.press is not None:
+    if app.press is not None or app.closing:
         raise Refused(wire.ERR_BUSY, "the last irradiation event is still being committed")
     if not app.new_exam(now):
         raise Refused(wire.ERR_STORAGE, "the journal could not be written")
