@@ -232,3 +232,23 @@ def test_the_recursive_filter_is_applied_from_the_board_setting_and_off_for_cali
         assert s.asm.config.filter_alpha == 0.25 and s.asm.config.gain is not None
         s.configure(filter_alpha=0.0)
         assert s.asm.config.filter_alpha == 0.0 and s.asm.config.gain is not None  # calibration kept
+
+
+def test_a_capture_is_warned_of_a_missing_or_stale_calibration(tmp_path):
+    class Board:
+        board = {"detector_serial": "SIMDET-00000001"}
+        config = {"pixels_per_line": 96, "lines_per_frame": 64}
+
+    cal, why = calibration.for_session(Board(), tmp_path)  # type: ignore[arg-type]
+    assert cal is None and "no calibration for detector SIMDET-00000001 at 96 x 64" in why
+    darks, flats, _ = synthetic(1, 4)
+    dark, flat, defects, _ = build(darks, flats, full_scale_adu=4095)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    for age_days, stale in ((1, False), (10, True)):
+        Calibration("SIMDET-00000001", "", 96, 64, 4095, (now - dt.timedelta(days=age_days)).isoformat(), dark,
+                    flat, defects).save(tmp_path)
+        cal, why = calibration.for_session(Board(), tmp_path)  # type: ignore[arg-type]
+        assert cal is not None  # a stale calibration is still applied, with the warning
+        assert (why is not None and "10 days old" in why and "run pulseline calibrate" in why) == stale, why
+    Board.board = {}
+    assert "does not report its detector's serial" in calibration.for_session(Board(), tmp_path)[1]

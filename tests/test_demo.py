@@ -26,5 +26,9 @@ def test_demo_deploys_captures_and_saves_an_exam(tmp_path):
     with tifffile.TiffFile(tmp_path / "demo-exam" / "frames.tif") as tif:
         meta = json.loads(tif.imagej_metadata["Properties"]["pulseline.frames"])[0]
     assert meta["kv"] == pytest.approx(80, rel=0.01) and meta["air_kerma_ugy"] > 0
+    # Corrected frames make valid DICOM too.
+    for name in ("rf.dcm", "dose_sr.dcm"):
+        out = subprocess.run(["dciodvfy", str(tmp_path / "demo-exam" / name)], capture_output=True, text=True)
+        assert not [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")], name
     # The simulated board is gone again.
     assert not list((tmp_path / ".pulseline").glob("*.json"))

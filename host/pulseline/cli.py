@@ -283,9 +283,8 @@ def cmd_ports(args: argparse.Namespace) -> int:
 
 
 def cmd_exam(args: argparse.Namespace) -> int:
-    from .session import SessionError
-
     from . import exams
+    from .session import SessionError
 
     if args.new and args.exam is not None:
         raise CliError("give --new or --exam, not both")
@@ -293,10 +292,8 @@ def cmd_exam(args: argparse.Namespace) -> int:
     try:
         if args.new:
             s.command("new_exam")
-        if args.exam is None:
-            report = s.dose_report()
-        else:
-            report = exams.report(exams.read_journal(s), args.exam)
+        # The current exam from the board; a past one rebuilt from its journal.
+        report = s.dose_report() if args.exam is None else exams.report(exams.read_journal(s), args.exam)
     except (SessionError, ValueError) as exc:
         raise CliError(str(exc)) from None
     finally:
