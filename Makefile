@@ -31,6 +31,7 @@ test: lint unit fuzz-smoke
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q hil_tests --target sim
 
 $(RP2_STUBS)/.installed: $(STAMP)
 	$(BIN)/python -m pip install -q --target $(RP2_STUBS) '$(RP2_STUBS_PIN)'

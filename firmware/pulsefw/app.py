@@ -329,6 +329,9 @@ class App:
         pulse = ctl.step(now, self.inputs, not self.readout.busy)
         if ctl.state != prev:
             self.state_changed(prev, now)
+            if prev == controller.EXPOSING and self.inputs.switch and ctl.block != controller.BLOCK_NONE:
+                # Exposure stopped under a held switch: say why.
+                self.tx.event(tx.EV_BLOCKED, now, {"reason": BLOCK_NAMES[ctl.block]})
         elif (self.inputs.switch and ctl.block != controller.BLOCK_NONE
               and (ctl.block != block_before or not pressed_before)
               and ctl.state in (controller.READY, controller.HOLD, controller.IDLE, controller.FAULT)):

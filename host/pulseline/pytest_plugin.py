@@ -1,0 +1,250 @@
+"""The pulseline pytest plugin: one test file for the simulated board and a
+real one (registered as a pytest11 entry point, so it is there wherever
+pulseline is installed; its fixtures only start anything when a test asks).
+
+    pytest hil_tests --target sim                      the MicroPython simulated board (default)
+    pytest hil_tests --target /dev/ttyACM0             a real board (or any pyserial URL)
+    pytest hil_tests --target sim --seed 7 --evidence out/
+
+Fixtures: `board` (the device under test), `session` (an open host session),
+`plant` (the simulated hardware; a test that takes it is skipped on
+hardware), `clock` (the target's time). Markers: `needs_plant`, `slow`,
+`fidelity` (only on hardware: what the simulator cannot model closely
+enough). docs/ci.md has the whole story.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SIM = "sim"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("pulseline", "pulseline hardware/simulator-in-the-loop")
+    g.addoption("--target", default=SIM,
+                help="sim (the MicroPython simulated board, default), or a device path or pyserial URL")
+    g.addoption("--seed", type=int, default=0, help="the simulated plant's seed (default 0)")
+    g.addoption("--flash", action=argparse.BooleanOptionalAction, default=None,
+                help="deploy the firmware before the tests (default: yes on sim, no on a real board)")
+    g.addoption("--evidence", type=Path, help="write a per-test evidence bundle under this directory")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in ("needs_plant: needs the simulated plant (skipped on hardware)",
+                 "slow: long-running (soak) test",
+                 "fidelity: needs real hardware precision (skipped on simulated targets)"):
+        config.addinivalue_line("markers", line)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    hardware = config.getoption("--target") != SIM
+    for item in items:
+        if hardware and item.get_closest_marker("needs_plant"):
+            item.add_marker(pytest.mark.skip(reason=f"needs the plant; target {config.getoption('--target')} "
+                                                    "is hardware"))
+        if not hardware and item.get_closest_marker("fidelity"):
+            item.add_marker(pytest.mark.skip(reason="a fidelity check: runs on hardware only"))
+
+
+# -- the device under test --------------------------------------------------------------
+
+
+@dataclass
+class Board:
+    """The device under test: its port, its firmware, and how to reset it."""
+
+    target: str
+    port: str
+    seed: int
+    firmware: dict[str, Any] = field(default_factory=dict)  # hello: firmware, firmware_hash, serial, ...
+    sim: Any = None  # the SimBoard, on the simulated target
+
+    @property
+    def simulated(self) -> bool:
+        return self.sim is not None
+
+    def reset(self) -> dict[str, Any]:
+        """Restart the board and wait for its handshake (the reboot command)."""
+        from .session import Session, wait_for_firmware
+
+        with Session(self.port, heartbeat=False) as s:
+            s.command("reboot")
+        self.firmware = wait_for_firmware(self.port, timeout_s=60)
+        return self.firmware
+
+
+class Plant:
+    """The simulated hardware of a sim target, in one API."""
+
+    def __init__(self, sim: Any) -> None:
+        self._sim = sim
+        self.model = sim.plant  # the plant model itself: pulses, meter, detector maps
+
+    def press(self) -> int:
+        return int(self._sim.press())
+
+    def release(self) -> int:
+        return int(self._sim.release())
+
+    def set(self, name: str, value: float | bool) -> int:
+        return int(self._sim.set_input(name, value))
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._sim.plant_status())
+
+
+class Clock:
+    """The target's time: wall time on sim and hardware (the fast target
+    brings virtual time). Every wait in a test goes through here."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout_s: float, what: str = "the condition") -> Any:
+        deadline = self.now() + timeout_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if self.now() >= deadline:
+                raise AssertionError(f"{what} did not hold within {timeout_s:g} s of target time")
+            self.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def pulseline_bundle(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path | None:
+    """The firmware bundle the simulated boards get (what `pulseline flash`
+    deploys: compiled with mpy-cross), or None for source (--no-flash)."""
+    if pytestconfig.getoption("--flash") is False:
+        return None
+    from .flash import build_bundle
+
+    out = tmp_path_factory.mktemp("bundle")
+    build_bundle("linux", out)
+    return out
+
+
+def _deploy(fs: Path, bundle: Path | None) -> None:
+    from .flash import FIRMWARE
+
+    fs.mkdir(parents=True, exist_ok=True)
+    src = bundle if bundle is not None else FIRMWARE
+    for name in ("boot.py", "main.py"):
+        shutil.copy(src / name, fs)
+    shutil.copytree(src / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__", "hal_rp2.*"))
+
+
+@pytest.fixture
+def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path | None) -> Iterator[Board]:
+    """A fresh board per test. On sim: a new simulated board (own pty, own
+    filesystem, the seeded plant), so tests never see each other's state and
+    run in parallel under xdist. On hardware: the board on --target, reset."""
+    from .session import wait_for_firmware
+
+    cfg = request.config
+    target, seed = cfg.getoption("--target"), int(cfg.getoption("--seed"))
+    if target == SIM:
+        from .sim.board import SimBoard
+
+        fs = tmp_path / "board-fs"
+        _deploy(fs, pulseline_bundle)
+        sim = SimBoard(fs, state_dir=tmp_path / ".pulseline", seed=seed, record=True).start()
+        try:
+            b = Board(target, sim.pty_path, seed, wait_for_firmware(sim.pty_path, timeout_s=60), sim)
+            yield b
+        finally:
+            _evidence(request, b if "b" in locals() else None)
+            sim.stop()
+        return
+    if cfg.getoption("--flash"):
+        from .flash import flash
+
+        flash(target, log=lambda m: None)
+    b = Board(target, target, seed, wait_for_firmware(target, timeout_s=60))
+    try:
+        yield b
+    finally:
+        _evidence(request, b)
+
+
+@pytest.fixture
+def session(board: Board, request: pytest.FixtureRequest) -> Iterator[Any]:
+    from .session import Session
+
+    s = Session(board.port)
+    request.node.stash[_SESSION] = s
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def plant(board: Board) -> Plant:
+    if not board.simulated:
+        pytest.skip(f"needs the plant; target {board.target} is hardware")
+    return Plant(board.sim)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+_SESSION = pytest.StashKey[Any]()
+_REPORT = pytest.StashKey[pytest.TestReport]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item,
+                              call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call":
+        item.stash[_REPORT] = report
+        if report.failed and "board" in getattr(item, "fixturenames", ()):
+            cfg = item.config
+            cmd = f"pytest '{item.nodeid}' --target {cfg.getoption('--target')} --seed {cfg.getoption('--seed')}"
+            report.sections.append(("pulseline replay", cmd))
+    return report
+
+
+def _evidence(request: pytest.FixtureRequest, board: Board | None) -> None:
+    """The test's evidence bundle: the target, seed and firmware; the
+    protocol transcript (board->host bytes and the decoded events); the
+    plant's timeline; linked from the JUnit XML as a property."""
+    root = request.config.getoption("--evidence")
+    if root is None or board is None:
+        return
+    node = request.node
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node.nodeid)
+    out = Path(root) / safe
+    out.mkdir(parents=True, exist_ok=True)
+    report = node.stash.get(_REPORT, None)
+    cfg = request.config
+    meta = {"test": node.nodeid, "outcome": report.outcome if report else None, "target": board.target,
+            "seed": board.seed, "firmware": board.firmware.get("firmware"),
+            "firmware_hash": board.firmware.get("firmware_hash"), "serial": board.firmware.get("serial"),
+            "replay": f"pytest '{node.nodeid}' --target {cfg.getoption('--target')} --seed {board.seed}"}
+    (out / "evidence.json").write_text(json.dumps(meta, indent=1))
+    s = node.stash.get(_SESSION, None)
+    if s is not None:
+        with open(out / "events.jsonl", "w") as fh:
+            for e in s.events:
+                fh.write(json.dumps({"t_us": e.t_us, "event": e.name, **e.body}) + "\n")
+    if board.sim is not None:
+        (out / "board_to_host.bin").write_bytes(bytes(board.sim.sent_to_host))
+        (out / "timeline.json").write_text(json.dumps(board.sim.plant.timeline.to_json()))
+    node.user_properties.append(("evidence", str(out)))

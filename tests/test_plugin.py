@@ -1,0 +1,78 @@
+"""The pulseline pytest plugin, run as CI runs it: options, evidence
+bundles linked from JUnit XML, the replay line of a failing test, and the
+plant skipped on hardware."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytestmark = pytest.mark.micropython
+
+SUITE = '''
+import pytest
+
+def test_passes(board, session, plant):
+    assert session.status()["state"] == "IDLE"
+    plant.press()
+
+def test_fails(board, session):
+    assert session.status()["state"] == "EXPOSING"
+
+@pytest.mark.needs_plant
+def test_needs_plant(board):
+    pass
+
+@pytest.mark.fidelity
+def test_fidelity(board):
+    pass
+'''
+
+
+def run(tmp_path, *args):
+    (tmp_path / "test_suite.py").write_text(SUITE)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                           "--rootdir", str(tmp_path), str(tmp_path / "test_suite.py"), *args],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+
+def test_evidence_bundles_and_the_replay_command(tmp_path):
+    res = run(tmp_path, "--target", "sim", "--seed", "5", "--evidence", str(tmp_path / "ev"),
+              "--junitxml", str(tmp_path / "junit.xml"))
+    assert res.returncode == 1, res.stdout + res.stderr  # test_fails fails
+    out = res.stdout
+    assert "1 failed, 2 passed, 1 skipped" in out, out
+    assert "pytest 'test_suite.py::test_fails' --target sim --seed 5" in out  # the replay command
+    bundles = {p.name: p for p in (tmp_path / "ev").iterdir()}
+    assert len(bundles) == 3
+    failed = next(p for n, p in bundles.items() if n.endswith("test_fails"))
+    meta = json.loads((failed / "evidence.json").read_text())
+    assert meta["outcome"] == "failed" and meta["seed"] == 5 and len(meta["firmware_hash"]) == 64
+    assert meta["serial"] == "SIM-00000005" and "--seed 5" in meta["replay"]
+    assert (failed / "board_to_host.bin").stat().st_size > 0
+    events = [json.loads(line) for line in (failed / "events.jsonl").read_text().splitlines()]
+    assert all("event" in e for e in events)
+    passed = next(p for n, p in bundles.items() if n.endswith("test_passes"))
+    assert json.loads((passed / "timeline.json").read_text())[0]["name"] == "switch"
+    # The JUnit report links each test to its bundle.
+    props = {tc.get("name"): {p.get("name"): p.get("value") for p in tc.iter("property")}
+             for tc in ET.parse(tmp_path / "junit.xml").iter("testcase")}
+    assert props["test_fails"]["evidence"] == str(failed)
+
+
+def test_a_hardware_target_skips_the_plant(tmp_path):
+    from pulseline.pytest_plugin import _deploy
+    from pulseline.sim.board import SimBoard
+
+    _deploy(tmp_path / "fs", None)
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st") as b:
+        # A pyserial URL of a simulated board stands in for hardware.
+        res = run(tmp_path, "--target", b.url, "-rs", "-k", "not fails")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # Skipped: the test that takes the plant fixture and the needs_plant one; the fidelity check runs.
+    assert "1 passed, 2 skipped, 1 deselected" in res.stdout, res.stdout
+    assert "needs the plant" in res.stdout
