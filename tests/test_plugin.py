@@ -76,3 +76,26 @@ def test_a_hardware_target_skips_the_plant(tmp_path):
     # Skipped: the test that takes the plant fixture and the needs_plant one; the fidelity check runs.
     assert "1 passed, 2 skipped, 1 deselected" in res.stdout, res.stdout
     assert "needs the plant" in res.stdout
+
+
+def test_the_safety_suite_catches_a_firmware_without_its_door_check(tmp_path):
+    """Acceptance: a deliberately broken firmware (the door permissive
+    removed from the controller) fails hil_tests, naming the rule."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    broken = tmp_path / "broken-firmware"
+    shutil.copytree(root / "firmware", broken, ignore=shutil.ignore_patterns("__pycache__"))
+    controller = broken / "pulsefw" / "controller.py"
+    text = controller.read_text()
+    check = "        if not inputs.door_closed:\n            return BLOCK_DOOR\n"
+    assert check in text
+    controller.write_text(text.replace(check, ""))
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
+                          str(root / "hil_tests" / "test_safety.py"), "-k", "interlock", "--target", "sim",
+                          "--no-flash", "--firmware", str(broken)],
+                         capture_output=True, text=True, cwd=root, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "safety rule 1 broken: the firmware fired with the door open" in res.stdout, res.stdout
+    assert "--target sim --seed 0" in res.stdout  # and how to replay it

@@ -37,6 +37,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--flash", action=argparse.BooleanOptionalAction, default=None,
                 help="deploy the firmware before the tests (default: yes on sim, no on a real board)")
     g.addoption("--evidence", type=Path, help="write a per-test evidence bundle under this directory")
+    g.addoption("--firmware", type=Path, help="the firmware source tree to deploy (default: the package's "
+                "firmware/); e.g. a deliberately broken one, to see the suite catch it")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -133,15 +135,22 @@ def pulseline_bundle(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pyt
     from .flash import build_bundle
 
     out = tmp_path_factory.mktemp("bundle")
-    build_bundle("linux", out)
+    build_bundle("linux", out, source=_firmware(pytestconfig))
     return out
 
 
-def _deploy(fs: Path, bundle: Path | None) -> None:
+def _firmware(config: pytest.Config) -> Path:
+    from .flash import FIRMWARE
+
+    chosen: Path | None = config.getoption("--firmware")
+    return chosen if chosen is not None else FIRMWARE
+
+
+def _deploy(fs: Path, bundle: Path | None, source: Path | None = None) -> None:
     from .flash import FIRMWARE
 
     fs.mkdir(parents=True, exist_ok=True)
-    src = bundle if bundle is not None else FIRMWARE
+    src = bundle if bundle is not None else (source or FIRMWARE)
     for name in ("boot.py", "main.py"):
         shutil.copy(src / name, fs)
     shutil.copytree(src / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__", "hal_rp2.*"))
@@ -160,7 +169,7 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
         from .sim.board import SimBoard
 
         fs = tmp_path / "board-fs"
-        _deploy(fs, pulseline_bundle)
+        _deploy(fs, pulseline_bundle, _firmware(cfg))
         sim = SimBoard(fs, state_dir=tmp_path / ".pulseline", seed=seed, record=True).start()
         try:
             b = Board(target, sim.pty_path, seed, wait_for_firmware(sim.pty_path, timeout_s=60), sim)
