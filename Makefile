@@ -14,7 +14,7 @@ UNIX_STUBS_PIN := micropython-unix-stubs==1.29.0.post1
 # Board-neutral firmware: everything but a board's own HAL.
 FW_NEUTRAL := $(filter-out firmware/pulsefw/hal_sim.py,$(wildcard firmware/pulsefw/*.py))
 
-.PHONY: all test unit lint bench fuzz fuzz-smoke deps clean demo
+.PHONY: all test unit lint bench fuzz fuzz-smoke deps clean demo soak
 
 all: test
 
@@ -31,7 +31,12 @@ test: lint unit fuzz-smoke
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
-	$(BIN)/python -m pytest -n 2 -q hil_tests --target sim
+	$(BIN)/python -m pytest -n 2 -q hil_tests --target sim -m "not slow"
+	PULSELINE_SOAK_MINUTES=11 $(BIN)/python -m pytest -q hil_tests --target fast
+
+# The hour-long scenarios, in virtual time.
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q hil_tests --target fast -m slow
 
 $(RP2_STUBS)/.installed: $(STAMP)
 	$(BIN)/python -m pip install -q --target $(RP2_STUBS) '$(RP2_STUBS_PIN)'

@@ -99,3 +99,41 @@ def test_the_safety_suite_catches_a_firmware_without_its_door_check(tmp_path):
     assert res.returncode == 1, res.stdout + res.stderr
     assert "safety rule 1 broken: the firmware fired with the door open" in res.stdout, res.stdout
     assert "--target sim --seed 0" in res.stdout  # and how to replay it
+
+
+def test_two_runs_on_fast_with_the_same_seed_are_identical(tmp_path):
+    """Acceptance: the same seed on the fast target gives the same protocol
+    transcript and the same frames, byte for byte."""
+    from pathlib import Path
+
+    from pulseline.assembler import FrameAssembler
+    from pulseline.frames import Frame
+
+    root = Path(__file__).resolve().parents[1]
+    runs = []
+    for k in range(2):
+        ev = tmp_path / f"run{k}"
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              str(root / "hil_tests" / "test_dose.py"), "--target", "fast", "--seed", "4",
+                              "--evidence", str(ev)], capture_output=True, text=True, cwd=root, timeout=300)
+        assert res.returncode == 0, res.stdout + res.stderr
+        runs.append({p.name: p for p in ev.iterdir()})
+    assert runs[0].keys() == runs[1].keys() and len(runs[0]) == 2
+    for name in runs[0]:
+        a, b = (r[name] for r in runs)
+        stream = (a / "board_to_host.bin").read_bytes()
+        assert len(stream) > 100_000 and stream == (b / "board_to_host.bin").read_bytes(), name
+        if (a / "events.jsonl").exists():  # the tests that take the session fixture
+            assert (a / "events.jsonl").read_text() == (b / "events.jsonl").read_text()
+        assert (a / "timeline.json").read_text() == (b / "timeline.json").read_text()
+        frames = [f for f in FrameAssembler(256, 256, "mono12p").feed(stream) if isinstance(f, Frame)]
+        assert len(frames) >= 4 and all(f.complete for f in frames)
+    # A different seed is a different detector and different noise.
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(root / "hil_tests" / "test_dose.py"), "-k", "reference_meter", "--target", "fast",
+                          "--seed", "5", "--evidence", str(tmp_path / "other")], capture_output=True, text=True,
+                         cwd=root, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    other = next((tmp_path / "other").iterdir()) / "board_to_host.bin"
+    same_test = next(p for n, p in runs[0].items() if n.endswith("reference_meter"))
+    assert other.read_bytes() != (same_test / "board_to_host.bin").read_bytes()

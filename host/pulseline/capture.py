@@ -5,7 +5,6 @@ dose SR, a PNG of the last image and a JSON summary."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,14 +44,14 @@ def capture(session: Session, frames: int, *, press: Callable[[], object] | None
     pps = float(session.config.get("pulses_per_s", 7.5))
     limit = timeout_s if timeout_s is not None else frames / pps * 2.0 + 5.0
     first_event = len(session.events)
-    t0 = time.monotonic()
+    t0 = session.now()  # the target's clock: virtual time on the fast simulator
     try:
         session.arm()
         if press is not None:
             press()
-        deadline = time.monotonic() + limit
+        deadline = session.now() + limit
         while len(out.frames) < frames:
-            left = deadline - time.monotonic()
+            left = deadline - session.now()
             if left <= 0:
                 out.error = f"only {len(out.frames)} of {frames} frames within {limit:.0f} s"
                 break
@@ -101,7 +100,7 @@ def capture(session: Session, frames: int, *, press: Callable[[], object] | None
     out.counters = session.counters()
     out.events = [{"t_us": e.t_us, "event": e.name, **e.body} for e in session.events[first_event:]
                   if e.name != "dose"]
-    out.wall_s = time.monotonic() - t0
+    out.wall_s = session.now() - t0
     return out
 
 

@@ -3,6 +3,7 @@ real one (registered as a pytest11 entry point, so it is there wherever
 pulseline is installed; its fixtures only start anything when a test asks).
 
     pytest hil_tests --target sim                      the MicroPython simulated board (default)
+    pytest hil_tests --target fast                     the firmware in process, in virtual time
     pytest hil_tests --target /dev/ttyACM0             a real board (or any pyserial URL)
     pytest hil_tests --target sim --seed 7 --evidence out/
 
@@ -27,12 +28,15 @@ from typing import Any
 import pytest
 
 SIM = "sim"
+FAST = "fast"
+SIMULATED = (SIM, FAST)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("pulseline", "pulseline hardware/simulator-in-the-loop")
     g.addoption("--target", default=SIM,
-                help="sim (the MicroPython simulated board, default), or a device path or pyserial URL")
+                help="sim (the MicroPython simulated board, default), fast (the firmware in process, in virtual "
+                     "time), or a device path or pyserial URL of a board")
     g.addoption("--seed", type=int, default=0, help="the simulated plant's seed (default 0)")
     g.addoption("--flash", action=argparse.BooleanOptionalAction, default=None,
                 help="deploy the firmware before the tests (default: yes on sim, no on a real board)")
@@ -49,7 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    hardware = config.getoption("--target") != SIM
+    hardware = config.getoption("--target") not in SIMULATED
     for item in items:
         if hardware and item.get_closest_marker("needs_plant"):
             item.add_marker(pytest.mark.skip(reason=f"needs the plant; target {config.getoption('--target')} "
@@ -106,14 +110,21 @@ class Plant:
 
 
 class Clock:
-    """The target's time: wall time on sim and hardware (the fast target
-    brings virtual time). Every wait in a test goes through here."""
+    """The target's time: virtual time on the fast target, wall time on the
+    others. Every wait in a test goes through here, so one test file means
+    the same on both."""
+
+    def __init__(self, virtual: Any = None) -> None:
+        self.virtual = virtual  # a FastBoard, or None
 
     def now(self) -> float:
-        return time.monotonic()
+        return self.virtual.now_us / 1e6 if self.virtual is not None else time.monotonic()
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+        if self.virtual is not None:
+            self.virtual.sleep(seconds)  # the board runs, the sessions take its output
+        else:
+            time.sleep(seconds)
 
     def wait_for(self, predicate: Callable[[], Any], timeout_s: float, what: str = "the condition") -> Any:
         deadline = self.now() + timeout_s
@@ -165,6 +176,17 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
 
     cfg = request.config
     target, seed = cfg.getoption("--target"), int(cfg.getoption("--seed"))
+    if target == FAST:
+        from .sim.fastboard import FastBoard
+
+        fast = FastBoard(seed=seed)
+        try:
+            b = Board(target, fast.url, seed, wait_for_firmware(fast.url, timeout_s=5), fast)
+            yield b
+        finally:
+            _evidence(request, b if "b" in locals() else None)
+            fast.close()
+        return
     if target == SIM:
         from .sim.board import SimBoard
 
@@ -209,8 +231,8 @@ def plant(board: Board) -> Plant:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock(board: Board) -> Clock:
+    return Clock(board.sim if board.target == FAST else None)
 
 
 _SESSION = pytest.StashKey[Any]()

@@ -11,6 +11,10 @@ assembler), their trailers, and the board's events.
 A reader thread takes the bytes off the port and feeds the assembler; a
 heartbeat keeps the board's link alive (it stops exposure after 200 ms of
 silence). Responses are matched to commands by sequence number.
+
+On a board in virtual time (`fastsim://`, the fast simulator) there are no
+threads: every wait (an answer, an event, a frame, `sleep`) advances the
+board and takes its bytes in the waiting thread, and times are the board's.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from .assembler import FrameAssembler
 from .frames import Frame
 from .mpcompat import import_firmware
 from .protocol import Packet, wire
+
+if "pulseline.sim" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.append("pulseline.sim")  # fastsim:// (sim/protocol_fastsim.py)
 
 commands = import_firmware("pulsefw.commands")
 tx = import_firmware("pulsefw.tx")
@@ -78,6 +85,8 @@ class Session:
             if "exclusively lock" in text or "Resource temporarily unavailable" in text:
                 raise SessionError(f"port {port} is busy: another program has it open") from None
             raise SessionError(f"cannot open port {port}: {exc}") from None
+        # A board in virtual time (the fast simulator), or None for real time.
+        self.virtual: Any = getattr(self.serial, "virtual", None)
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self._responses: dict[int, tuple[int, Any]] = {}
@@ -88,7 +97,7 @@ class Session:
         self.frames: queue.Queue[Frame] = queue.Queue()
         self.frames_received = 0
         self.bytes_received = 0
-        self.last_rx = time.monotonic()
+        self.last_rx = self.now()
         self.error: str | None = None
         self.board: dict[str, Any] = {}
         # The firmware's default geometry until the board says otherwise; the
@@ -101,9 +110,15 @@ class Session:
         self.corrections: dict[str, Any] = {}
         self.asm = FrameAssembler(256, 256, "mono12p")
         self._closed = threading.Event()
-        self._reader = threading.Thread(target=self._read_loop, name="session-reader", daemon=True)
-        self._reader.start()
+        self._reader: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
+        if self.virtual is not None:
+            # The board's own stand-in host sends the heartbeat in virtual time.
+            heartbeat = False
+            self.virtual.on_output(self._pump)
+        else:
+            self._reader = threading.Thread(target=self._read_loop, name="session-reader", daemon=True)
+            self._reader.start()
         if handshake:
             try:
                 self.hello()
@@ -126,18 +141,63 @@ class Session:
                     with self._cond:
                         self._cond.notify_all()
                 return
-            if not data:
-                continue
-            self.bytes_received += len(data)
-            self.last_rx = time.monotonic()
-            with self._asm_lock:
-                items = self.asm.feed(data)
-            for item in items:
-                if isinstance(item, Frame):
-                    self.frames_received += 1
-                    self.frames.put(item)
-                else:
-                    self._packet(item)
+            if data:
+                self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        self.last_rx = self.now()
+        with self._asm_lock:
+            items = self.asm.feed(data)
+        for item in items:
+            if isinstance(item, Frame):
+                self.frames_received += 1
+                self.frames.put(item)
+            else:
+                self._packet(item)
+
+    def _pump(self) -> None:
+        """Virtual time: take what the board has sent, in this thread."""
+        data = self.serial.read(1 << 30)
+        if data:
+            self._receive(data)
+
+    # -- time: the board's own on a virtual board, the wall clock otherwise --------------
+
+    def now(self) -> float:
+        """Seconds on the target's clock."""
+        v = self.virtual
+        return v.now_us / 1e6 if v is not None else time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if self.virtual is not None:
+            self.virtual.sleep(seconds)
+        else:
+            time.sleep(seconds)
+
+    def _wait(self, ready: Any, timeout_s: float) -> bool:
+        """Until ready() (checked under the session's lock) or timeout_s of
+        target time; whether it became ready."""
+        v = self.virtual
+        if v is None:
+            deadline = time.monotonic() + timeout_s
+            with self._cond:
+                while not ready():
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self.error:
+                        return bool(ready())
+                    self._cond.wait(left)
+                return True
+        end_us = v.now_us + round(timeout_s * 1e6)
+        while True:
+            with self._cond:
+                if ready():
+                    return True
+            if v.now_us >= end_us or self.error:
+                return False
+            from .sim.fastboard import STEP_US
+
+            v.advance(min(STEP_US, end_us - v.now_us))
 
     def _packet(self, p: Packet) -> None:
         if p.type == wire.PKT_RESPONSE and len(p.payload) >= 3:
@@ -149,6 +209,8 @@ class Session:
                     body = json.loads(text)
                 except ValueError:
                     body = text
+            if self.virtual is not None and cseq >= 0x8000:
+                return  # the virtual board's own heartbeat, answered
             with self._cond:
                 if cseq in self._ignore:
                     self._ignore.discard(cseq)
@@ -175,7 +237,8 @@ class Session:
             raise ValueError(f"unknown command {name!r}")
         with self._write_lock:
             seq = self._seq
-            self._seq = (self._seq + 1) & 0xFFFF
+            # On a virtual board the stand-in host's heartbeat has the upper half.
+            self._seq = (self._seq + 1) & (0x7FFF if self.virtual is not None else 0xFFFF)
             if ignore_answer:
                 with self._cond:
                     self._ignore.add(seq)
@@ -214,16 +277,12 @@ class Session:
 
     def _command_once(self, name: str, args: dict[str, Any] | None, timeout_s: float) -> Any:
         seq = self._send(name, args)
-        deadline = time.monotonic() + timeout_s
+        if not self._wait(lambda: seq in self._responses or self.error, timeout_s) or seq not in self._responses:
+            if self.error:
+                raise SessionError(f"{self.port}: {self.error}")
+            raise SessionError(f"{self.port}: no answer to {name}: is the pulseline firmware running "
+                               "on the board? (flash it, or reset the board)")
         with self._cond:
-            while seq not in self._responses:
-                if self.error:
-                    raise SessionError(f"{self.port}: {self.error}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise SessionError(f"{self.port}: no answer to {name}: is the pulseline firmware running "
-                                       "on the board? (flash it, or reset the board)")
-                self._cond.wait(left)
             status, body = self._responses.pop(seq)
         if status != wire.ERR_OK:
             raise BoardError(name, status, str(body))
@@ -316,6 +375,9 @@ class Session:
 
     def next_frame(self, timeout_s: float) -> Frame | None:
         try:
+            if self.virtual is not None:
+                self._wait(lambda: not self.frames.empty(), timeout_s)
+                return self.frames.get_nowait()
             return self.frames.get(timeout=timeout_s)
         except queue.Empty:
             return None
@@ -323,21 +385,21 @@ class Session:
     def wait_event(self, name: str, timeout_s: float, since: int = 0, **match: Any) -> Event | None:
         """The first event called `name` (after index `since` in `events`)
         whose body has the given values."""
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while True:
-                for ev in self.events[since:]:
-                    if ev.name == name and all(ev.body.get(k) == v for k, v in match.items()):
-                        return ev
-                left = deadline - time.monotonic()
-                if left <= 0 or self.error:
-                    return None
-                self._cond.wait(left)
+        found: list[Event] = []
+
+        def ready() -> bool:
+            for ev in self.events[since:]:
+                if ev.name == name and all(ev.body.get(k) == v for k, v in match.items()):
+                    found.append(ev)
+                    return True
+            return False
+
+        return found[0] if self._wait(ready, timeout_s) and found else None
 
     def silent_for(self) -> float:
         """Seconds since the last byte from the board (it sends at least a
         heartbeat answer every 100 ms, so silence means the link is down)."""
-        return time.monotonic() - self.last_rx
+        return self.now() - self.last_rx
 
     def counters(self) -> dict[str, int]:
         with self._asm_lock:
@@ -361,7 +423,10 @@ class Session:
         self._closed.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=1)
-        self._reader.join(timeout=1)
+        if self._reader is not None:
+            self._reader.join(timeout=1)
+        if self.virtual is not None:
+            self.virtual.off_output(self._pump)
         self.serial.close()
 
     def __enter__(self) -> Session:

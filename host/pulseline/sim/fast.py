@@ -238,6 +238,7 @@ class FastSim:
         self.at_repl = False
         self.resets: list[tuple[int, str]] = []
         self.host_seq = 0
+        self.host_seq_base = 0
         self.next_heartbeat_us = 0
         self.link_down = False
         self._end_us = 0
@@ -349,7 +350,9 @@ class FastSim:
         """Queue a command to the board; returns its seq."""
         op = {v: k for k, v in commands.OP_NAMES.items()}[name]
         seq = self.host_seq
-        self.host_seq = (self.host_seq + 1) & 0xFFFF
+        # Sequence numbers cycle within [host_seq_base, 0xFFFF]: a host
+        # sharing the link keeps the numbers below the base.
+        self.host_seq = self.host_seq + 1 if self.host_seq < 0xFFFF else self.host_seq_base
         payload = wire.command_payload(op, json.dumps(args or {}).encode())
         if not self.link_down:
             self.link.to_board += wire.stuff(wire.encode(wire.PKT_COMMAND, seq, payload))
