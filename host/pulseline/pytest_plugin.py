@@ -46,7 +46,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    for line in ("needs_plant: needs the simulated plant (skipped on hardware)",
+    for line in ("link_faults(spec): seeded link faults between host and board, e.g. 'corrupt=1e-5,drop=0.01' "
+                 "(the simulated link on sim, a host-side proxy on hardware; the fast target has no link)",
+                 "needs_plant: needs the simulated plant (skipped on hardware)",
                  "slow: long-running (soak) test",
                  "fidelity: needs real hardware precision (skipped on simulated targets)"):
         config.addinivalue_line("markers", line)
@@ -73,7 +75,15 @@ class Board:
     port: str
     seed: int
     firmware: dict[str, Any] = field(default_factory=dict)  # hello: firmware, firmware_hash, serial, ...
-    sim: Any = None  # the SimBoard, on the simulated target
+    sim: Any = None  # the SimBoard or FastBoard, on a simulated target
+    proxy: Any = None  # the FaultProxy in front of a real board, with link_faults
+
+    def link_faults(self) -> list[Any]:
+        """Every fault injected on the board->host link so far (ground truth)."""
+        if self.proxy is not None:
+            return list(self.proxy.faults_log)
+        to_host = getattr(self.sim, "_to_host", None)
+        return list(to_host.faults_log) if to_host is not None else []
 
     @property
     def simulated(self) -> bool:
@@ -176,7 +186,11 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
 
     cfg = request.config
     target, seed = cfg.getoption("--target"), int(cfg.getoption("--seed"))
+    marker = request.node.get_closest_marker("link_faults")
+    faults = str(marker.args[0]) if marker is not None else ""
     if target == FAST:
+        if faults:
+            pytest.skip("link faults: the fast target has no link (use sim or a board)")
         from .sim.fastboard import FastBoard
 
         fast = FastBoard(seed=seed)
@@ -192,7 +206,7 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
 
         fs = tmp_path / "board-fs"
         _deploy(fs, pulseline_bundle, _firmware(cfg))
-        sim = SimBoard(fs, state_dir=tmp_path / ".pulseline", seed=seed, record=True).start()
+        sim = SimBoard(fs, state_dir=tmp_path / ".pulseline", seed=seed, record=True, faults=faults).start()
         try:
             b = Board(target, sim.pty_path, seed, wait_for_firmware(sim.pty_path, timeout_s=60), sim)
             yield b
@@ -204,11 +218,22 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
         from .flash import flash
 
         flash(target, log=lambda m: None)
-    b = Board(target, target, seed, wait_for_firmware(target, timeout_s=60))
+    proxy = None
+    port = target
+    if faults:
+        from .faultproxy import FaultProxy
+
+        proxy = FaultProxy(target, faults, seed=seed).start()
+        port = proxy.url
     try:
-        yield b
+        b = Board(target, port, seed, wait_for_firmware(port, timeout_s=60), proxy=proxy)
+        try:
+            yield b
+        finally:
+            _evidence(request, b)
     finally:
-        _evidence(request, b)
+        if proxy is not None:
+            proxy.close()
 
 
 @pytest.fixture
