@@ -3,6 +3,8 @@ the host sees, judged against the plant's record of what was emitted."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 pytestmark = pytest.mark.needs_plant
@@ -68,3 +70,66 @@ def test_a_switch_held_at_arming_does_not_expose(session, plant, clock):
     t1 = plant.press()  # a fresh press does
     clock.wait_for(lambda: pulses_between(plant, t1, 10**15), 3, "a pulse after a fresh press")
     plant.release()
+
+
+def test_host_link_loss_stops_emission_within_200_ms(board, session, plant, clock):
+    session.arm()
+    plant.press()
+    clock.wait_for(lambda: len(plant.model.pulses) >= 3, 5, "three pulses")
+    session.close()  # the host goes silent: no more heartbeat
+    t_lost = plant.status()["t_us"]
+    clock.sleep(0.6)
+    late = pulses_between(plant, t_lost + 200_000, 10**15)
+    assert late == [], rule(5, f"{len(late)} pulses more than 200 ms after the host went silent")
+    plant.release()
+
+
+def test_generator_out_of_tolerance_latches_a_fault_until_reset_and_a_fresh_press(session, plant, clock):
+    session.arm()
+    plant.set("kv_error", 0.15)  # the generator delivers 15 % over the setpoint
+    t0 = plant.press()
+    fault = clock.wait_for(lambda: session.wait_event("fault", 0), 3, "a fault")
+    assert fault.body["name"] == "kV out of tolerance", rule(8, f"the fault was {fault.body}")
+    fired = pulses_between(plant, t0, 10**15)
+    assert len(fired) == 1, rule(8, f"{len(fired)} pulses before the fault latched (one is checked, then stop)")
+    plant.set("kv_error", 0.0)
+    clock.sleep(0.5)
+    assert pulses_between(plant, t0, 10**15) == fired, rule(7, "pulses with a fault latched")
+    with pytest.raises(Exception, match="fault"):
+        session.arm()  # refused while latched
+    session.command("fault_reset")
+    session.arm()
+    clock.sleep(0.3)
+    assert pulses_between(plant, t0, 10**15) == fired, rule(7, "a fault reset restarted X-rays with the switch held")
+    plant.release()
+    clock.sleep(0.1)
+    t1 = plant.press()
+    clock.wait_for(lambda: pulses_between(plant, t1, 10**15), 3, "a pulse after the reset and a fresh press")
+    plant.release()
+
+
+def test_a_chattering_switch_never_beats_the_pulse_rate(session, plant, clock):
+    session.configure(pulses_per_s=15.0, pulse_width_ms=5.0, pixels_per_line=128, lines_per_frame=128)
+    session.arm()
+    t0 = plant.press()
+    for k in range(60):  # 10 ms on, 10 ms off, for 1.2 s
+        clock.sleep(0.01)
+        plant.set("switch", k % 2 == 1)
+    plant.release()
+    clock.sleep(0.2)
+    times = [p.t_us for p in pulses_between(plant, t0, 10**15)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(g >= 1e6 / 15.0 - 1_000 for g in gaps), rule(9, f"pulses {min(gaps)} us apart at 15 pps")
+
+
+def test_the_dose_rate_cap_holds_whatever_the_technique(session, plant, clock):
+    session.configure(kv=120.0, ma=80.0, pulse_width_ms=20.0, pulses_per_s=7.5, abc_enabled=False)
+    session.arm()
+    t0 = plant.press()
+    clock.wait_for(lambda: len(pulses_between(plant, t0, 10**15)) >= 6, 5, "six pulses")
+    plant.release()
+    rates = [p.kerma_ref_ugy * 7.5 * 60 / 1000 for p in pulses_between(plant, t0, 10**15)]
+    assert max(rates) <= 88.0, rule(10, f"a pulse at {max(rates):.1f} mGy/min by the reference meter")
+    assert max(rates) > 80.0  # the cap, not a timid technique, is what held it
+    shown = [e.body["rate_mgy_min"] for e in session.events if e.name == "dose"]
+    assert max(shown) <= 88.0, rule(10, f"the board displayed {max(shown)} mGy/min")

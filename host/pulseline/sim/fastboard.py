@@ -25,6 +25,7 @@ from .fast import FastSim
 # sequence numbers from here up, clear of a session's own.
 HEARTBEAT_SEQ_BASE = 0x8000
 STEP_US = 2_000  # how far a waiting host advances the board at a time
+HEARTBEAT_US = 100_000  # as the session's: a ping every 100 ms
 
 _BOARDS: dict[str, FastBoard] = {}
 _LOCK = threading.Lock()
@@ -56,7 +57,9 @@ class FastBoard:
 
     def advance(self, dt_us: int) -> None:
         """Run the board and the plant dt_us of virtual time, then hand what
-        the board sent to the host's sessions."""
+        the board sent to the host's sessions. The host's heartbeat comes
+        while a session has the port open, as a session's own does."""
+        self.sim.heartbeat_us = HEARTBEAT_US if self.opened else 0
         self.sim.run_until(self.sim.now_us + max(1, dt_us))
         out = self.sim.take_output()
         self.transcript += out

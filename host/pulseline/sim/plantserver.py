@@ -102,6 +102,7 @@ class PlantServer:
             if op not in _ARG_SIZES:
                 raise ValueError(f"unknown plant request {op:#x}")
             args = self._recv_exact(conn, _ARG_SIZES[op]) if _ARG_SIZES[op] else b""
+            asked_us = self.now_us()
             with self.lock:
                 now = self.now_us()
                 p = self.plant
@@ -171,4 +172,8 @@ class PlantServer:
                     self.resets_requested += 1
                     self.reset_cause = "soft"
                     out = b"\x01"
+                # The board waited for the plant: hardware answers at once,
+                # so the time the model took (rendering a frame, say) is not
+                # the board's and must not run down its watchdog.
+                p.watchdog_credit(self.now_us() - asked_us)
             conn.sendall(out)
