@@ -59,6 +59,22 @@ def test_an_interlock_trip_latches_until_a_fresh_press(session, plant, clock):
     assert t_close > t_open
 
 
+def test_a_press_made_with_the_door_open_does_not_expose_when_it_closes(session, plant, clock):
+    session.arm()
+    plant.set("door_closed", False)
+    t0 = plant.press()
+    clock.sleep(0.3)
+    plant.set("door_closed", True)  # the pedal still down
+    clock.sleep(0.5)
+    fired = pulses_between(plant, t0, 10**15)
+    assert fired == [], rule("3a", f"{len(fired)} pulses when the door closed under a press made while it was open")
+    plant.release()
+    clock.sleep(0.1)
+    t1 = plant.press()  # a fresh press does
+    clock.wait_for(lambda: pulses_between(plant, t1, 10**15), 3, "a pulse after a fresh press")
+    plant.release()
+
+
 def test_a_switch_held_at_arming_does_not_expose(session, plant, clock):
     t0 = plant.press()
     clock.sleep(0.2)
@@ -133,3 +149,41 @@ def test_the_dose_rate_cap_holds_whatever_the_technique(session, plant, clock):
     assert max(rates) > 80.0  # the cap, not a timid technique, is what held it
     shown = [e.body["rate_mgy_min"] for e in session.events if e.name == "dose"]
     assert max(shown) <= 88.0, rule(10, f"the board displayed {max(shown)} mGy/min")
+
+
+def test_a_stalled_control_loop_stops_emission_and_the_watchdog_resets_the_board(session, plant, clock):
+    session.configure(pulses_per_s=15.0, pixels_per_line=64, lines_per_frame=64)
+    session.arm()
+    plant.press()
+    clock.wait_for(lambda: len(plant.model.pulses) >= 3, 5, "three pulses")
+    since = len(session.events)
+    plant.stall(0.5)  # the switch stays held throughout
+    try:
+        boot = clock.wait_for(lambda: session.wait_event("boot", 0, since=since), 5, "the board restarting")
+    except AssertionError:
+        boot = None
+    assert boot is not None, rule(6, "the board did not restart within 5 s of its control loop stalling")
+    assert boot.body["reset_cause"] == "watchdog", rule(6, f"the board restarted for {boot.body}, not its watchdog")
+    stalled_at = plant.stalls()[-1]
+    clock.sleep(0.5)
+    late = pulses_between(plant, stalled_at, 10**15)
+    assert late == [], rule(6, f"{len(late)} pulses after the control loop stalled")
+    fault = clock.wait_for(lambda: session.wait_event("fault", 0, since=since), 2, "the fault after the reset")
+    state = session.status()["state"]
+    assert fault.body["name"] == "the watchdog reset the board" and state == "FAULT", \
+        rule(6, f"the board came back {state} with {fault.body}, not with the watchdog fault latched")
+    plant.release()
+
+
+def test_a_detector_that_stops_reading_out_latches_a_fault(session, plant, clock):
+    session.configure(pulses_per_s=15.0, pixels_per_line=64, lines_per_frame=64)
+    session.arm()
+    plant.press()
+    clock.wait_for(lambda: len(plant.model.pulses) >= 3, 5, "three pulses")
+    t_fail = plant.set("readout_timeout", True)
+    fault = clock.wait_for(lambda: session.wait_event("fault", 0), 3, "a fault")
+    assert fault.body["name"] == "detector readout failed", rule("8a", f"the fault was {fault.body}")
+    clock.sleep(0.5)
+    blind = pulses_between(plant, t_fail, 10**15)
+    assert len(blind) == 1, rule("8a", f"{len(blind)} pulses without an image (the first is seen, then none)")
+    plant.release()

@@ -5,9 +5,11 @@ plant skipped on hardware."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +56,10 @@ def test_evidence_bundles_and_the_replay_command(tmp_path):
     assert meta["outcome"] == "failed" and meta["seed"] == 5 and len(meta["firmware_hash"]) == 64
     assert meta["serial"] == "SIM-00000005" and "--seed 5" in meta["replay"]
     assert (failed / "board_to_host.bin").stat().st_size > 0
+    # The host's own transcript, both ways: the handshake and the status that failed.
+    text = subprocess.run([sys.executable, "-m", "pulseline", "transcript", str(failed / "transcript.bin")],
+                          capture_output=True, text=True, check=True).stdout
+    assert "-> command      #0 hello" in text and '"state": "IDLE"' in text, text
     events = [json.loads(line) for line in (failed / "events.jsonl").read_text().splitlines()]
     assert all("event" in e for e in events)
     passed = next(p for n, p in bundles.items() if n.endswith("test_passes"))
@@ -72,10 +78,21 @@ def test_a_hardware_target_skips_the_plant(tmp_path):
     with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st") as b:
         # A pyserial URL of a simulated board stands in for hardware.
         res = run(tmp_path, "--target", b.url, "-rs", "-k", "not fails")
+        assert res.returncode == 0, res.stdout + res.stderr
+        # Skipped: the test that takes the plant fixture and the needs_plant one; the fidelity check runs.
+        assert "1 passed, 2 skipped, 1 deselected" in res.stdout, res.stdout
+        assert "needs the plant" in res.stdout
+        # Acceptance: the suite itself, unchanged, on the same stand-in: every
+        # test that needs no plant passes on one board, one test after another.
+        root = Path(__file__).resolve().parents[1]
+        res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                              str(root / "hil_tests"), "-m", "not slow", "--target", b.url],
+                             capture_output=True, text=True, cwd=root, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
-    # Skipped: the test that takes the plant fixture and the needs_plant one; the fidelity check runs.
-    assert "1 passed, 2 skipped, 1 deselected" in res.stdout, res.stdout
-    assert "needs the plant" in res.stdout
+    counts = dict((k, int(n)) for n, k in re.findall(r"(\d+) (passed|skipped|failed)", res.stdout.splitlines()[-1]))
+    assert counts.get("passed", 0) >= 15 and counts.get("skipped", 0) >= 10 and "failed" not in counts, res.stdout
+    skipped = [line for line in res.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert skipped and all("needs the plant" in line or "fast" in line for line in skipped), skipped
 
 
 def test_the_safety_suite_catches_a_firmware_without_its_door_check(tmp_path):
@@ -106,6 +123,9 @@ def test_two_runs_on_fast_with_the_same_seed_are_identical(tmp_path):
     transcript and the same frames, byte for byte."""
     from pathlib import Path
 
+    import numpy as np
+
+    from pulseline import evidence
     from pulseline.assembler import FrameAssembler
     from pulseline.frames import Frame
 
@@ -126,6 +146,11 @@ def test_two_runs_on_fast_with_the_same_seed_are_identical(tmp_path):
         if (a / "events.jsonl").exists():  # the tests that take the session fixture
             assert (a / "events.jsonl").read_text() == (b / "events.jsonl").read_text()
         assert (a / "timeline.json").read_text() == (b / "timeline.json").read_text()
+        if (a / "transcript.bin").exists():  # the host's side, with the target's times, and its frames
+            assert evidence.read_transcript(a / "transcript.bin") == evidence.read_transcript(b / "transcript.bin")
+            fa, fb = (evidence.load_frames(x / "frames.npz") for x in (a, b))
+            assert len(fa) == len(fb) >= 4
+            assert all(np.array_equal(x["pixels"], y["pixels"]) for x, y in zip(fa, fb, strict=True))
         frames = [f for f in FrameAssembler(256, 256, "mono12p").feed(stream) if isinstance(f, Frame)]
         assert len(frames) >= 4 and all(f.complete for f in frames)
     # A different seed is a different detector and different noise.

@@ -277,6 +277,8 @@ def test_flash_deploys_changes_only_what_differs_and_catches_a_corrupted_file(tm
         # A second run changes nothing.
         again = flash(port, dry_run=True, build_dir=tmp_path / "build")
         assert again.copy == [] and again.remove == []
+        # Looking stopped the firmware at the REPL; the dry run restarts it.
+        assert handshake(port, timeout_s=20, expect_hash=plan.firmware_hash)
         # One corrupted byte on the board, and a stale source file: found,
         # fixed, verified.
         target = fs / "pulsefw" / "dose.mpy"
@@ -299,6 +301,7 @@ def test_a_capture_saves_a_valid_dicom_rf_image(board, tmp_path):
 
     with Session(board.pty_path) as s:
         cap = capture(s, 5, press=board.press, release=board.release)
+    assert cap.frames, (cap.error, [(e.name, e.body) for e in s.events])
     summary = save(cap, tmp_path / "exam", board.pty_path)
     dcm = tmp_path / "exam" / summary["files"]["dicom_rf"]
     res = subprocess.run(["dciodvfy", str(dcm)], capture_output=True, text=True)

@@ -376,11 +376,13 @@ class App:
         width_us = int(p.pulse_width_ms * 1000)
         self.readout.arm(self.frame_id, p.pulse_id, now, width_us)
         hal.generator_set(p.kv, p.ma)
+        t_fire = hal.ticks_us()
         if not hal.generator_fire(width_us):
             self.readout.cancel()
             self.pulses_refused += 1
             self.fault(FAULT_PULSE_REFUSED, now, "pulse %d refused by the hardware interlocks" % p.pulse_id)
             return
+        self.ctl.fired(t_fire)
         # Keep what the trailer and the dose need (p is reused by step()).
         self.pend = (p.pulse_id, self.frame_id, now, now + width_us, p.kv, p.ma, p.pulse_width_ms, p.capped, p.hlc)
         self.pend_done = False

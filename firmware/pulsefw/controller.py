@@ -145,6 +145,15 @@ class Controller:
             return BLOCK_NOT_ARMED
         return BLOCK_NONE
 
+    def fired(self, t_us):
+        """The pulse step() asked for went out at t_us (read just before the
+        hardware fired it, after the detector and generator were set up): the
+        next pulse comes a whole period after it, so a pulse that left late
+        cannot be followed by one too soon."""
+        period = int(1_000_000 / self.technique.pulses_per_s)
+        if self.next_pulse_us < t_us + period:
+            self.next_pulse_us = t_us + period
+
     def step(self, now_us, inputs, detector_ready=True):
         """Advance to now_us with the inputs just sampled; returns the Pulse
         to fire now, or None. Called at least once per millisecond, and at

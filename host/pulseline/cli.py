@@ -70,6 +70,12 @@ EXAMPLES = {
 """,
     "decode": """examples:
   pulseline decode stream.bin --pixels 256 --lines 256 --format mono12p -o frames.npy
+  pulseline decode evidence/<test>/transcript.bin      the board->host side of a test's transcript
+""",
+    "transcript": """examples:
+  pulseline transcript evidence/<test>/transcript.bin             commands, answers, events, frames
+  pulseline transcript evidence/<test>/transcript.bin --lines --heartbeat
+  pulseline transcript evidence/<test>/transcript.bin --json
 """,
 }
 ALL_EXAMPLES = "examples:\n" + "".join(
@@ -88,7 +94,28 @@ def cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transcript(args: argparse.Namespace) -> int:
+    from . import evidence
+
+    try:
+        records = evidence.read_transcript(args.transcript)
+    except evidence.TranscriptError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        t0 = records[0][1] if records else 0.0
+        for e in evidence.entries(records):
+            if e.kind == "line" and not args.lines:
+                continue
+            print(json.dumps({"t_s": round(e.t_s - t0, 6), "direction": evidence.DIRECTIONS[e.direction],
+                              "kind": e.kind, "seq": e.seq, "body": e.body}))
+        return 0
+    for line in evidence.describe(records, lines=args.lines, heartbeat=args.heartbeat):
+        print(line)
+    return 0
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
+    from . import evidence
     from .assembler import FrameAssembler
     from .frames import Frame
 
@@ -98,14 +125,27 @@ def cmd_decode(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     frames: list[Frame] = []
     packets = 0
+    def feed(chunk: bytes) -> None:
+        nonlocal packets
+        for item in asm.feed(chunk):
+            if isinstance(item, Frame):
+                frames.append(item)
+            else:
+                packets += 1
+
     try:
         with open(args.stream, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                for item in asm.feed(chunk):
-                    if isinstance(item, Frame):
-                        frames.append(item)
-                    else:
-                        packets += 1
+            head = fh.read(len(evidence.MAGIC))
+            if head == evidence.MAGIC:  # a test's transcript: its board->host side
+                fh.close()
+                try:
+                    feed(evidence.stream(evidence.read_transcript(args.stream), evidence.TO_HOST))
+                except evidence.TranscriptError as exc:
+                    raise CliError(str(exc)) from None
+            else:
+                feed(head)
+                while chunk := fh.read(1 << 20):
+                    feed(chunk)
     except OSError as exc:
         raise CliError(f"cannot read {args.stream}: {exc.strerror}") from None
     frames += [f for f in asm.flush() if isinstance(f, Frame)]
@@ -726,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("version", "versions of the host, its protocol and its CRC backend")
     _json_arg(p)
     p.set_defaults(func=cmd_version)
-    p = command("decode", "assemble frames from a recorded board->host byte stream")
+    p = command("decode", "assemble frames from a recorded board->host byte stream (or a test's transcript)")
     p.add_argument("stream", type=Path)
     p.add_argument("--pixels", type=int, default=256, help="pixels per line (default 256)")
     p.add_argument("--lines", type=int, default=256, help="lines per frame (default 256)")
@@ -735,6 +775,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write the frames as one .npy stack")
     _json_arg(p)
     p.set_defaults(func=cmd_decode)
+
+    p = command("transcript", "the packets of a test's protocol transcript (evidence bundle), in order, decoded")
+    p.add_argument("transcript", type=Path)
+    p.add_argument("--lines", action="store_true", help="every line packet (default: one per frame's run of lines)")
+    p.add_argument("--heartbeat", action="store_true", help="include the heartbeat (pings and their answers)")
+    _json_arg(p)
+    p.set_defaults(func=cmd_transcript)
 
     p = command("sim", "start, list, stop or drive simulated boards")
     p.add_argument("action", nargs="?", default="start", choices=["start", "stop", "list", "press", "release", "set"])

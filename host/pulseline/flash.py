@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import re
 import shutil
@@ -137,6 +138,10 @@ def build_bundle(platform: str, out_dir: Path, source: Path = FIRMWARE) -> list[
     return files
 
 
+RAW_REPL_ATTEMPTS = 3
+RAW_REPL_TIMEOUT_S = 4
+
+
 def _transport(port: str) -> Any:
     from mpremote.transport import TransportError
     from mpremote.transport_serial import SerialTransport
@@ -147,12 +152,21 @@ def _transport(port: str) -> Any:
         t = SerialTransport(resolve(port), baudrate=115200)
     except Exception as exc:  # mpremote raises its own and pyserial's errors
         raise FlashError(f"cannot open port {port}: {exc}") from None
-    try:
-        t.enter_raw_repl(soft_reset=False)
-    except TransportError as exc:
-        t.close()
-        raise FlashError(f"{port}: no MicroPython REPL answered ({exc}): is it a MicroPython board?") from None
-    return t
+    # mpremote reads a pty without a timeout; with one, a board that never
+    # answers is an error instead of a hang.
+    t.serial.timeout = 1
+    for attempt in range(RAW_REPL_ATTEMPTS):
+        try:
+            # A board that is still restarting (just reset) can miss the first
+            # Ctrl-C, as a real one does while USB comes back.
+            with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints what it got on failure
+                t.enter_raw_repl(soft_reset=False, timeout_overall=RAW_REPL_TIMEOUT_S)
+            return t
+        except TransportError as exc:
+            if attempt + 1 == RAW_REPL_ATTEMPTS:
+                t.close()
+                raise FlashError(f"{port}: no MicroPython REPL answered ({exc}): is it a MicroPython board?") from None
+    raise AssertionError("unreachable")
 
 
 def _board_state(t: Any) -> dict[str, Any]:
@@ -189,30 +203,35 @@ def flash(port: str, *, dry_run: bool = False, build_dir: Path = Path("build/fla
     t = _transport(port)
     try:
         plan = plan_flash(t, build_dir)
-        if dry_run:
-            return plan
-        if plan.copy and not t.fs_exists(PACKAGE):
-            t.fs_mkdir(PACKAGE)
-        for f in plan.copy:
-            log(f"copy {f.path} ({f.size} bytes)")
-            t.fs_writefile(f.path, f.local.read_bytes())
-        for path in plan.remove:
-            log(f"remove {path}")
-            t.fs_rmfile(path)
-        after = _board_state(t)["files"]
-        bad = [f.path for f in plan.bundle if after.get(f.path) != f.sha256]
-        if bad:
-            raise FlashError(f"verification failed: {', '.join(bad)} differ on the board after copying")
-        log(f"verified {len(plan.bundle)} files by SHA-256")
-        # Restart as a board does after flashing: boot.py, then main.py.
-        with contextlib.suppress(TransportError):
-            t.exec_raw_no_follow("import machine; machine.reset()")
+        if not dry_run:
+            _write(t, plan, log)
     except TransportError as exc:
         raise FlashError(f"{port}: {exc}") from None
     finally:
+        # Entering the raw REPL stopped the firmware; restart the board as it
+        # does after flashing (boot.py, then main.py), so that a dry run or a
+        # failed flash never leaves it sitting at the prompt.
         with contextlib.suppress(Exception):  # the board went away on reset: nothing to close
+            t.exec_raw_no_follow("import machine; machine.reset()")
+        with contextlib.suppress(Exception):
             t.close()
     return plan
+
+
+def _write(t: Any, plan: FlashPlan, log: Any) -> None:
+    if plan.copy and not t.fs_exists(PACKAGE):
+        t.fs_mkdir(PACKAGE)
+    for f in plan.copy:
+        log(f"copy {f.path} ({f.size} bytes)")
+        t.fs_writefile(f.path, f.local.read_bytes())
+    for path in plan.remove:
+        log(f"remove {path}")
+        t.fs_rmfile(path)
+    after = _board_state(t)["files"]
+    bad = [f.path for f in plan.bundle if after.get(f.path) != f.sha256]
+    if bad:
+        raise FlashError(f"verification failed: {', '.join(bad)} differ on the board after copying")
+    log(f"verified {len(plan.bundle)} files by SHA-256")
 
 
 def handshake(port: str, timeout_s: float = 30.0, expect_hash: str | None = None) -> dict[str, Any]:

@@ -77,6 +77,7 @@ class Board:
     firmware: dict[str, Any] = field(default_factory=dict)  # hello: firmware, firmware_hash, serial, ...
     sim: Any = None  # the SimBoard or FastBoard, on a simulated target
     proxy: Any = None  # the FaultProxy in front of a real board, with link_faults
+    flashed: bool = False  # whether the plugin deployed the compiled bundle (what `pulseline flash` copies)
 
     def link_faults(self) -> list[Any]:
         """Every fault injected on the board->host link so far (ground truth)."""
@@ -114,6 +115,15 @@ class Plant:
 
     def set(self, name: str, value: float | bool) -> int:
         return int(self._sim.set_input(name, value))
+
+    def stall(self, seconds: float) -> int:
+        """Freeze the firmware for this long, as a hung control loop (the
+        watchdog is not fed); returns the plant time it was asked for."""
+        return self.set("stall", round(seconds * 1e6))
+
+    def stalls(self) -> list[int]:
+        """Plant time at which each stall actually froze the firmware."""
+        return list(self._sim.stalls)
 
     def status(self) -> dict[str, Any]:
         return dict(self._sim.plant_status())
@@ -208,16 +218,22 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
         _deploy(fs, pulseline_bundle, _firmware(cfg))
         sim = SimBoard(fs, state_dir=tmp_path / ".pulseline", seed=seed, record=True, faults=faults).start()
         try:
-            b = Board(target, sim.pty_path, seed, wait_for_firmware(sim.pty_path, timeout_s=60), sim)
+            b = Board(target, sim.pty_path, seed, wait_for_firmware(sim.pty_path, timeout_s=60), sim,
+                      flashed=pulseline_bundle is not None)
             yield b
         finally:
             _evidence(request, b if "b" in locals() else None)
             sim.stop()
         return
-    if cfg.getoption("--flash"):
-        from .flash import flash
-
-        flash(target, log=lambda m: None)
+    # A board on a port: flashed once per run (with --flash), then restarted
+    # before each test, so that every test starts from a booted board, as on
+    # the simulated targets (its journal, like a board's, stays).
+    request.getfixturevalue("_pulseline_flashed")
+    try:
+        first = Board(target, target, seed)
+        first.reset()
+    except Exception as exc:  # SessionError, with its one-line reason
+        pytest.fail(f"the board on {target} did not restart: {exc}", pytrace=False)
     proxy = None
     port = target
     if faults:
@@ -226,7 +242,8 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
         proxy = FaultProxy(target, faults, seed=seed).start()
         port = proxy.url
     try:
-        b = Board(target, port, seed, wait_for_firmware(port, timeout_s=60), proxy=proxy)
+        b = Board(target, port, seed, wait_for_firmware(port, timeout_s=60), proxy=proxy,
+                  flashed=bool(cfg.getoption("--flash")))
         try:
             yield b
         finally:
@@ -236,11 +253,27 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
             proxy.close()
 
 
+@pytest.fixture(scope="session")
+def _pulseline_flashed(pytestconfig: pytest.Config) -> bool:
+    """--flash on a board on a port: `pulseline flash`, once per run."""
+    if not pytestconfig.getoption("--flash"):
+        return False
+    from .flash import FlashError, flash, handshake
+
+    target = pytestconfig.getoption("--target")
+    try:
+        plan = flash(target, log=lambda m: None)
+        handshake(target, expect_hash=plan.firmware_hash)
+    except FlashError as exc:
+        pytest.fail(f"--flash: {exc}", pytrace=False)
+    return True
+
+
 @pytest.fixture
 def session(board: Board, request: pytest.FixtureRequest) -> Iterator[Any]:
     from .session import Session
 
-    s = Session(board.port)
+    s = Session(board.port, record=request.config.getoption("--evidence") is not None)
     request.node.stash[_SESSION] = s
     try:
         yield s
@@ -300,6 +333,12 @@ def _evidence(request: pytest.FixtureRequest, board: Board | None) -> None:
         with open(out / "events.jsonl", "w") as fh:
             for e in s.events:
                 fh.write(json.dumps({"t_us": e.t_us, "event": e.name, **e.body}) + "\n")
+        if s.recorder is not None:
+            s.recorder.write_transcript(out / "transcript.bin")
+            if s.recorder.frames:
+                meta["frames_kept"] = s.recorder.write_frames(out / "frames.npz")
+                meta["frames_assembled"] = s.recorder.frames_seen
+            (out / "evidence.json").write_text(json.dumps(meta, indent=1))
     if board.sim is not None:
         (out / "board_to_host.bin").write_bytes(bytes(board.sim.sent_to_host))
         (out / "timeline.json").write_text(json.dumps(board.sim.plant.timeline.to_json()))

@@ -31,6 +31,7 @@ import serial
 
 from . import ports
 from .assembler import FrameAssembler
+from .evidence import TO_BOARD, TO_HOST, Recorder
 from .frames import Frame
 from .mpcompat import import_firmware
 from .protocol import Packet, wire
@@ -71,8 +72,11 @@ class Event:
 
 class Session:
     def __init__(self, port: str, *, answer_timeout_s: float = 2.0, heartbeat: bool = True,
-                 handshake: bool = True) -> None:
+                 handshake: bool = True, record: bool = False) -> None:
         self.port = port
+        # With record: every byte both ways and the last frames, for a test's
+        # evidence (pulseline.evidence).
+        self.recorder: Recorder | None = Recorder() if record else None
         self.answer_timeout_s = answer_timeout_s
         target = ports.resolve(port)
         try:
@@ -97,6 +101,9 @@ class Session:
         self.frames: queue.Queue[Frame] = queue.Queue()
         self.frames_received = 0
         self.bytes_received = 0
+        # The first bytes, as they came: a serial server that refuses a
+        # second client says so in text before it hangs up.
+        self._greeting = bytearray()
         self.last_rx = self.now()
         self.error: str | None = None
         self.board: dict[str, Any] = {}
@@ -145,13 +152,20 @@ class Session:
                 self._receive(data)
 
     def _receive(self, data: bytes) -> None:
+        if self.bytes_received < len(self._greeting) + 256:
+            self._greeting += data[:256]
         self.bytes_received += len(data)
         self.last_rx = self.now()
+        rec = self.recorder
+        if rec is not None:
+            rec.chunk(TO_HOST, self.last_rx, data)
         with self._asm_lock:
             items = self.asm.feed(data)
         for item in items:
             if isinstance(item, Frame):
                 self.frames_received += 1
+                if rec is not None:
+                    rec.frame(item)
                 self.frames.put(item)
             else:
                 self._packet(item)
@@ -242,9 +256,12 @@ class Session:
             if ignore_answer:
                 with self._cond:
                     self._ignore.add(seq)
-            packet = wire.encode(wire.PKT_COMMAND, seq, wire.command_payload(op, json.dumps(args or {}).encode()))
+            packet = wire.stuff(wire.encode(wire.PKT_COMMAND, seq,
+                                            wire.command_payload(op, json.dumps(args or {}).encode())))
+            if self.recorder is not None:
+                self.recorder.chunk(TO_BOARD, self.now(), packet)
             try:
-                self.serial.write(wire.stuff(packet))
+                self.serial.write(packet)
             except (serial.SerialException, OSError) as exc:
                 self.error = f"link lost: {exc}"
                 raise SessionError(f"{self.port}: {self.error}") from None
@@ -306,6 +323,9 @@ class Session:
                         # It answers, in another protocol generation.
                         raise SessionError(f"{self.port}: incompatible firmware: the board speaks protocol {other}, "
                                            f"this host {wire.PROTOCOL_VERSION}; flash a matching firmware") from None
+                    text = bytes(self._greeting).lower()
+                    if self.error and (b"busy" in text or b"in use" in text):
+                        raise SessionError(f"port {self.port} is busy: another program has it open") from None
                     if k == attempts - 1 or self.error:
                         raise
         except BoardError as exc:
@@ -414,6 +434,8 @@ class Session:
         for item in items:
             if isinstance(item, Frame):
                 self.frames_received += 1
+                if self.recorder is not None:
+                    self.recorder.frame(item)
                 out.append(item)
         return out
 

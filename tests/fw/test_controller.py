@@ -162,3 +162,19 @@ def test_switch_chatter_never_beats_the_pulse_rate():
         if ctl.step(ms * 1000, inputs) is not None:
             fired.append(ms)
     assert fired and all(b - a >= 66 for a, b in zip(fired, fired[1:]))
+
+
+def test_a_pulse_that_left_late_is_not_followed_by_one_too_soon():
+    # The loop decides at 1 ms, but setting up the detector and generator took
+    # 4 ms: the pulse left at 5 ms, so the next may not leave before 5 + 66.7.
+    ctl, inputs = armed_controller()
+    ctl.arm()
+    fired = []
+    for ms in range(1, 400):
+        inputs.switch = ms > 2  # a fresh press
+        ctl.host_seen(ms * 1000)
+        if ctl.step(ms * 1000, inputs) is not None:
+            fired.append(ms + 4)  # when it left the board
+            ctl.fired(fired[-1] * 1000)
+    gaps = [b - a for a, b in zip(fired, fired[1:])]
+    assert len(fired) >= 5 and all(g >= 1000 / 15 for g in gaps), gaps

@@ -56,6 +56,7 @@ SOFT_REBOOT = b"MPY: soft reboot\r\n"
 READY_MARK = b"\x00PLSIM\x00"  # printed by the launcher between boot.py and the REPL banner (raw mode)
 STATE_DIR = Path(".pulseline")
 MAX_PENDING_OUT = 256 * 1024  # bytes queued for a host that is not reading: beyond, output is dropped (as USB CDC does)
+BUSY_MESSAGE = b"port busy: another program has it open\r\n"
 INTERRUPT_GRACE_S = 0.5  # a firmware that ignores Ctrl-C this long gets SIGINT
 HEAP = "16M"
 
@@ -244,6 +245,10 @@ class SimBoard:
         self.dropped_out = 0
         self.clients: list[_Client] = []
         self.control_clients: list[_Client] = []
+        self._refused: list[tuple[float, socket.socket]] = []  # (when to close, connection)
+        self._stall_checked_us = 0  # plant time up to which scripted stalls were applied
+        self._stall_until: float | None = None  # monotonic time a frozen interpreter resumes
+        self.stalls: list[int] = []  # plant time at which each scripted stall froze the interpreter
         self._to_board: LinkDirection | None = None
         self._to_host: LinkDirection | None = None
 
@@ -298,6 +303,8 @@ class SimBoard:
                 s.close()
         for c in self.clients + self.control_clients:
             c.sock.close()
+        for _, conn in self._refused:
+            conn.close()
         for fd in (getattr(self, "master", None), getattr(self, "_slave", None)):
             if fd is not None:
                 with contextlib.suppress(OSError):
@@ -342,6 +349,7 @@ class SimBoard:
         self._swallow = not main
         self._swallow_buf.clear()
         self._interrupt_at = None
+        self._stall_until = None  # a stall ends with the interpreter it froze
 
     def _kill(self) -> None:
         p = self.proc
@@ -481,6 +489,17 @@ class SimBoard:
         p = self.proc
         if fd is self._tcp:
             conn, _ = self._tcp.accept()
+            self._drop_closed_clients()
+            if self.clients:
+                # One host at a time, as a board's one USB port: a second
+                # would steal the first one's bytes. Said the way serial
+                # servers (ser2net) say it, then closed.
+                with contextlib.suppress(OSError):
+                    conn.sendall(BUSY_MESSAGE)
+                # Closed a moment later: a client reading with a timeout
+                # (pyserial) loses what came in the same read as the hang-up.
+                self._refused.append((time.monotonic() + 0.2, conn))
+                return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.clients.append(_Client(conn))
         elif fd is self._ctl:
@@ -512,10 +531,45 @@ class SimBoard:
                 if c.sock is fd:
                     self._control_readable(c)
 
+    def _scripted_stalls(self, p: subprocess.Popen[bytes]) -> None:
+        """A `stall` on the plant's timeline freezes the interpreter (SIGSTOP)
+        for its duration, as a hung control loop would: no code runs, no
+        watchdog is fed, and the plant's watchdog decides what follows."""
+        now_us = self.server.now_us()
+        with self.server.lock:
+            stalls = self.plant.timeline.impulses_between("stall", self._stall_checked_us, now_us)
+        self._stall_checked_us = now_us
+        if stalls and self._stall_until is None and p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGSTOP)
+            self.stalls.append(self.server.now_us())
+            self._stall_until = time.monotonic() + sum(stalls) / 1e6
+        if self._stall_until is not None and time.monotonic() >= self._stall_until:
+            self._stall_until = None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+
+    def _drop_closed_clients(self) -> None:
+        """Forget clients that have hung up but whose hang-up this loop has
+        not read yet (a host that closes and reconnects at once)."""
+        for c in list(self.clients):
+            try:
+                closed = c.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            except BlockingIOError:
+                closed = False
+            except OSError:
+                closed = True
+            if closed:
+                self.clients.remove(c)
+                c.sock.close()
+
     def _housekeeping(self) -> None:
+        while self._refused and self._refused[0][0] <= time.monotonic():
+            self._refused.pop(0)[1].close()
         p = self.proc
         if p is None:
             return
+        self._scripted_stalls(p)
         code = p.poll()
         if code is not None:
             # Read what it printed last before restarting.

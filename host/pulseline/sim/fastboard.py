@@ -113,6 +113,13 @@ class FastBoard:
                 "resets": [k for _, k in self.sim.resets]}
 
     @property
+    def stalls(self) -> list[int]:
+        """Plant time of each scripted stall so far (in virtual time the
+        firmware freezes exactly then)."""
+        now = self.sim.now_us
+        return [e.t_us for e in self.plant.timeline.events() if e.name == "stall" and e.t_us <= now]
+
+    @property
     def sent_to_host(self) -> bytearray:
         return self.transcript
 
