@@ -1,12 +1,18 @@
 """Protocol conformance, from outside the board: the handshake, every
-command answered, every refusal with its error code and no change."""
+command answered and doing its job, every refusal with its error code and
+no change.
+
+Error codes not provoked here: ERR_STORAGE and ERR_INTERNAL need a broken
+board (full storage, a firmware defect) and are covered by the firmware's
+unit tests (tests/fw/test_app.py); ERR_INTERLOCK is reserved (a missing
+permissive blocks pulses, not commands: the `blocked` event says which)."""
 
 from __future__ import annotations
 
 import pytest
 
 from pulseline.protocol import wire
-from pulseline.session import BoardError, Session, SessionError
+from pulseline.session import OPCODES, BoardError, Session, SessionError
 
 COMMANDS_WITHOUT_ARGUMENTS = ["get_config", "status", "dose_report", "ping", "self_test", "alarm_reset",
                               "disarm", "fault_reset"]
@@ -52,3 +58,75 @@ def test_a_bad_command_is_refused_and_changes_nothing(session, name, args, statu
 def test_a_second_host_on_the_same_port_is_told_it_is_busy(board, session):
     with pytest.raises(SessionError, match="busy"):
         Session(board.port)
+
+
+def test_an_unknown_opcode_and_a_malformed_command_are_refused(session):
+    before = (session.command("get_config"), session.status()["state"])
+    assert session.request(0xEE, b"{}")[0] == wire.ERR_UNKNOWN_COMMAND
+    assert session.request(OPCODES["set_config"], b"kv=90")[0] == wire.ERR_MALFORMED
+    assert session.request(OPCODES["set_config"], b"[90]")[0] == wire.ERR_MALFORMED
+    assert (session.command("get_config"), session.status()["state"]) == before
+
+
+def test_commands_refused_in_the_wrong_state(session):
+    session.arm()
+    with pytest.raises(BoardError) as err:
+        session.command("dark_frames", {"frames": 2})  # only while disarmed
+    assert err.value.status == wire.ERR_BAD_STATE, err.value.message
+    session.disarm()
+    session.command("dark_frames", {"frames": 3})
+    with pytest.raises(BoardError) as err:
+        session.arm()  # not while dark frames are being read
+    assert err.value.status == wire.ERR_BUSY, err.value.message
+    assert all(session.next_frame(5) is not None for _ in range(3))
+    assert session.status()["state"] == "IDLE"
+
+
+def read_whole_journal(session):
+    records, at = [], 0
+    while True:
+        page = session.command("read_journal", {"from": at})
+        if not page["records"]:
+            return records
+        records += page["records"]
+        at = page["next"]
+
+
+def test_every_command_does_its_job(session):
+    assert session.configure(kv=70.0, pulses_per_s=3.75)["kv"] == 70.0
+    assert session.command("get_config")["pulses_per_s"] == 3.75
+    assert session.command("arm")["state"] == "READY" and session.status()["state"] == "READY"
+    assert session.command("disarm")["state"] == "IDLE"
+    exam = session.command("new_exam")["exam"]
+    assert session.status()["exam"] == exam and session.dose_report()["pulses"] == 0
+    assert {"kind": "exam", "exam": exam} in [r["record"] for r in read_whole_journal(session)]
+    dark = session.command("dark_frames", {"frames": 2})
+    frames = [session.next_frame(5) for _ in range(2)]
+    assert [f.frame_id for f in frames if f is not None and f.complete] == [dark["first_frame"], dark["first_frame"] + 1]
+    assert session.command("self_test")["passed"]
+
+
+def test_reboot_restarts_the_board_disarmed_with_its_exam(board, session):
+    session.arm()
+    exam = session.status()["exam"]
+    session.close()
+    board.reset()
+    with Session(board.port) as s:
+        status = s.status()
+        s.sleep(0.2)
+        events = [(e.name, e.body) for e in s.events]
+    assert status["state"] == "IDLE" and status["exam"] == exam and status["uptime_s"] < 5, (repr(status), events)
+
+
+def test_exit_to_repl_stops_the_firmware_and_a_restart_brings_it_back(board, session):
+    if board.target == "fast":
+        pytest.skip("the fast target has no REPL to exit to")
+    from pulseline.flash import flash
+    from pulseline.session import wait_for_firmware
+
+    session.command("exit_to_repl")
+    session.close()
+    with pytest.raises(SessionError, match="no answer"):
+        Session(board.port)
+    flash(board.port, dry_run=True)  # through the REPL, as mpremote does; it restarts the board
+    assert wait_for_firmware(board.port, timeout_s=30)["firmware_hash"] == board.firmware["firmware_hash"]

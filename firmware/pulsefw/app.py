@@ -176,6 +176,15 @@ class App:
     def block_name(self):
         return BLOCK_NAMES[self.ctl.block]
 
+    def storage_writable(self):
+        """Whether the journal's filesystem takes a write now (checked at
+        arming: an exposure whose dose cannot be recorded must not start)."""
+        try:
+            self.hal.storage.replace("selftest.bin", b"pulseline self-test")
+            return self.hal.storage.read("selftest.bin") == b"pulseline self-test"
+        except OSError:
+            return False
+
     def self_test(self, now):
         """Checks that need no X-rays. Latches FAULT_SELF_TEST on a failure."""
         checks = {"clock": self.hal.ticks_us() >= now}
@@ -185,11 +194,7 @@ class App:
             got = j.read(j.last[0], 1)
             ok = len(got) == 1 and got[0] == j.last
         checks["journal"] = ok
-        try:
-            self.hal.storage.replace("selftest.bin", b"pulseline self-test")
-            checks["storage"] = self.hal.storage.read("selftest.bin") == b"pulseline self-test"
-        except OSError:
-            checks["storage"] = False
+        checks["storage"] = self.storage_writable()
         r = self.readout
         checks["frame_buffer"] = len(r.frame_buf) == r.lines * r.enc.pixel_bytes
         checks["technique"] = self.config.technique().check() is None

@@ -89,6 +89,10 @@ def handle(app, seq, payload, now):
         app.commands_bad += 1
         app.tx.response(seq, r.args[0], r.args[1])
         return
+    except Exception as exc:  # a firmware defect: answer, keep the loop (and emission control) running
+        app.commands_bad += 1
+        app.tx.response(seq, wire.ERR_INTERNAL, "internal error: %s %s" % (type(exc).__name__, exc))
+        return
     app.tx.response(seq, wire.ERR_OK, body)
     after = AFTER.get(payload[0])
     if after is not None:
@@ -134,6 +138,8 @@ def arm(app, args, now):
     _only(args, ())
     if app.journal is None:
         raise Refused(wire.ERR_STORAGE, "no dose journal: cannot account dose")
+    if not app.storage_writable():
+        raise Refused(wire.ERR_STORAGE, "the board's storage cannot be written: dose could not be recorded")
     if app.dark_left:
         raise Refused(wire.ERR_BUSY, "dark frames are being read")
     prev = app.ctl.state

@@ -259,10 +259,12 @@ class PlantClient:
         return CAUSES[self.ans[0]] if self.ans[0] < len(CAUSES) else "power"
 
     def reset(self):
+        # The simulated board's reset line: the supervisor restarts the
+        # interpreter when the plant has this request. Until then the CPU
+        # waits, as a board's does for its reset to take.
         self.ask(OP_RESET, 0, 1)
-        import sys
-
-        sys.exit(EXIT_HARD_RESET)
+        while True:
+            self._time.sleep_ms(10)
 
 
 class StdioLink:

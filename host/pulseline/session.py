@@ -249,6 +249,9 @@ class Session:
         op = OPCODES.get(name)
         if op is None:
             raise ValueError(f"unknown command {name!r}")
+        return self._send_raw(op, json.dumps(args or {}).encode(), ignore_answer)
+
+    def _send_raw(self, op: int, raw_args: bytes, ignore_answer: bool = False) -> int:
         with self._write_lock:
             seq = self._seq
             # On a virtual board the stand-in host's heartbeat has the upper half.
@@ -256,8 +259,7 @@ class Session:
             if ignore_answer:
                 with self._cond:
                     self._ignore.add(seq)
-            packet = wire.stuff(wire.encode(wire.PKT_COMMAND, seq,
-                                            wire.command_payload(op, json.dumps(args or {}).encode())))
+            packet = wire.stuff(wire.encode(wire.PKT_COMMAND, seq, wire.command_payload(op, raw_args)))
             if self.recorder is not None:
                 self.recorder.chunk(TO_BOARD, self.now(), packet)
             try:
@@ -304,6 +306,17 @@ class Session:
         if status != wire.ERR_OK:
             raise BoardError(name, status, str(body))
         return body
+
+    def request(self, op: int, raw_args: bytes, timeout_s: float | None = None) -> tuple[int, Any]:
+        """Any opcode with any argument bytes, for conformance tests: the
+        board's (status, body or message), whatever the status."""
+        seq = self._send_raw(op, raw_args)
+        if not self._wait(lambda: seq in self._responses or self.error,
+                          timeout_s if timeout_s is not None else self.answer_timeout_s) \
+                or seq not in self._responses:
+            raise SessionError(f"{self.port}: no answer to opcode {op}" + (f": {self.error}" if self.error else ""))
+        with self._cond:
+            return self._responses.pop(seq)
 
     def hello(self, attempts: int = 6) -> dict[str, Any]:
         """The version handshake. Asked again a few times: a board that has

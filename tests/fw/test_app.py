@@ -310,3 +310,38 @@ def test_read_journal_pages_through_records():
     page = b.ok("read_journal", {"from": 1, "max": 2})
     assert [r["seq"] for r in page["records"]] == [1, 2] and page["next"] == 3
     assert page["records"][0]["record"] == {"kind": "exam", "exam": 2}
+
+
+class FullDisk(Disk):
+    """A filesystem that takes no more writes (full, or worn out)."""
+
+    def append(self, name, data):
+        raise OSError(28, "no space left on device")
+
+    def replace(self, name, data):
+        raise OSError(28, "no space left on device")
+
+
+def test_a_board_that_cannot_record_dose_refuses_to_arm():
+    b = Board(FullDisk())
+    status, msg = b.send("arm")
+    assert status == wire.ERR_STORAGE and "cannot be written" in msg
+    assert b.ok("status")["state"] == "IDLE"
+    b.hal.switch = True
+    b.run(500_000)
+    assert b.hal.fired == []
+
+
+def test_a_defect_in_a_command_is_answered_and_the_board_runs_on():
+    def broken(app_, args, now):
+        raise TypeError("a firmware defect")
+
+    b = Board()
+    saved = commands.HANDLERS[commands.OP_SELF_TEST]
+    commands.HANDLERS[commands.OP_SELF_TEST] = broken
+    try:
+        status, msg = b.send("self_test")
+    finally:
+        commands.HANDLERS[commands.OP_SELF_TEST] = saved
+    assert status == wire.ERR_INTERNAL and "TypeError" in msg
+    assert b.ok("status")["state"] == "IDLE" and b.ok("status")["commands_bad"] == 1

@@ -245,10 +245,12 @@ class SimBoard:
         self.dropped_out = 0
         self.clients: list[_Client] = []
         self.control_clients: list[_Client] = []
-        self._refused: list[tuple[float, socket.socket]] = []  # (when to close, connection)
+        # Refused clients: [when the next step is due, connection, step (0 say busy, 1 hang up, 2 close)]
+        self._refused: list[list[Any]] = []
         self._stall_checked_us = 0  # plant time up to which scripted stalls were applied
         self._stall_until: float | None = None  # monotonic time a frozen interpreter resumes
         self.stalls: list[int] = []  # plant time at which each scripted stall froze the interpreter
+        self._resets_seen = 0  # the plant server's count of resets the firmware requested
         self._to_board: LinkDirection | None = None
         self._to_host: LinkDirection | None = None
 
@@ -303,7 +305,7 @@ class SimBoard:
                 s.close()
         for c in self.clients + self.control_clients:
             c.sock.close()
-        for _, conn in self._refused:
+        for _, conn, _ in self._refused:
             conn.close()
         for fd in (getattr(self, "master", None), getattr(self, "_slave", None)):
             if fd is not None:
@@ -366,6 +368,10 @@ class SimBoard:
             self._launch(main=not self.raw_mode, cause="soft")
         else:  # hard (machine.reset, the reboot command), power, watchdog
             self.raw_mode = False
+            # A reset turns the hardware watchdog off until the new firmware
+            # starts it (else the old one's would bite while the new boots).
+            with self.server.lock:
+                self.plant.watchdog_reset()
             self._launch(main=True, cause="soft" if kind == "hard" else kind)
 
     # -- byte plumbing -------------------------------------------------------------
@@ -494,11 +500,12 @@ class SimBoard:
                 # One host at a time, as a board's one USB port: a second
                 # would steal the first one's bytes. Said the way serial
                 # servers (ser2net) say it, then closed.
-                with contextlib.suppress(OSError):
-                    conn.sendall(BUSY_MESSAGE)
-                # Closed a moment later: a client reading with a timeout
-                # (pyserial) loses what came in the same read as the hang-up.
-                self._refused.append((time.monotonic() + 0.2, conn))
+                # Said a moment later (pyserial empties its input right after
+                # connecting) and hung up a moment after that (a client
+                # reading with a timeout loses what came in the same read as
+                # the hang-up).
+                conn.setblocking(False)
+                self._refused.append([time.monotonic() + 0.05, conn, 0])
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.clients.append(_Client(conn))
@@ -549,6 +556,50 @@ class SimBoard:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGCONT)
 
+    def _refused_clients(self) -> None:
+        """Refused clients: told the port is busy, then hung up on. What they
+        send is read and dropped (closing a socket with unread data resets
+        the connection, and the client loses the message)."""
+        now = time.monotonic()
+        for entry in list(self._refused):
+            when, conn, phase = entry
+            done = False
+            try:
+                while conn.recv(4096):
+                    pass
+                done = True  # the client closed its side
+            except BlockingIOError:
+                pass
+            except OSError:
+                done = True
+            if not done and now >= when:
+                try:
+                    if phase == 0:
+                        conn.sendall(BUSY_MESSAGE)
+                        entry[0], entry[2] = now + 0.2, 1
+                    elif phase == 1:
+                        conn.shutdown(socket.SHUT_WR)
+                        entry[0], entry[2] = now + 2.0, 2
+                    else:
+                        done = True
+                except OSError:
+                    done = True
+            if done:
+                conn.close()
+                self._refused.remove(entry)
+
+    def _drain(self, p: subprocess.Popen[bytes]) -> None:
+        if p.stdout is None:
+            return
+        while True:
+            try:
+                data = os.read(p.stdout.fileno(), 65536)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self._from_process(data)
+
     def _drop_closed_clients(self) -> None:
         """Forget clients that have hung up but whose hang-up this loop has
         not read yet (a host that closes and reconnects at once)."""
@@ -564,12 +615,19 @@ class SimBoard:
                 c.sock.close()
 
     def _housekeeping(self) -> None:
-        while self._refused and self._refused[0][0] <= time.monotonic():
-            self._refused.pop(0)[1].close()
+        self._refused_clients()
         p = self.proc
         if p is None:
             return
         self._scripted_stalls(p)
+        if self.server.resets_requested != self._resets_seen:
+            # The firmware asked the hardware for a reset (the reboot
+            # command). Its interpreter cannot end itself from main.py (-i
+            # keeps it at the REPL), so the board's reset line does it.
+            self._resets_seen = self.server.resets_requested
+            self._drain(p)  # what it wrote before asking (the answer to reboot) still goes out
+            self._restart("hard")
+            return
         code = p.poll()
         if code is not None:
             # Read what it printed last before restarting.
