@@ -1,4 +1,5 @@
-"""Dose displays and the journal, against the plant's reference meter."""
+"""Dose and timer displays and the journal, against the plant's reference
+meter and its record of the switch."""
 
 from __future__ import annotations
 
@@ -28,3 +29,21 @@ def test_the_journal_survives_a_reset(board, plant):
     board.reset()
     with Session(board.port) as s:
         assert s.dose_report() == report
+
+
+@pytest.mark.needs_plant
+def test_the_fluoroscopy_timer_counts_the_switch_time(session, plant, clock):
+    session.configure(pixels_per_line=64, lines_per_frame=64)
+    session.arm()
+    t_press = plant.press()
+    t_release = plant.at(2.5, "switch", False)  # a press of exactly 2.5 s of plant time
+    clock.wait_for(lambda: session.wait_event("irradiation", 0), 5, "the end of the irradiation event")
+    event = session.dose_report()["events"][-1]
+    shown_s = event["fluoro_s"] + event["fluoro_us"] / 1e6
+    # The timer runs while the board exposes: from the pass that sees the
+    # press to the one that sees the release (1 ms loop, and the link's
+    # latency on a simulated board).
+    assert shown_s == pytest.approx((t_release - t_press) / 1e6, abs=0.03)
+    assert session.status()["fluoro_min"] == 0.0  # minutes and tenths: 2.5 s shows as 0.0
+    dose = [e for e in session.events if e.name == "dose"]
+    assert dose and dose[-1].body["fluoro_min"] == 0.0

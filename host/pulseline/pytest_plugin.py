@@ -90,6 +90,22 @@ class Board:
     def simulated(self) -> bool:
         return self.sim is not None
 
+    def flash(self, source: Path | None = None) -> Any:
+        """`pulseline flash` on this board: compile the firmware (the
+        package's, or the tree `source`), copy what differs, verify by hash,
+        restart, and wait for the handshake of exactly that bundle. Returns
+        the flash plan (what was copied and removed)."""
+        import tempfile
+
+        from .flash import FIRMWARE, flash, handshake
+
+        if self.target == FAST:
+            pytest.skip("the fast target runs the firmware in process: nothing to flash")
+        with tempfile.TemporaryDirectory(prefix="pulseline-flash-") as build:
+            plan = flash(self.port, build_dir=Path(build), log=lambda m: None, source=source or FIRMWARE)
+        self.firmware = handshake(self.port, expect_hash=plan.firmware_hash)
+        return plan
+
     def reset(self) -> dict[str, Any]:
         """Restart the board and wait for its handshake (the reboot command)."""
         from .session import Session, wait_for_firmware
@@ -115,6 +131,14 @@ class Plant:
 
     def set(self, name: str, value: float | bool) -> int:
         return int(self._sim.set_input(name, value))
+
+    def at(self, seconds_from_now: float, name: str, value: float | bool) -> int:
+        """Script an input or a fault ahead of time (a timeline entry: door,
+        switch, generator fault, readout timeout, line loss, stall...), so it
+        happens at an exact moment whatever the test is doing; returns its
+        plant time."""
+        t = int(self.status()["t_us"]) + max(1, round(seconds_from_now * 1e6))
+        return int(self._sim.set_input(name, value, at_us=t))
 
     def stall(self, seconds: float) -> int:
         """Freeze the firmware for this long, as a hung control loop (the

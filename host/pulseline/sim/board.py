@@ -662,11 +662,11 @@ class SimBoard:
 
     # -- the simulated hardware, from the host ---------------------------------------
 
-    def set_input(self, name: str, value: float | bool) -> int:
-        """Change a plant input now (switch, door_closed, key_on, ...);
-        returns the plant time at which it takes effect."""
+    def set_input(self, name: str, value: float | bool, at_us: int | None = None) -> int:
+        """Change a plant input now (switch, door_closed, key_on, ...), or at
+        plant time at_us; returns the plant time at which it takes effect."""
         with self.server.lock:
-            t = self.server.now_us() + 1
+            t = max(self.server.now_us() + 1, at_us or 0)
             self.plant.timeline.add(t, name, value)
         return t
 

@@ -92,8 +92,8 @@ class FastBoard:
 
     # -- the simulated hardware, as SimBoard has it ----------------------------------
 
-    def set_input(self, name: str, value: float | bool) -> int:
-        t = self.sim.now_us + 1
+    def set_input(self, name: str, value: float | bool, at_us: int | None = None) -> int:
+        t = max(self.sim.now_us + 1, at_us or 0)
         self.plant.timeline.add(t, name, value)
         return t
 
