@@ -138,7 +138,7 @@ def test_two_runs_on_fast_with_the_same_seed_are_identical(tmp_path):
                               "--evidence", str(ev)], capture_output=True, text=True, cwd=root, timeout=300)
         assert res.returncode == 0, res.stdout + res.stderr
         runs.append({p.name: p for p in ev.iterdir()})
-    assert runs[0].keys() == runs[1].keys() and len(runs[0]) == 2
+    assert runs[0].keys() == runs[1].keys() and len(runs[0]) == 3
     for name in runs[0]:
         a, b = (r[name] for r in runs)
         stream = (a / "board_to_host.bin").read_bytes()

@@ -318,3 +318,39 @@ def test_board_runs_cleanly(run):
     assert run.alive_at_kill, "the firmware left its main loop"
     assert run.server_errors == []
     assert run.server_connections == 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/schedstat"), reason="the kernel keeps no run-queue delays")
+def test_time_the_interpreter_waits_for_a_host_cpu_is_credited_to_its_watchdog():
+    """A board's CPU is its own: run-queue delay on a shared host is not a
+    stalled control loop. Pinned to one CPU beside a busy process, this
+    process waits for the CPU; the watchdog gets exactly that wait back."""
+    plant = Plant(PlantConfig(seed=1), Timeline())
+    server = PlantServer(plant)
+    cpu = min(os.sched_getaffinity(0))
+    saved = os.sched_getaffinity(0)
+    hog = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    try:
+        os.sched_setaffinity(0, {cpu})
+        with server.lock:
+            plant.watchdog_start(0, 100_000)
+            server.board_pid = os.getpid()
+            server.credit_host_starvation()  # the baseline
+        with open(f"/proc/{os.getpid()}/schedstat") as fh:
+            before_ns = int(fh.read().split()[1])
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:  # compete for the CPU
+            sum(range(1000))
+        with open(f"/proc/{os.getpid()}/schedstat") as fh:
+            waited_us = (int(fh.read().split()[1]) - before_ns) // 1000
+        fed_before = plant._wd.fed_us
+        with server.lock:
+            server.credit_host_starvation()
+        credited = plant._wd.fed_us - fed_before
+    finally:
+        os.sched_setaffinity(0, saved)
+        hog.kill()
+        hog.wait()
+        server.close()
+    assert waited_us > 50_000  # the hog really took the CPU
+    assert waited_us <= credited <= waited_us + 20_000

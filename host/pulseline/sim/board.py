@@ -345,6 +345,8 @@ class SimBoard:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=env, bufsize=0, start_new_session=True)
         assert self.proc.stdout is not None and self.proc.stdin is not None
+        with self.server.lock:
+            self.server.board_pid = self.proc.pid
         os.set_blocking(self.proc.stdout.fileno(), False)
         os.set_blocking(self.proc.stdin.fileno(), False)
         self._pending_in.clear()  # bytes for the old interpreter die with it, as on a reset board
@@ -651,6 +653,7 @@ class SimBoard:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGINT)
         with self.server.lock:
+            self.server.credit_host_starvation()
             expired = self.plant.watchdog_expired(self.server.now_us())
         if expired:
             # Clear the expiry before the new interpreter starts its own

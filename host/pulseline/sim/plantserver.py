@@ -44,6 +44,10 @@ class PlantServer:
         self.address = f"{bound_host}:{bound_port}"
         self.reset_cause = "power"
         self.resets_requested = 0
+        # The interpreter running the firmware (set by the simulated board):
+        # the time it waits for a host CPU is credited to its watchdog.
+        self.board_pid: int | None = None
+        self._run_delay: tuple[int, int] = (0, 0)  # (pid, its run-queue wait so far, ns)
         self.connections = 0
         self.errors: list[str] = []
         self._stop = threading.Event()
@@ -82,6 +86,24 @@ class PlantServer:
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             finally:
                 conn.close()
+
+    def credit_host_starvation(self) -> None:
+        """A board's CPU is its own; the host's is shared. Time the
+        interpreter was ready to run but waited for a host CPU (its run-queue
+        delay, /proc/PID/schedstat) does not run down its watchdog, so a busy
+        host cannot make a healthy firmware look stalled. Call under lock."""
+        pid = self.board_pid
+        if pid is None:
+            return
+        try:
+            with open(f"/proc/{pid}/schedstat") as fh:
+                delay_ns = int(fh.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            return
+        last_pid, last_ns = self._run_delay
+        self._run_delay = (pid, delay_ns)
+        if last_pid == pid and delay_ns > last_ns:
+            self.plant.watchdog_credit((delay_ns - last_ns) // 1000)
 
     @staticmethod
     def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -122,6 +144,7 @@ class PlantServer:
                     out = b"\x01"
                 elif op == hal_sim.OP_FIRE:
                     (width_us,) = struct.unpack("<I", args)
+                    self.credit_host_starvation()
                     ok = p.generator_fire(now, int(width_us)) is not None
                     if ok:
                         copied = 0
@@ -153,6 +176,7 @@ class PlantServer:
                     p.watchdog_start(now, int(timeout_ms) * 1000)
                     out = b"\x01"
                 elif op == hal_sim.OP_WDT_FEED:
+                    self.credit_host_starvation()
                     p.watchdog_feed(now)
                     out = b"\x01"
                 elif op == hal_sim.OP_WDT_STOP:
