@@ -146,12 +146,14 @@ def test_two_runs_on_fast_with_the_same_seed_are_identical(tmp_path):
         if (a / "events.jsonl").exists():  # the tests that take the session fixture
             assert (a / "events.jsonl").read_text() == (b / "events.jsonl").read_text()
         assert (a / "timeline.json").read_text() == (b / "timeline.json").read_text()
+        lines, pixels = 256, 256  # the board's default geometry
         if (a / "transcript.bin").exists():  # the host's side, with the target's times, and its frames
             assert evidence.read_transcript(a / "transcript.bin") == evidence.read_transcript(b / "transcript.bin")
             fa, fb = (evidence.load_frames(x / "frames.npz") for x in (a, b))
             assert len(fa) == len(fb) >= 4
             assert all(np.array_equal(x["pixels"], y["pixels"]) for x, y in zip(fa, fb, strict=True))
-        frames = [f for f in FrameAssembler(256, 256, "mono12p").feed(stream) if isinstance(f, Frame)]
+            lines, pixels = fa[-1]["pixels"].shape
+        frames = [f for f in FrameAssembler(pixels, lines, "mono12p").feed(stream) if isinstance(f, Frame)]
         assert len(frames) >= 4 and all(f.complete for f in frames)
     # A different seed is a different detector and different noise.
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
