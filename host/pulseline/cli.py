@@ -65,6 +65,11 @@ EXAMPLES = {
   pulseline monitor --port sim                 state, events, alarms and logs until Ctrl-C
   pulseline monitor --port sim --duration 30 --no-dose --json
 """,
+    "view": """examples:
+  pulseline view --port sim                    the live view of a simulated board, in the browser
+  pulseline view --port /dev/ttyACM0 --no-browser --http-port 8080
+  pulseline view --port sim --listen 0.0.0.0   reachable from other machines (not only this one)
+""",
     "version": """examples:
   pulseline version --json
 """,
@@ -697,6 +702,55 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_controls(port: str) -> Any:
+    """The simulated hardware behind `port`, if it is a running simulated
+    board (by name, pty, link or URL); None for anything else."""
+    from .sim.board import SimControl, running_boards
+
+    name = None
+    if port == "sim" or port.startswith("sim:"):
+        name = port[4:] or None
+    else:
+        for b in running_boards():
+            if port in (b.get("pty"), b.get("url"), b.get("link_path")):
+                name = b["name"]
+    if name is None and not (port == "sim" or port.startswith("sim:")):
+        return None
+    try:
+        return SimControl(name)
+    except (OSError, ValueError):
+        return None
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    import time
+    import webbrowser
+
+    from .view import LiveView
+
+    s = _session(args.port)
+    view = LiveView(s, host=args.listen, port=args.http_port, controls=_sim_controls(args.port))
+    try:
+        try:
+            view.start()
+        except OSError as exc:
+            raise CliError(str(exc)) from None
+        if args.json:
+            print(json.dumps({"url": view.url, "port": args.port, "controls": view.controls is not None}), flush=True)
+        else:
+            print(f"live view of {args.port} at {view.url} (Ctrl-C to stop)", flush=True)
+        if not args.no_browser:
+            webbrowser.open(view.url)
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        view.stop()
+        s.close()
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from .presets import PresetError, load
 
@@ -775,6 +829,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, help="write the frames as one .npy stack")
     _json_arg(p)
     p.set_defaults(func=cmd_decode)
+
+    p = command("view", "the live view in a browser: frames, technique, dose displays, alarms, last image hold")
+    _port_arg(p)
+    p.add_argument("--listen", default="127.0.0.1",
+                   help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
+    p.add_argument("--http-port", type=int, default=0, help="web server port (default: a free one)")
+    p.add_argument("--no-browser", action="store_true", help="print the address, do not open a browser")
+    _json_arg(p)
+    p.set_defaults(func=cmd_view)
 
     p = command("transcript", "the packets of a test's protocol transcript (evidence bundle), in order, decoded")
     p.add_argument("transcript", type=Path)

@@ -1,0 +1,317 @@
+"""The live monitor: a local web page that shows a board's frames as they
+come, with the technique and dose displays the regulation asks for, and the
+last image held when the pedal is released.
+
+    LiveView(session)            one board's session -> one page, many tabs
+
+A pump thread reads the session (frames, events, a status poll each second)
+and hands what it read to the web server's event loop (Starlette on uvicorn,
+in its own thread). Every browser tab is a WebSocket client with a one-frame
+slot: a tab that draws slower than the board sends has its older display
+frames replaced (counted and shown), never delays the session, and never
+costs a capture frame. Text messages (state, dose, alarms, faults) are never
+dropped.
+
+Frame message (binary): u32 little-endian n, n bytes of JSON header
+(frame_id, pulse_id, t_us, lines, pixels, lines_lost, complete, bits), then
+lines x pixels u16 little-endian pixel values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from .frames import Frame
+
+PAGE = Path(__file__).with_name("view_page.html")
+STATUS_EVERY_S = 1.0  # the displays refresh at least this often, exposing or not
+ACK_TIMEOUT_S = 1.0  # a tab that has not said it drew a frame gets the next one after this long anyway
+SIM_INPUTS = ("switch", "door_closed", "key_on", "generator_ready", "hlc_switch", "water_cm", "structures")
+
+
+def encode_frame(frame: Frame, *, bits: int = 12) -> bytes:
+    """One frame as the page receives it (see the module doc)."""
+    px = frame.pixels
+    if px.dtype != np.uint16:  # corrected frames are float: clip to the display range
+        px = np.nan_to_num(px, nan=0.0, posinf=65535.0, neginf=0.0).clip(0, 65535).round().astype(np.uint16)
+    lines, pixels = px.shape
+    head = json.dumps({"frame_id": frame.frame_id, "pulse_id": frame.pulse_id, "t_us": frame.timestamp_us,
+                       "lines": lines, "pixels": pixels, "lines_lost": frame.lines_lost,
+                       "complete": frame.complete, "bits": bits}).encode()
+    return struct.pack("<I", len(head)) + head + np.ascontiguousarray(px, dtype="<u2").tobytes()
+
+
+@dataclass
+class _Client:
+    ws: Any
+    texts: list[str] = field(default_factory=list)
+    frame: bytes | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    frames_sent: int = 0
+    frames_dropped: int = 0
+    unacked_since: float | None = None  # a frame is out and the tab has not said it drew it
+
+
+class Hub:
+    """The tabs and what each is owed; lives on the server's event loop."""
+
+    def __init__(self) -> None:
+        self.clients: list[_Client] = []
+        self.snapshot: dict[str, Any] = {}  # the latest of each text kind, for a tab that joins late
+        self.last_frame: bytes | None = None
+        self.frames_in = 0
+
+    def text(self, message: dict[str, Any]) -> None:
+        if message.get("type") in ("status", "dose", "state", "link", "board", "hold", "alarms", "fault"):
+            self.snapshot[str(message["type"])] = message
+        data = json.dumps(message)
+        for c in self.clients:
+            c.texts.append(data)
+            c.wake.set()
+
+    def frame(self, data: bytes) -> None:
+        self.frames_in += 1
+        self.last_frame = data
+        for c in self.clients:
+            if c.frame is not None:
+                c.frames_dropped += 1  # the tab has not taken the last one: it sees this one instead
+            c.frame = data
+            c.wake.set()
+
+    async def serve(self, ws: Any) -> None:
+        c = _Client(ws)
+        c.texts = [json.dumps(m) for m in self.snapshot.values()]
+        c.frame = self.last_frame
+        self.clients.append(c)
+        c.texts.append(json.dumps({"type": "tabs", "count": len(self.clients)}))
+        for other in self.clients[:-1]:
+            other.texts.append(json.dumps({"type": "tabs", "count": len(self.clients)}))
+            other.wake.set()
+        c.wake.set()
+        receiver = asyncio.ensure_future(self._receive(c))
+        try:
+            while not receiver.done():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(c.wake.wait(), ACK_TIMEOUT_S)
+                c.wake.clear()
+                while c.texts:
+                    await ws.send_text(c.texts.pop(0))
+                # One frame in flight per tab: the next goes when the tab has
+                # drawn this one (or has not said so for ACK_TIMEOUT_S), so a
+                # slow tab is shown the newest frame, not a backlog.
+                waiting = c.unacked_since is not None and time.monotonic() - c.unacked_since < ACK_TIMEOUT_S
+                if c.frame is not None and not waiting:
+                    frame, c.frame = c.frame, None
+                    c.unacked_since = time.monotonic()
+                    await ws.send_bytes(frame)
+                    c.frames_sent += 1
+        except Exception:  # the tab went away mid-send
+            pass
+        finally:
+            receiver.cancel()
+            self.clients.remove(c)
+            for other in self.clients:
+                other.texts.append(json.dumps({"type": "tabs", "count": len(self.clients)}))
+                other.wake.set()
+
+    async def _receive(self, c: _Client) -> None:
+        """What a tab says: `{"shown": n}` after drawing (for the counters)."""
+        with contextlib.suppress(Exception):
+            while True:
+                msg = json.loads(await c.ws.receive_text())
+                if msg.get("type") == "shown":
+                    c.unacked_since = None
+                    c.texts.append(json.dumps({"type": "display", "sent": c.frames_sent,
+                                               "dropped": c.frames_dropped}))
+                    c.wake.set()
+        c.wake.set()  # ends the sender
+
+
+class LiveView:
+    """Serve one board's live view at http://HOST:PORT/.
+
+    `session`: an open Session on the board. `controls`: an object with
+    press(), release() and set_input(name, value) (a simulated board's
+    hardware), or None. With pump=False the caller feeds frames
+    (show_frame) and the view only polls status and reads events: used by
+    `capture --view`, whose capture loop owns the frames."""
+
+    def __init__(self, session: Any, *, host: str = "127.0.0.1", port: int = 0, controls: Any = None,
+                 pump: bool = True, recording: bool = False) -> None:
+        self.session = session
+        self.controls = controls
+        self.hub = Hub()
+        self.recording = recording
+        self._pump_frames = pump
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._pump: threading.Thread | None = None
+        self._host, self._port = host, port
+        self.url = ""
+        self.error: str | None = None
+
+    # -- the web side -----------------------------------------------------------------
+
+    def _app(self) -> Any:
+        # (The web stack is imported with this module, not here: a simulated
+        # board served from the same process must not wait on a long import.)
+        async def page(request: Request) -> HTMLResponse:
+            return HTMLResponse(PAGE.read_text())
+
+        async def ws(socket: WebSocket) -> None:
+            await socket.accept()
+            await self.hub.serve(socket)
+
+        async def control(request: Request) -> JSONResponse:
+            if self.controls is None:
+                return JSONResponse({"ok": False, "error": "this board has no simulated hardware"}, status_code=409)
+            try:
+                req = await request.json()
+                name, value = str(req["name"]), req["value"]
+            except (ValueError, KeyError, TypeError):
+                return JSONResponse({"ok": False, "error": "expected {\"name\": INPUT, \"value\": V}"},
+                                    status_code=400)
+            if name not in SIM_INPUTS:
+                return JSONResponse({"ok": False, "error": f"unknown input {name!r}"}, status_code=400)
+            try:
+                t_us = await asyncio.get_running_loop().run_in_executor(None, self.controls.set_input, name, value)
+            except (OSError, ValueError) as exc:
+                return JSONResponse({"ok": False, "error": str(exc)}, status_code=502)
+            return JSONResponse({"ok": True, "t_us": t_us})
+
+        async def state(request: Request) -> JSONResponse:
+            return JSONResponse({**self.hub.snapshot, "frames_in": self.hub.frames_in,
+                                 "tabs": [{"sent": c.frames_sent, "dropped": c.frames_dropped}
+                                          for c in self.hub.clients]})
+
+        return Starlette(routes=[Route("/", page), WebSocketRoute("/ws", ws),
+                                 Route("/api/control", control, methods=["POST"]), Route("/api/state", state)])
+
+    def start(self) -> LiveView:
+        config = uvicorn.Config(self._app(), host=self._host, port=self._port, log_level="warning",
+                                lifespan="off", ws="websockets-sansio")
+        self._server = uvicorn.Server(config)
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            ready.set()
+            try:
+                loop.run_until_complete(self._server.serve())
+            except (OSError, SystemExit) as exc:
+                self.error = f"cannot listen on {self._host}:{self._port}: {exc}"
+
+        self._thread = threading.Thread(target=run, name="view-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        deadline = time.monotonic() + 10
+        while not self._server.started and self.error is None and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                self.error = "the web server did not start within 10 s"
+                break
+            time.sleep(0.01)
+        if self.error is not None or not self._server.started:
+            raise OSError(self.error or f"cannot listen on {self._host}:{self._port}")
+        sock = self._server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        shown = "localhost" if host in ("127.0.0.1", "::1") else host
+        self.url = f"http://{shown}:{port}/"
+        self.text({"type": "board", "board": self.session.board, "controls": self.controls is not None,
+                   "recording": self.recording})
+        self._pump = threading.Thread(target=self._pump_loop, name="view-pump", daemon=True)
+        self._pump.start()
+        return self
+
+    # -- from the board -----------------------------------------------------------------
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn, *args)
+
+    def text(self, message: dict[str, Any]) -> None:
+        self._call(self.hub.text, message)
+
+    def show_frame(self, frame: Frame) -> None:
+        bits = 12 if self.session.config.get("pixel_format") == 2 else 16
+        self._call(self.hub.frame, encode_frame(frame, bits=bits))
+
+    def set_recording(self, on: bool) -> None:
+        self.recording = on
+        self.text({"type": "board", "board": self.session.board, "controls": self.controls is not None,
+                   "recording": on})
+
+    def _pump_loop(self) -> None:
+        s = self.session
+        seen = 0
+        next_status = 0.0
+        while not self._stop.is_set():
+            if self._pump_frames:
+                frame = s.next_frame(0.02)
+                if frame is not None:
+                    self.show_frame(frame)
+            else:
+                self._stop.wait(0.02)
+            while seen < len(s.events):
+                ev = s.events[seen]
+                seen += 1
+                self.text({"type": "event", "event": ev.name, "t_us": ev.t_us, **ev.body})
+                if ev.name == "dose":
+                    self.text({"type": "dose", **ev.body})
+                elif ev.name == "state":
+                    self.text({"type": "state", **ev.body})
+                    if ev.body.get("state") == "HOLD":
+                        self.text({"type": "hold", "on": True})
+                    elif ev.body.get("state") == "EXPOSING":
+                        self.text({"type": "hold", "on": False})
+            if s.error:
+                self.text({"type": "link", "ok": False, "error": s.error})
+                return
+            now = time.monotonic()
+            if now >= next_status:
+                next_status = now + STATUS_EVERY_S
+                try:
+                    status = s.status()
+                except Exception as exc:  # the board went away: say so, keep the page up
+                    self.text({"type": "link", "ok": False, "error": str(exc)})
+                    if s.error:
+                        return
+                    continue
+                self.text({"type": "status", **status, "lines_lost_host": s.counters().get("lines_lost", 0)})
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._pump is not None:
+            self._pump.join(timeout=2)
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> LiveView:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

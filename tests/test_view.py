@@ -1,0 +1,198 @@
+"""The live view's server against a simulated board, through a real
+WebSocket: frames as they come, the displays, the last-image-hold marker
+around a release and a fresh press, the simulated hardware's controls, and a
+slow tab that loses display frames without costing anyone else one."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from websockets.sync.client import connect
+
+from pulseline.pytest_plugin import _deploy
+from pulseline.session import Session, wait_for_firmware
+from pulseline.sim.board import SimBoard
+from pulseline.view import LiveView, encode_frame
+
+pytestmark = pytest.mark.micropython
+
+
+class Tab:
+    """A browser tab's side of the WebSocket: everything it receives, and
+    `shown` after each frame, as the page does."""
+
+    def __init__(self, url: str, *, reads: bool = True) -> None:
+        ws_url = url.replace("http://", "ws://") + "ws"
+        if reads:
+            self.ws = connect(ws_url, max_size=None)
+        else:
+            # A tab that never draws: a small receive window and no queue, so
+            # what the server sends backs up at once.
+            host, port = url.split("//")[1].rstrip("/").split(":")
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((host, int(port)))
+            self.ws = connect(ws_url, sock=sock, max_size=None, max_queue=1)
+        self.texts: list[dict] = []
+        self.frames: list[tuple[dict, np.ndarray]] = []
+        self.log: list[str] = []  # "frame" and text types, in order
+        if reads:
+            threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            for msg in self.ws:
+                if isinstance(msg, bytes):
+                    n = struct.unpack_from("<I", msg)[0]
+                    head = json.loads(msg[4:4 + n])
+                    px = np.frombuffer(msg[4 + n:], "<u2").reshape(head["lines"], head["pixels"])
+                    self.frames.append((head, px))
+                    self.log.append("frame")
+                    self.ws.send(json.dumps({"type": "shown", "frame_id": head["frame_id"]}))
+                else:
+                    m = json.loads(msg)
+                    self.texts.append(m)
+                    self.log.append(m["type"] + (":" + str(m.get("on")) if m["type"] == "hold" else ""))
+        except Exception:
+            pass
+
+    def wait(self, what, timeout_s: float = 10.0):
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            got = what()
+            if got:
+                return got
+            time.sleep(0.02)
+        raise AssertionError(f"not within {timeout_s} s; last messages: {self.log[-12:]} {self.texts[-8:]}")
+
+
+def post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url + "api/control", json.dumps(body).encode(), {"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return {"status": e.code, **json.loads(e.read())}
+
+
+@pytest.fixture
+def live(tmp_path: Path):
+    fs = tmp_path / "fs"
+    _deploy(fs, None)
+    with SimBoard(fs, state_dir=tmp_path / "st", seed=3) as board:
+        wait_for_firmware(board.pty_path, timeout_s=60)
+        with Session(board.pty_path) as s:
+            s.configure(pixels_per_line=64, lines_per_frame=64, pulses_per_s=15.0)
+            s.arm()
+            with LiveView(s, controls=board) as view:
+                yield view, board
+
+
+def test_a_press_shows_live_frames_and_displays_then_the_last_image_held(live):
+    view, board = live
+    assert view.url.startswith("http://localhost:")
+    tab = Tab(view.url)
+    tab.wait(lambda: any(m["type"] == "board" and m["controls"] for m in tab.texts))
+    assert post(view.url, {"name": "switch", "value": True})["ok"]  # the page's switch button
+    tab.wait(lambda: len(tab.frames) >= 5)
+    # Frames carry the detector's pixels: the plant's own for that pulse.
+    head, px = tab.frames[2]
+    truth = board.plant.pulses[head["pulse_id"] - 1]  # the firmware counts pulses from 1, the plant records each
+    assert head["complete"] and px.shape == (64, 64)
+    assert np.array_equal(px, truth.frame.raw_adu)
+    dose = tab.wait(lambda: [m for m in tab.texts if m["type"] == "dose" and m["rate_mgy_min"] > 0])
+    assert dose[-1]["kv"] > 0 and dose[-1]["ma"] > 0 and dose[-1]["kerma_mgy"] > 0
+    post(view.url, {"name": "switch", "value": False})
+    tab.wait(lambda: "hold:True" in tab.log)
+    n_held = len(tab.frames)
+    time.sleep(0.3)
+    assert len(tab.frames) - n_held <= 1  # at most the frame in flight at release
+    post(view.url, {"name": "switch", "value": True})
+    tab.wait(lambda: "hold:False" in tab.log[tab.log.index("hold:True"):] and tab.log[-1] == "frame")
+    after = tab.log[tab.log.index("hold:True"):]
+    # The marker is lifted before the first live frame of the new press.
+    assert after.index("hold:False") < len(after) - 1 - after[::-1].index("frame")
+    post(view.url, {"name": "switch", "value": False})
+    status = tab.wait(lambda: [m for m in tab.texts if m["type"] == "status" and m["pulses"] > 0])
+    assert status[-1]["kerma_mgy"] > 0
+
+
+def test_the_status_refreshes_every_second_and_a_late_tab_gets_the_picture(live):
+    view, _ = live
+    first = Tab(view.url)
+    first.wait(lambda: len([m for m in first.texts if m["type"] == "status"]) >= 3, timeout_s=6)
+    late = Tab(view.url)
+    late.wait(lambda: {"board", "status"} <= {m["type"] for m in late.texts})
+    assert late.wait(lambda: [m for m in late.texts if m["type"] == "tabs" and m["count"] == 2])
+
+
+def test_a_slow_tab_loses_display_frames_and_no_one_else_does(live):
+    view, _ = live
+    fast = Tab(view.url)
+    slow = Tab(view.url, reads=False)  # a tab that never draws: its socket fills
+    post(view.url, {"name": "switch", "value": True})
+    fast.wait(lambda: len(fast.frames) >= 40, timeout_s=20)
+    post(view.url, {"name": "switch", "value": False})
+    with urllib.request.urlopen(view.url + "api/state", timeout=5) as r:
+        state = json.loads(r.read())
+    tabs = state["tabs"]
+    assert len(tabs) == 2
+    assert any(t["dropped"] > 0 for t in tabs)  # the slow one
+    assert len(fast.frames) >= state["frames_in"] - 2  # the fast one saw them all (bar the one in flight)
+    slow.ws.close()
+
+
+def test_controls_are_checked_and_refused_without_a_simulated_board(live, tmp_path):
+    view, _ = live
+    assert post(view.url, {"name": "self_destruct", "value": True})["status"] == 400
+    assert post(view.url, {"value": True})["status"] == 400
+    with LiveView(view.session, controls=None) as other:
+        assert post(other.url, {"name": "switch", "value": True})["status"] == 409
+
+
+def test_encode_frame_clips_corrected_frames_to_the_display_range():
+    from pulseline.frames import Frame
+
+    px = np.array([[-5.0, np.nan], [70000.0, 1234.4]], np.float32)
+    f = Frame(7, px, np.ones(2, bool), "trailer", None, 3, 99, 0.0, 0.0, 0.0, 0.0)
+    msg = encode_frame(f)
+    n = struct.unpack_from("<I", msg)[0]
+    assert json.loads(msg[4:4 + n])["frame_id"] == 7
+    assert np.frombuffer(msg[4 + n:], "<u2").tolist() == [0, 0, 65535, 1234]
+
+
+def test_the_view_command_serves_the_page_and_stops_on_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    fs = tmp_path / "fs"
+    _deploy(fs, None)
+    with SimBoard(fs, state_dir=tmp_path / ".pulseline", name="bench") as board:
+        wait_for_firmware(board.pty_path, timeout_s=60)
+        p = subprocess.Popen([sys.executable, "-m", "pulseline", "view", "--port", board.pty_path, "--no-browser",
+                              "--json"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            url = json.loads(p.stdout.readline())["url"]
+            assert url.startswith("http://localhost:")
+            with urllib.request.urlopen(url, timeout=5) as r:
+                assert "pulseline live view" in r.read().decode()
+            # The board's pty belongs to a running simulated board: its hardware is on the page.
+            assert post(url, {"name": "door_closed", "value": False})["ok"]
+            assert board.plant_status()["door_closed"] is False
+        finally:
+            p.send_signal(signal.SIGINT)
+            _, err = p.communicate(timeout=10)
+        assert p.returncode == 0, err
+    res = subprocess.run([sys.executable, "-m", "pulseline", "view", "--port", str(tmp_path / "nothing"),
+                          "--no-browser"], capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1 and "nothing" in res.stderr
