@@ -280,3 +280,20 @@ PlantJudgedRules.TestCase.settings = settings(
     max_examples=150, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 TestPlantJudgedRules = PlantJudgedRules.TestCase
+
+
+def test_a_fault_latched_while_the_link_was_down_is_told_when_the_host_returns():
+    """Found by the stateful test: a pulse out of tolerance while the host
+    was away latched its fault, but the fault event was lost with the link;
+    the host reset a fault it had never been told of. The board now says it
+    again when the host comes back."""
+    s = PlantJudgedRules()
+    s.boot(seed=0, switch_at_boot=False, pps=3.75, kv=60.0, ma=1.0, width=2.0, hlc_enabled=False)
+    s.exposure(ms=200)
+    s.generator_error(err=-0.3, ms=1, which="kv_error")
+    s.link_loss(ms=225)
+    s.fault_reset()  # the host's first word after the silence
+    again = [b for _, name, b in s.sim.host.events if name == "fault" and b.get("again")]
+    assert again and again[0]["name"] == "kV out of tolerance"  # said before the reset is answered
+    s.exposure(ms=100)
+    s.out_of_tolerance_latches_before_the_next_pulse()

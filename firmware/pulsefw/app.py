@@ -118,6 +118,7 @@ class App:
         self.hlc_tone = False
         self.pulses_refused = 0
         self.commands_bad = 0
+        self.fault_message = ""
         self.state_sent = -1
         self.exam_id = 0
         self.event_id = 0
@@ -260,9 +261,19 @@ class App:
         if prev == controller.FAULT:
             return  # the first fault stays the one reported
         self.ctl.latch_fault(code)
+        self.fault_message = message
         self.tx.event(tx.EV_FAULT, now_us, {"code": code, "name": FAULT_NAMES.get(code, "fault"),
                                             "message": message})
         self.state_changed(prev, now_us)
+
+    def host_back(self, now_us):
+        """The host speaks after a silence longer than the link timeout: what
+        it may have missed (events are not repeated on a live link) is said
+        again, so that a latched fault is never news only to the board."""
+        if self.ctl.state == controller.FAULT:
+            code = self.ctl.fault_code
+            self.tx.event(tx.EV_FAULT, now_us, {"code": code, "name": FAULT_NAMES.get(code, "fault"),
+                                                "message": self.fault_message, "again": True})
 
     def _state_event(self, now_us):
         s = self.ctl.state
@@ -324,6 +335,8 @@ class App:
                         self.tx.response(seq, wire.ERR_MALFORMED, "command longer than %d bytes"
                                          % self.decoder.max_payload)
                     continue
+                if now - ctl.last_host_us > controller.LINK_TIMEOUT_US:
+                    self.host_back(now)
                 ctl.host_seen(now)
                 if ptype == wire.PKT_COMMAND:
                     commands.handle(self, seq, payload, now)
