@@ -75,8 +75,8 @@ class Tab:
         raise AssertionError(f"not within {timeout_s} s; last messages: {self.log[-12:]} {self.texts[-8:]}")
 
 
-def post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url + "api/control", json.dumps(body).encode(), {"content-type": "application/json"})
+def post(url: str, body: dict, path: str = "api/control") -> dict:
+    req = urllib.request.Request(url + path, json.dumps(body).encode(), {"content-type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
@@ -196,3 +196,13 @@ def test_the_view_command_serves_the_page_and_stops_on_ctrl_c(tmp_path):
     res = subprocess.run([sys.executable, "-m", "pulseline", "view", "--port", str(tmp_path / "nothing"),
                           "--no-browser"], capture_output=True, text=True, timeout=30)
     assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1 and "nothing" in res.stderr
+
+
+def test_the_console_buttons_arm_and_disarm_and_say_why_a_command_is_refused(live):
+    view, board = live
+    assert post(view.url, {"command": "disarm"}, "api/command") == {"ok": True, "answer": {"state": "IDLE"}}
+    assert post(view.url, {"command": "arm"}, "api/command")["answer"]["state"] == "READY"
+    board.set_input("door_closed", False)
+    refused = post(view.url, {"command": "reboot"}, "api/command")
+    assert refused["status"] == 400 and "not a command of the page" in refused["error"]
+    assert post(view.url, {"command": "disarm"}, "api/command")["ok"]

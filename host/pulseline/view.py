@@ -43,6 +43,7 @@ from .frames import Frame
 PAGE = Path(__file__).with_name("view_page.html")
 STATUS_EVERY_S = 1.0  # the displays refresh at least this often, exposing or not
 ACK_TIMEOUT_S = 1.0  # a tab that has not said it drew a frame gets the next one after this long anyway
+PAGE_COMMANDS = ("arm", "disarm", "fault_reset", "alarm_reset")  # what the page's console buttons send
 SIM_INPUTS = ("switch", "door_closed", "key_on", "generator_ready", "hlc_switch", "water_cm", "structures")
 
 
@@ -198,13 +199,30 @@ class LiveView:
                 return JSONResponse({"ok": False, "error": str(exc)}, status_code=502)
             return JSONResponse({"ok": True, "t_us": t_us})
 
+        async def command(request: Request) -> JSONResponse:
+            try:
+                name = str((await request.json())["command"])
+            except (ValueError, KeyError, TypeError):
+                return JSONResponse({"ok": False, "error": "expected {\"command\": NAME}"}, status_code=400)
+            if name not in PAGE_COMMANDS:
+                return JSONResponse({"ok": False, "error": f"not a command of the page: {name!r} "
+                                     f"(one of {', '.join(PAGE_COMMANDS)})"}, status_code=400)
+            from .session import SessionError
+
+            try:
+                body = await asyncio.get_running_loop().run_in_executor(None, self.session.command, name)
+            except SessionError as exc:  # BoardError included: the board's refusal, in its words
+                return JSONResponse({"ok": False, "error": str(exc)}, status_code=409)
+            return JSONResponse({"ok": True, "answer": body})
+
         async def state(request: Request) -> JSONResponse:
             return JSONResponse({**self.hub.snapshot, "frames_in": self.hub.frames_in,
                                  "tabs": [{"sent": c.frames_sent, "dropped": c.frames_dropped}
                                           for c in self.hub.clients]})
 
         return Starlette(routes=[Route("/", page), WebSocketRoute("/ws", ws),
-                                 Route("/api/control", control, methods=["POST"]), Route("/api/state", state)])
+                                 Route("/api/control", control, methods=["POST"]),
+                                 Route("/api/command", command, methods=["POST"]), Route("/api/state", state)])
 
     def start(self) -> LiveView:
         config = uvicorn.Config(self._app(), host=self._host, port=self._port, log_level="warning",
