@@ -206,3 +206,27 @@ def test_the_console_buttons_arm_and_disarm_and_say_why_a_command_is_refused(liv
     refused = post(view.url, {"command": "reboot"}, "api/command")
     assert refused["status"] == 400 and "not a command of the page" in refused["error"]
     assert post(view.url, {"command": "disarm"}, "api/command")["ok"]
+
+
+def test_losing_the_board_mid_exposure_is_said_and_the_last_image_stays(tmp_path):
+    fs = tmp_path / "fs"
+    _deploy(fs, None)
+    board = SimBoard(fs, state_dir=tmp_path / "st", seed=5).start()
+    try:
+        wait_for_firmware(board.pty_path, timeout_s=60)
+        with Session(board.pty_path) as s:
+            s.configure(pixels_per_line=64, lines_per_frame=64)
+            s.arm()
+            with LiveView(s, controls=board) as view:
+                tab = Tab(view.url)
+                board.press()
+                tab.wait(lambda: len(tab.frames) >= 3)
+                board.stop()  # the board goes away mid-exposure: its pty closes
+                lost = tab.wait(lambda: [m for m in tab.texts if m["type"] == "link" and not m["ok"]])
+                assert "link lost" in lost[0]["error"]
+                # The page is still served, and a tab that opens now is told at once.
+                late = Tab(view.url)
+                late.wait(lambda: [m for m in late.texts if m["type"] == "link" and not m["ok"]])
+                assert late.wait(lambda: late.frames)  # with the last image
+    finally:
+        board.stop()
