@@ -282,12 +282,11 @@ def _pulseline_flashed(pytestconfig: pytest.Config) -> bool:
     """--flash on a board on a port: `pulseline flash`, once per run."""
     if not pytestconfig.getoption("--flash"):
         return False
-    from .flash import FlashError, flash, handshake
+    from .flash import FlashError
 
     target = pytestconfig.getoption("--target")
     try:
-        plan = flash(target, log=lambda m: None)
-        handshake(target, expect_hash=plan.firmware_hash)
+        Board(target, target, int(pytestconfig.getoption("--seed"))).flash(_firmware(pytestconfig))
     except FlashError as exc:
         pytest.fail(f"--flash: {exc}", pytrace=False)
     return True

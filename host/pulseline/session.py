@@ -152,8 +152,8 @@ class Session:
                 self._receive(data)
 
     def _receive(self, data: bytes) -> None:
-        if self.bytes_received < len(self._greeting) + 256:
-            self._greeting += data[:256]
+        if len(self._greeting) < 256:
+            self._greeting += data[:256 - len(self._greeting)]
         self.bytes_received += len(data)
         self.last_rx = self.now()
         rec = self.recorder
@@ -294,15 +294,19 @@ class Session:
                     raise
         raise AssertionError("unreachable")
 
-    def _command_once(self, name: str, args: dict[str, Any] | None, timeout_s: float) -> Any:
-        seq = self._send(name, args)
+    def _answer(self, seq: int, what: str, timeout_s: float) -> tuple[int, Any]:
+        """The board's (status, body) for command seq; SessionError if none
+        comes within timeout_s or the link is lost."""
         if not self._wait(lambda: seq in self._responses or self.error, timeout_s) or seq not in self._responses:
             if self.error:
                 raise SessionError(f"{self.port}: {self.error}")
-            raise SessionError(f"{self.port}: no answer to {name}: is the pulseline firmware running "
+            raise SessionError(f"{self.port}: no answer to {what}: is the pulseline firmware running "
                                "on the board? (flash it, or reset the board)")
         with self._cond:
-            status, body = self._responses.pop(seq)
+            return self._responses.pop(seq)
+
+    def _command_once(self, name: str, args: dict[str, Any] | None, timeout_s: float) -> Any:
+        status, body = self._answer(self._send(name, args), name, timeout_s)
         if status != wire.ERR_OK:
             raise BoardError(name, status, str(body))
         return body
@@ -310,13 +314,8 @@ class Session:
     def request(self, op: int, raw_args: bytes, timeout_s: float | None = None) -> tuple[int, Any]:
         """Any opcode with any argument bytes, for conformance tests: the
         board's (status, body or message), whatever the status."""
-        seq = self._send_raw(op, raw_args)
-        if not self._wait(lambda: seq in self._responses or self.error,
-                          timeout_s if timeout_s is not None else self.answer_timeout_s) \
-                or seq not in self._responses:
-            raise SessionError(f"{self.port}: no answer to opcode {op}" + (f": {self.error}" if self.error else ""))
-        with self._cond:
-            return self._responses.pop(seq)
+        return self._answer(self._send_raw(op, raw_args), f"opcode {op}",
+                            timeout_s if timeout_s is not None else self.answer_timeout_s)
 
     def hello(self, attempts: int = 6) -> dict[str, Any]:
         """The version handshake. Asked again a few times: a board that has

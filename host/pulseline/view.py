@@ -80,7 +80,7 @@ class Hub:
         self.frames_in = 0
 
     def text(self, message: dict[str, Any]) -> None:
-        if message.get("type") in ("status", "dose", "state", "link", "board", "hold", "alarms", "fault"):
+        if message.get("type") in ("status", "dose", "state", "link", "board", "hold", "fault"):
             self.snapshot[str(message["type"])] = message
         data = json.dumps(message)
         for c in self.clients:
@@ -298,8 +298,12 @@ class LiveView:
                 self.text({"type": "event", "event": ev.name, "t_us": ev.t_us, **ev.body})
                 if ev.name == "dose":
                     self.text({"type": "dose", **ev.body})
+                elif ev.name == "fault":
+                    self.text({"type": "fault", "name": ev.body.get("name"), "message": ev.body.get("message")})
                 elif ev.name == "state":
                     self.text({"type": "state", **ev.body})
+                    if ev.body.get("state") != "FAULT":
+                        self.text({"type": "fault", "name": None})  # a tab that joins later sees none
                     if ev.body.get("state") == "HOLD":
                         self.text({"type": "hold", "on": True})
                     elif ev.body.get("state") == "EXPOSING":

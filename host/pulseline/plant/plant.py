@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -167,6 +168,15 @@ class Plant:
 
     def water_cm_at(self, t_us: int) -> float:
         return float(self.timeline.value_at("water_cm", t_us))
+
+    def status(self, t_us: int) -> dict[str, Any]:
+        """What a simulated board reports of its plant at t_us: pulses, the
+        reference meter, the inputs and the phantom."""
+        s = self.inputs_at(t_us)
+        return {"t_us": t_us, "pulses": len(self.pulses), "meter_kerma_ugy": self.meter_kerma_ugy,
+                "meter_kap_ugy_m2": self.meter_kap_ugy_m2, "switch": s.switch, "door_closed": s.door_closed,
+                "key_on": s.key_on, "generator_ready": s.generator_ready, "hlc_switch": s.hlc_switch,
+                "water_cm": self.water_cm_at(t_us), "structures": bool(self.timeline.value_at("structures", t_us))}
 
     # -- watchdog ------------------------------------------------------------
 

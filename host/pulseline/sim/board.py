@@ -681,14 +681,7 @@ class SimBoard:
 
     def plant_status(self) -> dict[str, Any]:
         with self.server.lock:
-            now = self.server.now_us()
-            s = self.plant.inputs_at(now)
-            return {"t_us": now, "pulses": len(self.plant.pulses), "meter_kerma_ugy": self.plant.meter_kerma_ugy,
-                    "meter_kap_ugy_m2": self.plant.meter_kap_ugy_m2, "switch": s.switch,
-                    "door_closed": s.door_closed, "key_on": s.key_on, "generator_ready": s.generator_ready,
-                    "hlc_switch": s.hlc_switch, "water_cm": self.plant.water_cm_at(now),
-                    "structures": bool(self.plant.timeline.value_at("structures", now)),
-                    "resets": [k for _, k in self.resets],
+            return {**self.plant.status(self.server.now_us()), "resets": [k for _, k in self.resets],
                     "link": self.link_counters()}
 
     def link_counters(self) -> dict[str, dict[str, int]]:

@@ -104,13 +104,7 @@ class FastBoard:
         return self.set_input("switch", False)
 
     def plant_status(self) -> dict[str, Any]:
-        now = self.sim.now_us
-        s = self.plant.inputs_at(now)
-        return {"t_us": now, "pulses": len(self.plant.pulses), "meter_kerma_ugy": self.plant.meter_kerma_ugy,
-                "meter_kap_ugy_m2": self.plant.meter_kap_ugy_m2, "switch": s.switch, "door_closed": s.door_closed,
-                "key_on": s.key_on, "generator_ready": s.generator_ready, "hlc_switch": s.hlc_switch,
-                "water_cm": self.plant.water_cm_at(now),
-                "resets": [k for _, k in self.sim.resets]}
+        return {**self.plant.status(self.sim.now_us), "resets": [k for _, k in self.sim.resets]}
 
     @property
     def stalls(self) -> list[int]:
