@@ -70,6 +70,17 @@ def test_evidence_bundles_and_the_replay_command(tmp_path):
     assert props["test_fails"]["evidence"] == str(failed)
 
 
+def _failed_transcripts(evidence: Path) -> str:
+    """What the board said in each failed test, for the assertion message."""
+    out = []
+    for meta in sorted(evidence.glob("*/evidence.json")):
+        if json.loads(meta.read_text()).get("outcome") == "failed":
+            cmd = [sys.executable, "-m", "pulseline", "transcript", str(meta.parent / "transcript.bin")]
+            text = subprocess.run(cmd, capture_output=True, text=True).stdout
+            out.append(f"\n--- {meta.parent.name}: transcript tail\n" + "\n".join(text.splitlines()[-40:]))
+    return "".join(out)
+
+
 def test_a_hardware_target_skips_the_plant(tmp_path):
     from pulseline.pytest_plugin import _deploy
     from pulseline.sim.board import SimBoard
@@ -86,9 +97,10 @@ def test_a_hardware_target_skips_the_plant(tmp_path):
         # test that needs no plant passes on one board, one test after another.
         root = Path(__file__).resolve().parents[1]
         res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-                              str(root / "hil_tests"), "-m", "not slow", "--target", b.url],
+                              str(root / "hil_tests"), "-m", "not slow", "--target", b.url,
+                              "--evidence", str(tmp_path / "hw-evidence")],
                              capture_output=True, text=True, cwd=root, timeout=600)
-    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.returncode == 0, res.stdout + res.stderr + _failed_transcripts(tmp_path / "hw-evidence")
     counts = dict((k, int(n)) for n, k in re.findall(r"(\d+) (passed|skipped|failed)", res.stdout.splitlines()[-1]))
     assert counts.get("passed", 0) >= 15 and counts.get("skipped", 0) >= 10 and "failed" not in counts, res.stdout
     skipped = [line for line in res.stdout.splitlines() if line.startswith("SKIPPED")]

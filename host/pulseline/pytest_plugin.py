@@ -30,6 +30,7 @@ import pytest
 SIM = "sim"
 FAST = "fast"
 SIMULATED = (SIM, FAST)
+TEST_ANSWER_TIMEOUT_S = 5.0  # a command's answer, in the target's seconds (see the session fixture)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -296,7 +297,11 @@ def _pulseline_flashed(pytestconfig: pytest.Config) -> bool:
 def session(board: Board, request: pytest.FixtureRequest) -> Iterator[Any]:
     from .session import Session
 
-    s = Session(board.port, record=request.config.getoption("--evidence") is not None)
+    # The suite judges what the board answers, not how fast: a simulated
+    # board on a loaded CI machine can be starved of a CPU or a disk for
+    # seconds, so a test's session waits longer than an operator's.
+    s = Session(board.port, record=request.config.getoption("--evidence") is not None,
+                answer_timeout_s=TEST_ANSWER_TIMEOUT_S)
     request.node.stash[_SESSION] = s
     try:
         yield s

@@ -652,6 +652,8 @@ class SimBoard:
             self._interrupt_at = None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGINT)
+        if self.server.board_waiting():
+            return  # inside a hardware call: judged when the answer (and its credit) is out
         with self.server.lock:
             self.server.credit_host_starvation()
             expired = self.plant.watchdog_expired(self.server.now_us())

@@ -8,6 +8,8 @@ at connection, so both sides agree on "now" without a round trip.
 
 from __future__ import annotations
 
+import contextlib
+import select
 import socket
 import struct
 import threading
@@ -27,6 +29,11 @@ _ARG_SIZES = {
     hal_sim.OP_RESET: 0, hal_sim.OP_WDT_STOP: 0, hal_sim.OP_DARK: 4, hal_sim.OP_IDENT: 0,
 }
 _CAUSE_CODES = {"power": 0, "watchdog": 1, "soft": 2}
+# Linux: the kernel's receive time of a request (SO_TIMESTAMPNS, which
+# Python's socket module does not name), so the time a request waited for
+# this server's thread is known too.
+_SO_TIMESTAMPNS = 35
+_SCM_TIMESTAMPNS = _SO_TIMESTAMPNS
 
 
 class PlantServer:
@@ -49,6 +56,8 @@ class PlantServer:
         self.board_pid: int | None = None
         self._run_delay: tuple[int, int] = (0, 0)  # (pid, its run-queue wait so far, ns)
         self.connections = 0
+        self._conn: socket.socket | None = None
+        self._busy = False  # a request is taken and not yet answered
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="plant-server", daemon=True)
@@ -78,6 +87,10 @@ class PlantServer:
                 return
             self.connections += 1
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # Without receive times, a request's wait for this thread goes uncredited.
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            self._conn = conn
             try:
                 self._session(conn)
             except (OSError, ConnectionError):
@@ -85,6 +98,7 @@ class PlantServer:
             except Exception as exc:  # keep the reason for the test that started us
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             finally:
+                self._conn, self._busy = None, False
                 conn.close()
 
     def credit_host_starvation(self) -> None:
@@ -105,6 +119,35 @@ class PlantServer:
         if last_pid == pid and delay_ns > last_ns:
             self.plant.watchdog_credit((delay_ns - last_ns) // 1000)
 
+    def board_waiting(self) -> bool:
+        """The board is inside a hardware call: a request of its is unread
+        or being served. Its control loop is not stalled, whatever the
+        watchdog's clock says, until the answer (and the credit) is out."""
+        conn = self._conn
+        if self._busy:
+            return True
+        if conn is None:
+            return False
+        try:
+            return bool(select.select([conn], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+
+    def _recv_op(self, conn: socket.socket) -> tuple[int, int]:
+        """A request's opcode and when it reached the host (plant us; now,
+        if the kernel gave no receive time)."""
+        data, anc, _, _ = conn.recvmsg(1, 64)
+        if not data:
+            raise ConnectionError("board disconnected")
+        self._busy = True
+        now_us = self.now_us()
+        for level, kind, payload in anc:
+            if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(payload) >= 16:
+                sec, nsec = struct.unpack_from("<qq", payload)
+                waited_ns = time.time_ns() - (sec * 1_000_000_000 + nsec)  # wall clock, both
+                return data[0], now_us - max(0, min(waited_ns // 1000, 10_000_000))
+        return data[0], now_us
+
     @staticmethod
     def _recv_exact(conn: socket.socket, n: int) -> bytes:
         buf = bytearray()
@@ -120,14 +163,17 @@ class PlantServer:
         frame: bytes = b""
         line_bytes = 0
         while not self._stop.is_set():
-            op = self._recv_exact(conn, 1)[0]
+            op, asked_us = self._recv_op(conn)
             if op not in _ARG_SIZES:
                 raise ValueError(f"unknown plant request {op:#x}")
             args = self._recv_exact(conn, _ARG_SIZES[op]) if _ARG_SIZES[op] else b""
-            asked_us = self.now_us()
             with self.lock:
                 now = self.now_us()
                 p = self.plant
+                # The board has waited since it asked (for this thread, the
+                # lock, a CPU): hardware answers at once, so that wait is not
+                # the board's and must not run down its watchdog, a feed included.
+                p.watchdog_credit(now - asked_us)
                 if op == hal_sim.OP_HELLO:
                     out = struct.pack("<Q", now)
                 elif op == hal_sim.OP_INPUTS:
@@ -196,8 +242,7 @@ class PlantServer:
                     self.resets_requested += 1
                     self.reset_cause = "soft"
                     out = b"\x01"
-                # The board waited for the plant: hardware answers at once,
-                # so the time the model took (rendering a frame, say) is not
-                # the board's and must not run down its watchdog.
-                p.watchdog_credit(self.now_us() - asked_us)
+                # Likewise the time the model took (rendering a frame, say).
+                p.watchdog_credit(self.now_us() - now)
             conn.sendall(out)
+            self._busy = False
