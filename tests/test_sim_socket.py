@@ -354,3 +354,50 @@ def test_time_the_interpreter_waits_for_a_host_cpu_is_credited_to_its_watchdog()
         server.close()
     assert waited_us > 50_000  # the hog really took the CPU
     assert waited_us <= credited <= waited_us + 20_000
+
+
+def test_time_a_request_waits_for_the_plant_server_is_credited_and_not_judged_meanwhile():
+    """The plant server's thread can be slow to pick a request up (the GIL,
+    a busy host): the board is inside a hardware call all that while, so
+    its watchdog is not judged then, and a feed that waited is not late."""
+    import select
+    import socket
+    import struct
+
+    hal_sim = import_firmware("pulsefw.hal_sim")
+
+    class SlowServer(PlantServer):
+        delay_s = 0.0
+
+        def _recv_op(self, conn: Any) -> tuple[int, int]:
+            select.select([conn], [], [])
+            if self.delay_s and conn.recv(1, socket.MSG_PEEK) == bytes([hal_sim.OP_WDT_FEED]):
+                time.sleep(self.delay_s)  # the feed is there; this thread gets to it late
+                self.delay_s = 0.0
+            return super()._recv_op(conn)
+
+    plant = Plant(PlantConfig(seed=1), Timeline())
+    server = SlowServer(plant)
+    time.sleep(0.1)  # as a board takes to boot: the kernel's timestamping is on by then
+    host, port = server.address.split(":")
+    board = socket.create_connection((host, int(port)))
+    try:
+        server.delay_s = 0.3
+        board.sendall(bytes([hal_sim.OP_WDT_START]) + struct.pack("<I", 100))  # a 100 ms watchdog
+        assert board.recv(1) == b"\x01"
+        board.sendall(bytes([hal_sim.OP_WDT_FEED]))
+        time.sleep(0.15)
+        assert server.board_waiting()  # the supervisor leaves the watchdog alone now
+        assert board.recv(1) == b"\x01"
+        with server.lock:
+            assert not plant.watchdog_expired(server.now_us()), "a feed that waited for the server counted late"
+        # The same 0.3 s spent by the board itself, not waiting on the plant: expired.
+        time.sleep(0.3)
+        assert not server.board_waiting()
+        board.sendall(bytes([hal_sim.OP_WDT_FEED]))
+        assert board.recv(1) == b"\x01"
+        with server.lock:
+            assert plant.watchdog_expired(server.now_us())
+    finally:
+        board.close()
+        server.close()

@@ -45,6 +45,10 @@ class PlantServer:
         self._t0_ns = time.monotonic_ns()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Receive times on the listener, inherited by the board's connection:
+        # the kernel turns timestamping on a moment after it is first asked.
+        with contextlib.suppress(OSError):
+            self._sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         self._sock.bind((host, port))
         self._sock.listen(1)
         bound_host, bound_port = self._sock.getsockname()
@@ -87,9 +91,6 @@ class PlantServer:
                 return
             self.connections += 1
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # Without receive times, a request's wait for this thread goes uncredited.
-            with contextlib.suppress(OSError):
-                conn.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
             self._conn = conn
             try:
                 self._session(conn)
