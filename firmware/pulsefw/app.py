@@ -395,12 +395,16 @@ class App:
         self.readout.arm(self.frame_id, p.pulse_id, now, width_us)
         hal.generator_set(p.kv, p.ma)
         t_fire = hal.ticks_us()
+        setup_us = t_fire - now
+        if t_fire < p.due_us:  # decided ahead (ctl.lead_us): leave on time, never early
+            hal.wait_exactly(p.due_us)
+            t_fire = hal.ticks_us()
         if not hal.generator_fire(width_us):
             self.readout.cancel()
             self.pulses_refused += 1
             self.fault(FAULT_PULSE_REFUSED, now, "pulse %d refused by the hardware interlocks" % p.pulse_id)
             return
-        self.ctl.fired(t_fire)
+        self.ctl.fired(t_fire, setup_us)
         # Keep what the trailer and the dose need (p is reused by step()).
         self.pend = (p.pulse_id, self.frame_id, now, now + width_us, p.kv, p.ma, p.pulse_width_ms, p.capped, p.hlc)
         self.pend_done = False
@@ -512,7 +516,7 @@ class App:
         if ctl.state == controller.EXPOSING:
             # One comparison each, no tuple: this runs every loop pass.
             a = self.account
-            t = _sooner(now, t, ctl.next_pulse_us)
+            t = _sooner(now, t, ctl.next_pulse_us - ctl.lead_us)  # decided ahead of its time
             t = _sooner(now, t, ctl.last_host_us + controller.LINK_TIMEOUT_US + 1)
             t = _sooner(now, t, self.next_display_us)
             t = _sooner(now, t, now + (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us)

@@ -15,6 +15,8 @@ FAULT = const(5)  # latched until fault reset
 STATE_NAMES = ("BOOT", "IDLE", "READY", "EXPOSING", "HOLD", "FAULT")
 
 LINK_TIMEOUT_US = const(200_000)  # host silent this long: emission stops
+LEAD_MARGIN_US = const(1_000)  # on top of the last set-up: the loop's own step
+LEAD_MAX_US = const(5_000)  # never decided earlier than this (the switch is read at the decision)
 PULSE_RATES = (3.75, 7.5, 15.0, 30.0)
 KV_MIN, KV_MAX = 60.0, 120.0
 MA_MIN, MA_MAX = 1.0, 80.0
@@ -79,6 +81,7 @@ class Pulse:
         self.pulse_width_ms = pulse_width_ms
         self.capped = capped  # the guard lowered mA to hold the cap
         self.hlc = hlc  # delivered under high-level control
+        self.due_us = 0  # the pulse may not leave before this
 
 
 class Controller:
@@ -93,6 +96,11 @@ class Controller:
         # switch held at boot, at arming, or through a trip never exposes.
         self.released_seen = False
         self.next_pulse_us = 0
+        # A pulse is decided this long before it is due (the set-up the last
+        # one took, from the loop's clock reading to ready-to-fire), then
+        # leaves on time: lateness would move the cadence for good, since
+        # no pulse may come sooner than a period after the one before.
+        self.lead_us = 0
         self.pulse_id = 0
         self.block = BLOCK_NOT_ARMED
         self._pulse = Pulse(0, 0.0, 0.0, 0.0, False, False)  # reused: no allocation per pulse
@@ -145,14 +153,17 @@ class Controller:
             return BLOCK_NOT_ARMED
         return BLOCK_NONE
 
-    def fired(self, t_us):
+    def fired(self, t_us, setup_us=0):
         """The pulse step() asked for went out at t_us (read just before the
-        hardware fired it, after the detector and generator were set up): the
-        next pulse comes a whole period after it, so a pulse that left late
-        cannot be followed by one too soon."""
+        hardware fired it, no sooner than its due_us), setup_us after the
+        clock reading step() decided on: the next pulse comes a whole period
+        after it, so a pulse that left late cannot be followed by one too
+        soon, and is decided that much ahead of its time."""
         period = int(1_000_000 / self.technique.pulses_per_s)
         if self.next_pulse_us < t_us + period:
             self.next_pulse_us = t_us + period
+        lead = setup_us + LEAD_MARGIN_US if setup_us > 0 else 0
+        self.lead_us = lead if lead < LEAD_MAX_US else LEAD_MAX_US
 
     def step(self, now_us, inputs, detector_ready=True):
         """Advance to now_us with the inputs just sampled; returns the Pulse
@@ -193,17 +204,16 @@ class Controller:
                 self.next_pulse_us = now_us
         else:
             return None
-        if now_us < self.next_pulse_us or not detector_ready:
+        if now_us + self.lead_us < self.next_pulse_us or not detector_ready:
             return None
         t = self.technique
         period = int(1_000_000 / t.pulses_per_s)
-        # A pulse fired late (the loop stalled, the detector was still busy)
-        # moves the cadence: the next one comes a whole period after this
-        # one, never sooner, and there is no burst to catch up.
-        if now_us > self.next_pulse_us:
-            self.next_pulse_us = now_us + period
-        else:
-            self.next_pulse_us += period
+        # Decided early, it leaves when due. A pulse late (the loop stalled,
+        # the detector was still busy) moves the cadence: the next one comes
+        # a whole period after this one, never sooner, and there is no burst
+        # to catch up.
+        due = self.next_pulse_us if self.next_pulse_us > now_us else now_us
+        self.next_pulse_us = due + period
         hlc = t.hlc_enabled and inputs.hlc_switch
         cap = dose.CAP_HIGH_LEVEL_MGY_MIN if hlc else dose.CAP_NORMAL_MGY_MIN
         ma_max = self.geometry.max_ma(t.kv, t.pulse_width_ms, t.pulses_per_s, cap * GUARD_MARGIN)
@@ -216,4 +226,5 @@ class Controller:
         p.pulse_width_ms = t.pulse_width_ms
         p.capped = ma < t.ma
         p.hlc = hlc
+        p.due_us = due
         return p

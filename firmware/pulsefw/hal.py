@@ -30,6 +30,13 @@ class Hal:
         returns after at most 1 ms). Never sleeps past the deadline."""
         raise NotImplementedError
 
+    def wait_exactly(self, deadline_us):
+        """Return at deadline_us, not before and as little after as the
+        board can: a busy wait, for the moment a pulse is due (at most a few
+        milliseconds)."""
+        while self.ticks_us() < deadline_us:
+            pass
+
     # -- operator inputs and interlocks ---------------------------------------
     def read_inputs(self, inputs):
         """Fill a controller.Inputs with the debounced inputs: switch,

@@ -76,6 +76,9 @@ class SimHal(Hal):
     def wait_until(self, deadline_us):
         self.port.wait_until(deadline_us)
 
+    def wait_exactly(self, deadline_us):
+        self.port.wait_exactly(deadline_us)
+
     def read_inputs(self, inputs):
         self.port.read_inputs(inputs)
 
@@ -184,6 +187,10 @@ class PlantClient:
 
     def ticks_us(self):
         return self._local_us() + self._offset
+
+    def wait_exactly(self, deadline_us):
+        while self.ticks_us() < deadline_us:
+            pass
 
     def wait_until(self, deadline_us):
         # As a board with a 1 ms loop: sleep at most 1 ms, less if host

@@ -178,3 +178,28 @@ def test_a_pulse_that_left_late_is_not_followed_by_one_too_soon():
             ctl.fired(fired[-1] * 1000)
     gaps = [b - a for a, b in zip(fired, fired[1:])]
     assert len(fired) >= 5 and all(g >= 1000 / 15 for g in gaps), gaps
+
+
+def test_a_pulse_decided_ahead_by_its_set_up_leaves_on_time_and_the_rate_holds():
+    # Set-up takes 4 ms; told so, the controller decides that much (and a
+    # margin) ahead, and the board holds the pulse until due_us: pulses leave
+    # exactly a period apart instead of a set-up late each (a rate that
+    # drifts down), and never sooner.
+    ctl, inputs = armed_controller()
+    ctl.technique.pulses_per_s = 30.0
+    ctl.arm()
+    left = []
+    us = 0
+    while us < 1_000_000:
+        us += 250  # the loop's step
+        inputs.switch = us > 2000
+        ctl.host_seen(us)
+        p = ctl.step(us, inputs)
+        if p is not None:
+            leave = us + 4000 if us + 4000 > p.due_us else p.due_us
+            left.append(leave)
+            ctl.fired(leave, 4000)
+            us = leave
+    gaps = [b - a for a, b in zip(left[1:], left[2:])]  # after the first pulse taught it the set-up
+    assert len(left) >= 29 and all(g == 33_333 for g in gaps), gaps
+    assert controller.LEAD_MARGIN_US + 4000 == ctl.lead_us <= controller.LEAD_MAX_US

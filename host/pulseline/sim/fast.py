@@ -96,6 +96,11 @@ class VirtualPort:
     def wait_until(self, deadline_us: int) -> None:
         self.sim.advance(deadline_us)
 
+    def wait_exactly(self, deadline_us: int) -> None:
+        # A busy wait: nothing wakes it, time simply passes.
+        if deadline_us > self.sim.now_us:
+            self.sim.now_us = deadline_us
+
     def read_inputs(self, inputs: Any) -> None:
         s = self.plant.inputs_at(self.sim.now_us)
         inputs.switch = s.switch
