@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FUZZ_SECONDS ?= 600
 FUZZ_DIR := build/fuzz
+# Each hil test's evidence bundle (transcript, frames, screenshots) from `make test`.
+EVIDENCE := build/evidence
 # The board's API for type-checking the firmware; kept out of .venv because
 # these stubs replace the standard library's.
 RP2_STUBS := build/stubs/rp2
@@ -31,7 +33,9 @@ test: lint unit fuzz-smoke
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
-	$(BIN)/python -m pytest -n 2 -q hil_tests --target sim -m "not slow"
+	rm -rf $(EVIDENCE)
+	$(BIN)/python -m pytest -n 2 -q hil_tests --target sim -m "not slow" --evidence $(EVIDENCE)/sim \
+	  --junitxml $(EVIDENCE)/sim.xml
 	PULSELINE_SOAK_MINUTES=11 $(BIN)/python -m pytest -q hil_tests --target fast
 
 # The hour-long scenarios, in virtual time.

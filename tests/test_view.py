@@ -33,7 +33,7 @@ class Tab:
     def __init__(self, url: str, *, reads: bool = True) -> None:
         ws_url = url.replace("http://", "ws://") + "ws"
         if reads:
-            self.ws = connect(ws_url, max_size=None)
+            self.ws = connect(ws_url, max_size=None, legacy=True)
         else:
             # A tab that never draws: a small receive window and no queue, so
             # what the server sends backs up at once.
@@ -41,7 +41,7 @@ class Tab:
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.connect((host, int(port)))
-            self.ws = connect(ws_url, sock=sock, max_size=None, max_queue=1)
+            self.ws = connect(ws_url, sock=sock, max_size=None, max_queue=1, legacy=True)
         self.texts: list[dict] = []
         self.frames: list[tuple[dict, np.ndarray]] = []
         self.log: list[str] = []  # "frame" and text types, in order
@@ -187,15 +187,95 @@ def test_the_view_command_serves_the_page_and_stops_on_ctrl_c(tmp_path):
             with urllib.request.urlopen(url, timeout=5) as r:
                 assert "pulseline live view" in r.read().decode()
             # The board's pty belongs to a running simulated board: its hardware is on the page.
+            end = time.monotonic() + 30
+            while not state_of(url).get("link", {}).get("ok") and time.monotonic() < end:
+                time.sleep(0.05)
+            assert state_of(url)["board"]["controls"]
             assert post(url, {"name": "door_closed", "value": False})["ok"]
             assert board.plant_status()["door_closed"] is False
         finally:
             p.send_signal(signal.SIGINT)
             _, err = p.communicate(timeout=10)
         assert p.returncode == 0, err
-    res = subprocess.run([sys.executable, "-m", "pulseline", "view", "--port", str(tmp_path / "nothing"),
-                          "--no-browser"], capture_output=True, text=True, timeout=30)
-    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1 and "nothing" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "pulseline", "view", "--port", "nothing://here", "--no-browser"],
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1 and "nothing://" in res.stderr
+
+
+def state_of(url: str) -> dict:
+    with urllib.request.urlopen(url + "api/state", timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_the_view_with_no_board_says_so_then_shows_the_board_when_it_comes_and_goes(tmp_path):
+    """Opening the page before the board is there: the page says so, and the
+    view shows the board when it answers; losing it is said, and it is shown
+    again when it is back."""
+    import signal
+    import subprocess
+    import sys
+
+    fs = tmp_path / "fs"
+    _deploy(fs, None)
+    p = subprocess.Popen([sys.executable, "-m", "pulseline", "view", "--port", "sim:later", "--no-browser", "--json"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = json.loads(p.stdout.readline())["url"]
+        tab = Tab(url)
+        waiting = tab.wait(lambda: [m for m in tab.texts if m["type"] == "link" and not m["ok"]])
+        assert "no board" in waiting[0]["error"] and "later" in waiting[0]["error"]
+        assert tab.wait(lambda: [m for m in tab.texts if m["type"] == "board" and m["board"] is None])
+        assert post(url, {"command": "arm"}, "api/command")["status"] == 409
+        with SimBoard(fs, state_dir=tmp_path / ".pulseline", name="later", seed=2) as board:
+            tab.wait(lambda: [m for m in tab.texts if m["type"] == "board" and m["board"]], timeout_s=60)
+            assert tab.wait(lambda: tab.texts[-1:] and any(m["type"] == "link" and m["ok"] for m in tab.texts))
+            assert post(url, {"command": "arm"}, "api/command")["ok"]
+            assert post(url, {"name": "switch", "value": True})["ok"]  # its hardware is on the page too
+            tab.wait(lambda: tab.frames, timeout_s=20)
+            assert board.plant_status()["switch"] is True
+            n = len(tab.texts)
+        # Gone mid-exposure: said, and waited for.
+        lost = tab.wait(lambda: [m for m in tab.texts[n:] if m["type"] == "link" and not m["ok"]])
+        assert "board lost" in lost[0]["error"] and "waiting for the board" in lost[0]["error"]
+        with SimBoard(fs, state_dir=tmp_path / ".pulseline", name="later", seed=2):
+            tab.wait(lambda: [m for m in tab.texts[n:] if m["type"] == "link" and m["ok"]], timeout_s=60)
+    finally:
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=15)
+    assert p.returncode == 0, err
+    # The terminal was told each change, one line each.
+    assert "no board" in err and "showing the board on sim:later" in err and "board lost" in err, err
+
+
+def test_capture_view_shows_the_capture_marked_as_recording(tmp_path):
+    import subprocess
+    import sys
+
+    fs = tmp_path / "fs"
+    _deploy(fs, None)
+    with SimBoard(fs, state_dir=tmp_path / ".pulseline", name="cap") as board:
+        wait_for_firmware(board.pty_path, timeout_s=60)
+        p = subprocess.Popen([sys.executable, "-m", "pulseline", "capture", "--port", board.pty_path, "--view",
+                              "--no-browser", "--no-calibration", "--frames", "16", "-o", str(tmp_path / "exam"),
+                              "--json"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = p.stderr.readline()
+        assert "live view at http://localhost:" in line, line
+        tab = Tab(line.split(" at ")[-1].strip())
+        tab.wait(lambda: [m for m in tab.texts if m["type"] == "board" and m["recording"]])
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["frames"] == 16
+    # The page saw the capture's frames as they came (those after it connected), in order,
+    # and what it showed is what the exam holds.
+    import tifffile
+
+    ids = [h["frame_id"] for h, _ in tab.frames]
+    assert len(ids) >= 4 and ids == sorted(set(ids)), ids
+    saved = tifffile.imread(tmp_path / "exam" / "frames.tif")
+    assert saved.shape[0] == 16
+    for _, px in tab.frames:
+        assert any(np.array_equal(px, page) for page in saved)
 
 
 def test_the_console_buttons_arm_and_disarm_and_say_why_a_command_is_refused(live):

@@ -8,6 +8,9 @@ what it replaces, measured in one run on the same data.
     on: the C decode path against the numpy baseline (assembler_numpy) and the
     plain-Python reference. Bar: decode >= 5 x numpy.
 
+(C)-(F): pulseline.bench_sim; (G), the live view in a browser:
+pulseline.bench_view.
+
 Every figure is the best of several runs (time.perf_counter), except the
 reference, which runs once on a subset. The C path is timed on a fresh
 assembler whose buffer pool has been warmed on frames with other ids, and
@@ -31,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from . import bench_sim
+from . import bench_sim, bench_view
 from ._native import ffi
 from .assembler import FrameAssembler, crc32, crc_backend
 from .assembler_numpy import NumpyFrame, decode_numpy
@@ -251,6 +254,7 @@ def main() -> int:
     section_a(r)
     section_b(r)
     bench_sim.run(r)
+    bench_view.run(r)
     print(f"{'PASS' if r.ok else 'FAIL'} ({time.perf_counter() - t0:.1f} s)")
     return 0 if r.ok else 1
 

@@ -54,6 +54,7 @@ EXAMPLES = {
   pulseline capture --port sim --preset fluoro-low -o exam   a named protocol (pulseline presets)
   pulseline capture --port sim --kv 70 --ma 10 --pps 15 --duration 5 -o exam
   pulseline capture --port sim --water-cm 30 --abc --filter 0.25 -o exam
+  pulseline capture --port sim --duration 10 --view -o exam      watched in the browser as it comes
   pulseline capture --port /dev/ttyACM0 --patient-name DOE^JANE --patient-id 1234 -o exam \\
       --send pacs.example.org:104 --called-ae PACS
 """,
@@ -490,6 +491,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     sim = _sim_of_port(args.port)
     scene_before: dict[str, Any] = {}
     ctl = None
+    view = None
     try:
         _check_writable(args.output)  # before any X-rays: a capture must have somewhere to go
         if settings:
@@ -519,12 +521,22 @@ def cmd_capture(args: argparse.Namespace) -> int:
             raise CliError("--water-cm sets the phantom of a simulated board; this port is not one")
         elif not args.json:
             print("press and hold the exposure switch", flush=True)
+        if args.view:
+            view = _capture_view(args, s, ctl)
         if args.json or not err.is_terminal:  # the live display is for a person at a terminal
-            cap = capture(s, frames, press=press, release=release)
+            cap = capture(s, frames, press=press, release=release,
+                          progress=view.show_frame if view is not None else None)
         else:
             with display.CaptureProgress(s, frames, err) as bar:
-                cap = capture(s, frames, press=press, release=release, progress=bar.frame)
+                def shown(f: Any) -> None:
+                    bar.frame(f)
+                    if view is not None:
+                        view.show_frame(f)
+                cap = capture(s, frames, press=press, release=release, progress=shown)
     finally:
+        if view is not None:
+            view.set_recording(False)
+            view.stop()
         s.close()
         if ctl is not None and scene_before.get("water_cm") is not None:
             with contextlib.suppress(OSError, ValueError):
@@ -562,6 +574,24 @@ def cmd_capture(args: argparse.Namespace) -> int:
         print(f"pulseline: error: {failed} (the exam is saved in {args.output})", file=sys.stderr)
         return 1
     return 0
+
+
+def _capture_view(args: argparse.Namespace, s: Any, controls: Any) -> Any:
+    """`capture --view`: the live view of this capture, marked as recording;
+    the capture loop hands it each frame (it reads none itself)."""
+    import webbrowser
+
+    from .view import LiveView
+
+    view = LiveView(s, pump=False, recording=True, controls=controls, host=args.listen, port=args.http_port)
+    try:
+        view.start()
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    print(f"pulseline: live view at {view.url}", file=sys.stderr, flush=True)
+    if not args.no_browser:
+        webbrowser.open(view.url)
+    return view
 
 
 def _write_failure(exc: OSError, where: Path) -> str:
@@ -723,20 +753,35 @@ def _sim_controls(port: str) -> Any:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
+    import sys
     import time
     import webbrowser
 
+    from . import ports
+    from .session import Session
     from .view import LiveView
 
-    s = _session(args.port)
-    view = LiveView(s, host=args.listen, port=args.http_port, controls=_sim_controls(args.port))
+    try:
+        ports.check(args.port)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+    def connect() -> tuple[Any, Any]:
+        return Session(args.port), _sim_controls(args.port)
+
+    def log(line: str) -> None:
+        print(f"pulseline view: {line}", file=sys.stderr, flush=True)
+
+    # No board yet is not an error for a monitor: the page says so, and
+    # shows the board when it answers (likewise after losing it).
+    view = LiveView(connect=connect, where=args.port, host=args.listen, port=args.http_port, log=log)
     try:
         try:
             view.start()
         except OSError as exc:
             raise CliError(str(exc)) from None
         if args.json:
-            print(json.dumps({"url": view.url, "port": args.port, "controls": view.controls is not None}), flush=True)
+            print(json.dumps({"url": view.url, "port": args.port}), flush=True)
         else:
             print(f"live view of {args.port} at {view.url} (Ctrl-C to stop)", flush=True)
         if not args.no_browser:
@@ -746,8 +791,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        view.stop()
-        s.close()
+        view.stop()  # closes the session it opened
     return 0
 
 
@@ -925,6 +969,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--send", metavar="HOST:PORT", help="store the exam on a PACS (DICOM C-STORE)")
     g.add_argument("--called-ae", default="ANY-SCP", help="the PACS's AE title (default ANY-SCP)")
     g.add_argument("--calling-ae", default="PULSELINE", help="our AE title (default PULSELINE)")
+    g = p.add_argument_group("live view (see: pulseline view)")
+    g.add_argument("--view", action="store_true", help="show the capture in the browser as it comes, marked REC")
+    g.add_argument("--listen", default="127.0.0.1", help="with --view: the address to serve on (default loopback)")
+    g.add_argument("--http-port", type=int, default=0, help="with --view: web server port (default: a free one)")
+    g.add_argument("--no-browser", action="store_true", help="with --view: print the address, open no browser")
     p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
                    help="show the last image in the terminal (default: when it is a terminal)")
     _json_arg(p)

@@ -174,6 +174,9 @@ class Frame:
     max: float
     centre_mean: float
     defect_map: npt.NDArray[np.uint8] | None = field(default=None, repr=False)
+    # Wall-clock time (time.time()) the host had the frame assembled; 0 if
+    # not stamped. The live view measures its display delay from it.
+    arrived_s: float = field(default=0.0, repr=False)
 
     @property
     def lines_received(self) -> int:

@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+
+import serial
 
 from .sim.board import STATE_DIR, find_board
 
@@ -21,3 +24,23 @@ def resolve(port: str, state_dir: Path = STATE_DIR) -> str:
         name = port[4:] or None
         return str(find_board(name, state_dir)["pty"])
     return port
+
+
+def check(port: str) -> None:
+    """ValueError, with a clear line, for a port that can never open
+    (nothing given, or a URL whose scheme pyserial does not know); a device
+    or simulated board that is not there yet is not an error here."""
+    if not port:
+        raise ValueError("no port given (a device path, a pyserial URL, or 'sim')")
+    scheme, sep, _ = port.partition("://")
+    if not sep:
+        return
+    # pulseline.sim: fastsim://, which the session registers with pyserial.
+    for package in dict.fromkeys([*serial.protocol_handler_packages, "pulseline.sim"]):
+        try:
+            importlib.import_module(f"{package}.protocol_{scheme}")
+            return
+        except ImportError:
+            continue
+    raise ValueError(f"{port}: unknown URL scheme {scheme}:// (a device path, a pyserial URL such as "
+                     "socket://HOST:PORT, or 'sim')")

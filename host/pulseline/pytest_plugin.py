@@ -9,7 +9,8 @@ pulseline is installed; its fixtures only start anything when a test asks).
 
 Fixtures: `board` (the device under test), `session` (an open host session),
 `plant` (the simulated hardware; a test that takes it is skipped on
-hardware), `clock` (the target's time). Markers: `needs_plant`, `slow`,
+hardware), `clock` (the target's time), `evidence_dir` (where a test keeps
+its own evidence). Markers: `needs_plant`, `slow`,
 `fidelity` (only on hardware: what the simulator cannot model closely
 enough). docs/ci.md has the whole story.
 """
@@ -321,6 +322,21 @@ def clock(board: Board) -> Clock:
     return Clock(board.sim if board.target == FAST else None)
 
 
+@pytest.fixture
+def evidence_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Where a test keeps its own evidence (screenshots, say): its bundle
+    under --evidence, or a temporary directory without one."""
+    root = request.config.getoption("--evidence")
+    out = _bundle_dir(request) if root is not None else tmp_path / "evidence"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _bundle_dir(request: pytest.FixtureRequest) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.nodeid)
+    return Path(request.config.getoption("--evidence")) / safe
+
+
 _SESSION = pytest.StashKey[Any]()
 _REPORT = pytest.StashKey[pytest.TestReport]()
 
@@ -346,8 +362,7 @@ def _evidence(request: pytest.FixtureRequest, board: Board | None) -> None:
     if root is None or board is None:
         return
     node = request.node
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in node.nodeid)
-    out = Path(root) / safe
+    out = _bundle_dir(request)
     out.mkdir(parents=True, exist_ok=True)
     report = node.stash.get(_REPORT, None)
     cfg = request.config

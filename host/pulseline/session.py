@@ -163,6 +163,7 @@ class Session:
             items = self.asm.feed(data)
         for item in items:
             if isinstance(item, Frame):
+                item.arrived_s = time.time()
                 self.frames_received += 1
                 if rec is not None:
                     rec.frame(item)
@@ -445,6 +446,7 @@ class Session:
         out = []
         for item in items:
             if isinstance(item, Frame):
+                item.arrived_s = time.time()
                 self.frames_received += 1
                 if self.recorder is not None:
                     self.recorder.frame(item)

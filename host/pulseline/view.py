@@ -13,8 +13,15 @@ costs a capture frame. Text messages (state, dose, alarms, faults) are never
 dropped.
 
 Frame message (binary): u32 little-endian n, n bytes of JSON header
-(frame_id, pulse_id, t_us, lines, pixels, lines_lost, complete, bits), then
-lines x pixels u16 little-endian pixel values.
+(frame_id, pulse_id, t_us, lines, pixels, lines_lost, complete, bits,
+arrived_ms: the wall-clock time the host had it assembled), then
+lines x pixels u16 little-endian pixel values. A tab answers each frame
+with {"type": "shown", "frame_id": n, "delay_ms": d} once it is on screen
+(the next animation frame after drawing): d is the arrival-to-display delay.
+
+Without a board (none yet, or the one shown went away) the page stays up and
+says so; given how to open one (`connect`), the view keeps trying and shows
+the board when it answers.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from .frames import Frame
 
 PAGE = Path(__file__).with_name("view_page.html")
 STATUS_EVERY_S = 1.0  # the displays refresh at least this often, exposing or not
+RETRY_S = 2.0  # how often a view without a board tries to open it
 ACK_TIMEOUT_S = 1.0  # a tab that has not said it drew a frame gets the next one after this long anyway
 PAGE_COMMANDS = ("arm", "disarm", "fault_reset", "alarm_reset")  # what the page's console buttons send
 SIM_INPUTS = ("switch", "door_closed", "key_on", "generator_ready", "hlc_switch", "water_cm", "structures")
@@ -55,7 +63,8 @@ def encode_frame(frame: Frame, *, bits: int = 12) -> bytes:
     lines, pixels = px.shape
     head = json.dumps({"frame_id": frame.frame_id, "pulse_id": frame.pulse_id, "t_us": frame.timestamp_us,
                        "lines": lines, "pixels": pixels, "lines_lost": frame.lines_lost,
-                       "complete": frame.complete, "bits": bits}).encode()
+                       "complete": frame.complete, "bits": bits,
+                       "arrived_ms": round(frame.arrived_s * 1000.0, 3)}).encode()
     return struct.pack("<I", len(head)) + head + np.ascontiguousarray(px, dtype="<u2").tobytes()
 
 
@@ -67,6 +76,7 @@ class _Client:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     frames_sent: int = 0
     frames_dropped: int = 0
+    frames_shown: int = 0  # acknowledged by the tab as on screen
     unacked_since: float | None = None  # a frame is out and the tab has not said it drew it
 
 
@@ -139,6 +149,7 @@ class Hub:
                 msg = json.loads(await c.ws.receive_text())
                 if msg.get("type") == "shown":
                     c.unacked_since = None
+                    c.frames_shown += 1
                     c.texts.append(json.dumps({"type": "display", "sent": c.frames_sent,
                                                "dropped": c.frames_dropped}))
                     c.wake.set()
@@ -148,19 +159,28 @@ class Hub:
 class LiveView:
     """Serve one board's live view at http://HOST:PORT/.
 
-    `session`: an open Session on the board. `controls`: an object with
-    press(), release() and set_input(name, value) (a simulated board's
-    hardware), or None. With pump=False the caller feeds frames
-    (show_frame) and the view only polls status and reads events: used by
-    `capture --view`, whose capture loop owns the frames."""
+    `session`: an open Session on the board, shown until it is lost.
+    `connect`: instead, how to open one: a callable returning (session,
+    controls), raising SessionError while there is no board; the view tries
+    every RETRY_S and again after losing the board. `controls`: an object
+    with set_input(name, value) (a simulated board's hardware), or None.
+    With pump=False the caller feeds frames (show_frame) and the view only
+    polls status and reads events: used by `capture --view`, whose capture
+    loop owns the frames. `log`: told each change of link in one line."""
 
-    def __init__(self, session: Any, *, host: str = "127.0.0.1", port: int = 0, controls: Any = None,
-                 pump: bool = True, recording: bool = False) -> None:
+    def __init__(self, session: Any = None, *, connect: Callable[[], tuple[Any, Any]] | None = None,
+                 where: str = "", host: str = "127.0.0.1", port: int = 0, controls: Any = None,
+                 pump: bool = True, recording: bool = False, log: Callable[[str], None] | None = None) -> None:
+        if (session is None) == (connect is None):
+            raise ValueError("a live view needs a session or a way to connect, not both")
         self.session = session
+        self._connect = connect
+        self.where = where or getattr(session, "port", "")
         self.controls = controls
         self.hub = Hub()
         self.recording = recording
         self._pump_frames = pump
+        self._log = log or (lambda line: None)
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
@@ -169,6 +189,7 @@ class LiveView:
         self._host, self._port = host, port
         self.url = ""
         self.error: str | None = None
+        self.link_ok: bool | None = None  # None: not yet known
 
     # -- the web side -----------------------------------------------------------------
 
@@ -183,6 +204,8 @@ class LiveView:
             await self.hub.serve(socket)
 
         async def control(request: Request) -> JSONResponse:
+            if self.session is None:
+                return JSONResponse({"ok": False, "error": f"no board on {self.where}"}, status_code=409)
             if self.controls is None:
                 return JSONResponse({"ok": False, "error": "this board has no simulated hardware"}, status_code=409)
             try:
@@ -209,16 +232,19 @@ class LiveView:
                                      f"(one of {', '.join(PAGE_COMMANDS)})"}, status_code=400)
             from .session import SessionError
 
+            session = self.session
+            if session is None:
+                return JSONResponse({"ok": False, "error": f"no board on {self.where}"}, status_code=409)
             try:
-                body = await asyncio.get_running_loop().run_in_executor(None, self.session.command, name)
+                body = await asyncio.get_running_loop().run_in_executor(None, session.command, name)
             except SessionError as exc:  # BoardError included: the board's refusal, in its words
                 return JSONResponse({"ok": False, "error": str(exc)}, status_code=409)
             return JSONResponse({"ok": True, "answer": body})
 
         async def state(request: Request) -> JSONResponse:
             return JSONResponse({**self.hub.snapshot, "frames_in": self.hub.frames_in,
-                                 "tabs": [{"sent": c.frames_sent, "dropped": c.frames_dropped}
-                                          for c in self.hub.clients]})
+                                 "tabs": [{"sent": c.frames_sent, "dropped": c.frames_dropped,
+                                           "shown": c.frames_shown} for c in self.hub.clients]})
 
         return Starlette(routes=[Route("/", page), WebSocketRoute("/ws", ws),
                                  Route("/api/control", control, methods=["POST"]),
@@ -255,8 +281,7 @@ class LiveView:
         host, port = sock.getsockname()[:2]
         shown = "localhost" if host in ("127.0.0.1", "::1") else host
         self.url = f"http://{shown}:{port}/"
-        self.text({"type": "board", "board": self.session.board, "controls": self.controls is not None,
-                   "recording": self.recording})
+        self._say_board()
         self._pump = threading.Thread(target=self._pump_loop, name="view-pump", daemon=True)
         self._pump.start()
         return self
@@ -273,16 +298,63 @@ class LiveView:
         self._call(self.hub.text, message)
 
     def show_frame(self, frame: Frame) -> None:
-        bits = 12 if self.session.config.get("pixel_format") == 2 else 16
+        session = self.session
+        bits = 12 if session is not None and session.config.get("pixel_format") == 2 else 16
         self._call(self.hub.frame, encode_frame(frame, bits=bits))
 
     def set_recording(self, on: bool) -> None:
         self.recording = on
-        self.text({"type": "board", "board": self.session.board, "controls": self.controls is not None,
-                   "recording": on})
+        self._say_board()
+
+    def _say_board(self) -> None:
+        s = self.session
+        self.text({"type": "board", "board": s.board if s is not None else None, "where": self.where,
+                   "controls": s is not None and self.controls is not None, "recording": self.recording})
+
+    def _say_link(self, ok: bool, error: str = "") -> None:
+        if ok == self.link_ok and (ok or error == self._link_error):
+            return
+        self.link_ok, self._link_error = ok, error
+        self.text({"type": "link", "ok": ok, "error": error})
+        self._log(f"showing the board on {self.where}" if ok else error)
+
+    _link_error = ""
 
     def _pump_loop(self) -> None:
-        s = self.session
+        while not self._stop.is_set():
+            if self.session is None:
+                try:
+                    session, controls = self._connect()  # type: ignore[misc]
+                except Exception as exc:  # SessionError, OSError: no board (yet)
+                    self._say_link(False, f"no board: {exc} (trying again every "
+                                          f"{RETRY_S:g} s)")
+                    self._stop.wait(RETRY_S)
+                    continue
+                if self._stop.is_set():
+                    session.close()
+                    return
+                self.session, self.controls = session, controls
+                self._say_board()
+                self._say_link(True)
+            elif self.link_ok is None:
+                self._say_link(True)
+            lost = self._pump_session(self.session)
+            if self._stop.is_set():
+                return
+            if self._connect is None:  # a session the caller gave: lost for good
+                self._say_link(False, f"board lost: {lost} (the last image and displays are as they were)")
+                return
+            self._say_link(False, f"board lost: {lost} (the last image and displays are as they were; "
+                                  "waiting for the board to come back)")
+            with contextlib.suppress(Exception):
+                self.session.close()
+            self.session, self.controls = None, None
+            self._say_board()
+            self._stop.wait(RETRY_S)
+
+    def _pump_session(self, s: Any) -> str:
+        """Frames, events and status from one session until it is lost (the
+        reason) or the view stops ("")."""
         seen = 0
         next_status = 0.0
         while not self._stop.is_set():
@@ -309,19 +381,20 @@ class LiveView:
                     elif ev.body.get("state") == "EXPOSING":
                         self.text({"type": "hold", "on": False})
             if s.error:
-                self.text({"type": "link", "ok": False, "error": s.error})
-                return
+                return str(s.error)
             now = time.monotonic()
             if now >= next_status:
                 next_status = now + STATUS_EVERY_S
                 try:
                     status = s.status()
-                except Exception as exc:  # the board went away: say so, keep the page up
-                    self.text({"type": "link", "ok": False, "error": str(exc)})
+                except Exception as exc:  # no answer: say so, keep the page up
                     if s.error:
-                        return
+                        continue  # lost: said above, on the next turn
+                    self._say_link(False, f"the board on {self.where} does not answer: {exc}")
                     continue
+                self._say_link(True)
                 self.text({"type": "status", **status, "lines_lost_host": s.counters().get("lines_lost", 0)})
+        return ""
 
     def stop(self) -> None:
         self._stop.set()
@@ -331,6 +404,11 @@ class LiveView:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._connect is not None and self.session is not None and not self._pump_alive():
+            self.session.close()  # one the view opened itself
+
+    def _pump_alive(self) -> bool:
+        return self._pump is not None and self._pump.is_alive()
 
     def __enter__(self) -> LiveView:
         return self.start()

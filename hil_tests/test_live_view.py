@@ -1,0 +1,103 @@
+"""The live view as an operator uses it: a real browser (Debian's headless
+Chromium, driven by Playwright) on `pulseline view`'s page, the exposure
+switch held on the page's keyboard shortcut. A screenshot of each state is
+kept with the test's evidence."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pulseline.view import LiveView
+
+pytestmark = pytest.mark.needs_plant
+
+
+@pytest.fixture
+def browser(board: Any) -> Iterator[Any]:
+    if board.target == "fast":
+        pytest.skip("the browser runs in wall time, the fast target in virtual time")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed: `make deps` (as root) installs it", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def number(page: Any, test_id: str) -> float:
+    text = page.get_by_test_id(test_id).inner_text()
+    assert text != "—", f"{test_id} shows nothing"
+    return float(text)
+
+
+def shown(page: Any) -> list[dict[str, Any]]:
+    """What the page has put on screen: frame_id, pulse_id, delay_ms, lih."""
+    return page.evaluate("window.pulseline.shown")
+
+
+def test_the_monitor_shows_live_frames_the_displays_and_the_last_image_held(session, plant, board, browser,
+                                                                            evidence_dir):
+    session.configure(pulses_per_s=7.5)  # the default detector, 256 x 256
+    session.arm()
+    with LiveView(session, controls=board.sim) as view:
+        page = browser.new_page(viewport={"width": 1180, "height": 840})
+        page.goto(view.url)
+        page.get_by_test_id("state").filter(has_text="READY").wait_for()
+        assert page.get_by_test_id("switch").is_visible()  # the simulated board's hardware is on the page
+        assert "board" in page.get_by_test_id("board").inner_text()
+        page.screenshot(path=evidence_dir / "1-ready.png")
+
+        # Press: the switch is held while Space is held, as a pedal.
+        page.keyboard.down("Space")
+        page.wait_for_function("window.pulseline.shown.length >= 6", timeout=20_000)
+        assert plant.status()["switch"] is True
+        assert number(page, "kv") > 0 and number(page, "ma") > 0
+        page.wait_for_function("Number(document.getElementById('rate').textContent) > 0", timeout=10_000)
+        kerma_before = number(page, "kerma")
+        page.wait_for_function(f"Number(document.getElementById('kerma').textContent) > {kerma_before}",
+                               timeout=10_000)
+        assert number(page, "kap") > 0
+        frames = shown(page)
+        assert not any(f["lih"] for f in frames), "the hold marker over a live frame"
+        assert [f["pulse_id"] for f in frames] == sorted({f["pulse_id"] for f in frames})
+        assert not page.get_by_test_id("lih").is_visible()
+        page.screenshot(path=evidence_dir / "2-exposing.png")
+
+        # Release: the last image stays, marked as held.
+        page.keyboard.up("Space")
+        page.get_by_test_id("lih").wait_for(state="visible", timeout=10_000)
+        assert plant.status()["switch"] is False
+        page.get_by_test_id("state").filter(has_text="HOLD").wait_for()
+        assert number(page, "rate") == 0  # no exposure, no rate
+        last_held = shown(page)[-1]
+        page.screenshot(path=evidence_dir / "3-last-image-hold.png")
+
+        # Press again: the marker goes with the first live frame, not before.
+        page.keyboard.down("Space")
+        page.wait_for_function(f"window.pulseline.shown.some(f => f.pulse_id > {last_held['pulse_id']})",
+                               timeout=20_000)
+        after = [f for f in shown(page) if f["pulse_id"] > last_held["pulse_id"]]
+        assert after[0]["lih"] is False, "the first live frame of the new press still marked as held"
+        assert not page.get_by_test_id("lih").is_visible()
+        page.screenshot(path=evidence_dir / "4-live-again.png")
+
+        # A second tab: both show the board's frames, and each says two are watching.
+        other = browser.new_page(viewport={"width": 1180, "height": 840})
+        other.goto(view.url)
+        other.wait_for_function("window.pulseline.shown.length >= 3", timeout=20_000)
+        for p in (page, other):
+            p.get_by_test_id("tabs").filter(has_text="2 tabs are showing this board").wait_for(timeout=10_000)
+        other.screenshot(path=evidence_dir / "5-second-tab.png")
+        page.keyboard.up("Space")
+        other.close()
+        page.get_by_test_id("tabs").filter(has_text="2 tabs").wait_for(state="detached", timeout=10_000)
+        assert plant.status()["switch"] is False

@@ -1,0 +1,105 @@
+"""`make bench`, live view part: what an operator's screen keeps up with.
+
+(G) a simulated board on the USB high-speed link (256 x 256 Mono12p frames,
+    the default phantom), its frames through `pulseline view` into a page in
+    headless Chromium (Debian's), the switch held for a few seconds at 30 pps
+    and at 15 pps. Figures: frames in (assembled by the host) and displayed
+    per second, display frames dropped (a frame replaced before the tab drew
+    the one before it), and the delay from a frame's arrival at the host (the
+    assembler handing it out) to its display (the browser's next rendering
+    step after drawing it; one machine clock, read on both sides).
+    Bars, at 15 pps: no display frame dropped, and the 95th percentile of the
+    delay under one frame period (66.7 ms). The maximum is reported: a shared
+    machine can pause any program now and then.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SECONDS = 6.0  # of switch time per rate
+RATES = (30.0, 15.0)
+BAR_RATE = 15.0
+
+
+def _measure(session: Any, board: Any, view: Any, page: Any, pps: float) -> dict[str, Any]:
+    session.configure(pulses_per_s=pps)
+    session.arm()
+    before_shown = page.evaluate("window.pulseline.shown.length")
+    before_in = view.hub.frames_in
+    before_dropped = sum(c.frames_dropped for c in view.hub.clients)
+    board.press()
+    # From the first frame displayed: the press's start-up is not the display's.
+    page.wait_for_function(f"window.pulseline.shown.length > {before_shown}", timeout=20_000)
+    t0, in0, fired0 = time.monotonic(), view.hub.frames_in, len(board.plant.pulses)
+    shown0 = page.evaluate("window.pulseline.shown.length")
+    time.sleep(SECONDS)
+    t1, in1, fired1 = time.monotonic(), view.hub.frames_in, len(board.plant.pulses)
+    log = page.evaluate("window.pulseline.shown")
+    board.release()
+    dropped = sum(c.frames_dropped for c in view.hub.clients) - before_dropped
+    window = log[shown0:]
+    delays = np.array([f["delay_ms"] for f in window], float)
+    time.sleep(0.5)
+    session.disarm()
+    dt = t1 - t0
+    return {"pps": pps, "fired_per_s": (fired1 - fired0) / dt, "in_per_s": (in1 - in0) / dt,
+            "shown_per_s": len(window) / dt, "dropped": dropped, "frames_in": view.hub.frames_in - before_in,
+            "delays": delays}
+
+
+def run(r: Any) -> None:
+    from .pytest_plugin import _deploy
+    from .session import Session, wait_for_firmware
+    from .sim.board import SimBoard
+    from .view import LiveView
+
+    print("(G) live view in headless Chromium: 256x256 Mono12p over usb-hs, "
+          f"{SECONDS:g} s of switch time at each rate")
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        r.check("Debian's chromium is installed (`make deps` as root)", False)
+        return
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="pulseline-bench-view-") as tmp:
+        fs = Path(tmp) / "fs"
+        _deploy(fs, None)
+        # The browser first: its start-up is the busiest moment for the CPUs.
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True)
+            try:
+                with SimBoard(fs, state_dir=Path(tmp) / "st", link="usb-hs", seed=1) as board:
+                    wait_for_firmware(board.pty_path, timeout_s=60)
+                    with Session(board.pty_path) as s:
+                        s.configure(pixels_per_line=256, lines_per_frame=256)
+                        with LiveView(s, controls=board) as view:
+                            page = browser.new_page(viewport={"width": 1180, "height": 760})
+                            page.goto(view.url)
+                            page.get_by_test_id("state").filter(has_text="IDLE").wait_for()
+                            results = [_measure(s, board, view, page, pps) for pps in RATES]
+                            lost = s.counters().get("lines_lost", 0)
+            finally:
+                browser.close()
+    for m in results:
+        d = m["delays"]
+        period_ms = 1000.0 / m["pps"]
+        p50, p95 = (float(np.percentile(d, q)) for q in (50, 95)) if len(d) else (float("nan"),) * 2
+        print(f"  at {m['pps']:g} pps")
+        r.figure("pulses / frames in / shown per s",
+                 f"{m['fired_per_s']:.1f} / {m['in_per_s']:.1f} / {m['shown_per_s']:.1f}",
+                 f"{m['frames_in']} frames in, {m['dropped']} display frames dropped")
+        r.figure("arrival to display, ms", f"{p50:.1f} / {p95:.1f} / {d.max() if len(d) else float('nan'):.1f}",
+                 f"median / 95th percentile / max; one frame period is {period_ms:.1f} ms")
+        if m["pps"] == BAR_RATE:
+            r.check(f"no display frame dropped at {m['pps']:g} pps ({m['dropped']})", m["dropped"] == 0)
+            r.check(f"95th percentile delay {p95:.1f} ms < one frame period ({period_ms:.1f} ms)", p95 < period_ms)
+            r.check(f"frames displayed at the pulse rate ({m['shown_per_s']:.1f}/s)",
+                    m["shown_per_s"] >= 0.95 * m["pps"])
+    r.check(f"no line lost on the link ({lost})", lost == 0)
