@@ -1,21 +1,28 @@
 """`make bench`, live view part: what an operator's screen keeps up with.
 
 (G) a simulated board on the USB high-speed link (256 x 256 Mono12p frames,
-    the default phantom), its frames through `pulseline view` into a page in
-    headless Chromium (Debian's), the switch held for a few seconds at 30 pps
+    the default phantom; in its own process, as `pulseline sim start` runs
+    it), its frames through the live view into a page in headless Chromium
+    (Debian's), the switch held for a few seconds at 30 pps
     and at 15 pps. Figures: frames in (assembled by the host) and displayed
     per second, display frames dropped (a frame replaced before the tab drew
     the one before it), and the delay from a frame's arrival at the host (the
     assembler handing it out) to its display (the browser's next rendering
     step after drawing it; one machine clock, read on both sides).
     Bars, at 15 pps: no display frame dropped, and the 95th percentile of the
-    delay under one frame period (66.7 ms). The maximum is reported: a shared
-    machine can pause any program now and then.
+    delay under one frame period (66.7 ms); the frames shown keep up with the
+    pulses, and no line is lost. The maximum is reported: a shared machine
+    can pause any program now and then. At 30 pps on two cores the board,
+    the host and the browser share the CPUs: the figures are reported, and
+    the pulse rate the simulated board kept is one of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,13 +41,14 @@ def _measure(session: Any, board: Any, view: Any, page: Any, pps: float) -> dict
     before_shown = page.evaluate("window.pulseline.shown.length")
     before_in = view.hub.frames_in
     before_dropped = sum(c.frames_dropped for c in view.hub.clients)
+    lost0 = session.counters().get("lines_lost", 0)
     board.press()
     # From the first frame displayed: the press's start-up is not the display's.
     page.wait_for_function(f"window.pulseline.shown.length > {before_shown}", timeout=20_000)
-    t0, in0, fired0 = time.monotonic(), view.hub.frames_in, len(board.plant.pulses)
+    t0, in0, fired0 = time.monotonic(), view.hub.frames_in, board.status()["pulses"]
     shown0 = page.evaluate("window.pulseline.shown.length")
     time.sleep(SECONDS)
-    t1, in1, fired1 = time.monotonic(), view.hub.frames_in, len(board.plant.pulses)
+    t1, in1, fired1 = time.monotonic(), view.hub.frames_in, board.status()["pulses"]
     log = page.evaluate("window.pulseline.shown")
     board.release()
     dropped = sum(c.frames_dropped for c in view.hub.clients) - before_dropped
@@ -51,13 +59,13 @@ def _measure(session: Any, board: Any, view: Any, page: Any, pps: float) -> dict
     dt = t1 - t0
     return {"pps": pps, "fired_per_s": (fired1 - fired0) / dt, "in_per_s": (in1 - in0) / dt,
             "shown_per_s": len(window) / dt, "dropped": dropped, "frames_in": view.hub.frames_in - before_in,
-            "delays": delays}
+            "delays": delays, "lines_lost": session.counters().get("lines_lost", 0) - lost0}
 
 
 def run(r: Any) -> None:
     from .pytest_plugin import _deploy
     from .session import Session, wait_for_firmware
-    from .sim.board import SimBoard
+    from .sim.board import SimControl, find_board, wait_stopped
     from .view import LiveView
 
     print("(G) live view in headless Chromium: 256x256 Mono12p over usb-hs, "
@@ -74,19 +82,38 @@ def run(r: Any) -> None:
         # The browser first: its start-up is the busiest moment for the CPUs.
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium, headless=True)
+            board_proc = subprocess.Popen([sys.executable, "-m", "pulseline.sim.board", "--name", "bench-view",
+                                           "--fs", str(fs), "--link", "usb-hs", "--seed", "1"], cwd=tmp,
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            state_dir = Path(tmp) / ".pulseline"
             try:
-                with SimBoard(fs, state_dir=Path(tmp) / "st", link="usb-hs", seed=1) as board:
-                    wait_for_firmware(board.pty_path, timeout_s=60)
-                    with Session(board.pty_path) as s:
-                        s.configure(pixels_per_line=256, lines_per_frame=256)
-                        with LiveView(s, controls=board) as view:
-                            page = browser.new_page(viewport={"width": 1180, "height": 760})
-                            page.goto(view.url)
-                            page.get_by_test_id("state").filter(has_text="IDLE").wait_for()
-                            results = [_measure(s, board, view, page, pps) for pps in RATES]
-                            lost = s.counters().get("lines_lost", 0)
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        pty = find_board("bench-view", state_dir)["pty"]
+                        break
+                    except ValueError:
+                        if time.monotonic() > deadline or board_proc.poll() is not None:
+                            raise RuntimeError("the simulated board did not start") from None
+                        time.sleep(0.1)
+                board = SimControl("bench-view", state_dir)
+                wait_for_firmware(pty, timeout_s=60)
+                with Session(pty) as s:
+                    s.configure(pixels_per_line=256, lines_per_frame=256)
+                    with LiveView(s, controls=board) as view:
+                        page = browser.new_page(viewport={"width": 1180, "height": 760})
+                        page.goto(view.url)
+                        page.get_by_test_id("state").filter(has_text="IDLE").wait_for()
+                        results = [_measure(s, board, view, page, pps) for pps in RATES]
             finally:
                 browser.close()
+                if board_proc.poll() is None:
+                    with contextlib.suppress(OSError, ValueError):
+                        SimControl("bench-view", state_dir).stop()
+                    with contextlib.suppress(ValueError):
+                        wait_stopped(find_board("bench-view", state_dir))
+                    board_proc.terminate()
+                board_proc.wait(timeout=10)
     for m in results:
         d = m["delays"]
         period_ms = 1000.0 / m["pps"]
@@ -94,7 +121,8 @@ def run(r: Any) -> None:
         print(f"  at {m['pps']:g} pps")
         r.figure("pulses / frames in / shown per s",
                  f"{m['fired_per_s']:.1f} / {m['in_per_s']:.1f} / {m['shown_per_s']:.1f}",
-                 f"{m['frames_in']} frames in, {m['dropped']} display frames dropped")
+                 f"{m['frames_in']} frames in, {m['dropped']} display frames dropped, "
+                 f"{m['lines_lost']} lines lost")
         r.figure("arrival to display, ms", f"{p50:.1f} / {p95:.1f} / {d.max() if len(d) else float('nan'):.1f}",
                  f"median / 95th percentile / max; one frame period is {period_ms:.1f} ms")
         if m["pps"] == BAR_RATE:
@@ -102,4 +130,4 @@ def run(r: Any) -> None:
             r.check(f"95th percentile delay {p95:.1f} ms < one frame period ({period_ms:.1f} ms)", p95 < period_ms)
             r.check(f"frames displayed at the pulse rate ({m['shown_per_s']:.1f}/s)",
                     m["shown_per_s"] >= 0.95 * m["pps"])
-    r.check(f"no line lost on the link ({lost})", lost == 0)
+            r.check(f"no line lost on the link ({m['lines_lost']})", m["lines_lost"] == 0)
