@@ -20,6 +20,7 @@ board and takes its bytes in the waiting thread, and times are the board's.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import struct
 import threading
@@ -88,6 +89,9 @@ class Session:
             text = str(exc)
             if "exclusively lock" in text or "Resource temporarily unavailable" in text:
                 raise SessionError(f"port {port} is busy: another program has it open") from None
+            code = getattr(exc, "errno", None)
+            if isinstance(code, int) and code > 0:  # pyserial repeats the port and errno: say it once
+                raise SessionError(f"cannot open port {port}: {os.strerror(code)}") from None
             raise SessionError(f"cannot open port {port}: {exc}") from None
         # A board in virtual time (the fast simulator), or None for real time.
         self.virtual: Any = getattr(self.serial, "virtual", None)
