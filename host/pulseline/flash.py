@@ -26,7 +26,7 @@ FIRMWARE = ROOT / "firmware"
 PACKAGE = "pulsefw"
 SOURCE_FILES = ("boot.py", "main.py")
 # Board modules that belong to another board: not deployed.
-OTHER_BOARDS = {"linux": ("hal_rp2.py",), "rp2": ("hal_sim.py",)}
+OTHER_BOARDS = {"linux": ("hal_rp2.py", "pio_rp2.py", "rp2_timing.py"), "rp2": ("hal_sim.py",)}
 
 BOARD_SCRIPT = """
 import os, sys, hashlib, binascii, json
