@@ -11,9 +11,11 @@ EVIDENCE := build/evidence
 # these stubs replace the standard library's.
 RP2_STUBS := build/stubs/rp2
 RP2_STUBS_PIN := micropython-rp2-rpi-pico-stubs==1.29.0.post1
+PICO2_STUBS := build/stubs/rp2-pico2
+PICO2_STUBS_PIN := micropython-rp2-rpi-pico2-stubs==1.29.0.post1
 UNIX_STUBS := build/stubs/unix
 UNIX_STUBS_PIN := micropython-unix-stubs==1.29.0.post1
-# Board-neutral firmware: everything but a board's own HAL.
+# The firmware the Pico and Pico 2 run: everything but the simulated board's HAL.
 FW_NEUTRAL := $(filter-out firmware/pulsefw/hal_sim.py,$(wildcard firmware/pulsefw/*.py))
 
 .PHONY: all test unit lint bench fuzz fuzz-smoke deps clean demo soak
@@ -46,15 +48,21 @@ $(RP2_STUBS)/.installed: $(STAMP)
 	$(BIN)/python -m pip install -q --target $(RP2_STUBS) '$(RP2_STUBS_PIN)'
 	@touch $@
 
+$(PICO2_STUBS)/.installed: $(STAMP)
+	$(BIN)/python -m pip install -q --target $(PICO2_STUBS) '$(PICO2_STUBS_PIN)'
+	@touch $@
+
 $(UNIX_STUBS)/.installed: $(STAMP)
 	$(BIN)/python -m pip install -q --target $(UNIX_STUBS) '$(UNIX_STUBS_PIN)'
 	@touch $@
 
-lint: $(STAMP) $(RP2_STUBS)/.installed $(UNIX_STUBS)/.installed
+lint: $(STAMP) $(RP2_STUBS)/.installed $(PICO2_STUBS)/.installed $(UNIX_STUBS)/.installed
 	$(BIN)/ruff check firmware host native tests hil_tests setup.py
 	$(BIN)/mypy
 	MYPYPATH=$(RP2_STUBS) $(BIN)/mypy --config-file firmware/mypy-board.ini \
 	  --custom-typeshed-dir $(RP2_STUBS) $(FW_NEUTRAL)
+	MYPYPATH=$(PICO2_STUBS) $(BIN)/mypy --config-file firmware/mypy-board.ini \
+	  --custom-typeshed-dir $(PICO2_STUBS) $(FW_NEUTRAL)
 	MYPYPATH=$(UNIX_STUBS) $(BIN)/mypy --config-file firmware/mypy-board.ini \
 	  --custom-typeshed-dir $(UNIX_STUBS) firmware/pulsefw/hal_sim.py
 

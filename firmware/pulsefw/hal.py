@@ -49,9 +49,11 @@ class Hal:
         between pulses)."""
         raise NotImplementedError
 
-    def generator_fire(self, width_us):
-        """Fire one pulse of width_us now; the hardware ends it. Returns
-        False when the hardware interlock chain refused it."""
+    def generator_fire(self, width_us, period_us):
+        """Fire one pulse of width_us now; the hardware ends it. period_us
+        is the technique's pulse period: hardware that can (the rp2 board's
+        PIO) holds off the next pulse until then. Returns False when the
+        hardware interlock chain refused it."""
         raise NotImplementedError
 
     def generator_feedback(self, out):

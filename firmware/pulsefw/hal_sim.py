@@ -85,7 +85,9 @@ class SimHal(Hal):
     def generator_set(self, kv, ma):
         self.port.generator_set(kv, ma)
 
-    def generator_fire(self, width_us):
+    def generator_fire(self, width_us, period_us):
+        # (The plant's generator is a one-shot; the pulse rate is the
+        # firmware's to keep, and the judge's to check.)
         return self.port.generator_fire(width_us)
 
     def generator_feedback(self, out):

@@ -59,7 +59,7 @@ class ScriptedHal:
         self.kv = kv
         self.ma = ma
 
-    def generator_fire(self, width_us):
+    def generator_fire(self, width_us, period_us):
         self.fired.append((self.now, self.kv, self.ma, width_us))
         return self.door_closed
 

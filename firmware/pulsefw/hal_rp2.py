@@ -1,0 +1,225 @@
+# The HAL of the Raspberry Pi Pico (RP2040, 125 MHz) and Pico 2 (RP2350,
+# 150 MHz). Pins, wiring and the timing of the PIO programs are in
+# docs/board.md; the arithmetic is in rp2_io.py and rp2_timing.py (portable,
+# tested on the host), the PIO programs in pio_rp2.py (run on an emulator in
+# tests/test_pio.py). Everything here is the thin layer onto machine and rp2.
+import sys
+import time
+from array import array
+
+import machine
+import rp2
+from micropython import const
+
+from . import journal, pio_rp2, rp2_io, rp2_timing
+from .hal import Hal
+
+_GATE_SM = const(0)  # PIO0, state machine 0
+_READOUT_SM = const(4)  # PIO1, state machine 0
+_PIO1_BASE = const(0x50300000)  # the same on the RP2040 and the RP2350
+_PIO1_TXF0 = const(_PIO1_BASE + 0x10)
+_PIO1_RXF0 = const(_PIO1_BASE + 0x20)
+_DREQ_PIO1_TX0 = const(8)
+_DREQ_PIO1_RX0 = const(12)
+# The watchdog's control register (ENABLE is bit 30): machine.WDT cannot be
+# stopped, but a board at the REPL must not reset under mpremote.
+_WATCHDOG_CTRL = {"RP2040": 0x40058000, "RP2350": 0x400D8000}
+
+
+class Rp2Hal(Hal):
+    BOARD = "rp2"
+    LINK_BYTES_PER_S = rp2_io.LINK_BYTES_PER_S
+
+    def __init__(self):
+        chip = "RP2350" if "RP2350" in sys.implementation._machine else "RP2040"
+        self.chip = chip
+        self.sys_hz = rp2_timing.SYS_HZ_PICO2 if chip == "RP2350" else rp2_timing.SYS_HZ_PICO
+        machine.freq(self.sys_hz)
+        # The clock: ticks_us wraps at 2**30 us (18 minutes); the HAL's must
+        # not. Past 2**30 the sum is a long integer (see docs/board.md).
+        self._last = time.ticks_us()
+        self._now = 0
+        P = machine.Pin
+        self._inputs = (P(rp2_io.PIN_SWITCH, P.IN, P.PULL_UP), P(rp2_io.PIN_DOOR_CLOSED, P.IN, P.PULL_DOWN),
+                        P(rp2_io.PIN_KEY_ON, P.IN, P.PULL_DOWN), P(rp2_io.PIN_GENERATOR_READY, P.IN, P.PULL_DOWN),
+                        P(rp2_io.PIN_HLC_SWITCH, P.IN, P.PULL_UP))
+        self._debounce = rp2_io.Debouncer(self.ticks_us())
+        self._kv_set = machine.PWM(P(rp2_io.PIN_KV_SET), freq=rp2_io.PWM_FREQ_HZ, duty_u16=0)
+        self._ma_set = machine.PWM(P(rp2_io.PIN_MA_SET), freq=rp2_io.PWM_FREQ_HZ, duty_u16=0)
+        self._kv_mon = machine.ADC(rp2_io.PIN_KV_MON)
+        self._ma_mon = machine.ADC(rp2_io.PIN_MA_MON)
+        self._gate_pin = P(rp2_io.PIN_GATE, P.OUT, value=0)
+        # Monitor samples taken while the gate is on (detector_poll): the
+        # mean of the last pulse. Plain ints: no allocation.
+        self._kv_sum = 0
+        self._ma_sum = 0
+        self._samples = 0
+        self._kv = 0.0
+        self._ma = 0.0
+        self._gate = rp2.StateMachine(_GATE_SM, pio_rp2.pulse_gate, freq=rp2_timing.GATE_SM_HZ,
+                                      sideset_base=self._gate_pin, jmp_pin=P(rp2_io.PIN_INTERLOCK_OK, P.IN,
+                                                                             P.PULL_DOWN))
+        self._gate.active(1)
+        for n in range(12):
+            P(rp2_io.PIN_DATA0 + n, P.IN)
+        self._readout = rp2.StateMachine(_READOUT_SM, pio_rp2.line_readout, freq=self.sys_hz,
+                                         in_base=P(rp2_io.PIN_DATA0), sideset_base=P(rp2_io.PIN_LINE_SYNC))
+        self._readout.active(1)
+        self._rx_dma = rp2.DMA()
+        self._tx_dma = rp2.DMA()
+        self._rx_ctrl = self._rx_dma.pack_ctrl(size=2, inc_read=False, inc_write=True, treq_sel=_DREQ_PIO1_RX0)
+        self._tx_ctrl = self._tx_dma.pack_ctrl(size=2, inc_read=False, inc_write=False, treq_sel=_DREQ_PIO1_TX0)
+        self._line_word = array("I", [0])
+        self._buf = None
+        self._landed = bytearray(0)
+        self._lines = 0
+        self._words_per_line = 0
+        self._words = 0
+        self._marked = 0
+        self._wdt = None
+        self.storage = journal.FileStore("")  # type: ignore[assignment]  # (the base class says None)
+        # The frame buffer's budget: what the heap has now, less the firmware's reserve.
+        import gc
+
+        gc.collect()
+        self.MAX_FRAME_BYTES = rp2_io.frame_budget_bytes(gc.mem_free())
+        self._stdin = sys.stdin.buffer
+        self._stdout = sys.stdout.buffer
+        import select
+
+        self._poller = select.poll()
+        self._poller.register(sys.stdin, select.POLLIN)
+        self._one = bytearray(1)
+
+    # -- clock ------------------------------------------------------------------------
+    def ticks_us(self):
+        t = time.ticks_us()
+        self._now += time.ticks_diff(t, self._last)
+        self._last = t
+        return self._now
+
+    def wait_until(self, deadline_us):
+        # A 1 ms loop: sleep at most 1 ms, and not at all with host bytes waiting.
+        dt = deadline_us - self.ticks_us()
+        if dt > 1000:
+            dt = 1000
+        if dt > 0 and not self._poller.poll(0):
+            time.sleep_us(dt)
+
+    # -- inputs -----------------------------------------------------------------------
+    def read_inputs(self, inputs):
+        s, d, k, g, h = self._inputs
+        bits = self._debounce.update(rp2_io.raw_bits(s.value(), d.value(), k.value(), g.value(), h.value()),
+                                     self.ticks_us())
+        inputs.switch = bool(bits & rp2_io.IN_SWITCH)
+        inputs.door_closed = bool(bits & rp2_io.IN_DOOR)
+        inputs.key_on = bool(bits & rp2_io.IN_KEY)
+        inputs.generator_ready = bool(bits & rp2_io.IN_READY)
+        inputs.hlc_switch = bool(bits & rp2_io.IN_HLC)
+
+    # -- generator --------------------------------------------------------------------
+    def generator_set(self, kv, ma):
+        self._kv_set.duty_u16(rp2_io.setpoint_duty(kv, rp2_io.KV_FULL_SCALE))
+        self._ma_set.duty_u16(rp2_io.setpoint_duty(ma, rp2_io.MA_FULL_SCALE))
+        self._kv = kv
+        self._ma = ma
+
+    def generator_fire(self, width_us, period_us):
+        # The readout starts with the pulse (slot scan): its line words first.
+        if self._buf is not None:
+            self._tx_dma.config(read=self._line_word, write=_PIO1_TXF0, count=self._lines, ctrl=self._tx_ctrl,
+                                trigger=True)
+        hc, hf, lc, lf = rp2_timing.gate_words(width_us, period_us)
+        self._kv_sum = self._ma_sum = self._samples = 0
+        g = self._gate
+        g.put(hc)
+        g.put(hf)
+        g.put(lc)
+        g.put(lf)
+        return g.get() != 0  # the gate says at once whether the interlock let it fire
+
+    def generator_feedback(self, out):
+        n = self._samples
+        if n:
+            out[0] = rp2_io.monitor_value(self._kv_sum // n, rp2_io.KV_FULL_SCALE)
+            out[1] = rp2_io.monitor_value(self._ma_sum // n, rp2_io.MA_FULL_SCALE)
+        else:  # a pulse shorter than the loop: no sample; the setpoints stand in
+            out[0] = self._kv
+            out[1] = self._ma
+
+    # -- detector ---------------------------------------------------------------------
+    def detector_arm(self, frame_buf, landed, lines, pixels, pixel_format):
+        self._buf = frame_buf
+        self._landed = landed
+        self._lines = lines
+        self._words_per_line = rp2_timing.readout_words_per_line(pixels)
+        self._words = lines * self._words_per_line
+        self._marked = 0
+        self._line_word[0] = rp2_timing.readout_line_word(pixels)
+        self._rx_dma.config(read=_PIO1_RXF0, write=frame_buf, count=self._words, ctrl=self._rx_ctrl, trigger=True)
+
+    def detector_dark(self, width_us):
+        self._tx_dma.config(read=self._line_word, write=_PIO1_TXF0, count=self._lines, ctrl=self._tx_ctrl,
+                            trigger=True)
+
+    def detector_poll(self):
+        if self._gate_pin.value():
+            self._kv_sum += self._kv_mon.read_u16()
+            self._ma_sum += self._ma_mon.read_u16()
+            self._samples += 1
+        if self._buf is None:
+            return True
+        done_words = self._words - self._rx_dma.count  # type: ignore[attr-defined]  # the stubs lack DMA.count
+        lines = done_words // self._words_per_line
+        landed = self._landed
+        while self._marked < lines:
+            landed[self._marked] = 1
+            self._marked += 1
+        return self._marked >= self._lines
+
+    # -- identity ---------------------------------------------------------------------
+    def identity(self):
+        import binascii
+
+        uid = binascii.hexlify(machine.unique_id()).decode().upper()
+        # The detector's own serial needs its front end's ID line (a later
+        # board revision); until then it is named after the board it is wired to.
+        return "PICO-" + uid, "DET-" + uid
+
+    # -- watchdog and reset -----------------------------------------------------------
+    def watchdog_start(self, timeout_ms):
+        self._wdt = machine.WDT(timeout=timeout_ms)
+
+    def watchdog_feed(self):
+        if self._wdt is not None:
+            self._wdt.feed()
+
+    def watchdog_stop(self):
+        ctrl = _WATCHDOG_CTRL[self.chip]
+        machine.mem32[ctrl] &= ~(1 << 30)
+        self._wdt = None
+
+    def reset_cause(self):
+        cause = machine.reset_cause()
+        if cause == machine.WDT_RESET:
+            return "watchdog"
+        if cause == machine.PWRON_RESET:
+            return "power"
+        return "soft"
+
+    def reset(self):
+        machine.reset()
+
+    # -- host link (USB CDC) ------------------------------------------------------------
+    def link_read(self, buf):
+        n = 0
+        one = self._one
+        while n < len(buf) and self._poller.poll(0):
+            if self._stdin.readinto(one) != 1:
+                break
+            buf[n] = one[0]
+            n += 1
+        return n
+
+    def link_write(self, data):
+        self._stdout.write(data)
