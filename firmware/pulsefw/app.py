@@ -34,6 +34,7 @@ FAULT_DETECTOR = const(4)
 FAULT_STORAGE = const(5)
 FAULT_WATCHDOG_RESET = const(6)
 FAULT_SELF_TEST = const(7)
+FAULT_CONFIG = const(8)
 FAULT_NAMES = {
     FAULT_KV_TOLERANCE: "kV out of tolerance",
     FAULT_MA_TOLERANCE: "mA out of tolerance",
@@ -42,7 +43,12 @@ FAULT_NAMES = {
     FAULT_STORAGE: "dose journal could not be written",
     FAULT_WATCHDOG_RESET: "the watchdog reset the board",
     FAULT_SELF_TEST: "self-test failed",
+    FAULT_CONFIG: "configuration over the board's budget",
 }
+# What the readout holds while the configuration is over the board's budget:
+# nothing exposes then, and the firmware still answers.
+_IDLE_LINES = const(8)
+_IDLE_PIXELS = const(8)
 
 BLOCK_NAMES = ("none", "door open", "key off", "generator not ready", "host link lost", "fault latched",
                "not armed", "release the switch first")
@@ -88,7 +94,14 @@ class App:
         self.account = dose.DoseAccount(c.dose_notify)
         self.decoder = wire.CommandDecoder(1024)
         self.rxbuf = bytearray(512)
-        self.readout = readout.Readout(hal, self.tx, c.lines_per_frame, c.pixels_per_line, c.pixel_format)
+        # The board's budget first: a frame buffer the RAM cannot give is
+        # never asked for. The fault says why, and a configure that fits
+        # (then fault_reset) brings the board back.
+        budget = self.budget_problem(c)
+        if budget:
+            self.readout = readout.Readout(hal, self.tx, _IDLE_LINES, _IDLE_PIXELS, c.pixel_format)
+        else:
+            self.readout = readout.Readout(hal, self.tx, c.lines_per_frame, c.pixels_per_line, c.pixel_format)
         self.abc = brightness.Brightness(self.geometry, DETECTOR_ADU_PER_UGY)
         self.feedback = array("f", [0.0, 0.0])
         self.inputs = controller.Inputs()
@@ -141,7 +154,10 @@ class App:
         # (the controller needs to see it released first).
         self.ctl.state = controller.IDLE
         self._state_event(now)
-        if journal_error:
+        if budget:
+            self.fault(FAULT_CONFIG, now, "the %d x %d configuration does not fit this %s board: %s" % (
+                c.pixels_per_line, c.lines_per_frame, hal.BOARD, budget))
+        elif journal_error:
             self.fault(FAULT_STORAGE, now, journal_error)
         elif cause == "watchdog":
             self.fault(FAULT_WATCHDOG_RESET, now, "the control loop stalled")
@@ -156,13 +172,23 @@ class App:
             self.geometry = dose.Geometry(new.pixels_per_line, new.lines_per_frame)
             self.ctl.geometry = self.geometry
             self.abc.geometry = self.geometry
-        if (new.pixels_per_line != old.pixels_per_line or new.lines_per_frame != old.lines_per_frame
-                or new.pixel_format != old.pixel_format):
-            self.readout.configure(new.lines_per_frame, new.pixels_per_line, new.pixel_format)
+        r = self.readout  # (it may hold a stand-in geometry: see budget_problem)
+        if (new.pixels_per_line != r.pixels or new.lines_per_frame != r.lines
+                or new.pixel_format != r.pixel_format):
+            r.configure(new.lines_per_frame, new.pixels_per_line, new.pixel_format)
         # Brightness control starts again from the operator's technique.
         self.ctl.technique = new.technique()
         self.account.notify = new.dose_notify
         self.hal.generator_set(new.kv, new.ma)
+
+    def budget_problem(self, c):
+        """Why this board cannot run configuration c (its RAM, its link, or
+        limits of its own), in one line; None if it can."""
+        try:
+            config.updated(c, {}, self.hal.LINK_BYTES_PER_S, self.hal.MAX_FRAME_BYTES)
+        except ValueError as exc:
+            return exc.args[0][1]
+        return self.hal.config_problem(c)
 
     def firmware_hash(self):
         if self._firmware_hash is None:
@@ -199,6 +225,7 @@ class App:
         r = self.readout
         checks["frame_buffer"] = len(r.frame_buf) == r.lines * r.enc.pixel_bytes
         checks["technique"] = self.config.technique().check() is None
+        checks["budget"] = self.budget_problem(self.config) is None
         failed = [k for k in checks if not checks[k]]
         if failed:
             self.fault(FAULT_SELF_TEST, now, "self-test failed: " + ", ".join(failed))

@@ -130,6 +130,9 @@ def set_config(app, args, now):
         new = config.updated(app.config, args, app.hal.LINK_BYTES_PER_S, app.hal.MAX_FRAME_BYTES)
     except ValueError as exc:
         raise Refused(exc.args[0][0], exc.args[0][1]) from None
+    problem = app.hal.config_problem(new)
+    if problem:
+        raise Refused(wire.ERR_OUT_OF_RANGE, problem)
     app.apply_config(new)
     return new.as_dict()
 
@@ -142,6 +145,9 @@ def arm(app, args, now):
         raise Refused(wire.ERR_STORAGE, "the board's storage cannot be written: dose could not be recorded")
     if app.dark_left:
         raise Refused(wire.ERR_BUSY, "dark frames are being read")
+    budget = app.budget_problem(app.config)
+    if budget:
+        raise Refused(wire.ERR_OUT_OF_RANGE, "the configuration does not fit this board: " + budget)
     prev = app.ctl.state
     reason = app.ctl.arm()
     if reason:

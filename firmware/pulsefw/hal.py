@@ -78,6 +78,12 @@ class Hal:
         over (every line that will land has)."""
         raise NotImplementedError
 
+    def config_problem(self, config):
+        """Why this board cannot run a configuration.Config, beyond its
+        RAM (MAX_FRAME_BYTES) and link (LINK_BYTES_PER_S), in one line; None
+        if it can. The base board has no limits of its own."""
+        return None
+
     # -- identity -------------------------------------------------------------
     def identity(self):
         """(board serial, detector serial) as strings, read once at boot:

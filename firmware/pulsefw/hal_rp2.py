@@ -177,6 +177,10 @@ class Rp2Hal(Hal):
             self._marked += 1
         return self._marked >= self._lines
 
+    def config_problem(self, config):
+        return rp2_io.config_problem(config.lines_per_frame, config.pixels_per_line, config.pixel_format,
+                                     config.pulse_width_ms, self.sys_hz)
+
     # -- identity ---------------------------------------------------------------------
     def identity(self):
         import binascii

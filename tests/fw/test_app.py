@@ -44,6 +44,12 @@ class ScriptedHal:
     def ticks_us(self):
         return self.now
 
+    def config_problem(self, config):
+        # A board with a limit of its own (as the rp2 board's Mono12p only).
+        if config.pixels_per_line % 8:
+            return "pixels per line must be a multiple of 8 on this board"
+        return None
+
     def wait_until(self, deadline_us):
         if deadline_us > self.now:
             self.now = deadline_us
@@ -122,8 +128,10 @@ def packets(data):
 
 
 class Board:
-    def __init__(self, disk=None):
+    def __init__(self, disk=None, max_frame_bytes=None):
         self.hal = ScriptedHal(disk)
+        if max_frame_bytes is not None:
+            self.hal.MAX_FRAME_BYTES = max_frame_bytes
         self.app = app.App(self.hal)
         self.seq = 0
         self.seen = 0
@@ -345,3 +353,30 @@ def test_a_defect_in_a_command_is_answered_and_the_board_runs_on():
         commands.HANDLERS[commands.OP_SELF_TEST] = saved
     assert status == wire.ERR_INTERNAL and "TypeError" in msg
     assert b.ok("status")["state"] == "IDLE" and b.ok("status")["commands_bad"] == 1
+
+
+def test_a_configuration_over_the_board_s_ram_is_refused_at_boot_with_the_reason():
+    # The default 256 x 256 Mono12p frame is 98,304 bytes; this board holds 50,000.
+    b = Board(max_frame_bytes=50_000)
+    faults = b.events(tx.EV_FAULT)
+    assert faults and faults[0]["code"] == app.FAULT_CONFIG
+    assert "256 x 256" in faults[0]["message"] and "98304 bytes" in faults[0]["message"], faults
+    assert len(b.app.readout.frame_buf) < 50_000  # the frame buffer it cannot hold was never asked for
+    status = b.ok("status")
+    assert status["state"] == "FAULT"
+    # Nothing exposes: arming is refused with the reason, even after a fault reset.
+    b.ok("fault_reset")
+    status, msg = b.send("arm")
+    assert status == wire.ERR_OUT_OF_RANGE and "98304 bytes" in msg
+    # A configuration that fits brings the board back.
+    b.ok("set_config", {"pixels_per_line": 128, "lines_per_frame": 128})
+    assert len(b.app.readout.frame_buf) == 128 * 192
+    assert b.ok("arm")["state"] == "READY"
+
+
+def test_a_configuration_the_board_cannot_run_is_refused_and_changes_nothing():
+    b = Board()
+    before = b.ok("get_config")
+    status, msg = b.send("set_config", {"pixels_per_line": 100})
+    assert status == wire.ERR_OUT_OF_RANGE and "multiple of 8" in msg
+    assert b.ok("get_config") == before
