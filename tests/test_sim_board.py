@@ -3,6 +3,7 @@ a pty, driven by the real mpremote and by the host session, end to end."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -354,3 +355,34 @@ def test_a_stalled_firmware_is_reset_once_by_the_watchdog(tmp_path):
         assert status["state"] == "FAULT" and status["fault"] == 6  # FAULT_WATCHDOG_RESET, latched
         time.sleep(1.0)
         assert [k for _, k in b.resets] == ["watchdog"]  # once: the new firmware runs on
+
+
+def test_flash_dry_run_for_the_pico_lists_its_exact_bundle_and_a_board_of_another_kind_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from pulseline.flash import FlashError, build_bundle, bundle_hash, flash
+
+    res = subprocess.run([sys.executable, "-m", "pulseline", "flash", "--dry-run", "--board", "rp2", "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    paths = {f["path"]: f["size"] for f in out["bundle"]}
+    # The Pico's own modules, not the simulated board's; every file with its size.
+    assert {"pulsefw/hal_rp2.mpy", "pulsefw/pio_rp2.mpy", "pulsefw/rp2_io.mpy", "boot.py", "main.py"} <= set(paths)
+    assert "pulsefw/hal_sim.mpy" not in paths and all(size > 0 for size in paths.values())
+    # Exactly what a flash builds for a board that says it is rp2, and the hash the firmware will report.
+    built = build_bundle("rp2", tmp_path / "again")
+    assert [(f.path, f.sha256) for f in built] == [(f["path"], f["sha256"]) for f in out["bundle"]]
+    assert out["firmware_hash"] == bundle_hash(built)
+    text = subprocess.run([sys.executable, "-m", "pulseline", "flash", "--dry-run", "--board", "rp2"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120).stdout
+    assert "rp2 bundle for MicroPython" in text and "pulsefw/hal_rp2.mpy" in text and "bytes" in text
+    # Without --dry-run, or with a board of the other kind: refused in one line.
+    res = subprocess.run([sys.executable, "-m", "pulseline", "flash", "--board", "rp2"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=60)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1 and "--port" in res.stderr
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    with SimBoard(fs, state_dir=tmp_path / "st") as board, pytest.raises(FlashError, match="a linux board, not rp2"):
+        flash(board.pty_path, dry_run=True, board="rp2", build_dir=tmp_path / "build")

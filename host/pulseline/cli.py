@@ -817,10 +817,29 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    from .flash import FlashError, flash, handshake
+    from .flash import FlashError, flash, handshake, mpy_cross_version, plan_offline
 
+    if args.port is None:
+        if not (args.dry_run and args.board):
+            raise CliError("flash needs --port (or --dry-run --board rp2 to list the bundle a board would get)")
+        try:
+            plan = plan_offline(args.board)
+            (major, minor), (mpy, sub) = mpy_cross_version()
+        except FlashError as exc:
+            raise CliError(str(exc)) from None
+        if args.json:
+            print(json.dumps({**plan.as_dict(), "dry_run": True, "firmware": None}))
+            return 0
+        total = sum(f.size for f in plan.bundle)
+        print(f"{args.board} bundle for MicroPython {major}.{minor} (mpy v{mpy}.{sub}): {len(plan.bundle)} files, "
+              f"{total} bytes; the firmware will report hash {plan.firmware_hash[:16]}")
+        for f in plan.bundle:
+            print(f"  {f.path:28} {f.size:7} bytes  sha256 {f.sha256[:16]}")
+        print("(dry run, no board: nothing changed)")
+        return 0
     try:
-        plan = flash(args.port, dry_run=args.dry_run, log=(lambda m: None) if args.json else print)
+        plan = flash(args.port, dry_run=args.dry_run, board=args.board,
+                     log=(lambda m: None) if args.json else print)
         board = None if args.dry_run else handshake(args.port, expect_hash=plan.firmware_hash)
     except FlashError as exc:
         raise CliError(str(exc)) from None
@@ -911,7 +930,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ports)
 
     p = command("flash", "compile, copy what differs, verify by hash, restart, handshake")
-    _port_arg(p)
+    p.add_argument("--port", help="device path, pyserial URL, or sim[:NAME] (not needed for --dry-run --board)")
+    p.add_argument("--board", choices=["rp2", "sim"],
+                   help="the kind of board: with --dry-run and no --port, list the bundle it would get")
     p.add_argument("--dry-run", action="store_true", help="show the bundle and what would change")
     _json_arg(p)
     p.set_defaults(func=cmd_flash)

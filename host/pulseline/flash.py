@@ -25,8 +25,10 @@ ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 PACKAGE = "pulsefw"
 SOURCE_FILES = ("boot.py", "main.py")
+# `--board` names, and the MicroPython platform (sys.platform) each runs.
+BOARDS = {"rp2": "rp2", "sim": "linux"}
 # Board modules that belong to another board: not deployed.
-OTHER_BOARDS = {"linux": ("hal_rp2.py", "pio_rp2.py", "rp2_timing.py"), "rp2": ("hal_sim.py",)}
+OTHER_BOARDS = {"linux": ("hal_rp2.py", "pio_rp2.py", "rp2_io.py", "rp2_timing.py"), "rp2": ("hal_sim.py",)}
 
 BOARD_SCRIPT = """
 import os, sys, hashlib, binascii, json
@@ -195,7 +197,21 @@ def plan_flash(t: Any, build_dir: Path, source: Path = FIRMWARE) -> FlashPlan:
     return plan
 
 
-def flash(port: str, *, dry_run: bool = False, build_dir: Path = Path("build/flash"),
+def plan_offline(board: str, build_dir: Path = Path("build/flash"), source: Path = FIRMWARE) -> FlashPlan:
+    """The bundle a board of this kind gets (`--dry-run --board rp2`), with
+    no board attached: everything copies."""
+    if board not in BOARDS:
+        raise FlashError(f"unknown board {board!r} (one of {', '.join(BOARDS)})")
+    platform = BOARDS[board]
+    (major, minor), (mpy, sub) = mpy_cross_version()
+    bundle = build_bundle(platform, build_dir / platform, source)
+    plan = FlashPlan(bundle, board={"platform": platform, "version": [major, minor], "mpy": mpy | sub << 8,
+                                    "attached": False})
+    plan.copy = list(bundle)
+    return plan
+
+
+def flash(port: str, *, dry_run: bool = False, board: str | None = None, build_dir: Path = Path("build/flash"),
           log: Any = print, source: Path = FIRMWARE) -> FlashPlan:
     """Flash a board (or say what would change) with the firmware source tree
     `source`. FlashError on any failure."""
@@ -204,6 +220,8 @@ def flash(port: str, *, dry_run: bool = False, build_dir: Path = Path("build/fla
     t = _transport(port)
     try:
         plan = plan_flash(t, build_dir, source)
+        if board is not None and BOARDS.get(board) != plan.board.get("platform"):
+            raise FlashError(f"{port} is a {plan.board.get('platform')} board, not {board}")
         if not dry_run:
             _write(t, plan, log)
     except TransportError as exc:
