@@ -367,7 +367,8 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "serial": s.board.get("serial"), "detector_serial": s.board.get("detector_serial"),
                 "state": status["state"], "block": status["block"],
                 "exam": status["exam"], "kerma_mgy": status["kerma_mgy"], "fluoro_min": status["fluoro_min"],
-                "config": s.config}
+                "config": s.config, "max_frame_bytes": s.board.get("max_frame_bytes"),
+                "link_bytes_per_s": s.board.get("link_bytes_per_s")}
     finally:
         s.close()
     if args.json:
@@ -382,6 +383,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  technique {c['kv']:g} kV {c['ma']:g} mA {c['pulse_width_ms']:g} ms at {c['pulses_per_s']:g} pps;"
               f" detector {c['pixels_per_line']} x {c['lines_per_frame']} "
               f"{'Mono12p' if c['pixel_format'] == 2 else 'Mono16'}")
+        print(f"  budget: a frame of up to {info['max_frame_bytes']} bytes, {info['link_bytes_per_s']} bytes/s on "
+              "the link")
     return 0
 
 
