@@ -103,8 +103,13 @@ class Rp2Hal(Hal):
         dt = deadline_us - self.ticks_us()
         if dt > 1000:
             dt = 1000
-        if dt > 0 and not self._poller.poll(0):
+        if dt > 0 and not self._host_waiting():
             time.sleep_us(dt)
+
+    def _host_waiting(self):
+        for _ in self._poller.ipoll(0):  # ipoll: no list allocated, unlike poll
+            return True
+        return False
 
     # -- inputs -----------------------------------------------------------------------
     def read_inputs(self, inputs):
@@ -156,6 +161,12 @@ class Rp2Hal(Hal):
         self._words = lines * self._words_per_line
         self._marked = 0
         self._line_word[0] = rp2_timing.readout_line_word(pixels)
+        # A frame given up on (lines that never landed) leaves nothing behind.
+        self._tx_dma.active(0)
+        self._rx_dma.active(0)
+        sm = self._readout
+        while sm.rx_fifo():
+            sm.get()
         self._rx_dma.config(read=_PIO1_RXF0, write=frame_buf, count=self._words, ctrl=self._rx_ctrl, trigger=True)
 
     def detector_dark(self, width_us):
@@ -218,7 +229,7 @@ class Rp2Hal(Hal):
     def link_read(self, buf):
         n = 0
         one = self._one
-        while n < len(buf) and self._poller.poll(0):
+        while n < len(buf) and self._host_waiting():
             if self._stdin.readinto(one) != 1:
                 break
             buf[n] = one[0]
