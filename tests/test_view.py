@@ -5,9 +5,12 @@ slow tab that loses display frames without costing anyone else one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -170,17 +173,27 @@ def test_encode_frame_clips_corrected_frames_to_the_display_range():
     assert np.frombuffer(msg[4 + n:], "<u2").tolist() == [0, 0, 65535, 1234]
 
 
-def test_the_view_command_serves_the_page_and_stops_on_ctrl_c(tmp_path):
-    import signal
-    import subprocess
-    import sys
-
+@contextlib.contextmanager
+def deployed_board(tmp_path: Path, name: str):
+    """A running simulated board with the firmware on it, in tmp_path's
+    state directory (where the CLI run there finds it by name)."""
     fs = tmp_path / "fs"
     _deploy(fs, None)
-    with SimBoard(fs, state_dir=tmp_path / ".pulseline", name="bench") as board:
+    with SimBoard(fs, state_dir=tmp_path / ".pulseline", name=name) as board:
         wait_for_firmware(board.pty_path, timeout_s=60)
-        p = subprocess.Popen([sys.executable, "-m", "pulseline", "view", "--port", board.pty_path, "--no-browser",
-                              "--json"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        yield board
+
+
+def pulseline_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pulseline", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_the_view_command_serves_the_page_and_stops_on_ctrl_c(tmp_path):
+    import signal
+
+    with deployed_board(tmp_path, "bench") as board:
+        p = pulseline_cli("view", "--port", board.pty_path, "--no-browser", "--json", cwd=tmp_path)
         try:
             url = json.loads(p.stdout.readline())["url"]
             assert url.startswith("http://localhost:")
@@ -212,13 +225,10 @@ def test_the_view_with_no_board_says_so_then_shows_the_board_when_it_comes_and_g
     view shows the board when it answers; losing it is said, and it is shown
     again when it is back."""
     import signal
-    import subprocess
-    import sys
 
     fs = tmp_path / "fs"
     _deploy(fs, None)
-    p = subprocess.Popen([sys.executable, "-m", "pulseline", "view", "--port", "sim:later", "--no-browser", "--json"],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = pulseline_cli("view", "--port", "sim:later", "--no-browser", "--json", cwd=tmp_path)
     try:
         url = json.loads(p.stdout.readline())["url"]
         tab = Tab(url)
@@ -248,16 +258,9 @@ def test_the_view_with_no_board_says_so_then_shows_the_board_when_it_comes_and_g
 
 
 def test_capture_view_shows_the_capture_marked_as_recording(tmp_path):
-    import subprocess
-    import sys
-
-    fs = tmp_path / "fs"
-    _deploy(fs, None)
-    with SimBoard(fs, state_dir=tmp_path / ".pulseline", name="cap") as board:
-        wait_for_firmware(board.pty_path, timeout_s=60)
-        p = subprocess.Popen([sys.executable, "-m", "pulseline", "capture", "--port", board.pty_path, "--view",
-                              "--no-browser", "--no-calibration", "--frames", "16", "-o", str(tmp_path / "exam"),
-                              "--json"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with deployed_board(tmp_path, "cap") as board:
+        p = pulseline_cli("capture", "--port", board.pty_path, "--view", "--no-browser", "--no-calibration",
+                          "--frames", "16", "-o", str(tmp_path / "exam"), "--json", cwd=tmp_path)
         line = p.stderr.readline()
         assert "live view at http://localhost:" in line, line
         tab = Tab(line.split(" at ")[-1].strip())
