@@ -235,6 +235,8 @@ def test_with_seeded_link_faults_lost_lines_are_exactly_the_damaged_ones(tmp_pat
     for frame_id, line, packet in _line_packets(sent):
         if frame_id not in frames:
             continue
+        # Each line once: a line id seen twice would mean the board restarted (its frame ids with it).
+        assert (frame_id, line) not in sent_lines, f"line {line} of frame {frame_id} sent twice: {board.resets}"
         sent_lines.add((frame_id, line))
         intact = packet in got
         damaged += not intact
