@@ -14,6 +14,9 @@ READOUT_TIMEOUT_US = const(50_000)
 class Readout:
     def __init__(self, hal, tx, lines, pixels, pixel_format):
         self.hal = hal
+        # Bound once: taking hal.link_write in pump() would make a new bound
+        # method object (an allocation) on every loop pass.
+        self._write = hal.link_write
         self.tx = tx
         self.busy = False
         self.lines_sent_total = 0
@@ -62,7 +65,7 @@ class Readout:
         landed = self.landed
         n = self.next_line
         sent = 0
-        write = self.hal.link_write
+        write = self._write
         tx = self.tx
         t0 = self.t_us
         step = self.width_us // self.lines  # slot scan: line i is read at t0 + i * step

@@ -380,3 +380,57 @@ def test_a_configuration_the_board_cannot_run_is_refused_and_changes_nothing():
     status, msg = b.send("set_config", {"pixels_per_line": 100})
     assert status == wire.ERR_OUT_OF_RANGE and "multiple of 8" in msg
     assert b.ok("get_config") == before
+
+
+class QuietHal(ScriptedHal):
+    """The scripted board with a link that allocates nothing itself, so
+    what is measured is the firmware's own."""
+
+    def link_read(self, buf):
+        return 0
+
+    def link_write(self, data):
+        pass
+
+
+def _allocated(fn, n):
+    import gc
+
+    gc.collect()
+    gc.disable()
+    before = gc.mem_alloc()
+    for _ in range(n):
+        fn()
+    after = gc.mem_alloc()
+    gc.enable()
+    return after - before
+
+
+def test_the_hot_path_allocates_nothing_while_waiting_and_nothing_per_line():
+    import gc
+
+    if not hasattr(gc, "mem_alloc"):
+        return  # CPython: the heap is MicroPython's to measure (the suite runs there too)
+    hal = QuietHal()
+    a = app.App(hal)
+    a.ctl.arm()
+
+    def idle_pass():
+        hal.now += 1000
+        a.ctl.host_seen(hal.now)
+        a.poll()
+
+    for _ in range(50):
+        idle_pass()
+    assert _allocated(idle_pass, 1000) == 0  # armed, waiting for the switch: 1000 loop passes
+
+    r = a.readout
+
+    def frame():
+        r.arm(1, 1, hal.now, 10_000)
+        while not r.pump(hal.now, 8):
+            pass
+
+    frame()
+    # 20 frames of 256 lines: less than a byte a line (one allocation per line would be 16 or more).
+    assert _allocated(frame, 20) < 20 * r.lines
