@@ -36,8 +36,11 @@ test: lint unit fuzz-smoke
 unit: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 	rm -rf $(EVIDENCE)
-	$(BIN)/python -m pytest -n 2 -q hil_tests --target sim -m "not slow" --evidence $(EVIDENCE)/sim \
+	$(BIN)/python -m pytest -n 2 -q hil_tests --target sim -m "not slow and not browser" --evidence $(EVIDENCE)/sim \
 	  --junitxml $(EVIDENCE)/sim.xml
+	# The browser's test on its own: Chromium, a board and the host share two CPUs.
+	$(BIN)/python -m pytest -q hil_tests --target sim -m browser --evidence $(EVIDENCE)/sim \
+	  --junitxml $(EVIDENCE)/sim-browser.xml
 	PULSELINE_SOAK_MINUTES=11 $(BIN)/python -m pytest -q hil_tests --target fast
 
 # The hour-long scenarios, in virtual time.

@@ -268,7 +268,8 @@ def test_capture_view_shows_the_capture_marked_as_recording(tmp_path):
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
     summary = json.loads(out)
-    assert summary["frames"] == 16
+    # 16 asked for; a pulse that fired before the release landed is kept too (it irradiated).
+    assert summary["frames"] >= 16
     # The page saw the capture's frames as they came (those after it connected), in order,
     # and what it showed is what the exam holds.
     import tifffile
@@ -276,7 +277,7 @@ def test_capture_view_shows_the_capture_marked_as_recording(tmp_path):
     ids = [h["frame_id"] for h, _ in tab.frames]
     assert len(ids) >= 4 and ids == sorted(set(ids)), ids
     saved = tifffile.imread(tmp_path / "exam" / "frames.tif")
-    assert saved.shape[0] == 16
+    assert saved.shape[0] == summary["frames"]
     for _, px in tab.frames:
         assert any(np.array_equal(px, page) for page in saved)
 

@@ -52,6 +52,7 @@ def pytest_configure(config: pytest.Config) -> None:
                  "(the simulated link on sim, a host-side proxy on hardware; the fast target has no link)",
                  "needs_plant: needs the simulated plant (skipped on hardware)",
                  "slow: long-running (soak) test",
+                 "browser: drives a real browser (CPU-hungry: make test runs these after the parallel ones)",
                  "fidelity: needs real hardware precision (skipped on simulated targets)"):
         config.addinivalue_line("markers", line)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import queue
 import struct
 import threading
 import time
@@ -180,6 +181,7 @@ class LiveView:
         self.hub = Hub()
         self.recording = recording
         self._pump_frames = pump
+        self._fed: queue.Queue[Frame] = queue.Queue()
         self._log = log or (lambda line: None)
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -298,6 +300,11 @@ class LiveView:
         self._call(self.hub.text, message)
 
     def show_frame(self, frame: Frame) -> None:
+        """Show a frame the caller has (with pump=False: capture --view). It
+        goes out after the events that came before it, as pumped ones do."""
+        self._fed.put(frame)
+
+    def _send_frame(self, frame: Frame) -> None:
         session = self.session
         bits = 12 if session is not None and session.config.get("pixel_format") == 2 else 16
         self._call(self.hub.frame, encode_frame(frame, bits=bits))
@@ -360,10 +367,14 @@ class LiveView:
         while not self._stop.is_set():
             if self._pump_frames:
                 frame = s.next_frame(0.02)
-                if frame is not None:
-                    self.show_frame(frame)
-            else:
-                self._stop.wait(0.02)
+            else:  # capture --view: the capture loop hands its frames over (show_frame)
+                try:
+                    frame = self._fed.get(timeout=0.02)
+                except queue.Empty:
+                    frame = None
+            # Events first: the session reads the stream in order, so every
+            # event the board sent before this frame (a new press's EXPOSING,
+            # which lifts the hold marker) is already here and goes out first.
             while seen < len(s.events):
                 ev = s.events[seen]
                 seen += 1
@@ -380,6 +391,8 @@ class LiveView:
                         self.text({"type": "hold", "on": True})
                     elif ev.body.get("state") == "EXPOSING":
                         self.text({"type": "hold", "on": False})
+            if frame is not None:
+                self._send_frame(frame)
             if s.error:
                 return str(s.error)
             now = time.monotonic()

@@ -24,6 +24,7 @@ the unix port behave as a board does at the REPL level:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pty
@@ -55,6 +56,7 @@ FRIENDLY_PROMPT = b">>> "
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 READY_MARK = b"\x00PLSIM\x00"  # printed by the launcher between boot.py and the REPL banner (raw mode)
 STATE_DIR = Path(".pulseline")
+PIPE_BYTES = 1 << 20  # the interpreter's stdout pipe: see _launch
 MAX_PENDING_OUT = 256 * 1024  # bytes queued for a host that is not reading: beyond, output is dropped (as USB CDC does)
 BUSY_MESSAGE = b"port busy: another program has it open\r\n"
 INTERRUPT_GRACE_S = 0.5  # a firmware that ignores Ctrl-C this long gets SIGINT
@@ -349,6 +351,14 @@ class SimBoard:
             self.server.board_pid = self.proc.pid
         os.set_blocking(self.proc.stdout.fileno(), False)
         os.set_blocking(self.proc.stdin.fileno(), False)
+        # The pipe stands for the board's own USB buffer: the link model paces
+        # what reaches the host. Its default 64 kB (less than a 256 x 256
+        # frame) would block the interpreter's writes whenever this process
+        # is starved of its GIL or a CPU for a moment (a browser starting in
+        # the same test), and a write blocked that way is not the firmware's
+        # stall, yet its watchdog would see one. 1 MB rides that out.
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._pending_in.clear()  # bytes for the old interpreter die with it, as on a reset board
         self._swallow = not main
         self._swallow_buf.clear()
