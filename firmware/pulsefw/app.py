@@ -426,7 +426,7 @@ class App:
         if t_fire < p.due_us:  # decided ahead (ctl.lead_us): leave on time, never early
             hal.wait_exactly(p.due_us)
             t_fire = hal.ticks_us()
-        if not hal.generator_fire(width_us, int(1_000_000 / self.ctl.technique.pulses_per_s)):
+        if not hal.generator_fire(width_us, self.ctl.technique.period_us()):
             self.readout.cancel()
             self.pulses_refused += 1
             self.fault(FAULT_PULSE_REFUSED, now, "pulse %d refused by the hardware interlocks" % p.pulse_id)

@@ -55,6 +55,10 @@ class Technique:
         self.pulses_per_s = pulses_per_s
         self.hlc_enabled = hlc_enabled
 
+    def period_us(self):
+        """The time from one pulse to the next, whole microseconds."""
+        return int(1_000_000 / self.pulses_per_s)
+
     def check(self):
         """None if the technique is allowed, else a one-line reason."""
         if self.pulses_per_s not in PULSE_RATES:
@@ -159,7 +163,7 @@ class Controller:
         clock reading step() decided on: the next pulse comes a whole period
         after it, so a pulse that left late cannot be followed by one too
         soon, and is decided that much ahead of its time."""
-        period = int(1_000_000 / self.technique.pulses_per_s)
+        period = self.technique.period_us()
         if self.next_pulse_us < t_us + period:
             self.next_pulse_us = t_us + period
         lead = setup_us + LEAD_MARGIN_US if setup_us > 0 else 0
@@ -207,7 +211,7 @@ class Controller:
         if now_us + self.lead_us < self.next_pulse_us or not detector_ready:
             return None
         t = self.technique
-        period = int(1_000_000 / t.pulses_per_s)
+        period = t.period_us()
         # Decided early, it leaves when due. A pulse late (the loop stalled,
         # the detector was still busy) moves the cadence: the next one comes
         # a whole period after this one, never sooner, and there is no burst

@@ -192,6 +192,7 @@ class LiveView:
         self.url = ""
         self.error: str | None = None
         self.link_ok: bool | None = None  # None: not yet known
+        self._link_error = ""
 
     # -- the web side -----------------------------------------------------------------
 
@@ -324,8 +325,6 @@ class LiveView:
         self.link_ok, self._link_error = ok, error
         self.text({"type": "link", "ok": ok, "error": error})
         self._log(f"showing the board on {self.where}" if ok else error)
-
-    _link_error = ""
 
     def _pump_loop(self) -> None:
         while not self._stop.is_set():
