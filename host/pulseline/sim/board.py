@@ -662,11 +662,16 @@ class SimBoard:
             self._interrupt_at = None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGINT)
-        if self.server.board_waiting():
-            return  # inside a hardware call: judged when the answer (and its credit) is out
         with self.server.lock:
+            now = self.server.now_us()
+            # Asked after `now` was read, under the lock: a request that came
+            # while this thread waited for the lock (held by the host side, or
+            # by this thread starved of its GIL) waits for it too, so the board
+            # was alive then. It is judged when the answer and its credit are out.
+            if self.server.board_waiting():
+                return
             self.server.credit_host_starvation()
-            expired = self.plant.watchdog_expired(self.server.now_us())
+            expired = self.plant.watchdog_expired(now)
         if expired:
             # Clear the expiry before the new interpreter starts its own
             # watchdog (watchdog_stop would keep an expired one: the board
