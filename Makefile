@@ -33,7 +33,13 @@ $(STAMP): pyproject.toml setup.py native/pulseline_asm.c native/pulseline_asm.h 
 
 test: lint unit fuzz-smoke
 
-unit: $(STAMP)
+# npm's runtimes for the tests (package.json): the 32-bit MicroPython.
+NODE_STAMP := node_modules/.installed
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+unit: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest -n 2 -q
 	rm -rf $(EVIDENCE)
 	$(BIN)/python -m pytest -n 2 -q hil_tests --target sim -m "not slow and not browser" --evidence $(EVIDENCE)/sim \

@@ -12,6 +12,11 @@ permissive; none after release; a trip latches and re-closing never restarts
 X-rays; a switch held at boot or at arming does not expose; link loss stops
 emission within 200 ms. Besides: pulses keep the period (no bursts) and every
 pulse's rate stays under the cap in force.
+
+The controller gets the board's ticks, which wrap at 2**30 us; the judge
+keeps whole time. Runs start anywhere, just before a wrap among others, and
+may idle for many minutes (longer than the ticks' half period) between
+presses, with or without the host.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pulseline.mpcompat import import_firmware
 
 controller = import_firmware("pulsefw.controller")
 dose = import_firmware("pulsefw.dose")
+ticks = import_firmware("pulsefw.ticks")
 
 LOOP_US = 1000  # the firmware loop samples inputs every millisecond
 
@@ -41,20 +47,21 @@ class Sample:
 class ControllerRules(RuleBasedStateMachine):
     @initialize(switch_at_boot=st.booleans(), pps=st.sampled_from([3.75, 7.5, 15.0, 30.0]),
                 kv=st.floats(60, 120), ma=st.floats(1, 80), width=st.floats(2, 20), hlc_enabled=st.booleans(),
-                arm_at_boot=st.booleans())
-    def boot(self, switch_at_boot, pps, kv, ma, width, hlc_enabled, arm_at_boot=False):
+                arm_at_boot=st.booleans(),
+                start=st.one_of(st.sampled_from([0, (1 << 30) - 300_000, (7 << 30) - 1]), st.integers(0, 1 << 40)))
+    def boot(self, switch_at_boot, pps, kv, ma, width, hlc_enabled, arm_at_boot=False, start=0):
         width = min(width, 500.0 / pps)
         self.tech = controller.Technique(kv, ma, width, pps, hlc_enabled)
         assert self.tech.check() is None
         self.geometry = dose.Geometry(256, 256)
-        self.now = 0
+        self.now = start
         self.inputs = controller.Inputs(switch=switch_at_boot)
         self.host_alive = True
-        self.last_host = 0
+        self.last_host = start
         self.fault = False
-        self.ctl = controller.Controller(self.geometry, self.tech, self.now)
+        self.ctl = controller.Controller(self.geometry, self.tech, self.now & ticks.MASK)
         self.samples: list[Sample] = []
-        self.reset_marks: list[int] = [0]  # arming and fault resets: a press must start after them
+        self.reset_marks: list[int] = [start]  # arming and fault resets: a press must start after them
         self.pulses: list[tuple[int, float, bool]] = []
         if arm_at_boot:
             self.arm()
@@ -127,17 +134,26 @@ class ControllerRules(RuleBasedStateMachine):
     def run(self, ms):
         self._advance(ms)
 
-    def _advance(self, ms):
-        for _ in range(ms):
-            self.now += LOOP_US
+    # Minutes pass with the switch released, the loop waking every 50 ms (its
+    # longest sleep): past 2**29 us a difference of ticks would wrap if any
+    # time went stale.
+    @rule(minutes=st.integers(9, 10), host=st.booleans())
+    def long_idle(self, minutes, host):
+        self.inputs.switch = False  # the operator away
+        self.host_alive = host
+        self._advance(minutes * 60_000 // 50, step_us=50_000)
+
+    def _advance(self, steps, step_us=LOOP_US):
+        for _ in range(steps):
+            self.now += step_us
             if self.host_alive:
-                self.ctl.host_seen(self.now)
+                self.ctl.host_seen(self.now & ticks.MASK)
                 self.last_host = self.now
             i = self.inputs
             permitted = (i.door_closed and i.key_on and i.generator_ready and not self.fault
                          and self.now - self.last_host <= controller.LINK_TIMEOUT_US)
             self.samples.append(Sample(self.now, i.switch, permitted, i.hlc_switch))
-            p = self.ctl.step(self.now, i)
+            p = self.ctl.step(self.now & ticks.MASK, i)
             if p is not None:
                 rate = self.geometry.rate_mgy_min(p.kv, p.ma, p.pulse_width_ms, self.tech.pulses_per_s)
                 self.pulses.append((self.now, rate, p.hlc))
@@ -173,6 +189,8 @@ class ControllerRules(RuleBasedStateMachine):
             period = 1_000_000 / self.tech.pulses_per_s
             (t0, _, _), (t1, _, _) = self.pulses[-2], self.pulses[-1]
             assert t1 - t0 >= period - LOOP_US, f"pulses {t1 - t0} us apart, period {period:.0f} us"
+            p = self.ctl._pulse
+            assert p.due_us == t1 & ticks.MASK  # decided when due (no lead: set-up is instant here)
 
     @precondition(lambda self: len(self.samples) > 0)
     @invariant()

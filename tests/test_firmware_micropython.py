@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pulseline.flash import OTHER_BOARDS
+from pulseline.flash import NATIVE_SOURCE, OTHER_BOARDS
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"
@@ -72,9 +72,20 @@ def test_every_firmware_file_compiles_with_mpy_cross_and_imports(tmp_path):
         rel = src.relative_to(FIRMWARE)
         dest = (tmp_path / rel).with_suffix(".mpy")
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if src.name in NATIVE_SOURCE:
+            # Viper: deployed as source, compiled by the board. Here it must
+            # compile for every core a Pico has (RP2040, RP2350 Arm and
+            # RISC-V); the unix port below compiles it for x64 and runs it.
+            for arch in ("armv6m", "armv7emsp", "rv32imc"):
+                res = subprocess.run([tool("mpy-cross"), f"-march={arch}", "-o", str(dest), str(src)],
+                                     capture_output=True, text=True)
+                assert res.returncode == 0, f"{rel} ({arch}): {res.stderr}"
+            dest.unlink()
+            (tmp_path / rel).write_bytes(src.read_bytes())
+            continue
         res = subprocess.run([tool("mpy-cross"), "-o", str(dest), str(src)], capture_output=True, text=True)
         assert res.returncode == 0, f"{rel}: {res.stderr}"
-    # Only .mpy files on the path: the interpreter must load the compiled form.
+    # Only .mpy files on the path (and the viper source): the interpreter must load the compiled form.
     modules = [".".join(p.relative_to(FIRMWARE).with_suffix("").parts) for p in sources]
     # main.py is the entry point: importing it starts the firmware, which
     # needs a plant (tests/test_sim_socket.py runs it against one).
@@ -83,5 +94,6 @@ def test_every_firmware_file_compiles_with_mpy_cross_and_imports(tmp_path):
     rp2_only = {f"pulsefw.{name.removesuffix('.py')}" for name in OTHER_BOARDS["linux"]} - {
         "pulsefw.rp2_timing", "pulsefw.rp2_io"}  # (portable: imported here too)
     modules = [m.removesuffix(".__init__") for m in modules if m != "main" and m not in rp2_only]
-    code = "\n".join(f"import {m}" for m in modules) + "\nprint('ok')"
-    assert run_micropython(code, tmp_path) == "ok"
+    code = "\n".join(f"import {m}" for m in modules) + "\nprint('ok', pulsefw.crc.NATIVE)"
+    # The unix port compiles viper: the packet CRC is the native one there.
+    assert run_micropython(code, tmp_path) == "ok True"

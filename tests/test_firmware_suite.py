@@ -2,6 +2,7 @@
 runs the same files under CPython directly."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,5 +24,21 @@ def test_firmware_unit_suite_passes_on_micropython(tmp_path):
                          capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     # Every test function ran: the count must match the files.
+    expected = sum((SUITE / f"{m}.py").read_text().count("\ndef test_") for m in MODULES)
+    assert f"micropython: {expected} passed, 0 failed" in res.stdout, res.stdout
+
+
+@pytest.mark.micropython
+def test_firmware_unit_suite_passes_on_32_bit_micropython():
+    # The webassembly port (npm, package.json; `make` installs it) is a real
+    # MicroPython whose small integers are 31 bits, as the Pico's: what would
+    # be a long integer there (an allocation on the hot path) is one here.
+    node = shutil.which("node")
+    runtime = ROOT / "node_modules" / "@micropython" / "micropython-webassembly-pyscript"
+    assert node, "node is not installed: the 32-bit MicroPython runs on Node.js"
+    assert runtime.is_dir(), "the 32-bit MicroPython is not installed: run `make` (npm ci)"
+    res = subprocess.run([node, str(SUITE / "mp32_runner.mjs"), str(ROOT), *MODULES],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
     expected = sum((SUITE / f"{m}.py").read_text().count("\ndef test_") for m in MODULES)
     assert f"micropython: {expected} passed, 0 failed" in res.stdout, res.stdout

@@ -288,11 +288,16 @@ def test_link_watchdog_and_reset_cause(hal: Any):
     assert hal.MAX_FRAME_BYTES == 130_000 - 48_000
 
 
-def test_the_clock_does_not_wrap(hal: Any):
+def test_the_clock_is_the_port_s_ticks_and_the_hal_waits_across_their_wrap(hal: Any):
+    # The HAL's ticks are the port's (wrapping at 2**30, as ticks.py); the
+    # firmware compares them with ticks.diff.
+    ticks = import_firmware("pulsefw.ticks")
     c = hal.test.clock
+    c["us"] = (3 << 30) - 300
     t = hal.ticks_us()
-    for _ in range(5):
-        c["us"] += (1 << 29) - 7  # under half a wrap between reads, as a 1 ms loop is
-        assert hal.ticks_us() > t
-        t = hal.ticks_us()
-    assert t >= 5 * ((1 << 29) - 7) > (1 << 30)
+    assert t == (1 << 30) - 300
+    hal.wait_until(ticks.add(t, 700))  # a deadline past the wrap: sleeps the 700 us, no more
+    assert c["us"] == (3 << 30) + 400 and hal.ticks_us() == 400
+    hal.wait_until(ticks.add(hal.ticks_us(), -5))  # one already passed: no sleep
+    assert c["us"] == (3 << 30) + 400
+    assert hal.clock_us() == hal.ticks_us()  # board time counts from the ticks at boot

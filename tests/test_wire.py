@@ -66,6 +66,16 @@ def test_trailer_round_trip():
     assert Trailer.parse(payload) == Trailer(5, 6, 7, 256, 250, 80.0, 20.0, 10.0, 39.0, 1.5)
 
 
+@given(seq=st.integers(0, 0xFFFF), ids=st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+       timestamp_us=st.integers(0, 2**62), lines=st.tuples(st.integers(1, 16384), st.integers(0, 16384)),
+       values=st.tuples(*[st.floats(0, 1e6, width=32)] * 5))
+def test_the_board_s_preallocated_trailer_is_the_encoded_one(seq, ids, timestamp_us, lines, values):
+    enc = wire.TrailerEncoder()
+    packet = enc.fill(seq, *ids, timestamp_us >> 30, timestamp_us & (2**30 - 1), *lines, *values)
+    assert bytes(packet) == wire.encode(wire.PKT_TRAILER, seq, wire.trailer_payload(*ids, timestamp_us, *lines,
+                                                                                    *values))
+
+
 @given(st.lists(st.binary(max_size=60), min_size=1, max_size=8))
 def test_stuffed_host_traffic_never_holds_ctrl_c(payloads):
     for i, p in enumerate(payloads):

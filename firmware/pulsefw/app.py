@@ -6,7 +6,7 @@ from array import array
 
 from micropython import const
 
-from . import brightness, commands, config, controller, dose, journal, readout, tx, wire
+from . import brightness, commands, config, controller, dose, journal, readout, ticks, tx, wire
 
 FIRMWARE_VERSION = "0.2.0"
 
@@ -55,17 +55,19 @@ BLOCK_NAMES = ("none", "door open", "key off", "generator not ready", "host link
 
 
 def _sooner(now, t, candidate):
-    """candidate if it lies ahead of now and before t, else t."""
-    return candidate if now < candidate < t else t
+    """candidate if it lies ahead of now and before t, else t (ticks)."""
+    d = ticks.diff(candidate, now)
+    return candidate if 0 < d < ticks.diff(t, now) else t
 
 
 class Press:
-    """The irradiation event in progress: one press of the switch."""
+    """The irradiation event in progress: one press of the switch. Its start
+    and end are board time (the journal's); the checkpoint is a tick."""
 
-    def __init__(self, event_id, now_us, t):
+    def __init__(self, event_id, now_us, board_us, t):
         self.event_id = event_id
-        self.start_us = now_us
-        self.end_us = now_us
+        self.start_us = board_us
+        self.end_us = board_us
         self.pulses = 0
         self.capped = 0
         self.hlc = False
@@ -75,17 +77,20 @@ class Press:
         self.ma_sum = 0.0
         self.pulse_width_ms = t.pulse_width_ms
         self.pulses_per_s = t.pulses_per_s
-        self.next_checkpoint_us = now_us + CHECKPOINT_US
+        self.next_checkpoint_us = ticks.add(now_us, CHECKPOINT_US)
 
 
 class App:
     def __init__(self, hal):
         self.hal = hal
+        # Board time for the host: the ticks extended past their wraps.
+        self.clock = ticks.BoardClock(hal.clock_us())
         now = hal.ticks_us()
-        self.boot_us = now
+        self.clock.seen(now)
+        self.boot_us = self.clock.us(now)
         self.last_us = now
         self.running = True
-        self.tx = tx.Tx(hal.link_write)
+        self.tx = tx.Tx(hal.link_write, self.clock)
         self.config = config.Config()
         c = self.config
         self.geometry = dose.Geometry(c.pixels_per_line, c.lines_per_frame)
@@ -214,7 +219,7 @@ class App:
 
     def self_test(self, now):
         """Checks that need no X-rays. Latches FAULT_SELF_TEST on a failure."""
-        checks = {"clock": self.hal.ticks_us() >= now}
+        checks = {"clock": ticks.diff(self.hal.ticks_us(), now) >= 0}
         j = self.journal
         ok = j is not None
         if j is not None and j.last is not None:
@@ -346,9 +351,10 @@ class App:
         """One pass of the main loop."""
         hal = self.hal
         now = hal.ticks_us()
+        self.clock.seen(now)
         ctl = self.ctl
-        if ctl.state == controller.EXPOSING and now > self.last_us:
-            if self.account.add_switch_time(now - self.last_us):
+        if ctl.state == controller.EXPOSING and ticks.diff(now, self.last_us) > 0:
+            if self.account.add_switch_time(ticks.diff(now, self.last_us)):
                 self.alarm_5min = True
                 self.alarm("fluoro_5min", True, now, {"fluoro_min": self.account.fluoro_time_min_tenths() / 10})
         self.last_us = now
@@ -362,7 +368,7 @@ class App:
                         self.tx.response(seq, wire.ERR_MALFORMED, "command longer than %d bytes"
                                          % self.decoder.max_payload)
                     continue
-                if now - ctl.last_host_us > controller.LINK_TIMEOUT_US:
+                if ticks.diff(now, ctl.last_host_us) > controller.LINK_TIMEOUT_US:
                     self.host_back(now)
                 ctl.host_seen(now)
                 if ptype == wire.PKT_COMMAND:
@@ -385,7 +391,8 @@ class App:
         if pulse is not None:
             self._fire(pulse, now)
         self._pulse_end(now)
-        if self.dark_left and now >= self.next_dark_us and not self.readout.busy and not self.trailer_due:
+        if (self.dark_left and ticks.diff(now, self.next_dark_us) >= 0 and not self.readout.busy
+                and not self.trailer_due):
             self._dark(now)
         if self.readout.pump(now, LINES_PER_PUMP):
             self.trailer_due = True
@@ -402,11 +409,11 @@ class App:
             return
         if s == controller.EXPOSING:
             self.event_id += 1
-            self.press = Press(self.event_id, now, self.ctl.technique)
+            self.press = Press(self.event_id, now, self.clock.us(now), self.ctl.technique)
             self.next_display_us = now
         elif prev == controller.EXPOSING:
             if self.press is not None:
-                self.press.end_us = now
+                self.press.end_us = self.clock.us(now)
                 self.closing.append(self.press)
                 self.press = None
             self.rate_mgy_min = 0.0
@@ -419,11 +426,11 @@ class App:
         hal = self.hal
         self.frame_id += 1
         width_us = int(p.pulse_width_ms * 1000)
-        self.readout.arm(self.frame_id, p.pulse_id, now, width_us)
+        self.readout.arm(self.frame_id, p.pulse_id, now, self.clock.hi(now), width_us)
         hal.generator_set(p.kv, p.ma)
         t_fire = hal.ticks_us()
-        setup_us = t_fire - now
-        if t_fire < p.due_us:  # decided ahead (ctl.lead_us): leave on time, never early
+        setup_us = ticks.diff(t_fire, now)
+        if ticks.diff(p.due_us, t_fire) > 0:  # decided ahead (ctl.lead_us): leave on time, never early
             hal.wait_exactly(p.due_us)
             t_fire = hal.ticks_us()
         if not hal.generator_fire(width_us, self.ctl.technique.period_us()):
@@ -433,7 +440,8 @@ class App:
             return
         self.ctl.fired(t_fire, setup_us)
         # Keep what the trailer and the dose need (p is reused by step()).
-        self.pend = (p.pulse_id, self.frame_id, now, now + width_us, p.kv, p.ma, p.pulse_width_ms, p.capped, p.hlc)
+        self.pend = (p.pulse_id, self.frame_id, now, ticks.add(now, width_us), p.kv, p.ma, p.pulse_width_ms,
+                     p.capped, p.hlc)
         self.pend_done = False
         self.pend_press = self.press
         if p.hlc and not self.hlc_tone:
@@ -448,13 +456,13 @@ class App:
     def _dark(self, now):
         c = self.config
         self.dark_left -= 1
-        self.next_dark_us = now + int(1_000_000 / c.pulses_per_s)
+        self.next_dark_us = ticks.add(now, int(1_000_000 / c.pulses_per_s))
         self.frame_id += 1
         width_us = int(c.pulse_width_ms * 1000)
-        self.readout.arm(self.frame_id, 0, now, width_us)
+        self.readout.arm(self.frame_id, 0, now, self.clock.hi(now), width_us)
         self.hal.detector_dark(width_us)
         # Its trailer: pulse 0, no kV, no mA, no dose (nothing was fired).
-        self.pend = (0, self.frame_id, now, now + width_us, 0.0, 0.0, c.pulse_width_ms, False, False)
+        self.pend = (0, self.frame_id, now, ticks.add(now, width_us), 0.0, 0.0, c.pulse_width_ms, False, False)
         self.pend_dose = (0.0, 0.0, 0.0, 0.0)
         self.pend_done = True
         self.frame_dark = True
@@ -462,7 +470,7 @@ class App:
     def _pulse_end(self, now):
         """Once the pulse in flight has ended: read what was delivered,
         account its dose, check the generator's tolerance."""
-        if self.pend_done or now < self.pend[3]:
+        if self.pend_done or ticks.diff(now, self.pend[3]) < 0:
             return
         self.pend_done = True
         pulse_id, frame_id, t0, t1, kv_set, ma_set, width_ms, capped, hlc = self.pend
@@ -498,8 +506,7 @@ class App:
         pulse_id, frame_id, t0, t1, kv_set, ma_set, width_ms, capped, hlc = self.pend
         kv, ma, kerma, kap = self.pend_dose
         r = self.readout
-        self.tx.trailer(wire.trailer_payload(frame_id, pulse_id, t0, r.lines, r.lines_sent, kv, ma, width_ms,
-                                             kerma, kap))
+        self.tx.trailer(frame_id, pulse_id, t0, r.lines, r.lines_sent, kv, ma, width_ms, kerma, kap)
         if r.lines_sent == 0:
             self.fault(FAULT_DETECTOR, now, "frame %d: no line came from the detector" % frame_id)
             return
@@ -517,21 +524,22 @@ class App:
 
     def _timers(self, now):
         ctl = self.ctl
-        if ctl.state == controller.EXPOSING and now >= self.next_display_us:
+        if ctl.state == controller.EXPOSING and ticks.diff(now, self.next_display_us) >= 0:
             self.dose_display(now)
-            self.next_display_us = now + DOSE_DISPLAY_US
+            self.next_display_us = ticks.add(now, DOSE_DISPLAY_US)
         while self.closing and (self.pend_done or self.pend_press is not self.closing[0]):
             c = self.closing.pop(0)
-            c.end_us = c.end_us if c.end_us > c.start_us else now
+            if c.end_us <= c.start_us:
+                c.end_us = self.clock.us(now)
             if self.commit(self._press_record(c, True), now):
                 self.tx.event(tx.EV_IRRADIATION, now, {"exam": self.exam_id, "event": c.event_id,
                                                        "pulses": c.pulses, "kerma_ugy": c.kerma.value(),
                                                        "kap_ugy_m2": c.kap.value()})
             self.dose_display(now)
         p = self.press
-        if p is not None and now >= p.next_checkpoint_us:
-            p.end_us = now
-            p.next_checkpoint_us = now + CHECKPOINT_US
+        if p is not None and ticks.diff(now, p.next_checkpoint_us) >= 0:
+            p.end_us = self.clock.us(now)
+            p.next_checkpoint_us = ticks.add(now, CHECKPOINT_US)
             self.commit(self._press_record(p, False), now)
 
     def _next_wake(self, now):
@@ -539,20 +547,20 @@ class App:
         on their own); only deadlines still ahead count, so the loop never
         spins on one already passed."""
         ctl = self.ctl
-        t = now + MAX_SLEEP_US
+        t = ticks.add(now, MAX_SLEEP_US)
         if ctl.state == controller.EXPOSING:
             # One comparison each, no tuple: this runs every loop pass.
             a = self.account
-            t = _sooner(now, t, ctl.next_pulse_us - ctl.lead_us)  # decided ahead of its time
-            t = _sooner(now, t, ctl.last_host_us + controller.LINK_TIMEOUT_US + 1)
+            t = _sooner(now, t, ticks.add(ctl.next_pulse_us, -ctl.lead_us))  # decided ahead of its time
+            t = _sooner(now, t, ticks.add(ctl.last_host_us, controller.LINK_TIMEOUT_US + 1))
             t = _sooner(now, t, self.next_display_us)
-            t = _sooner(now, t, now + (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us)
+            t = _sooner(now, t, ticks.add(now, (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us))
         if self.dark_left:
             t = _sooner(now, t, self.next_dark_us)
-        if not self.pend_done and now < self.pend[3] < t:
-            t = self.pend[3]
-        if self.readout.busy and now + READOUT_POLL_US < t:
-            t = now + READOUT_POLL_US
+        if not self.pend_done:
+            t = _sooner(now, t, self.pend[3])
+        if self.readout.busy:
+            t = _sooner(now, t, ticks.add(now, READOUT_POLL_US))
         if self.closing and (self.pend_done or self.pend_press is not self.closing[0]):
             t = now  # an ended event to commit
         if self.pend_done and self.trailer_due:

@@ -189,7 +189,7 @@ def status(app, args, now):
                       "pulses_per_s": t.pulses_per_s},
         "exam": app.exam_id, "kerma_mgy": a.kerma_mgy(), "kap_gy_cm2": a.kap.value() * 0.01,
         "fluoro_min": a.fluoro_time_min_tenths() / 10, "fluoro_s": a.switch_s, "pulses": a.pulses,
-        "alarm_5min": app.alarm_5min, "uptime_s": (now - app.boot_us) // 1_000_000,
+        "alarm_5min": app.alarm_5min, "uptime_s": (app.clock.us(now) - app.boot_us) // 1_000_000,
         "frames": r.frames_total, "lines_sent": r.lines_sent_total, "lines_lost": r.lines_lost_total,
         "pulses_refused": app.pulses_refused, "commands_bad": app.commands_bad,
         "rx_bytes_skipped": d.bytes_skipped, "rx_header_errors": d.header_errors, "rx_crc_errors": d.crc_errors,
@@ -250,7 +250,7 @@ def exit_to_repl(app, args, now):
 
 def ping(app, args, now):
     _only(args, ())
-    return {"t_us": now}
+    return {"t_us": app.clock.us(now)}  # board time, as events carry
 
 
 def alarm_reset(app, args, now):

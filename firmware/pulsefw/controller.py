@@ -4,7 +4,7 @@
 # docs/safety.md lists the rules this enforces and the tests that show it.
 from micropython import const
 
-from . import dose
+from . import dose, ticks
 
 BOOT = const(0)
 IDLE = const(1)  # disarmed
@@ -99,7 +99,7 @@ class Controller:
         # A press counts only after the switch has been seen released: so a
         # switch held at boot, at arming, or through a trip never exposes.
         self.released_seen = False
-        self.next_pulse_us = 0
+        self.next_pulse_us = now_us
         # A pulse is decided this long before it is due (the set-up the last
         # one took, from the loop's clock reading to ready-to-fire), then
         # leaves on time: lateness would move the cadence for good, since
@@ -141,8 +141,21 @@ class Controller:
 
     # -- the loop -----------------------------------------------------------
 
+    def _keep_fresh(self, now_us):
+        """Ticks wrap, and a difference of two is right only within 2**29 us
+        (9 minutes): the times kept here are moved along so that none is
+        ever older than that, however long the board idles, whatever else
+        blocks it. The next pulse is never earlier than now (a press may come
+        an hour after the last pulse); the host's last word is kept just
+        past the link timeout (a silence of minutes stays a silence)."""
+        if ticks.diff(self.next_pulse_us, now_us) < 0:
+            self.next_pulse_us = now_us
+        if ticks.diff(now_us, self.last_host_us) > LINK_TIMEOUT_US:
+            self.last_host_us = ticks.add(now_us, -LINK_TIMEOUT_US - 1)
+
     def blocked_by(self, now_us, inputs):
         """The first permissive that is not met (BLOCK_NONE if all are)."""
+        self._keep_fresh(now_us)
         if self.state == FAULT:
             return BLOCK_FAULT
         if not inputs.door_closed:
@@ -151,7 +164,7 @@ class Controller:
             return BLOCK_KEY
         if not inputs.generator_ready:
             return BLOCK_GENERATOR
-        if now_us - self.last_host_us > LINK_TIMEOUT_US:
+        if ticks.diff(now_us, self.last_host_us) > LINK_TIMEOUT_US:
             return BLOCK_LINK
         if self.state == IDLE:
             return BLOCK_NOT_ARMED
@@ -163,9 +176,9 @@ class Controller:
         clock reading step() decided on: the next pulse comes a whole period
         after it, so a pulse that left late cannot be followed by one too
         soon, and is decided that much ahead of its time."""
-        period = self.technique.period_us()
-        if self.next_pulse_us < t_us + period:
-            self.next_pulse_us = t_us + period
+        after = ticks.add(t_us, self.technique.period_us())
+        if ticks.diff(after, self.next_pulse_us) > 0:
+            self.next_pulse_us = after
         lead = setup_us + LEAD_MARGIN_US if setup_us > 0 else 0
         self.lead_us = lead if lead < LEAD_MAX_US else LEAD_MAX_US
 
@@ -201,14 +214,13 @@ class Controller:
                     self.block = BLOCK_NEEDS_RELEASE
                 return None
             self.state = EXPOSING
+            # The period holds across presses too (next_pulse_us is kept,
+            # _keep_fresh): a chattering switch must not fire faster than the
+            # pulse rate (the cap assumes it).
             self.released_seen = False
-            # The period holds across presses too: a chattering switch must
-            # not fire faster than the pulse rate (the cap assumes it).
-            if self.next_pulse_us < now_us:
-                self.next_pulse_us = now_us
         else:
             return None
-        if now_us + self.lead_us < self.next_pulse_us or not detector_ready:
+        if ticks.diff(self.next_pulse_us, now_us) > self.lead_us or not detector_ready:
             return None
         t = self.technique
         period = t.period_us()
@@ -216,8 +228,8 @@ class Controller:
         # the detector was still busy) moves the cadence: the next one comes
         # a whole period after this one, never sooner, and there is no burst
         # to catch up.
-        due = self.next_pulse_us if self.next_pulse_us > now_us else now_us
-        self.next_pulse_us = due + period
+        due = self.next_pulse_us  # (not before now: _keep_fresh)
+        self.next_pulse_us = ticks.add(due, period)
         hlc = t.hlc_enabled and inputs.hlc_switch
         cap = dose.CAP_HIGH_LEVEL_MGY_MIN if hlc else dose.CAP_NORMAL_MGY_MIN
         ma_max = self.geometry.max_ma(t.kv, t.pulse_width_ms, t.pulses_per_s, cap * GUARD_MARGIN)

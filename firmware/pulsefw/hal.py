@@ -8,7 +8,11 @@
 # Rules every implementation keeps:
 # - No call blocks longer than stated; none allocates on the hot path
 #   (read_inputs, generator_*, detector_poll, link_*, watchdog_feed).
-# - Times are microseconds on one monotonic clock (ticks_us).
+# - Times are microseconds: ticks (ticks_us) that wrap at 2**30, as
+#   MicroPython's own do on a 32-bit board, compared and offset only with
+#   ticks.diff and ticks.add, so none is ever a long integer.
+
+from . import ticks
 
 
 class Hal:
@@ -20,21 +24,27 @@ class Hal:
 
     # -- clock ----------------------------------------------------------------
     def ticks_us(self):
-        """Microseconds on a monotonic clock that does not wrap while the
-        board runs."""
+        """Microsecond ticks, 0..ticks.MASK, wrapping at 2**30 (the board's
+        time.ticks_us on a Pico). Allocates nothing."""
         raise NotImplementedError
 
+    def clock_us(self):
+        """The board's time now, whose low 30 bits are ticks_us(): read once,
+        at boot, to start the board time the host sees (ticks.BoardClock).
+        A board with no longer clock counts from its ticks."""
+        return self.ticks_us()
+
     def wait_until(self, deadline_us):
-        """Sleep until deadline_us, or less: return early when an input
-        changes or host bytes arrive (a board may simply poll: the rp2 HAL
-        returns after at most 1 ms). Never sleeps past the deadline."""
+        """Sleep until the tick deadline_us, or less: return early when an
+        input changes or host bytes arrive (a board may simply poll: the rp2
+        HAL returns after at most 1 ms). Never sleeps past the deadline."""
         raise NotImplementedError
 
     def wait_exactly(self, deadline_us):
-        """Return at deadline_us, not before and as little after as the
-        board can: a busy wait, for the moment a pulse is due (at most a few
-        milliseconds)."""
-        while self.ticks_us() < deadline_us:
+        """Return at the tick deadline_us, not before and as little after as
+        the board can: a busy wait, for the moment a pulse is due (at most a
+        few milliseconds)."""
+        while ticks.diff(deadline_us, self.ticks_us()) > 0:
             pass
 
     # -- operator inputs and interlocks ---------------------------------------

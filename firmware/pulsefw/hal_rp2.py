@@ -11,7 +11,7 @@ import machine
 import rp2
 from micropython import const
 
-from . import journal, pio_rp2, rp2_io, rp2_timing
+from . import journal, pio_rp2, rp2_io, rp2_timing, ticks
 from .hal import Hal
 
 _GATE_SM = const(0)  # PIO0, state machine 0
@@ -35,10 +35,6 @@ class Rp2Hal(Hal):
         self.chip = chip
         self.sys_hz = rp2_timing.SYS_HZ_PICO2 if chip == "RP2350" else rp2_timing.SYS_HZ_PICO
         machine.freq(self.sys_hz)
-        # The clock: ticks_us wraps at 2**30 us (18 minutes); the HAL's must
-        # not. Past 2**30 the sum is a long integer (see docs/board.md).
-        self._last = time.ticks_us()
-        self._now = 0
         P = machine.Pin
         self._inputs = (P(rp2_io.PIN_SWITCH, P.IN, P.PULL_UP), P(rp2_io.PIN_DOOR_CLOSED, P.IN, P.PULL_DOWN),
                         P(rp2_io.PIN_KEY_ON, P.IN, P.PULL_DOWN), P(rp2_io.PIN_GENERATOR_READY, P.IN, P.PULL_DOWN),
@@ -93,14 +89,13 @@ class Rp2Hal(Hal):
 
     # -- clock ------------------------------------------------------------------------
     def ticks_us(self):
-        t = time.ticks_us()
-        self._now += time.ticks_diff(t, self._last)
-        self._last = t
-        return self._now
+        # The port's own: they wrap at 2**30, the HAL's period (ticks.py).
+        # Board time counts from them at boot (the base clock_us).
+        return time.ticks_us()
 
     def wait_until(self, deadline_us):
         # A 1 ms loop: sleep at most 1 ms, and not at all with host bytes waiting.
-        dt = deadline_us - self.ticks_us()
+        dt = ticks.diff(deadline_us, time.ticks_us())
         if dt > 1000:
             dt = 1000
         if dt > 0 and not self._host_waiting():

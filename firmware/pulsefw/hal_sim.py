@@ -13,6 +13,7 @@ import struct
 
 from micropython import const
 
+from . import ticks
 from .hal import Hal
 from .journal import FileStore
 
@@ -69,15 +70,25 @@ class SimHal(Hal):
         self.storage = storage
         if link_bytes_per_s:
             self.LINK_BYTES_PER_S = link_bytes_per_s
-    # Every call goes to the plant port (or the link) as it is.
+    # Every call goes to the plant port (or the link) as it is, but the
+    # clock: the port keeps the plant's time, which does not wrap, and the
+    # firmware gets its low 30 bits as ticks, as a Pico's (the plant's time
+    # starts near a wrap, so every simulated board soon runs across one).
     def ticks_us(self):
+        return self.port.ticks_us() & ticks.MASK
+
+    def clock_us(self):
         return self.port.ticks_us()
 
+    def _plant_time(self, deadline_tick):
+        now = self.port.ticks_us()
+        return now + ticks.diff(deadline_tick, now & ticks.MASK)
+
     def wait_until(self, deadline_us):
-        self.port.wait_until(deadline_us)
+        self.port.wait_until(self._plant_time(deadline_us))
 
     def wait_exactly(self, deadline_us):
-        self.port.wait_exactly(deadline_us)
+        self.port.wait_exactly(self._plant_time(deadline_us))
 
     def read_inputs(self, inputs):
         self.port.read_inputs(inputs)

@@ -5,7 +5,7 @@
 # straight from the buffer (no copy).
 from micropython import const
 
-from . import wire
+from . import ticks, wire
 
 # A readout that is not over this long after the pulse has ended has failed.
 READOUT_TIMEOUT_US = const(50_000)
@@ -39,13 +39,16 @@ class Readout:
         # One view per line, made once: sending a line allocates nothing.
         self.line_views = [mv[i * pb:(i + 1) * pb] for i in range(lines)]
 
-    def arm(self, frame_id, pulse_id, t_us, width_us):
+    def arm(self, frame_id, pulse_id, t_us, t_hi, width_us):
+        """Read the next frame: the pulse starts at the tick t_us, in the
+        t_hi'th wrap of the ticks (board time t_hi * 2**30 + t_us)."""
         self.landed[:] = self._zeros
         self.frame_id = frame_id
         self.pulse_id = pulse_id
         self.t_us = t_us
+        self.t_hi = t_hi
         self.width_us = width_us
-        self.deadline_us = t_us + width_us + READOUT_TIMEOUT_US
+        self.deadline_us = ticks.add(t_us, width_us + READOUT_TIMEOUT_US)
         self.next_line = 0
         self.lines_sent = 0
         self.over = False
@@ -61,19 +64,20 @@ class Readout:
         if not self.busy:
             return False
         if not self.over:
-            self.over = self.hal.detector_poll() or now_us >= self.deadline_us
+            self.over = self.hal.detector_poll() or ticks.diff(now_us, self.deadline_us) >= 0
         landed = self.landed
         n = self.next_line
         sent = 0
         write = self._write
         tx = self.tx
         t0 = self.t_us
+        hi = self.t_hi
         step = self.width_us // self.lines  # slot scan: line i is read at t0 + i * step
         while n < self.lines and sent < max_lines:
             if landed[n]:
-                ts = t0 + n * step
-                self.enc.write_line(write, tx.next_seq(), self.frame_id, n, self.pulse_id, ts >> 30,
-                                    ts & 0x3FFFFFFF, self.line_views[n])
+                ts = ticks.add(t0, n * step)
+                self.enc.write_line(write, tx.next_seq(), self.frame_id, n, self.pulse_id,
+                                    hi + 1 if ts < t0 else hi, ts, self.line_views[n])
                 sent += 1
             elif not self.over:
                 break  # not landed yet

@@ -5,7 +5,7 @@
 # docs/board.md has the wiring these numbers assume.
 from micropython import const
 
-from . import rp2_timing, wire
+from . import rp2_timing, ticks, wire
 
 # -- pins (GPIO numbers) -------------------------------------------------------
 PIN_DATA0 = const(0)  # DATA0..DATA11 on GP0..GP11: the front end's 12-bit pixel
@@ -53,7 +53,9 @@ class Debouncer:
             self._raw = raw
             self._since = now_us
         self.state &= raw  # every drop to the safe value at once
-        if now_us - self._since >= DEBOUNCE_US:
+        # (Compared only while a rise waits: the ticks wrap, and a level
+        # held for minutes is long settled.)
+        if self.state != raw and ticks.diff(now_us, self._since) >= DEBOUNCE_US:
             self.state = raw  # held long enough: the rises too
         return self.state
 

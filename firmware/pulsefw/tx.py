@@ -36,9 +36,11 @@ LOG_ERROR = const(40)
 
 
 class Tx:
-    def __init__(self, write):
+    def __init__(self, write, clock):
         self.write = write  # the HAL's link write: takes bytes-like, sends all of it
+        self.clock = clock  # ticks.BoardClock: events carry board time, not ticks
         self.seq = 0
+        self._trailer = wire.TrailerEncoder()
 
     def next_seq(self):
         s = self.seq
@@ -56,10 +58,16 @@ class Tx:
         self.send(wire.PKT_RESPONSE, wire.response_payload(command_seq, status, body))
 
     def event(self, code, now_us, body):
-        self.send(wire.PKT_EVENT, struct.pack("<HQ", code, now_us) + json.dumps(body).encode())
+        """An event at the tick now_us."""
+        self.send(wire.PKT_EVENT, struct.pack("<HQ", code, self.clock.us(now_us)) + json.dumps(body).encode())
 
     def log(self, level, now_us, text):
-        self.send(wire.PKT_LOG, struct.pack("<BQ", level, now_us) + str(text).encode())
+        self.send(wire.PKT_LOG, struct.pack("<BQ", level, self.clock.us(now_us)) + str(text).encode())
 
-    def trailer(self, payload):
-        self.send(wire.PKT_TRAILER, payload)
+    def trailer(self, frame_id, pulse_id, t_us, lines_per_frame, lines_sent, kv, ma, pulse_width_ms,
+                air_kerma_ugy, kap_ugy_m2):
+        """A frame's trailer, for the pulse at the tick t_us, from one
+        preallocated packet."""
+        self.write(self._trailer.fill(self.next_seq(), frame_id, pulse_id, self.clock.hi(t_us), t_us,
+                                      lines_per_frame, lines_sent, kv, ma, pulse_width_ms, air_kerma_ugy,
+                                      kap_ugy_m2))

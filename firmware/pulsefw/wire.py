@@ -7,6 +7,8 @@ from binascii import crc32
 
 from micropython import const
 
+from .crc import crc32_into
+
 PROTOCOL_VERSION = const(1)
 
 # Framing: sync(4) version(1) type(1) seq(2) length(2) header_check(2) |
@@ -149,6 +151,7 @@ class LineEncoder:
         struct.pack_into("<BBHH", self.head, 4, PROTOCOL_VERSION, PKT_LINE, 0, self.payload_size)
         struct.pack_into("<HHB", self.head, HEADER_SIZE + 6, lines_per_frame, pixels_per_line, pixel_format)
         self.crc = bytearray(CRC_SIZE)
+        self._check = bytearray(CRC_SIZE)
         self._head_mv = memoryview(self.head)
         self._crc_part = self._head_mv[4:]
         self._check_part = self._head_mv[4:10]
@@ -159,18 +162,16 @@ class LineEncoder:
         h = self.head
         h[6] = seq & 0xFF
         h[7] = (seq >> 8) & 0xFF
-        check = crc32(self._check_part) & 0xFFFF
-        h[10] = check & 0xFF
-        h[11] = check >> 8
+        # CRCs straight into the packet: on a 32-bit board their values
+        # would be long integers (crc.py).
+        c = self._check
+        crc32_into(c, 0, self._check_part)
+        h[10] = c[0]
+        h[11] = c[1]
         struct.pack_into("<IH", h, HEADER_SIZE, frame_id, line_index)
         struct.pack_into("<I", h, HEADER_SIZE + 12, pulse_id)
         put_u64(h, HEADER_SIZE + 16, ts_hi, ts_lo)
-        crc = crc32(pixels, crc32(self._crc_part))
-        c = self.crc
-        c[0] = crc & 0xFF
-        c[1] = (crc >> 8) & 0xFF
-        c[2] = (crc >> 16) & 0xFF
-        c[3] = (crc >> 24) & 0xFF
+        crc32_into(self.crc, 0, self._crc_part, pixels)
 
     def write_line(self, write, seq, frame_id, line_index, pulse_id, ts_hi, ts_lo, pixels):
         self._fill(seq, frame_id, line_index, pulse_id, ts_hi, ts_lo, pixels)
@@ -181,6 +182,37 @@ class LineEncoder:
     def line_packet(self, seq, frame_id, line_index, pulse_id, timestamp_us, pixels):
         self._fill(seq, frame_id, line_index, pulse_id, timestamp_us >> 30, timestamp_us & 0x3FFFFFFF, pixels)
         return bytes(self.head) + bytes(pixels) + bytes(self.crc)
+
+
+class TrailerEncoder:
+    """Trailer packets in one buffer allocated once (a frame's trailer is
+    sent every pulse). The time is given as ticks.BoardClock splits it."""
+
+    def __init__(self):
+        self.packet = bytearray(HEADER_SIZE + TRAILER_SIZE + CRC_SIZE)
+        p = self.packet
+        p[0:4] = SYNC
+        struct.pack_into("<BBHH", p, 4, PROTOCOL_VERSION, PKT_TRAILER, 0, TRAILER_SIZE)
+        mv = memoryview(p)
+        self._check_part = mv[4:10]
+        self._crc_part = mv[4:HEADER_SIZE + TRAILER_SIZE]
+        self._check = bytearray(CRC_SIZE)
+
+    def fill(self, seq, frame_id, pulse_id, ts_hi, ts_lo, lines_per_frame, lines_sent,
+             kv, ma, pulse_width_ms, air_kerma_ugy, kap_ugy_m2):
+        p = self.packet
+        p[6] = seq & 0xFF
+        p[7] = (seq >> 8) & 0xFF
+        c = self._check
+        crc32_into(c, 0, self._check_part)
+        p[10] = c[0]
+        p[11] = c[1]
+        struct.pack_into("<II", p, HEADER_SIZE, frame_id, pulse_id)
+        put_u64(p, HEADER_SIZE + 8, ts_hi, ts_lo)
+        struct.pack_into("<HHfffff", p, HEADER_SIZE + 16, lines_per_frame, lines_sent, kv, ma, pulse_width_ms,
+                         air_kerma_ugy, kap_ugy_m2)
+        crc32_into(p, HEADER_SIZE + TRAILER_SIZE, self._crc_part)
+        return p
 
 
 def trailer_payload(frame_id, pulse_id, timestamp_us, lines_per_frame, lines_sent,

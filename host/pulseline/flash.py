@@ -3,7 +3,8 @@ MicroPython, copy what differs with mpremote, verify every file on the board
 by SHA-256, restart the board, and check the version handshake.
 
 boot.py and main.py stay source (a board runs them by name); the package is
-deployed as .mpy. Stale files on the board's package directory (an old .py
+deployed as .mpy, but for its viper code, which the board compiles itself
+with its own native emitter (NATIVE_SOURCE). Stale files on the board's package directory (an old .py
 that would shadow its .mpy, a module that no longer exists) are removed.
 """
 
@@ -25,6 +26,11 @@ ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 PACKAGE = "pulsefw"
 SOURCE_FILES = ("boot.py", "main.py")
+# Package modules with viper code, deployed as source: mpy-cross would need
+# the board's exact native architecture (the Pico 2 alone has two), while
+# the board's own compiler knows it. A port with no native emitter falls
+# back to portable code (crc.py).
+NATIVE_SOURCE = ("crc_viper.py",)
 # `--board` names, and the MicroPython platform (sys.platform) each runs.
 BOARDS = {"rp2": "rp2", "sim": "linux"}
 # Board modules that belong to another board: not deployed.
@@ -129,6 +135,11 @@ def build_bundle(platform: str, out_dir: Path, source: Path = FIRMWARE) -> list[
     skip = OTHER_BOARDS.get(platform, ())
     for src in sorted((source / PACKAGE).glob("*.py")):
         if src.name in skip:
+            continue
+        if src.name in NATIVE_SOURCE:
+            data = src.read_bytes()
+            (out_dir / PACKAGE / src.name).write_bytes(data)
+            files.append(BundleFile(f"{PACKAGE}/{src.name}", out_dir / PACKAGE / src.name, len(data), _sha(data)))
             continue
         dest = out_dir / PACKAGE / (src.stem + ".mpy")
         res = subprocess.run([mpy_cross(), "-o", str(dest), "-s", f"{PACKAGE}/{src.name}", str(src)],

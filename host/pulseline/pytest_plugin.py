@@ -32,6 +32,10 @@ SIM = "sim"
 FAST = "fast"
 SIMULATED = (SIM, FAST)
 TEST_ANSWER_TIMEOUT_S = 5.0  # a command's answer, in the target's seconds (see the session fixture)
+# A simulated board powers on with its plant's time this far before the
+# firmware's ticks wrap (2**30 us): every test runs across a wrap, which a
+# Pico sees every 17.9 minutes.
+BOARD_START_US = (1 << 30) - 2_000_000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -230,7 +234,7 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
             pytest.skip("link faults: the fast target has no link (use sim or a board)")
         from .sim.fastboard import FastBoard
 
-        fast = FastBoard(seed=seed)
+        fast = FastBoard(seed=seed, start_us=BOARD_START_US)
         try:
             b = Board(target, fast.url, seed, wait_for_firmware(fast.url, timeout_s=5), fast)
             yield b
@@ -243,7 +247,8 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
 
         fs = tmp_path / "board-fs"
         _deploy(fs, pulseline_bundle, _firmware(cfg))
-        sim = SimBoard(fs, state_dir=tmp_path / ".pulseline", seed=seed, record=True, faults=faults).start()
+        sim = SimBoard(fs, state_dir=tmp_path / ".pulseline", seed=seed, record=True, faults=faults,
+                       start_us=BOARD_START_US).start()
         try:
             b = Board(target, sim.pty_path, seed, wait_for_firmware(sim.pty_path, timeout_s=60), sim,
                       flashed=pulseline_bundle is not None)

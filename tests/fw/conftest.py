@@ -1,6 +1,8 @@
 # The firmware unit suite: these files run under pytest (CPython, with the
 # host's `micropython` shim) and, unchanged, on the real MicroPython binary
-# through mpy_runner.py (see tests/test_firmware_suite.py).
+# (the 64-bit unix port, through mpy_runner.py) and on a 32-bit MicroPython
+# (the webassembly port under Node.js, through mp32_runner.mjs): see
+# tests/test_firmware_suite.py.
 from pulseline import mpcompat
 
 mpcompat.install()

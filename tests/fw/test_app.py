@@ -5,7 +5,7 @@
 import json
 import struct
 
-from pulsefw import app, commands, controller, dose, tx, wire
+from pulsefw import app, commands, controller, crc, dose, ticks, tx, wire
 
 
 class Disk:
@@ -41,7 +41,12 @@ class ScriptedHal:
         self.buf = None
         self.cause = "power"
 
+    # self.now is the board's time; the firmware gets its ticks, which wrap
+    # at 2**30 (a test may start the clock just before a wrap).
     def ticks_us(self):
+        return self.now & ticks.MASK
+
+    def clock_us(self):
         return self.now
 
     def config_problem(self, config):
@@ -51,8 +56,9 @@ class ScriptedHal:
         return None
 
     def wait_until(self, deadline_us):
-        if deadline_us > self.now:
-            self.now = deadline_us
+        d = ticks.diff(deadline_us, self.now & ticks.MASK)
+        if d > 0:
+            self.now += d
 
     def read_inputs(self, inputs):
         inputs.switch = self.switch
@@ -66,7 +72,7 @@ class ScriptedHal:
         self.ma = ma
 
     def generator_fire(self, width_us, period_us):
-        self.fired.append((self.now, self.kv, self.ma, width_us))
+        self.fired.append((self.now, self.kv, self.ma, width_us))  # (board time)
         return self.door_closed
 
     def generator_feedback(self, out):
@@ -128,8 +134,9 @@ def packets(data):
 
 
 class Board:
-    def __init__(self, disk=None, max_frame_bytes=None):
+    def __init__(self, disk=None, max_frame_bytes=None, start_us=0):
         self.hal = ScriptedHal(disk)
+        self.hal.now = start_us  # the board's time at power-on
         if max_frame_bytes is not None:
             self.hal.MAX_FRAME_BYTES = max_frame_bytes
         self.app = app.App(self.hal)
@@ -258,6 +265,39 @@ def test_a_press_gives_frames_with_trailers_and_accounts_every_pulse():
     assert [e["state"] for e in b.events(tx.EV_STATE)][-3:] == ["READY", "EXPOSING", "HOLD"]
 
 
+def test_a_press_across_the_ticks_wrap_keeps_the_cadence_and_board_time():
+    wrap = 3 << 30  # the ticks' third wrap, 0.5 s into the press
+    b = Board(start_us=wrap - 700_000)
+    b.ok("set_config", {"pixels_per_line": 64, "lines_per_frame": 32, "pulses_per_s": 30})
+    b.ok("arm")
+    b.run(10_000)
+    b.hal.switch = True
+    start = b.hal.now
+    b.run(1_000_000)
+    b.hal.switch = False
+    b.run(100_000)
+    fired = [t for t, _, _, _ in b.hal.fired]
+    assert fired[0] < wrap < fired[-1] and len(fired) in (30, 31)
+    assert set(fired[i + 1] - fired[i] for i in range(len(fired) - 1)) == {33_333}  # the wrap moves nothing
+    trailers = [struct.unpack(wire.TRAILER_FORMAT, p) for t, p in b.all_packets() if t == wire.PKT_TRAILER]
+    assert [tr[2] for tr in trailers] == fired  # board time, not ticks
+    # Every line's time: its pulse's, plus its slot in the scan.
+    by_frame = {}
+    for t, p in b.all_packets():
+        if t == wire.PKT_LINE:
+            frame_id, line, _, _, _, _, _, ts = struct.unpack(wire.LINE_HEADER_FORMAT, p[:wire.LINE_HEADER_SIZE])
+            by_frame.setdefault(frame_id, []).append((line, ts))
+    assert len(by_frame) == len(fired)
+    step = 10_000 // 32
+    for (frame_id, lines), t0 in zip(sorted(by_frame.items()), fired):
+        assert lines == [(i, t0 + i * step) for i in range(32)], frame_id
+    times = [struct.unpack("<Q", p[2:10])[0] for t, p in b.all_packets() if t == wire.PKT_EVENT]
+    assert times == sorted(times) and times[-1] > wrap
+    record = b.ok("dose_report")["events"][0]
+    assert start <= record["start_us"] < wrap < record["end_us"] <= b.hal.now
+    assert record["pulses"] == len(fired)
+
+
 def test_cumulative_values_survive_a_reset_and_a_new_exam_clears_them():
     disk = Disk()
     b = Board(disk)
@@ -383,8 +423,26 @@ def test_a_configuration_the_board_cannot_run_is_refused_and_changes_nothing():
 
 
 class QuietHal(ScriptedHal):
-    """The scripted board with a link that allocates nothing itself, so
-    what is measured is the firmware's own."""
+    """The scripted board with a link that allocates nothing itself, and a
+    clock kept as ticks (its board time would be a long integer on a 32-bit
+    port), so what is measured is the firmware's own."""
+
+    def __init__(self, board_us):
+        ScriptedHal.__init__(self)
+        self.board_us = board_us
+        self.tick = board_us & ticks.MASK
+
+    def ticks_us(self):
+        return self.tick
+
+    def clock_us(self):
+        return self.board_us  # read once, at boot
+
+    def advance(self, us):
+        self.tick = ticks.add(self.tick, us)
+
+    def wait_until(self, deadline_us):
+        pass  # the test moves the clock itself (advance): a pass is exactly as long as it says
 
     def link_read(self, buf):
         return 0
@@ -406,31 +464,98 @@ def _allocated(fn, n):
     return after - before
 
 
-def test_the_hot_path_allocates_nothing_while_waiting_and_nothing_per_line():
+def _quiet_crc32_into(out, off, first, second=None):
+    # A stand-in that allocates nothing, where the port has no viper (the
+    # webassembly port): what is left to measure is everything else.
+    out[off] = out[off + 1] = out[off + 2] = out[off + 3] = 0
+
+
+def test_the_hot_path_allocates_nothing_while_waiting_and_nothing_per_line_across_the_wrap():
     import gc
 
     if not hasattr(gc, "mem_alloc"):
         return  # CPython: the heap is MicroPython's to measure (the suite runs there too)
-    hal = QuietHal()
+    # Board time past 2**32 us, the ticks 0.6 s before their fifth wrap: the
+    # loop passes below cross it, and the frames the sixth. On a 32-bit port
+    # (the webassembly runner) any time kept as one integer would be long.
+    hal = QuietHal((5 << 30) - 600_000)
     a = app.App(hal)
     a.ctl.arm()
 
     def idle_pass():
-        hal.now += 1000
-        a.ctl.host_seen(hal.now)
+        hal.advance(1000)
+        a.ctl.host_seen(hal.tick)
         a.poll()
 
     for _ in range(50):
         idle_pass()
-    assert _allocated(idle_pass, 1000) == 0  # armed, waiting for the switch: 1000 loop passes
+    assert _allocated(idle_pass, 1000) == 0  # armed, waiting for the switch: 1000 loop passes, the wrap
+    assert a.clock.wraps == 5
 
     r = a.readout
 
     def frame():
-        r.arm(1, 1, hal.now, 10_000)
-        while not r.pump(hal.now, 8):
+        t = hal.tick
+        r.arm(1, 1, t, a.clock.hi(t), 10_000)
+        while not r.pump(t, 8):
             pass
+        hal.advance(30_000)
+        a.clock.seen(hal.tick)
 
     frame()
-    # 20 frames of 256 lines: less than a byte a line (one allocation per line would be 16 or more).
-    assert _allocated(frame, 20) < 20 * r.lines
+    # On to 0.3 s before the next wrap (the clock sees every step).
+    target = ticks.MASK - 300_000
+    ahead = (target - hal.tick) & ticks.MASK
+    while ahead:
+        step = ahead if ahead < (1 << 28) else (1 << 28)
+        hal.advance(step)
+        a.clock.seen(hal.tick)
+        ahead -= step
+    if not crc.NATIVE:
+        wire.crc32_into = _quiet_crc32_into
+    try:
+        # 20 frames of 256 lines, ticks wrapping between them: less than a
+        # byte a line (one allocation per line would be 16 or more).
+        assert _allocated(frame, 20) < 20 * r.lines
+        assert a.clock.wraps == 6
+    finally:
+        wire.crc32_into = crc.crc32_into
+
+
+def test_while_exposing_only_pulses_allocate_not_loop_passes():
+    import gc
+
+    if not hasattr(gc, "mem_alloc"):
+        return  # CPython
+
+    def exposure(pass_us):
+        # One second of a press, the loop passing every pass_us.
+        hal = QuietHal((2 << 30) - 500_000)
+        a = app.App(hal)
+        a.ctl.arm()
+        if not crc.NATIVE:
+            wire.crc32_into = _quiet_crc32_into
+
+        def one_pass():
+            hal.advance(pass_us)
+            a.ctl.host_seen(hal.tick)
+            a.poll()
+
+        try:
+            for _ in range(20_000 // pass_us):
+                one_pass()
+            hal.switch = True
+            for _ in range(200_000 // pass_us):
+                one_pass()
+            fired = len(hal.fired)
+            used = _allocated(one_pass, 1_000_000 // pass_us)
+            return used, len(hal.fired) - fired
+        finally:
+            wire.crc32_into = crc.crc32_into
+
+    slow, pulses = exposure(1000)
+    fast, pulses_fast = exposure(250)  # four times the loop passes
+    assert pulses == pulses_fast and pulses >= 7  # (7.5 pps, the default technique)
+    # The same pulses, four times the passes: the passes add nothing (each
+    # pulse allocates its dose arithmetic and its share of the displays).
+    assert abs(fast - slow) <= slow // 20, (slow, fast)

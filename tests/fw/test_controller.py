@@ -1,7 +1,7 @@
 # Controller safety rules, scenario by scenario (docs/safety.md). Runs under
 # pytest and on the real MicroPython binary; the hypothesis stateful test of
 # the same rules is tests/test_controller_rules.py.
-from pulsefw import controller, dose
+from pulsefw import controller, dose, ticks
 
 
 def test_worked_technique_exposes_at_the_expected_rate_and_holds_on_release():
@@ -203,3 +203,32 @@ def test_a_pulse_decided_ahead_by_its_set_up_leaves_on_time_and_the_rate_holds()
     gaps = [b - a for a, b in zip(left[1:], left[2:])]  # after the first pulse taught it the set-up
     assert len(left) >= 29 and all(g == 33_333 for g in gaps), gaps
     assert controller.LEAD_MARGIN_US + 4000 == ctl.lead_us <= controller.LEAD_MAX_US
+
+
+def test_minutes_of_host_silence_and_of_idling_go_stale_nowhere():
+    # The controller gets ticks, which wrap at 2**30 us, and a difference of
+    # ticks is right for up to 2**29 us (9 minutes): no time it keeps may go
+    # older than that however long the board idles.
+    t = ticks.MASK - 1_000_000  # a wrap 1 s in
+    ctl = controller.Controller(dose.Geometry(256, 256), controller.Technique(80, 20, 10, 15), t)
+    inputs = controller.Inputs(door_closed=False)
+    ctl.arm()
+    for _ in range(15 * 60 * 20):  # 15 minutes, the loop waking every 50 ms; the host silent
+        t = ticks.add(t, 50_000)
+        assert ctl.step(t, inputs) is None
+        assert ctl.block == controller.BLOCK_DOOR  # (the first reason, but not the only one kept)
+    inputs.door_closed = True
+    inputs.switch = True
+    for _ in range(100):
+        t = ticks.add(t, 1000)
+        assert ctl.step(t, inputs) is None  # the link is still lost
+    assert ctl.block == controller.BLOCK_LINK
+    # The host comes back after 15 minutes (and a fresh press): the first
+    # pulse comes at once, not a stale period later.
+    inputs.switch = False
+    ctl.host_seen(t)
+    t = ticks.add(t, 1000)
+    ctl.step(t, inputs)
+    inputs.switch = True
+    ctl.host_seen(t)
+    assert ctl.step(t, inputs) is not None

@@ -115,9 +115,11 @@ def test_garbage_is_never_taken_for_a_record():
 
 
 def test_file_store_on_the_real_filesystem():
-    root = os.getenv("PULSEFW_TMP")
+    # The runner provides a directory; the webassembly port has no
+    # environment, and its /tmp is the interpreter's own, in memory.
+    root = os.getenv("PULSEFW_TMP") if hasattr(os, "getenv") else "/tmp"
     if not root:
-        return  # the runner provides a directory
+        return
     store = journal.FileStore(root)
     j = journal.Journal(store)
     j.append({"kind": "exam", "id": 7})

@@ -215,8 +215,9 @@ class SimBoard:
     def __init__(self, fs_dir: str | Path | None = None, *, name: str | None = None, link: str = "usb-fs",
                  faults: str = "", seed: int = 0, plant: Plant | None = None, timeline: Timeline | None = None,
                  state_dir: str | Path = STATE_DIR, tcp_port: int = 0, record: bool = False,
-                 water_cm: float | None = None) -> None:
+                 water_cm: float | None = None, start_us: int = 0) -> None:
         self.state_dir = Path(state_dir)
+        self.start_us = start_us  # plant time (the board's) at power-on
         self.name = name or next_free_name(self.state_dir)
         self.files = BoardFiles(self.name, self.state_dir)
         self.fs_dir = Path(fs_dir) if fs_dir is not None else self.files.default_fs
@@ -264,7 +265,7 @@ class SimBoard:
         self._tmp = Path(tempfile.mkdtemp(prefix="pulseline-sim-"))
         (self._tmp / "machine.py").write_text(MACHINE_SHIM)
         (self._tmp / "os.py").write_text(OS_SHIM)
-        self.server = PlantServer(self.plant)
+        self.server = PlantServer(self.plant, start_us=self.start_us)
         self.master, self._slave = pty.openpty()
         tty.setraw(self._slave)
         os.set_blocking(self.master, False)

@@ -231,11 +231,13 @@ class FastSim:
     """
 
     def __init__(self, plant: Plant, *, pixels: bool = True, heartbeat_us: int = 100_000,
-                 store: MemoryStore | None = None) -> None:
+                 store: MemoryStore | None = None, start_us: int = 0) -> None:
         self.plant = plant
         self.pixels = pixels
         self.heartbeat_us = heartbeat_us
-        self.now_us = 0
+        # Plant time at the start (and the board's time at power-on): a
+        # start just before 2**30 us has the board's ticks wrap early on.
+        self.now_us = start_us
         self.store = store if store is not None else MemoryStore()
         self.link = PipeLink(self)
         self.port = VirtualPort(self)
@@ -244,7 +246,7 @@ class FastSim:
         self.resets: list[tuple[int, str]] = []
         self.host_seq = 0
         self.host_seq_base = 0
-        self.next_heartbeat_us = 0
+        self.next_heartbeat_us = start_us
         self.link_down = False
         self._end_us = 0
         self.host = HostLog()

@@ -34,9 +34,9 @@ _NAMES = itertools.count()
 
 class FastBoard:
     def __init__(self, plant: Plant | None = None, *, seed: int = 0, name: str | None = None,
-                 timeline: Timeline | None = None, pixels: bool = True) -> None:
+                 timeline: Timeline | None = None, pixels: bool = True, start_us: int = 0) -> None:
         self.plant = plant if plant is not None else Plant(PlantConfig(seed=seed), timeline)
-        self.sim = FastSim(self.plant, pixels=pixels)
+        self.sim = FastSim(self.plant, pixels=pixels, start_us=start_us)
         self.sim.host_seq = self.sim.host_seq_base = HEARTBEAT_SEQ_BASE
         self.name = name or f"fast{next(_NAMES)}"
         self.url = f"fastsim://{self.name}"

@@ -1,7 +1,8 @@
 """The plant on a local socket, for a board running on the MicroPython unix
 port (firmware/pulsefw/hal_sim.py, PlantClient, is the other side).
 
-Plant time is the host's monotonic clock since the server started: the
+Plant time is the host's monotonic clock since the server started (plus
+start_us): the
 firmware reads the same clock (time.ticks_us on the unix port), offset once
 at connection, so both sides agree on "now" without a round trip.
 """
@@ -39,10 +40,12 @@ _SCM_TIMESTAMPNS = _SO_TIMESTAMPNS
 class PlantServer:
     """Serves one board at a time; `address` is what the board connects to."""
 
-    def __init__(self, plant: Plant, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, plant: Plant, host: str = "127.0.0.1", port: int = 0, start_us: int = 0) -> None:
         self.plant = plant
         self.lock = threading.Lock()  # the plant is shared with the host side (tests, CLI)
-        self._t0_ns = time.monotonic_ns()
+        # Plant time starts at start_us (a start just before 2**30 us has the
+        # board's ticks wrap early on).
+        self._t0_ns = time.monotonic_ns() - start_us * 1000
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Receive times on the listener, inherited by the board's connection:
