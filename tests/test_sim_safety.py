@@ -164,7 +164,15 @@ class PlantJudgedRules(RuleBasedStateMachine):
     # -- the judge ---------------------------------------------------------------
 
     def _fault_times(self):
-        return [t for t, name, _ in self.sim.host.events if name == "fault"]
+        """When the host learnt that a fault was latched: a fault event, or
+        the board leaving FAULT (a fault_reset). The latter counts because a
+        board that fired pulse a was not in FAULT then, so leaving FAULT
+        after a means it latched after a; and a fault event sent while the
+        cable was out for less than the link timeout never arrives (the
+        host then resets a fault it was not told of, and the reset's answer
+        names it)."""
+        return [t for t, name, body in self.sim.host.events
+                if name == "fault" or (name == "state" and body.get("from") == "FAULT")]
 
     def _interval_ok(self, name, good, a, b):
         """The level signal `name` equals `good` over all of [a, b]."""

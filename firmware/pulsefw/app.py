@@ -288,6 +288,9 @@ class App:
 
     # -- events ---------------------------------------------------------------
 
+    def fault_name(self, code):
+        return FAULT_NAMES.get(code, "fault")
+
     def fault(self, code, now_us, message):
         prev = self.ctl.state
         if prev == controller.FAULT:

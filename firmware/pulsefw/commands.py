@@ -224,9 +224,14 @@ def read_journal(app, args, now):
 def fault_reset(app, args, now):
     _only(args, ())
     prev = app.ctl.state
+    code = app.ctl.fault_code
+    # Named in the answer: the fault's own event may have been lost (a link
+    # drop shorter than the link timeout is not "the host was away").
+    cleared = ({"code": code, "name": app.fault_name(code), "message": app.fault_message}
+               if prev == controller.FAULT else None)
     app.ctl.fault_reset()
     app.state_changed(prev, now)
-    return {"state": controller.STATE_NAMES[app.ctl.state]}
+    return {"state": controller.STATE_NAMES[app.ctl.state], "cleared": cleared}
 
 
 def self_test(app, args, now):

@@ -342,6 +342,12 @@ def test_a_pulse_the_hardware_refuses_latches_a_fault():
     assert b.app.ctl.state == controller.FAULT
     assert b.events(tx.EV_FAULT)[0]["code"] == app.FAULT_PULSE_REFUSED
     assert b.ok("status")["pulses_refused"] == 1
+    # The reset's answer names the fault it cleared (its event may have been
+    # lost on a link drop shorter than the link timeout); a second clears none.
+    cleared = b.ok("fault_reset")["cleared"]
+    assert cleared["code"] == app.FAULT_PULSE_REFUSED and cleared["name"] == "hardware interlock refused a pulse"
+    assert "refused by the hardware interlocks" in cleared["message"]
+    assert b.ok("fault_reset") == {"state": "IDLE", "cleared": None}
 
 
 def test_watchdog_reset_comes_up_with_a_fault():
