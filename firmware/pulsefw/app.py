@@ -54,12 +54,6 @@ BLOCK_NAMES = ("none", "door open", "key off", "generator not ready", "host link
                "not armed", "release the switch first")
 
 
-def _sooner(now, t, candidate):
-    """candidate if it lies ahead of now and before t, else t (ticks)."""
-    d = ticks.diff(candidate, now)
-    return candidate if 0 < d < ticks.diff(t, now) else t
-
-
 class Press:
     """The irradiation event in progress: one press of the switch. Its start
     and end are board time (the journal's); the checkpoint is a tick."""
@@ -549,23 +543,37 @@ class App:
         """The next moment that matters (inputs and host bytes wake the loop
         on their own); only deadlines still ahead count, so the loop never
         spins on one already passed."""
+        # Worked in intervals from now (one difference per deadline, no
+        # tuple: this runs every loop pass); a deadline passed already does
+        # not count.
         ctl = self.ctl
-        t = ticks.add(now, MAX_SLEEP_US)
+        dt = MAX_SLEEP_US
         if ctl.state == controller.EXPOSING:
-            # One comparison each, no tuple: this runs every loop pass.
             a = self.account
-            t = _sooner(now, t, ticks.add(ctl.next_pulse_us, -ctl.lead_us))  # decided ahead of its time
-            t = _sooner(now, t, ticks.add(ctl.last_host_us, controller.LINK_TIMEOUT_US + 1))
-            t = _sooner(now, t, self.next_display_us)
-            t = _sooner(now, t, ticks.add(now, (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us))
+            d = ticks.diff(ctl.next_pulse_us, now) - ctl.lead_us  # decided ahead of its time
+            if 0 < d < dt:
+                dt = d
+            d = ticks.diff(ctl.last_host_us, now) + controller.LINK_TIMEOUT_US + 1
+            if 0 < d < dt:
+                dt = d
+            d = ticks.diff(self.next_display_us, now)
+            if 0 < d < dt:
+                dt = d
+            d = (a.next_alarm_s - a.switch_s) * 1_000_000 - a.switch_us
+            if 0 < d < dt:
+                dt = d
         if self.dark_left:
-            t = _sooner(now, t, self.next_dark_us)
+            d = ticks.diff(self.next_dark_us, now)
+            if 0 < d < dt:
+                dt = d
         if not self.pend_done:
-            t = _sooner(now, t, self.pend[3])
-        if self.readout.busy:
-            t = _sooner(now, t, ticks.add(now, READOUT_POLL_US))
+            d = ticks.diff(self.pend[3], now)
+            if 0 < d < dt:
+                dt = d
+        if self.readout.busy and READOUT_POLL_US < dt:
+            dt = READOUT_POLL_US
         if self.closing and (self.pend_done or self.pend_press is not self.closing[0]):
-            t = now  # an ended event to commit
+            return now  # an ended event to commit
         if self.pend_done and self.trailer_due:
-            t = now  # work left for the next pass
-        return t
+            return now  # work left for the next pass
+        return ticks.add(now, dt)

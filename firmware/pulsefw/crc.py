@@ -5,6 +5,7 @@
 # webassembly port) binascii's value, which is a long integer on a 32-bit
 # port for three values in four (NATIVE says which one runs).
 from binascii import crc32
+from struct import pack_into
 
 try:
     from .crc_viper import crc32_into
@@ -16,7 +17,4 @@ except (ImportError, NameError, SyntaxError, AttributeError, ValueError):
 
     def crc32_into(out, off, first, second=None):
         c = crc32(first) if second is None else crc32(second, crc32(first))
-        out[off] = c & 0xFF
-        out[off + 1] = (c >> 8) & 0xFF
-        out[off + 2] = (c >> 16) & 0xFF
-        out[off + 3] = (c >> 24) & 0xFF
+        pack_into("<I", out, off, c & 0xFFFFFFFF)
