@@ -100,6 +100,30 @@ def test_host_link_loss_stops_emission_within_200_ms(board, session, plant, cloc
     plant.release()
 
 
+def test_a_board_whose_session_is_gone_is_disarmed_and_a_later_press_exposes_nobody(board, session, plant,
+                                                                                   clock):
+    """The terminal closed mid-exposure (the host process killed): the
+    board must not stay armed for whoever connects next."""
+    from pulseline.session import Session
+
+    session.arm()
+    plant.press()
+    clock.wait_for(lambda: len(plant.model.pulses) >= 2, 5, "two pulses")
+    session.close()  # the host process is gone
+    clock.sleep(0.5)
+    plant.release()
+    # Another program opens the port and keeps the link alive, but arms nothing
+    # (no handshake either: that alone disarms, and is not what is shown here).
+    with Session(board.port, handshake=False) as later:
+        clock.sleep(0.3)
+        t_press = plant.press()
+        clock.sleep(1.0)
+        fired = pulses_between(plant, t_press, 10**15)
+        assert fired == [], rule("5a", f"{len(fired)} pulses for a press nobody armed for")
+        assert later.command("status")["state"] == "IDLE", rule("5a", "the board is still armed")
+    plant.release()
+
+
 def test_generator_out_of_tolerance_latches_a_fault_until_reset_and_a_fresh_press(session, plant, clock):
     session.arm()
     plant.set("kv_error", 0.15)  # the generator delivers 15 % over the setpoint

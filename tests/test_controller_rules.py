@@ -104,16 +104,23 @@ class ControllerRules(RuleBasedStateMachine):
     def host_link(self, alive):
         self.host_alive = alive
 
+    def _command(self):
+        """A command from the host is a packet from it: the link is alive."""
+        self.ctl.host_seen(self.now & ticks.MASK)
+        self.last_host = self.now
+
     @rule()
     def arm(self):
         # Arming from IDLE starts a new arming; arming when already armed
         # (or exposing) changes nothing, and a latched fault refuses it.
+        self._command()
         was_idle = self.ctl.state == controller.IDLE
         if self.ctl.arm() is None and was_idle:
             self.reset_marks.append(self.now)
 
     @rule()
     def disarm(self):
+        self._command()
         self.ctl.disarm()
 
     @rule()
@@ -123,6 +130,7 @@ class ControllerRules(RuleBasedStateMachine):
 
     @rule()
     def fault_reset(self):
+        self._command()
         if self.fault:
             self.ctl.fault_reset()
             self.fault = False
@@ -197,6 +205,9 @@ class ControllerRules(RuleBasedStateMachine):
     def state_matches_what_it_does(self):
         if self.fault:
             assert self.ctl.state == controller.FAULT
+        if self.now - self.last_host > controller.LINK_TIMEOUT_US:
+            # The session that armed the board is gone: never armed for nobody.
+            assert self.ctl.state in (controller.IDLE, controller.FAULT), controller.STATE_NAMES[self.ctl.state]
 
 
 ControllerRules.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)

@@ -26,6 +26,7 @@ GATE_PIN, INTERLOCK_PIN = 15, 14
 class Pin:
     IN, OUT, PULL_UP, PULL_DOWN = 0, 1, 1, 2
     levels: dict[int, int] = {}
+    modes: dict[int, int] = {}  # pins re-initialised (taken back from the PIO)
 
     def __init__(self, n: int, mode: int = 0, pull: int | None = None, value: int | None = None) -> None:
         self.n = n
@@ -36,6 +37,12 @@ class Pin:
 
     def value(self) -> int:
         return Pin.levels.get(self.n, 0)
+
+    def init(self, mode: int = -1, pull: int | None = None, value: int | None = None) -> None:
+        # (MicroPython: re-init takes the pin back from a peripheral such as PIO)
+        Pin.modes[self.n] = mode
+        if value is not None:
+            Pin.levels[self.n] = value
 
 
 class PWM:
@@ -79,6 +86,7 @@ class GateSM:
         self.state = State(transmit_fifo=deque(), pin_directions=1 << GATE_PIN)
         self.edges: list[tuple[int, int]] = []
         self.level = 0
+        self.on = True
 
     def put(self, word: int) -> None:
         self.state.transmit_fifo.append(word)
@@ -103,7 +111,7 @@ class GateSM:
         return self.state.receive_fifo.popleft()
 
     def active(self, v: int) -> None:
-        pass
+        self.on = bool(v)
 
 
 class ReadoutSM:
@@ -170,6 +178,7 @@ def hal(monkeypatch: pytest.MonkeyPatch) -> Any:
     pio_dsl.install()
     pio_rp2 = import_firmware("pulsefw.pio_rp2")
     Pin.levels = {}
+    Pin.modes = {}
     ADC.readings = {}
     DMA.made = []
     clock = {"us": 0}
@@ -220,6 +229,12 @@ def test_the_gate_words_make_the_technique_s_pulse_and_hold_its_period(hal: Any)
     assert [f - r for r, f in zip(rises, falls, strict=True)] == [10_000, 10_000]
     assert rises[1] - rises[0] == 66_666
     assert gate.kw["freq"] == timing.GATE_SM_HZ and hal.sys_hz == timing.SYS_HZ_PICO
+
+
+def test_emission_off_stops_the_gate_and_holds_its_pin_low(hal: Any):
+    hal.emission_off()
+    assert hal.test.sms[0].on is False
+    assert Pin.modes[GATE_PIN] == Pin.OUT and Pin.levels[GATE_PIN] == 0
 
 
 def test_an_open_interlock_refuses_the_pulse(hal: Any):
@@ -276,6 +291,12 @@ def test_link_watchdog_and_reset_cause(hal: Any):
     buf = bytearray(8)
     assert hal.link_read(buf) == 2 and buf[:2] == b"\x01\x02"
     assert hal.link_read(buf) == 0
+    # A Ctrl-C that reaches the link as data (the USB stack's interrupt was
+    # off while a pulse was fired) still asks for the REPL.
+    hal.test.stdin.data += b"\x05\x03\x06"
+    with pytest.raises(KeyboardInterrupt):
+        hal.link_read(buf)
+    assert hal.link_read(buf) == 1 and buf[0] == 0x06
     hal.link_write(b"abc")
     assert bytes(hal.test.out) == b"abc"
     hal.watchdog_start(100)

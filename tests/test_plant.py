@@ -26,8 +26,14 @@ fwdose = import_firmware("pulsefw.dose")
 SETTLED_US = 200_000  # after the first setpoint the HV has slewed up (20 kV/ms)
 
 
+def pedal_down(tl: Timeline | None = None) -> Timeline:
+    """The exposure switch held throughout: it is in the hardware chain (a
+    deadman switch), and these tests are about what lies behind it."""
+    return (tl if tl is not None else Timeline()).add(0, "switch", True)
+
+
 def ready_plant(kv: float = 80.0, ma: float = 20.0, **config: object) -> Plant:
-    plant = Plant(PlantConfig(**config))
+    plant = Plant(PlantConfig(**config), pedal_down())
     plant.generator_set(0, kv, ma)
     return plant
 
@@ -126,7 +132,7 @@ def test_generator_bias_feedback_and_injected_errors():
         assert abs(ma_fb / pulse.ma_mean - 1) <= FEEDBACK_NOISE
     tl = Timeline().add(0, "kv_error", 0.15).add(0, "ma_error", -0.10).add(SETTLED_US + 50_000, "kv_error", 0.0)
     tl.add(SETTLED_US + 50_000, "ma_error", 0.0)
-    plant = Plant(PlantConfig(seed=2), tl)
+    plant = Plant(PlantConfig(seed=2), pedal_down(tl))
     assert plant.generator_feedback() == (0.0, 0.0, 0)
     plant.generator_set(0, 80.0, 20.0)
     bad = plant.generator_fire(SETTLED_US, 10_000)
@@ -138,7 +144,7 @@ def test_generator_bias_feedback_and_injected_errors():
 
 
 def test_generator_setpoint_range():
-    plant = Plant()
+    plant = Plant(timeline=pedal_down())
     for kv, ma in [(39.9, 10.0), (125.1, 10.0), (80.0, -1.0), (80.0, 100.5), (math.nan, 10.0)]:
         with pytest.raises(ValueError, match="outside"):
             plant.generator_set(0, kv, ma)
@@ -207,7 +213,7 @@ def test_dead_pixels():
 @pytest.mark.parametrize("bits, fmt", [(12, wire.FMT_MONO12P), (16, wire.FMT_MONO16)])
 def test_saturation_clips_at_full_scale(bits, fmt):
     tl = Timeline().add(0, "water_cm", 2.0)
-    plant = Plant(PlantConfig(adc_bits=bits, dead_fraction=0.0), tl)
+    plant = Plant(PlantConfig(adc_bits=bits, dead_fraction=0.0), pedal_down(tl))
     plant.generator_set(0, 120.0, 80.0)
     frame = frame_at(plant, SETTLED_US, 32, 32, fmt, width_us=20_000)
     full = 2**bits - 1
@@ -219,7 +225,7 @@ def test_saturation_clips_at_full_scale(bits, fmt):
 
 
 def test_mono12p_needs_a_12_bit_adc():
-    plant = Plant(PlantConfig(adc_bits=16))
+    plant = Plant(PlantConfig(adc_bits=16), pedal_down())
     with pytest.raises(ValueError, match="Mono12p"):
         plant.detector_arm(0, 16, 16, wire.FMT_MONO12P)
 
@@ -235,11 +241,11 @@ def test_structures_are_visible_but_leave_the_centre_to_the_slab():
 
 def test_slab_thickness_from_the_timeline():
     tl = Timeline().add(SETTLED_US + 50_000, "water_cm", 10.0)
-    plant = Plant(PlantConfig(water_cm=20.0, structures=False), tl)
+    plant = Plant(PlantConfig(water_cm=20.0, structures=False), pedal_down(tl))
     plant.generator_set(0, 80.0, 20.0)
     thick, thin = frame_at(plant, SETTLED_US), frame_at(plant, SETTLED_US + 100_000)
     assert plant.pulses[0].water_cm == 20.0 and plant.pulses[1].water_cm == 10.0
-    assert Plant(PlantConfig(water_cm=15.0)).timeline.state_at(0)["water_cm"] == 15.0
+    assert Plant(PlantConfig(water_cm=15.0), pedal_down()).timeline.state_at(0)["water_cm"] == 15.0
     ratio = thin.signal_centre_adu / thick.signal_centre_adu
     assert ratio == pytest.approx(math.exp(0.268 * 10.0), rel=0.01)
 
@@ -254,7 +260,7 @@ def test_slab_thickness_from_the_timeline():
 ])
 def test_hardware_interlocks_refuse(name, value, reason):
     tl = Timeline().add(SETTLED_US, name, value).add(SETTLED_US + 1_000, name, not value)
-    plant = Plant(PlantConfig(), tl)
+    plant = Plant(PlantConfig(), pedal_down(tl))
     plant.generator_set(0, 80.0, 20.0)
     plant.detector_arm(SETTLED_US, 16, 16, wire.FMT_MONO16)
     assert plant.generator_fire(SETTLED_US, 10_000) is None
@@ -267,7 +273,7 @@ def test_hardware_interlocks_refuse(name, value, reason):
 
 
 def test_other_refusals_and_what_hardware_does_not_check():
-    plant = Plant()
+    plant = Plant(timeline=pedal_down())
     assert plant.generator_fire(0, 10_000) is None
     plant.generator_set(0, 80.0, 20.0)
     assert plant.generator_fire(SETTLED_US, 999) is None
@@ -275,10 +281,27 @@ def test_other_refusals_and_what_hardware_does_not_check():
     first = plant.generator_fire(SETTLED_US, 10_000)
     assert plant.generator_fire(SETTLED_US + 5_000, 10_000) is None
     assert [r for _, r in plant.refused] == ["no_technique", "width_out_of_range", "width_out_of_range", "busy"]
-    # The switch is the firmware's to honour: the hardware fires without it,
-    # and the truth records that it was open.
-    assert first is not None and not first.inputs.switch
-    assert not first.watchdog_ok  # never started
+    assert first is not None and first.inputs.switch
+    assert not first.watchdog_ok  # never started: the watchdog only refuses once expired
+
+
+def test_the_exposure_switch_and_the_enable_line_are_in_the_hardware_chain():
+    # A deadman switch: no pulse without it, whatever the firmware asks.
+    tl = Timeline().add(SETTLED_US + 1_000, "switch", True).add(SETTLED_US + 50_000, "switch", False)
+    plant = Plant(PlantConfig(), tl)
+    plant.generator_set(0, 80.0, 20.0)
+    assert plant.generator_fire(SETTLED_US, 10_000) is None
+    assert plant.generator_fire(SETTLED_US + 2_000, 10_000) is not None
+    assert plant.generator_fire(SETTLED_US + 60_000, 10_000) is None
+    # The firmware leaving for the REPL drops the enable line: nothing fires,
+    # switch held or not, until the board starts again.
+    plant.timeline.add(SETTLED_US + 70_000, "switch", True)
+    plant.emission_off(SETTLED_US + 71_000)
+    assert plant.generator_fire(SETTLED_US + 80_000, 10_000) is None
+    plant.board_started()
+    assert plant.generator_fire(SETTLED_US + 100_000, 10_000) is not None
+    assert [r for _, r in plant.refused] == ["switch_released", "switch_released", "emission_off"]
+    assert plant.emission_offs == [SETTLED_US + 71_000] and len(plant.pulses) == 2
 
 
 def test_watchdog_expiry_latches_until_restart():
@@ -304,7 +327,7 @@ def test_watchdog_expiry_latches_until_restart():
 
 def test_line_loss_removes_exactly_n_lines_of_the_next_frame():
     tl = Timeline().add(0, "line_loss", 7)
-    plant = Plant(PlantConfig(seed=9), tl)
+    plant = Plant(PlantConfig(seed=9), pedal_down(tl))
     plant.generator_set(0, 80.0, 20.0)
     assert plant.generator_fire(SETTLED_US, 10_000) is not None  # no frame: nothing consumed
     t0 = SETTLED_US + 100_000
@@ -328,7 +351,7 @@ def test_line_loss_removes_exactly_n_lines_of_the_next_frame():
 def test_readout_timeout_lands_nothing():
     t0 = SETTLED_US
     tl = Timeline().add(t0 - 1, "readout_timeout", True).add(t0 + 20_000, "readout_timeout", False)
-    plant = Plant(PlantConfig(), tl)
+    plant = Plant(PlantConfig(), pedal_down(tl))
     plant.generator_set(0, 80.0, 20.0)
     frame = frame_at(plant, t0, 32, 32)
     assert frame.lost_lines.all()
@@ -340,7 +363,7 @@ def test_readout_timeout_lands_nothing():
 def test_timeout_in_the_middle_of_a_pulse_loses_the_lines_it_covers():
     t0 = SETTLED_US
     tl = Timeline().add(t0 + 2_500, "readout_timeout", True).add(t0 + 5_000, "readout_timeout", False)
-    plant = Plant(PlantConfig(), tl)
+    plant = Plant(PlantConfig(), pedal_down(tl))
     plant.generator_set(0, 80.0, 20.0)
     frame = frame_at(plant, t0, 40, 8)  # a line every 250 us
     np.testing.assert_array_equal(np.flatnonzero(frame.lost_lines), np.arange(9, 19))

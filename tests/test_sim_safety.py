@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import itertools
 
-from hypothesis import HealthCheck, settings, target
+from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from pulseline.mpcompat import import_firmware
 from pulseline.plant import Plant, PlantConfig, Timeline
 from pulseline.sim.fast import CommandError, FastSim
+
+journal = import_firmware("pulsefw.journal")
 
 MS = 1000
 LINK_TIMEOUT_US = 200 * MS
@@ -305,3 +308,44 @@ def test_a_fault_latched_while_the_link_was_down_is_told_when_the_host_returns()
     assert again and again[0]["name"] == "kV out of tolerance"  # said before the reset is answered
     s.exposure(ms=100)
     s.out_of_tolerance_latches_before_the_next_pulse()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**16), pps=st.sampled_from([3.75, 7.5, 15.0, 30.0]), at_ms=st.integers(0, 2500),
+       noise=st.binary(max_size=300), ctrl_c=st.one_of(st.none(), st.integers(0, 300)))
+def test_line_noise_and_a_stray_ctrl_c_mid_exposure_never_lose_dose(seed, pps, at_ms, noise, ctrl_c):
+    """Random bytes on the host->board line mid-press: without a 0x03 the
+    board skips them and exposes on; with one, the firmware leaves for the
+    REPL: emission stops at once and the event is committed with every
+    pulse the plant delivered, marked interrupted. No pulse ever leaves
+    without a held switch (the hardware chain), nor after the firmware
+    stopped (its enable line)."""
+    noise = noise.replace(b"\x03", b"")
+    if ctrl_c is not None:
+        cut = min(ctrl_c, len(noise))
+        noise = noise[:cut] + b"\x03" + noise[cut:]
+    plant = Plant(PlantConfig(seed=seed, structures=False, field_lines=16, field_pixels=16),
+                  Timeline().press(100 * MS, 4_000 * MS))
+    sim = FastSim(plant, pixels=True)
+    sim.run_until(5 * MS)
+    sim.command("set_config", {"pixels_per_line": 16, "lines_per_frame": 16, "pulses_per_s": pps})
+    sim.command("arm")
+    sim.run_until(100 * MS + at_ms * MS)
+    before = len(plant.pulses)
+    sim.link.to_board += noise  # raw: not stuffed, as line noise is not
+    sim.run_until(5_000 * MS)
+    sim.parse_output()
+    assert all(p.inputs.switch for p in plant.pulses)
+    records = [r for _, r in journal.decode_records(sim.store.read("journal.bin"))[0] if r.get("kind") == "event"]
+    if ctrl_c is None:
+        assert not sim.at_repl and len(plant.pulses) > before  # exposed on
+        assert [r["pulses"] for r in records] == [len(plant.pulses)] and "interrupted" not in records[0]
+        return
+    assert sim.at_repl and plant.emission_offs
+    assert all(p.t_us < plant.emission_offs[0] for p in plant.pulses)
+    stopped = [b for _, name, b in sim.host.events if name == "stopped"]
+    assert stopped and stopped[0]["then"] == "REPL"
+    # Every pulse delivered is in the journal, in the one event of the press.
+    assert sum(r["pulses"] for r in records) == len(plant.pulses)
+    if plant.pulses:
+        assert records[-1]["interrupted"] == "ctrl-c" and records[-1]["final"]

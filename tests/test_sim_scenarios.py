@@ -66,8 +66,14 @@ def test_host_link_loss_stops_emission_within_200_ms():
     times = [p.t_us for p in plant.pulses]
     assert any(t < 700 * MS for t in times)
     assert not any(t > 700 * MS + 200 * MS for t in times)  # and the link's return restarts nothing
-    # Events sent while the cable was out are lost; the host asks again.
-    assert sim.command("status")["state"] == "READY"
+    # Events sent while the cable was out are lost; the host asks again. The
+    # session that armed the board was gone: it is disarmed, so a later press
+    # never exposes for nobody.
+    status = sim.command("status")
+    assert status["state"] == "IDLE"
+    plant.timeline.press(3100 * MS, 3500 * MS)
+    sim.run_until(4 * S)
+    assert not any(t > 700 * MS + 200 * MS for t in (p.t_us for p in plant.pulses))
 
 
 def test_a_stalled_loop_stops_emission_and_the_watchdog_resets_the_board():

@@ -4,6 +4,7 @@
 # board's HAL is passed in (main.py picks it).
 from array import array
 
+import micropython
 from micropython import const
 
 from . import brightness, commands, config, controller, dose, journal, readout, ticks, tx, wire
@@ -14,7 +15,13 @@ WATCHDOG_MS = const(100)
 MAX_SLEEP_US = const(50_000)  # the loop runs at least this often: half the watchdog timeout
 READOUT_POLL_US = const(1_000)  # while lines are landing
 DOSE_DISPLAY_US = const(500_000)  # dose displays twice a second while exposing
-CHECKPOINT_US = const(10_000_000)  # journal progress during a long press
+# The open event's record is checkpointed this often while exposing: a power
+# cut at any instant loses at most this much of its dose (SPEC 2.5: 1 s).
+CHECKPOINT_US = const(500_000)
+# A packet whose bytes stop coming this long (the link timeout) never ends:
+# it is dropped, so that a host that died mid-write cannot leave the board
+# deaf, nor have its later bytes taken for the rest of that packet.
+RX_GAP_US = const(200_000)
 LINES_PER_PUMP = const(32)  # lines sent per loop pass: the loop stays within ~1 ms on a board
 
 # Delivered technique must stay this close to the setpoint, or a fault latches.
@@ -53,6 +60,11 @@ _IDLE_PIXELS = const(8)
 BLOCK_NAMES = ("none", "door open", "key off", "generator not ready", "host link lost", "fault latched",
                "not armed", "release the switch first")
 
+# Why an irradiation event ended before its release ("interrupted" in its
+# journal record): the firmware left for the REPL, or the board was reset or
+# lost power mid-press (found at the next boot, by its reset cause).
+INTERRUPTED_BY_CAUSE = {"power": "power", "watchdog": "watchdog", "soft": "reset"}
+
 
 class Press:
     """The irradiation event in progress: one press of the switch. Its start
@@ -71,7 +83,8 @@ class Press:
         self.ma_sum = 0.0
         self.pulse_width_ms = t.pulse_width_ms
         self.pulses_per_s = t.pulses_per_s
-        self.next_checkpoint_us = ticks.add(now_us, CHECKPOINT_US)
+        self.next_checkpoint_us = now_us  # the first, as soon as a pulse is accounted; then every CHECKPOINT_US
+        self.interrupted = None  # why it ended before its release, if it did
 
 
 class App:
@@ -93,6 +106,11 @@ class App:
         self.account = dose.DoseAccount(c.dose_notify)
         self.decoder = wire.CommandDecoder(1024)
         self.rxbuf = bytearray(512)
+        self.rx_last_us = now  # when the host's last byte came (RX_GAP_US)
+        self.packets_bad_version = 0
+        # The host session this board answers (hello's "session"): a hello
+        # from another one disarms, as the session that armed is gone.
+        self.session = None
         # The board's budget first: a frame buffer the RAM cannot give is
         # never asked for. The fault says why, and a configure that fits
         # (then fault_reset) brings the board back.
@@ -129,6 +147,7 @@ class App:
         self.alarm_5min = False
         self.hlc_tone = False
         self.pulses_refused = 0
+        self.pulses_withheld = 0  # refused by the hardware as the switch was released
         self.commands_bad = 0
         self.fault_message = ""
         self.state_sent = -1
@@ -139,16 +158,21 @@ class App:
         hal.generator_set(c.kv, c.ma)
         self.journal = None
         journal_error = None
+        cause = hal.reset_cause()
+        recovered = None
         try:
-            self.journal = journal.Journal(hal.storage)
+            j = journal.Journal(hal.storage)
+            self.journal = j
+            recovered = self._recover(j, cause)
             self._restore()
         except (OSError, ValueError, KeyError) as exc:
             self.journal = None
             journal_error = "journal unreadable: %s" % exc
-        cause = hal.reset_cause()
         self.tx.event(tx.EV_BOOT, now, {"firmware": FIRMWARE_VERSION, "protocol": wire.PROTOCOL_VERSION,
                                         "board": hal.BOARD, "serial": self.serial, "reset_cause": cause,
                                         "exam": self.exam_id})
+        if recovered is not None:
+            self._irradiation_event(recovered, now)
         # Boot checks done: disarmed. A switch held now does not expose
         # (the controller needs to see it released first).
         self.ctl.state = controller.IDLE
@@ -232,6 +256,17 @@ class App:
 
     # -- journal --------------------------------------------------------------
 
+    def _recover(self, j, cause):
+        """An event cut short by a reset or power loss: its last checkpoint
+        committed to journal j, marked interrupted (the record, or None)."""
+        rec = j.unfinished()
+        if rec is None:
+            return None
+        rec["final"] = True
+        rec["interrupted"] = INTERRUPTED_BY_CAUSE.get(cause, cause)
+        j.append(rec)
+        return rec
+
     def _restore(self):
         """Cumulative exam values from the last committed record."""
         last = self.journal.last if self.journal is not None else None
@@ -272,13 +307,24 @@ class App:
     def _press_record(self, p, final):
         a = self.account
         n = p.pulses if p.pulses else 1
-        return {"kind": "event", "exam": self.exam_id, "event": p.event_id, "final": final,
-                "start_us": p.start_us, "end_us": p.end_us, "pulses": p.pulses, "capped_pulses": p.capped,
-                "kv": round(p.kv_sum / n, 2), "ma": round(p.ma_sum / n, 3), "pulse_width_ms": p.pulse_width_ms,
-                "pulses_per_s": p.pulses_per_s, "hlc": p.hlc, "kerma_ugy": p.kerma.value(),
-                "kap_ugy_m2": p.kap.value(), "total_kerma_ugy": a.kerma.value(),
-                "total_kap_ugy_m2": a.kap.value(), "total_pulses": a.pulses, "fluoro_s": a.switch_s,
-                "fluoro_us": a.switch_us}
+        rec = {"kind": "event", "exam": self.exam_id, "event": p.event_id, "final": final,
+               "start_us": p.start_us, "end_us": p.end_us, "pulses": p.pulses, "capped_pulses": p.capped,
+               "kv": round(p.kv_sum / n, 2), "ma": round(p.ma_sum / n, 3), "pulse_width_ms": p.pulse_width_ms,
+               "pulses_per_s": p.pulses_per_s, "hlc": p.hlc, "kerma_ugy": p.kerma.value(),
+               "kap_ugy_m2": p.kap.value(), "total_kerma_ugy": a.kerma.value(),
+               "total_kap_ugy_m2": a.kap.value(), "total_pulses": a.pulses, "fluoro_s": a.switch_s,
+               "fluoro_us": a.switch_us}
+        if p.interrupted:
+            rec["interrupted"] = p.interrupted
+        return rec
+
+    def _irradiation_event(self, rec, now_us):
+        """Tell the host an event is committed (its journal record)."""
+        body = {"exam": rec["exam"], "event": rec["event"], "pulses": rec["pulses"],
+                "kerma_ugy": rec["kerma_ugy"], "kap_ugy_m2": rec["kap_ugy_m2"]}
+        if rec.get("interrupted"):
+            body["interrupted"] = rec["interrupted"]
+        self.tx.event(tx.EV_IRRADIATION, now_us, body)
 
     # -- events ---------------------------------------------------------------
 
@@ -338,11 +384,56 @@ class App:
             while self.running:
                 self.poll()
         except KeyboardInterrupt:
-            # Ctrl-C from the host: to the REPL, where the board must stay
-            # (to be re-flashed) without the watchdog resetting it.
-            self.hal.watchdog_stop()
+            # Ctrl-C from the host (mpremote, or a stray 0x03 on the line):
+            # to the REPL, where the board must stay (to be re-flashed).
+            self.leave("ctrl-c", "Ctrl-C on the host link")
             raise
-        self.hal.watchdog_stop()  # exit_to_repl
+        except BaseException as exc:  # a firmware defect: its traceback goes to the REPL
+            self.leave("error", "firmware error: %s %s" % (type(exc).__name__, exc))
+            raise
+        self.leave("exit_to_repl", "the host asked for the REPL")
+
+    def leave(self, why, text, then="REPL"):
+        """The firmware stops running (to the REPL, or before a reset):
+        emission off first, then every irradiation event committed (the
+        open one with the dose of its last pulse, marked interrupted by
+        `why`), the host told, and the watchdog stopped (a board at the
+        prompt must not reset under mpremote). Each step is tried on its
+        own: one that fails (perhaps the reason for leaving) must not stop
+        the rest. A second Ctrl-C must not cut this short either."""
+        micropython.kbd_intr(-1)
+        hal = self.hal
+        try:
+            hal.emission_off()
+        except Exception:
+            pass
+        now = self.last_us
+        try:
+            now = hal.ticks_us()
+            self.clock.seen(now)
+            if not self.pend_done:  # the pulse in flight: its dose once it has ended
+                hal.wait_exactly(self.pend[3])
+                now = hal.ticks_us()
+                self.clock.seen(now)
+                self._pulse_end(now)
+        except Exception:
+            pass
+        try:
+            prev = self.ctl.state
+            if self.press is not None:
+                self.press.interrupted = why
+            self.ctl.disarm()
+            self.state_changed(prev, now)
+            self.pend_done = True
+            self._commit_closing(now)
+            self.tx.event(tx.EV_STOPPED, now, {"reason": text, "then": then})
+        except Exception:
+            pass
+        try:
+            hal.watchdog_stop()
+        except Exception:
+            pass
+        micropython.kbd_intr(3)
 
     def poll(self):
         """One pass of the main loop."""
@@ -358,7 +449,15 @@ class App:
         hal.read_inputs(self.inputs)
         n = hal.link_read(self.rxbuf)
         if n:
-            for _, ptype, seq, payload in self.decoder.feed(memoryview(self.rxbuf)[:n]):
+            self.rx_last_us = now
+            for version, ptype, seq, payload in self.decoder.feed(memoryview(self.rxbuf)[:n]):
+                if version != wire.PROTOCOL_VERSION:
+                    # Not this board's protocol: never run, never taken for a live host.
+                    self.packets_bad_version += 1
+                    if ptype == wire.PKT_COMMAND:
+                        self.tx.response(seq, wire.ERR_VERSION, "board speaks protocol %d, the packet %d"
+                                         % (wire.PROTOCOL_VERSION, version))
+                    continue
                 if payload is None:
                     if ptype == wire.PKT_COMMAND:
                         self.commands_bad += 1
@@ -370,6 +469,8 @@ class App:
                 ctl.host_seen(now)
                 if ptype == wire.PKT_COMMAND:
                     commands.handle(self, seq, payload, now)
+        elif self.decoder.partial() and ticks.diff(now, self.rx_last_us) > RX_GAP_US:
+            self.decoder.drop_partial()
         prev = ctl.state
         block_before = ctl.block
         pressed_before = self.switch_before
@@ -430,8 +531,22 @@ class App:
         if ticks.diff(p.due_us, t_fire) > 0:  # decided ahead (ctl.lead_us): leave on time, never early
             hal.wait_exactly(p.due_us)
             t_fire = hal.ticks_us()
+        # From the pulse leaving to its being in flight (self.pend), a Ctrl-C
+        # (raised anywhere by a board's USB stack) would lose its dose: it
+        # waits (for the link's byte, the HALs raise it themselves).
+        micropython.kbd_intr(-1)
         if not hal.generator_fire(width_us, self.ctl.technique.period_us()):
+            micropython.kbd_intr(3)
             self.readout.cancel()
+            # The hardware chain holds the exposure switch too: a release in
+            # the moment between reading it and firing is no fault (the next
+            # pass sees it). Any other refusal is: an interlock the firmware
+            # did not see open (or did not look at) latches, as before.
+            inputs = self.inputs
+            hal.read_inputs(inputs)
+            if not inputs.switch:
+                self.pulses_withheld += 1
+                return
             self.pulses_refused += 1
             self.fault(FAULT_PULSE_REFUSED, now, "pulse %d refused by the hardware interlocks" % p.pulse_id)
             return
@@ -441,6 +556,7 @@ class App:
                      p.capped, p.hlc)
         self.pend_done = False
         self.pend_press = self.press
+        micropython.kbd_intr(3)
         if p.hlc and not self.hlc_tone:
             self.hlc_tone = True
             self.alarm("hlc_tone", True, now)
@@ -524,20 +640,34 @@ class App:
         if ctl.state == controller.EXPOSING and ticks.diff(now, self.next_display_us) >= 0:
             self.dose_display(now)
             self.next_display_us = ticks.add(now, DOSE_DISPLAY_US)
+        self._commit_closing(now)
+        p = self.press
+        if p is not None and p.pulses and ticks.diff(now, p.next_checkpoint_us) >= 0:
+            p.end_us = self.clock.us(now)
+            p.next_checkpoint_us = ticks.add(now, CHECKPOINT_US)
+            self.checkpoint(p, now)
+
+    def checkpoint(self, p, now_us):
+        """The open event so far, where a power cut cannot lose it."""
+        if self.journal is None:
+            self.fault(FAULT_STORAGE, now_us, "no journal")
+            return
+        try:
+            self.journal.checkpoint(self._press_record(p, False))
+        except OSError as exc:
+            self.fault(FAULT_STORAGE, now_us, "checkpoint: %s" % exc)
+
+    def _commit_closing(self, now):
+        """Commit the events that have ended once their last pulse is
+        accounted (a new press may already have started)."""
         while self.closing and (self.pend_done or self.pend_press is not self.closing[0]):
             c = self.closing.pop(0)
             if c.end_us <= c.start_us:
                 c.end_us = self.clock.us(now)
-            if self.commit(self._press_record(c, True), now):
-                self.tx.event(tx.EV_IRRADIATION, now, {"exam": self.exam_id, "event": c.event_id,
-                                                       "pulses": c.pulses, "kerma_ugy": c.kerma.value(),
-                                                       "kap_ugy_m2": c.kap.value()})
+            rec = self._press_record(c, True)
+            if self.commit(rec, now):
+                self._irradiation_event(rec, now)
             self.dose_display(now)
-        p = self.press
-        if p is not None and ticks.diff(now, p.next_checkpoint_us) >= 0:
-            p.end_us = self.clock.us(now)
-            p.next_checkpoint_us = ticks.add(now, CHECKPOINT_US)
-            self.commit(self._press_record(p, False), now)
 
     def _next_wake(self, now):
         """The next moment that matters (inputs and host bytes wake the loop

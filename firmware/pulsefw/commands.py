@@ -99,14 +99,27 @@ def handle(app, seq, payload, now):
         after(app, now)
 
 
+MAX_SESSION_ID = const(64)
+
+
 def hello(app, args, now):
-    _only(args, ("protocol",))
+    _only(args, ("protocol", "session"))
     v = args.get("protocol")
     if v is True or v is False or not isinstance(v, int):
         raise Refused(wire.ERR_BAD_ARGUMENT, "protocol must be a whole number")
     if v != wire.PROTOCOL_VERSION:
         raise Refused(wire.ERR_VERSION, "board speaks protocol %d, host %d" % (wire.PROTOCOL_VERSION, v))
-    return {"protocol": wire.PROTOCOL_VERSION, "firmware": app_version(app), "firmware_hash": app.firmware_hash(),
+    session = args.get("session")
+    if session is not None and (not isinstance(session, str) or not 0 < len(session) <= MAX_SESSION_ID):
+        raise Refused(wire.ERR_BAD_ARGUMENT, "session must be a text of 1..%d characters" % MAX_SESSION_ID)
+    if session != app.session:
+        # Another host session: the one that armed the board is gone.
+        prev = app.ctl.state
+        app.ctl.disarm()
+        app.state_changed(prev, now)
+        app.session = session
+    return {"protocol": wire.PROTOCOL_VERSION, "session": session, "firmware": app_version(app),
+            "firmware_hash": app.firmware_hash(),
             "board": app.hal.BOARD,
             "serial": app.serial, "detector_serial": app.detector_serial,
             "link_bytes_per_s": app.hal.LINK_BYTES_PER_S, "max_frame_bytes": app.hal.MAX_FRAME_BYTES,
@@ -193,6 +206,8 @@ def status(app, args, now):
         "frames": r.frames_total, "lines_sent": r.lines_sent_total, "lines_lost": r.lines_lost_total,
         "pulses_refused": app.pulses_refused, "commands_bad": app.commands_bad,
         "rx_bytes_skipped": d.bytes_skipped, "rx_header_errors": d.header_errors, "rx_crc_errors": d.crc_errors,
+        "rx_partial_dropped": d.partial_dropped, "rx_bad_version": app.packets_bad_version,
+        "pulses_withheld": app.pulses_withheld,
     }
 
 
@@ -279,6 +294,7 @@ def dark_frames(app, args, now):
 
 
 def _after_reboot(app, now):
+    app.leave("reset", "the host asked for a reset", "reset")
     app.hal.reset()
 
 

@@ -190,6 +190,12 @@ class Controller:
         frame)."""
         block = self.blocked_by(now_us, inputs)
         self.block = block
+        if self.state in (READY, EXPOSING, HOLD) and ticks.diff(now_us, self.last_host_us) > LINK_TIMEOUT_US:
+            # The session that armed the board is gone: disarm, so that a
+            # later press never exposes for nobody (whatever else blocks).
+            self.state = IDLE
+            self.released_seen = False
+            return None
         if not inputs.switch:
             self.released_seen = True
         if self.state == EXPOSING:

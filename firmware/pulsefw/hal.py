@@ -66,6 +66,12 @@ class Hal:
         hardware interlock chain refused it."""
         raise NotImplementedError
 
+    def emission_off(self):
+        """Stop emission now and hold it off until the board restarts: no
+        pulse leaves after this returns (the firmware is leaving for the
+        REPL or a reset). Not on the hot path."""
+        raise NotImplementedError
+
     def generator_feedback(self, out):
         """Measured mean kV and mA of the last pulse into out[0], out[1]
         (a preallocated array('f', 2)); valid once the pulse has ended."""

@@ -138,6 +138,12 @@ class Rp2Hal(Hal):
         g.put(lf)
         return g.get() != 0  # the gate says at once whether the interlock let it fire
 
+    def emission_off(self):
+        # The gate's state machine stopped, its pin taken back from the PIO
+        # and driven low: no pulse until the board restarts.
+        self._gate.active(0)
+        self._gate_pin.init(machine.Pin.OUT, value=0)
+
     def generator_feedback(self, out):
         n = self._samples
         if n:
@@ -227,6 +233,11 @@ class Rp2Hal(Hal):
         while n < len(buf) and self._host_waiting():
             if self._stdin.readinto(one) != 1:
                 break
+            if one[0] == 0x03:
+                # Ctrl-C read as data: the USB stack's own interrupt was off
+                # (kbd_intr(-1) while a pulse is being fired). Ordinary
+                # traffic never holds it (byte stuffing): the REPL is asked for.
+                raise KeyboardInterrupt
             buf[n] = one[0]
             n += 1
         return n

@@ -33,6 +33,7 @@ OP_RESET = const(0x58)  # -> ack; the plant server restarts the board
 OP_WDT_STOP = const(0x57)  # -> ack
 OP_DARK = const(0x52)  # width_us u32 -> ack: read the armed frame with the beam off
 OP_IDENT = const(0x4E)  # -> seed u32 (the simulated hardware's identity)
+OP_EMISSION_OFF = const(0x4F)  # -> ack: the generator's enable dropped until the board restarts
 
 INPUT_SWITCH = const(1)
 INPUT_DOOR_CLOSED = const(2)
@@ -103,6 +104,9 @@ class SimHal(Hal):
 
     def generator_feedback(self, out):
         self.port.generator_feedback(out)
+
+    def emission_off(self):
+        self.port.emission_off()
 
     def detector_arm(self, frame_buf, landed, lines, pixels, pixel_format):
         self.port.detector_arm(frame_buf, landed, lines, pixels, pixel_format)
@@ -227,6 +231,9 @@ class PlantClient:
         struct.pack_into("<I", self.req, 1, width_us)
         self.ask(OP_FIRE, 4, 1)
         return self.ans[0] == 1
+
+    def emission_off(self):
+        self.ask(OP_EMISSION_OFF, 0, 1)
 
     def generator_feedback(self, out):
         self.ask(OP_FEEDBACK, 0, 8)

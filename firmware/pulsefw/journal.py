@@ -10,6 +10,13 @@
 # repairs a torn tail by writing the good prefix to a new file and renaming
 # it over the old one (rename is atomic on littlefs and POSIX), so appends
 # always follow good data.
+#
+# The irradiation event in progress is not appended to the journal while it
+# runs: its record so far is the checkpoint file (one record, replaced
+# atomically twice a second), so that a power cut loses under a second of
+# dose while the journal grows by one record per event. At the next boot a
+# checkpoint whose event was never committed is committed, marked
+# interrupted (unfinished()).
 import json
 import struct
 from binascii import crc32
@@ -98,9 +105,10 @@ class Journal:
     """Append records; read them back after any reset. Only the last record
     and where the current exam starts stay in RAM; reads go to the file."""
 
-    def __init__(self, store, name="journal.bin"):
+    def __init__(self, store, name="journal.bin", checkpoint_name="press.bin"):
         self.store = store
         self.name = name
+        self.checkpoint_name = checkpoint_name
         data = store.read(name)
         records, good = decode_records(data)
         if good != len(data):
@@ -122,6 +130,29 @@ class Journal:
         if record.get("kind") == "exam":
             self.exam_seq = self.next_seq
         self.next_seq += 1
+
+    def checkpoint(self, record):
+        """The open event's record so far, replacing the last checkpoint in
+        one atomic write. When this returns it survives any reset or power
+        loss (unfinished() gives it back if the event is never committed)."""
+        self.store.replace(self.checkpoint_name, encode_record(self.next_seq, record))
+
+    def unfinished(self):
+        """The checkpointed record of an event that was never committed (the
+        board lost power or was reset mid-press), or None. Events are
+        committed in order, so one committed since has a later (exam,
+        event) than the checkpoint's, or the same."""
+        records = decode_records(self.store.read(self.checkpoint_name))[0]
+        if not records:
+            return None
+        rec = records[-1][1]
+        if rec.get("kind") != "event":
+            return None
+        if self.last is not None:
+            last = self.last[1]
+            if (rec.get("exam", 0), rec.get("event", 0)) <= (last.get("exam", 0), last.get("event", 0)):
+                return None
+        return rec
 
     def read(self, from_seq=0, max_records=-1):
         """(seq, record) pairs from the file, from from_seq on."""

@@ -16,6 +16,7 @@ EV_DOSE = const(5)  # dose displays, at least once a second while exposing
 EV_BLOCKED = const(6)  # a press did not expose: why
 EV_EXAM = const(7)  # a new exam started
 EV_IRRADIATION = const(8)  # an irradiation event (one press) was committed to the journal
+EV_STOPPED = const(9)  # the firmware stops running (to the REPL, or for a reset): why
 
 EVENT_NAMES = {
     EV_BOOT: "boot",
@@ -26,6 +27,7 @@ EVENT_NAMES = {
     EV_BLOCKED: "blocked",
     EV_EXAM: "exam",
     EV_IRRADIATION: "irradiation",
+    EV_STOPPED: "stopped",
 }
 
 # Log levels (LOG payload: level u8, timestamp_us u64, text).

@@ -129,6 +129,17 @@ def put_u64(buf, offset, hi, lo):
     buf[offset + 7] = (hi >> 24) & 0xFF
 
 
+def put_seq_and_check(head, seq, check_part, scratch):
+    """A preallocated packet's seq, then its header check (check_part: a
+    view of head[4:10]), without allocating: CRCs go straight into buffers,
+    as on a 32-bit board their values would be long integers (crc.py)."""
+    head[6] = seq & 0xFF
+    head[7] = (seq >> 8) & 0xFF
+    crc32_into(scratch, 0, check_part)
+    head[10] = scratch[0]
+    head[11] = scratch[1]
+
+
 class LineEncoder:
     """Line packets for a fixed geometry with buffers allocated once.
 
@@ -160,14 +171,7 @@ class LineEncoder:
         if len(pixels) != self.pixel_bytes:
             raise ValueError("pixel data has the wrong length")
         h = self.head
-        h[6] = seq & 0xFF
-        h[7] = (seq >> 8) & 0xFF
-        # CRCs straight into the packet: on a 32-bit board their values
-        # would be long integers (crc.py).
-        c = self._check
-        crc32_into(c, 0, self._check_part)
-        h[10] = c[0]
-        h[11] = c[1]
+        put_seq_and_check(h, seq, self._check_part, self._check)
         struct.pack_into("<IH", h, HEADER_SIZE, frame_id, line_index)
         struct.pack_into("<I", h, HEADER_SIZE + 12, pulse_id)
         put_u64(h, HEADER_SIZE + 16, ts_hi, ts_lo)
@@ -201,12 +205,7 @@ class TrailerEncoder:
     def fill(self, seq, frame_id, pulse_id, ts_hi, ts_lo, lines_per_frame, lines_sent,
              kv, ma, pulse_width_ms, air_kerma_ugy, kap_ugy_m2):
         p = self.packet
-        p[6] = seq & 0xFF
-        p[7] = (seq >> 8) & 0xFF
-        c = self._check
-        crc32_into(c, 0, self._check_part)
-        p[10] = c[0]
-        p[11] = c[1]
+        put_seq_and_check(p, seq, self._check_part, self._check)
         struct.pack_into("<II", p, HEADER_SIZE, frame_id, pulse_id)
         put_u64(p, HEADER_SIZE + 8, ts_hi, ts_lo)
         struct.pack_into("<HHfffff", p, HEADER_SIZE + 16, lines_per_frame, lines_sent, kv, ma, pulse_width_ms,
@@ -254,6 +253,13 @@ class CommandDecoder:
     input is skipped with the host assembler's resynchronisation rule: after
     a failed candidate, scanning resumes one byte after its sync marker. The
     buffer is allocated once; a packet longer than max_payload is refused.
+
+    A packet cut short (a host that died mid-write, a header whose length
+    was damaged into another good header) must not hold the bytes after it:
+    a host writes each packet whole, so a good header starting inside an
+    unfinished packet means that packet never ends, and it is dropped at
+    once; with nothing after it, the board drops it after a gap in the
+    traffic (drop_partial, called by the main loop).
     """
 
     def __init__(self, max_payload=1024):
@@ -266,6 +272,7 @@ class CommandDecoder:
         self.header_errors = 0
         self.crc_errors = 0
         self.too_long = 0
+        self.partial_dropped = 0  # packets cut short: dropped for a later good header, or after a gap
 
     def feed(self, data):
         out = []  # type: list
@@ -290,6 +297,37 @@ class CommandDecoder:
                 self._parse(out)  # full: make room (the buffer holds the largest packet)
         self._parse(out)
         return out
+
+    def partial(self):
+        """Bytes of an unfinished packet are waiting."""
+        return self.n > 0
+
+    def drop_partial(self):
+        """Drop what is buffered: the rest of that packet is not coming."""
+        if self.n:
+            self.partial_dropped += 1
+            self.bytes_skipped += self.n
+            self.n = 0
+        self.escaped = False
+
+    def _good_header_at(self, i):
+        """A sync marker with a header whose check holds starts at i."""
+        buf = self.buf
+        return (buf[i] == SYNC0 and buf[i + 1] == SYNC1 and buf[i + 2] == SYNC2 and buf[i + 3] == SYNC3
+                and crc32(self.mv[i + 4:i + 10]) & 0xFFFF == buf[i + 10] | (buf[i + 11] << 8))
+
+    def _later_header(self):
+        """Where a good header starts after the sync marker at 0 (-1: none
+        yet). Searched from just past that marker: a packet cut inside its
+        own header leaves the next one's marker there."""
+        i = 4
+        while True:
+            i = self.buf.find(SYNC, i, self.n)
+            if i < 0 or self.n - i < HEADER_SIZE:
+                return -1
+            if self._good_header_at(i):
+                return i
+            i += 1
 
     def _discard(self, k):
         n = self.n - k
@@ -331,7 +369,14 @@ class CommandDecoder:
                 continue
             total = HEADER_SIZE + length + CRC_SIZE
             if self.n < total:
-                return
+                j = self._later_header()
+                if j < 0:
+                    return
+                # Cut short: the host has sent a new packet since.
+                self.partial_dropped += 1
+                self.bytes_skipped += j
+                self._discard(j)
+                continue
             want = buf[total - 4] | (buf[total - 3] << 8) | (buf[total - 2] << 16) | (buf[total - 1] << 24)
             if crc32(self.mv[4:total - CRC_SIZE]) & 0xFFFFFFFF != want:
                 self.crc_errors += 1

@@ -40,6 +40,8 @@ class ScriptedHal:
         self.out = bytearray()
         self.buf = None
         self.cause = "power"
+        self.watchdog_stopped = False
+        self.emission_is_off = False
 
     # self.now is the board's time; the firmware gets its ticks, which wrap
     # at 2**30 (a test may start the clock just before a wrap).
@@ -60,6 +62,9 @@ class ScriptedHal:
         if d > 0:
             self.now += d
 
+    def wait_exactly(self, deadline_us):
+        ScriptedHal.wait_until(self, deadline_us)
+
     def read_inputs(self, inputs):
         inputs.switch = self.switch
         inputs.door_closed = self.door_closed
@@ -72,8 +77,12 @@ class ScriptedHal:
         self.ma = ma
 
     def generator_fire(self, width_us, period_us):
+        # The hardware chain: the door, the switch (a deadman switch) and
+        # the enable line the firmware drops on its way out.
+        if not (self.door_closed and self.switch) or self.emission_is_off:
+            return False
         self.fired.append((self.now, self.kv, self.ma, width_us))  # (board time)
-        return self.door_closed
+        return True
 
     def generator_feedback(self, out):
         out[0] = self.kv
@@ -101,7 +110,10 @@ class ScriptedHal:
         pass
 
     def watchdog_stop(self):
-        pass
+        self.watchdog_stopped = True
+
+    def emission_off(self):
+        self.emission_is_off = True
 
     def reset_cause(self):
         return self.cause
@@ -134,8 +146,8 @@ def packets(data):
 
 
 class Board:
-    def __init__(self, disk=None, max_frame_bytes=None, start_us=0):
-        self.hal = ScriptedHal(disk)
+    def __init__(self, disk=None, max_frame_bytes=None, start_us=0, hal=None):
+        self.hal = hal if hal is not None else ScriptedHal(disk)
         self.hal.now = start_us  # the board's time at power-on
         if max_frame_bytes is not None:
             self.hal.MAX_FRAME_BYTES = max_frame_bytes
@@ -565,3 +577,220 @@ def test_while_exposing_only_pulses_allocate_not_loop_passes():
     # The same pulses, four times the passes: the passes add nothing (each
     # pulse allocates its dose arithmetic and its share of the displays).
     assert abs(fast - slow) <= slow // 20, (slow, fast)
+
+
+# -- leaving the firmware, power cuts, and the link's edge cases ------------------
+
+
+class CtrlCHal(ScriptedHal):
+    """A board whose USB stack raises KeyboardInterrupt on a 0x03, as a
+    Pico's does (and the simulated board's link): at_us, one arrives."""
+
+    def __init__(self, disk=None):
+        ScriptedHal.__init__(self, disk)
+        self.ctrl_c_at = None
+        self.script = []  # (board time, callable), run as time passes
+
+    def wait_until(self, deadline_us):
+        ScriptedHal.wait_until(self, deadline_us)
+        while self.script and self.script[0][0] <= self.now:
+            self.script.pop(0)[1]()
+
+    def link_read(self, buf):
+        if self.ctrl_c_at is not None and self.now >= self.ctrl_c_at:
+            self.ctrl_c_at = None
+            raise KeyboardInterrupt
+        return ScriptedHal.link_read(self, buf)
+
+
+def _ping(hal, seq):
+    hal.rx += wire.stuff(wire.encode(wire.PKT_COMMAND, seq, b"\x0e{}"))
+
+
+def test_ctrl_c_mid_exposure_stops_emission_and_commits_the_event_marked_interrupted():
+    disk = Disk()
+    hal = CtrlCHal(disk)
+    b = Board(hal=hal)
+    b.ok("set_config", {"pixels_per_line": 64, "lines_per_frame": 32, "pulses_per_s": 15})
+    b.ok("arm")
+    for k in range(1, 30):  # the host's heartbeat
+        hal.script.append((k * 100_000, lambda k=k: _ping(hal, 1000 + k)))
+    hal.script.append((200_000, lambda: setattr(hal, "switch", True)))
+    hal.script.sort(key=lambda e: e[0])
+    # Mid-exposure, inside a pulse (15 pps from 200 ms: the 20th leaves at
+    # 1,466,654 us and is 10 ms wide): its dose is counted too.
+    hal.ctrl_c_at = 1_470_000
+    got = None
+    try:
+        b.app.run()
+    except KeyboardInterrupt:
+        got = "KeyboardInterrupt"
+    assert got == "KeyboardInterrupt"  # on to the REPL, as a board does
+    assert hal.emission_is_off and hal.watchdog_stopped
+    fired = len(hal.fired)
+    assert fired == 20 and hal.fired[-1][0] == 200_000 + 19 * 66_666
+    stopped = b.events(tx.EV_STOPPED)
+    assert stopped and stopped[-1]["then"] == "REPL" and "Ctrl-C" in stopped[-1]["reason"]
+    irr = b.events(tx.EV_IRRADIATION)
+    assert len(irr) == 1 and irr[0]["pulses"] == fired and irr[0]["interrupted"] == "ctrl-c"
+    # In the journal, every pulse fired: a new firmware on the same disk reads it.
+    again = Board(disk)
+    report = again.ok("dose_report")
+    assert report["pulses"] == fired and report["events"][0]["pulses"] == fired
+    assert report["events"][0]["interrupted"] == "ctrl-c" and report["events"][0]["final"]
+    assert again.events(tx.EV_IRRADIATION) == []  # nothing left to recover
+
+
+def _press_then_cut(disk, press_us, pps=15):
+    """A press of press_us, then the power goes: what the board fired."""
+    b = Board(disk)
+    b.ok("set_config", {"pixels_per_line": 64, "lines_per_frame": 32, "pulses_per_s": pps})
+    b.ok("arm")
+    b.run(10_000)
+    b.hal.switch = True
+    b.run(press_us)
+    return len(b.hal.fired)
+
+
+def test_a_power_cut_mid_press_loses_under_a_second_and_the_event_comes_back_interrupted():
+    for press_us in (120_000, 700_000, 2_345_000, 9_000_000):
+        disk = Disk()
+        fired = _press_then_cut(disk, press_us)
+        again = Board(disk)  # power back on: the same filesystem, a new firmware
+        recovered = again.events(tx.EV_IRRADIATION)
+        report = again.ok("dose_report")
+        kept = report["pulses"]
+        assert fired - 15 <= kept <= fired, (press_us, fired, kept)  # at most 1 s of 15 pps missing
+        if kept:
+            assert recovered and recovered[0]["interrupted"] == "power" and recovered[0]["pulses"] == kept
+            ev = report["events"][-1]
+            assert ev["interrupted"] == "power" and ev["final"] and ev["pulses"] == kept
+        # Counted once: a second boot recovers nothing more.
+        third = Board(disk)
+        assert third.events(tx.EV_IRRADIATION) == [] and third.ok("dose_report")["pulses"] == kept
+
+
+def test_an_event_committed_before_the_cut_is_not_recovered_twice():
+    disk = Disk()
+    b = Board(disk)
+    b.ok("arm")
+    b.run(10_000)
+    b.hal.switch = True
+    b.run(1_200_000)
+    b.hal.switch = False
+    b.run(100_000)
+    total = b.ok("dose_report")["pulses"]
+    again = Board(disk)
+    assert again.events(tx.EV_IRRADIATION) == []
+    report = again.ok("dose_report")
+    assert report["pulses"] == total and len(report["events"]) == 1 and "interrupted" not in report["events"][0]
+
+
+def test_the_journal_grows_one_record_per_event_however_long_the_press():
+    disk = Disk()
+    _press_then_cut(disk, 20_000_000)
+    before = len(disk.read("journal.bin"))
+    b = Board(disk)  # recovers the event: one record
+    records = b.app.journal.read_all()
+    assert len(disk.files["journal.bin"]) > before and len(records) == 1
+
+
+def test_a_packet_cut_short_does_not_hold_the_next_ones():
+    b = Board()
+    # A header announcing 1000 bytes, then only 10 of them: the host died mid-write.
+    cut = wire.encode(wire.PKT_COMMAND, 77, b"\x04" + b" " * 999)[:wire.HEADER_SIZE + 10]
+    b.hal.rx += cut
+    b.app.poll()
+    # The next session's command is answered at once, not after 1 kB more.
+    status, body = b.send("status")
+    assert status == wire.ERR_OK and body["state"] == "IDLE"
+    assert body["rx_partial_dropped"] == 1
+    # Alone, a partial packet is dropped after a gap in the traffic.
+    b.hal.rx += cut
+    b.app.poll()
+    assert b.app.decoder.partial()
+    b.hal.now += app.RX_GAP_US + 1_000
+    b.app.poll()
+    assert not b.app.decoder.partial()
+    assert b.ok("status")["rx_partial_dropped"] == 2
+    assert [p for t, p in b.all_packets() if t == wire.PKT_RESPONSE
+            and struct.unpack("<H", p[:2])[0] == 77] == []  # the cut command never ran
+
+
+def test_a_packet_of_another_protocol_version_is_refused_and_changes_nothing():
+    b = Board()
+    payload = wire.command_payload(4, b"{}")  # arm
+    pkt = bytearray(wire.encode(wire.PKT_COMMAND, 9, payload))
+    pkt[4] = wire.PROTOCOL_VERSION + 1
+    pkt[10:12] = struct.pack("<H", wire.header_check(bytes(pkt[4:10])))
+    from binascii import crc32
+
+    pkt[len(pkt) - 4:] = struct.pack("<I", crc32(bytes(pkt[4:len(pkt) - 4])) & 0xFFFFFFFF)
+    b.hal.rx += wire.stuff(bytes(pkt))
+    b.app.poll()
+    answers = [p for t, p in b.new_packets() if t == wire.PKT_RESPONSE]
+    assert len(answers) == 1 and struct.unpack("<HB", answers[0][:3]) == (9, wire.ERR_VERSION)
+    status = b.ok("status")
+    assert status["state"] == "IDLE" and status["rx_bad_version"] == 1
+
+
+def test_a_hello_from_another_session_disarms_a_board_armed_by_the_last():
+    b = Board()
+    b.ok("hello", {"protocol": wire.PROTOCOL_VERSION, "session": "a"})
+    b.ok("arm")
+    assert b.ok("hello", {"protocol": wire.PROTOCOL_VERSION, "session": "a"})["session"] == "a"
+    assert b.ok("status")["state"] == "READY"  # the same session again (a retried hello)
+    b.ok("hello", {"protocol": wire.PROTOCOL_VERSION, "session": "b"})
+    assert b.ok("status")["state"] == "IDLE"
+    assert b.send("hello", {"protocol": wire.PROTOCOL_VERSION, "session": 7})[0] == wire.ERR_BAD_ARGUMENT
+    assert b.send("hello", {"protocol": wire.PROTOCOL_VERSION, "session": "x" * 65})[0] == wire.ERR_BAD_ARGUMENT
+
+
+def test_a_host_that_goes_silent_leaves_the_board_disarmed():
+    b = Board()
+    b.ok("arm")
+    b.run(10_000)
+    b.hal.switch = True
+    b.run(300_000)
+    fired = len(b.hal.fired)
+    assert fired >= 2
+    end = b.hal.now + 500_000
+    while b.hal.now < end:  # no heartbeat
+        b.app.poll()
+    assert b.app.ctl.state == controller.IDLE
+    assert len(b.hal.fired) <= fired + 2  # within the link timeout (7.5 pps)
+    b.hal.switch = False
+    b.run(100_000)
+    b.hal.switch = True
+    b.run(500_000)  # the host is back, a fresh press: nobody armed for it
+    assert b.app.ctl.state == controller.IDLE and b.events(tx.EV_IRRADIATION)[0]["pulses"] == len(b.hal.fired)
+
+
+def test_a_release_as_a_pulse_is_due_is_no_fault():
+    b = Board()
+    b.ok("arm")
+    b.run(10_000)
+    b.hal.switch = True
+    b.run(200_000)
+    # The switch opens in the hardware chain after the firmware read it
+    # held, just before the next pulse: the hardware refuses that pulse.
+    read, fire = b.hal.read_inputs, b.hal.generator_fire
+    state = {"refused": False}
+
+    def stale_read(inputs):
+        read(inputs)
+        if not state["refused"]:
+            inputs.switch = True
+
+    def chain(width_us, period_us):
+        ok = fire(width_us, period_us)
+        state["refused"] = state["refused"] or not ok
+        return ok
+
+    b.hal.switch = False
+    b.hal.read_inputs, b.hal.generator_fire = stale_read, chain
+    b.run(200_000)
+    assert state["refused"]
+    status = b.ok("status")
+    assert status["state"] == "HOLD" and status["fault"] == 0
+    assert status["pulses_refused"] == 0 and status["pulses_withheld"] == 1

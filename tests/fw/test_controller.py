@@ -100,9 +100,32 @@ def test_host_link_loss_stops_emission_within_200_ms():
     drive(ctl, inputs, 10, 1000)
     fired = drive(ctl, inputs, 1000, 3000, host=False)  # host silent from 1.0 s
     assert fired and max(fired) <= 1000 + controller.LINK_TIMEOUT_US // 1000
-    assert ctl.state == controller.READY
-    # The link coming back does not restart X-rays either.
+    # The session that armed it is gone: disarmed, not merely stopped.
+    assert ctl.state == controller.IDLE and ctl.block == controller.BLOCK_LINK
+    # The link coming back does not restart X-rays either, nor does a fresh
+    # press: the next session must arm first.
     assert drive(ctl, inputs, 3000, 4000) == []
+    inputs.switch = False
+    drive(ctl, inputs, 4000, 4010)
+    inputs.switch = True
+    assert drive(ctl, inputs, 4010, 4500) == []
+    ctl.arm()
+    inputs.switch = False
+    drive(ctl, inputs, 4500, 4510)
+    inputs.switch = True
+    assert drive(ctl, inputs, 4510, 4520) == [4510]
+
+
+def test_a_board_armed_by_a_host_that_went_away_is_disarmed_whatever_else_blocks():
+    ctl, inputs = armed_controller()
+    ctl.arm()
+    drive(ctl, inputs, 1, 10)
+    inputs.door_closed = False  # the door's block comes first, the link is lost too
+    drive(ctl, inputs, 10, 1000, host=False)
+    assert ctl.state == controller.IDLE
+    inputs.door_closed = True
+    inputs.switch = True  # the host back, a press: nobody armed for it
+    assert drive(ctl, inputs, 1000, 2000) == [] and ctl.state == controller.IDLE
 
 
 def test_fault_latches_until_reset_and_a_fresh_press():
@@ -223,10 +246,12 @@ def test_minutes_of_host_silence_and_of_idling_go_stale_nowhere():
         t = ticks.add(t, 1000)
         assert ctl.step(t, inputs) is None  # the link is still lost
     assert ctl.block == controller.BLOCK_LINK
-    # The host comes back after 15 minutes (and a fresh press): the first
-    # pulse comes at once, not a stale period later.
+    assert ctl.state == controller.IDLE  # the silence disarmed the board
+    # The host comes back after 15 minutes, arms, and a fresh press: the
+    # first pulse comes at once, not a stale period later.
     inputs.switch = False
     ctl.host_seen(t)
+    ctl.arm()
     t = ticks.add(t, 1000)
     ctl.step(t, inputs)
     inputs.switch = True

@@ -20,7 +20,7 @@ from ..mpcompat import import_firmware
 from .detector import DEAD_FRACTION, Detector, DetectorSpec, FrameTruth, Readout, landing_times_us
 from .generator import WIDTH_MAX_US, WIDTH_MIN_US, Generator, Waveform, tube_output_ugy_per_mas
 from .phantom import Phantom
-from .timeline import LEVEL_DEFAULTS, Timeline
+from .timeline import LEVEL_DEFAULTS, WATER_CM_MAX, WATER_CM_MIN, Timeline
 
 _fwdose = import_firmware("pulsefw.dose")
 _hal_sim = import_firmware("pulsefw.hal_sim")
@@ -49,8 +49,8 @@ class PlantConfig:
     def __post_init__(self) -> None:
         if self.adc_bits not in (12, 16):
             raise ValueError(f"adc_bits must be 12 or 16, got {self.adc_bits}")
-        if not (math.isfinite(self.water_cm) and 0.0 <= self.water_cm <= 100.0):
-            raise ValueError(f"water_cm must be within 0..100 cm, got {self.water_cm}")
+        if not (math.isfinite(self.water_cm) and WATER_CM_MIN <= self.water_cm <= WATER_CM_MAX):
+            raise ValueError(f"water_cm must be within {WATER_CM_MIN:g}..{WATER_CM_MAX:g} cm, got {self.water_cm}")
         if self.watchdog_timeout_us <= 0:
             raise ValueError(f"watchdog timeout must be > 0 us, got {self.watchdog_timeout_us}")
 
@@ -149,6 +149,10 @@ class Plant:
         self._line_loss_after_us = -1
         self._wd = _Watchdog()
         self.dark_frames: list[FrameTruth] = []  # readouts with the beam off, in order
+        # The generator's enable line: dropped by the firmware on its way out
+        # (to the REPL, or a reset), raised only by the board starting again.
+        self.emission_enabled = True
+        self.emission_offs: list[int] = []  # plant time of each emission_off
 
     def identity(self) -> tuple[str, str]:
         """(board serial, detector serial): the simulated hardware is drawn
@@ -225,10 +229,24 @@ class Plant:
     def generator_feedback(self) -> tuple[float, float, int]:
         return self._feedback
 
+    def emission_off(self, t_us: int) -> None:
+        """The firmware drops the generator's enable: nothing fires until
+        the board starts again (board_started)."""
+        self.emission_enabled = False
+        self.emission_offs.append(t_us)
+
+    def board_started(self) -> None:
+        """The board (re)started, its firmware about to run: the enable line
+        comes up with it."""
+        self.emission_enabled = True
+
     def _refusals(self, t_us: int, width_us: int) -> list[str]:
-        # The hardware interlock chain. The exposure switch is deliberately
-        # not in it: honouring it is the firmware's job, and the judge's check.
+        # The hardware interlock chain, in series with the gate whatever the
+        # firmware does: the exposure switch (a deadman switch, as wired on a
+        # real generator), door, key, generator, watchdog and enable line.
         reasons = []
+        if not self.emission_enabled:
+            reasons.append("emission_off")
         if not self.generator.has_technique:
             reasons.append("no_technique")
         if not WIDTH_MIN_US <= width_us <= WIDTH_MAX_US:
@@ -236,6 +254,8 @@ class Plant:
         if self.watchdog_expired(t_us):
             reasons.append("watchdog_expired")
         s = self.timeline.state_at(t_us)
+        if not s["switch"]:
+            reasons.append("switch_released")
         if s["generator_fault"]:
             reasons.append("generator_fault")
         if not s["door_closed"]:

@@ -25,6 +25,7 @@ FLOAT_LEVELS = frozenset({"water_cm", "kv_error", "ma_error"})
 IMPULSES = frozenset({"line_loss", "stall"})
 LEVEL_SIGNALS = BOOL_SIGNALS | FLOAT_LEVELS
 EVENT_NAMES = LEVEL_SIGNALS | IMPULSES
+WATER_CM_MIN, WATER_CM_MAX = 0.0, 100.0  # the phantom's slab: an open field up to far beyond any patient
 
 # State before any event. water_cm is the SPEC 3 default slab; the plant
 # overrides it with its own configuration.
@@ -68,8 +69,8 @@ def _check(t_us: Any, name: Any, value: Any) -> Event:
     v = float(value)
     if not math.isfinite(v):
         raise ValueError(f"{name} at {t_us} us must be finite, got {v}")
-    if name == "water_cm" and not 0.0 <= v <= 100.0:
-        raise ValueError(f"water_cm at {t_us} us must be within 0..100 cm, got {v}")
+    if name == "water_cm" and not WATER_CM_MIN <= v <= WATER_CM_MAX:
+        raise ValueError(f"water_cm at {t_us} us must be within {WATER_CM_MIN:g}..{WATER_CM_MAX:g} cm, got {v}")
     if name in ("kv_error", "ma_error") and not -1.0 < v <= 1.0:
         raise ValueError(f"{name} at {t_us} us is a fraction of the setpoint within (-1, 1], got {v}")
     if name == "line_loss" and (v < 0 or not v.is_integer()):

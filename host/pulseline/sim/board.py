@@ -350,6 +350,7 @@ class SimBoard:
         assert self.proc.stdout is not None and self.proc.stdin is not None
         with self.server.lock:
             self.server.board_pid = self.proc.pid
+            self.plant.board_started()  # the generator's enable comes up with the board
         os.set_blocking(self.proc.stdout.fileno(), False)
         os.set_blocking(self.proc.stdin.fileno(), False)
         # The pipe stands for the board's own USB buffer: the link model paces

@@ -65,6 +65,12 @@ class PipeLink:
 
     def read(self, buf: bytearray) -> int:
         n = min(len(buf), len(self.to_board))
+        cut = self.to_board.find(b"\x03", 0, n)
+        if cut >= 0:
+            # Ctrl-C: never in stuffed traffic, so the REPL is asked for (or
+            # the line is noisy); a board's USB stack raises it, as here.
+            del self.to_board[:cut + 1]
+            raise KeyboardInterrupt
         if n:
             buf[:n] = self.to_board[:n]
             del self.to_board[:n]
@@ -117,6 +123,9 @@ class VirtualPort:
         if truth is not None:
             self.copied = 0
         return truth is not None
+
+    def emission_off(self) -> None:
+        self.plant.emission_off(self.sim.now_us)
 
     def generator_feedback(self, out: Any) -> None:
         kv, ma, _ = self.plant.generator_feedback()
@@ -260,6 +269,7 @@ class FastSim:
     # -- the board ------------------------------------------------------------
 
     def _boot(self) -> None:
+        self.plant.board_started()
         hal = hal_sim.SimHal(self.port, self.link, self.store)
         self.app = app_module.App(hal)
 
@@ -318,13 +328,20 @@ class FastSim:
             if stall is not None and stall < self._end_us:
                 self._end_us = stall  # wake the loop at the stall
             before = self.now_us
+            left = False
             try:
                 self.app.poll()
             except BoardReset as exc:
                 self.reboot(str(exc))
-            if not self.app.running:
-                # Exit to the REPL: the firmware is no longer running; the
-                # board idles at its prompt (Stage 3's simulated board has one).
+            except KeyboardInterrupt:
+                # Ctrl-C on the link (PipeLink.read, as a board's USB stack):
+                # the firmware leaves for the REPL, as App.run has it do.
+                self.app.leave("ctrl-c", "Ctrl-C on the host link")
+                left = True
+            if left or not self.app.running:
+                if not left:  # exit_to_repl: App.run leaves once its loop ends
+                    self.app.leave("exit_to_repl", "the host asked for the REPL")
+                # The board idles at its prompt: the firmware no longer runs.
                 self.at_repl = True
                 self.now_us = t_us
                 break

@@ -28,6 +28,7 @@ _ARG_SIZES = {
     hal_sim.OP_HELLO: 0, hal_sim.OP_INPUTS: 0, hal_sim.OP_SET: 8, hal_sim.OP_FIRE: 4, hal_sim.OP_FEEDBACK: 0,
     hal_sim.OP_ARM: 5, hal_sim.OP_POLL: 0, hal_sim.OP_WDT_START: 4, hal_sim.OP_WDT_FEED: 0, hal_sim.OP_CAUSE: 0,
     hal_sim.OP_RESET: 0, hal_sim.OP_WDT_STOP: 0, hal_sim.OP_DARK: 4, hal_sim.OP_IDENT: 0,
+    hal_sim.OP_EMISSION_OFF: 0,
 }
 _CAUSE_CODES = {"power": 0, "watchdog": 1, "soft": 2}
 # Linux: the kernel's receive time of a request (SO_TIMESTAMPNS, which
@@ -203,6 +204,9 @@ class PlantServer:
                 elif op == hal_sim.OP_FEEDBACK:
                     kv, ma, _ = p.generator_feedback()
                     out = struct.pack("<ff", kv, ma)
+                elif op == hal_sim.OP_EMISSION_OFF:
+                    p.emission_off(now)
+                    out = b"\x01"
                 elif op == hal_sim.OP_ARM:
                     lines, pixels, fmt = struct.unpack("<HHB", args)
                     p.detector_arm(now, lines, pixels, fmt)
