@@ -40,6 +40,12 @@ def main() -> int:
     pulseline = str(BIN / "pulseline")
     mpremote = str(BIN / "mpremote")
     fs = Path(".pulseline") / f"{NAME}.fs"
+    from .sim.board import BoardInUse, check_free
+
+    try:
+        check_free(NAME, fs)  # never the filesystem of a board still running
+    except BoardInUse as exc:
+        raise SystemExit(f"demo: {exc}") from None
     if fs.exists():
         import shutil
 

@@ -32,6 +32,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,7 @@ import numpy as np
 
 from ..mpcompat import import_firmware
 from ..plant import Plant, PlantConfig, Timeline
+from . import peer
 from .link import FaultSpec, LinkClass, LinkDirection, parse_faults, parse_link
 from .plantserver import PlantServer
 
@@ -59,6 +61,12 @@ STATE_DIR = Path(".pulseline")
 PIPE_BYTES = 1 << 20  # the interpreter's stdout pipe: see _launch
 MAX_PENDING_OUT = 256 * 1024  # bytes queued for a host that is not reading: beyond, output is dropped (as USB CDC does)
 BUSY_MESSAGE = b"port busy: another program has it open\r\n"
+# Output a socket:// client has not taken: beyond this it is disconnected,
+# as a serial server (ser2net) drops a TCP client that stopped reading,
+# rather than hold up the board and the other host (the pty) for it.
+MAX_CLIENT_BACKLOG = 4 << 20
+MAX_CONTROL_LINE = 64 << 10  # a control request is one short JSON line
+MAX_CONTROL_BACKLOG = 1 << 20  # answers a control client has not read
 INTERRUPT_GRACE_S = 0.5  # a firmware that ignores Ctrl-C this long gets SIGINT
 HEAP = "16M"
 
@@ -142,15 +150,169 @@ class BoardFiles:
     def default_fs(self) -> Path:
         return self.state_dir / f"{self.name}.fs"
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the running board of this name, for its life."""
+        return self.state_dir / f"{self.name}.lock"
+
+
+class BoardInUse(ValueError):
+    """A simulated board already runs with this name or on this filesystem."""
+
+
+def check_name(name: str) -> str:
+    """A board's name names files in its state directory: one plain word."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"bad simulated board name {name!r}: use a plain name such as ttyACM0")
+    return name
+
 
 def next_free_name(state_dir: Path = STATE_DIR) -> str:
     k = 0
     while True:
         name = f"ttyACM{k}"
-        f = BoardFiles(name, state_dir).state_file
-        if not f.exists() or not _alive(_read_state(f).get("pid", 0)):
+        if not _name_held(BoardFiles(name, state_dir)):
             return name
         k += 1
+
+
+def private_dir(path: Path) -> None:
+    """A directory only its owner can enter (a board's state: the pty link,
+    its endpoints, its log and default filesystem)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        path.chmod(0o700)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Owner-only, and whole: a reader never sees half a state file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _flock_ex(fd: int) -> bool:
+    """Take an exclusive flock, unless a board holds one. A board holds its
+    locks exclusively; a check (_name_held, check_free) holds a shared one
+    for a moment, which must not pass for a running board: then try again."""
+    for _ in range(1000):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            pass
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # held exclusively: a board's
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        time.sleep(0.001)
+    return False
+
+
+def _lock_file(path: Path) -> int | None:
+    """An exclusive flock on `path` (created owner-only), or None if a board
+    holds it. The holder removes the file when it stops: a lock taken on a
+    file removed meanwhile is on nothing, so it is taken again."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        if not _flock_ex(fd):
+            os.close(fd)
+            return None
+        try:
+            same = os.path.samestat(os.stat(path), os.fstat(fd))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def _lock_dir(path: Path) -> int | None:
+    """An exclusive flock on a directory (the board's filesystem), or None."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if not _flock_ex(fd):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _held(path: Path, directory: bool = False) -> bool:
+    """A board holds its lock on `path` (a shared lock cannot be had)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECTORY if directory else os.O_NOFOLLOW))
+    except OSError:
+        return False  # no lock file: no board has it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _name_held(files: BoardFiles) -> bool:
+    """A running board holds this name."""
+    return _held(files.lock)
+
+
+def _flock_holder(path: Path) -> int | None:
+    """The pid holding a flock on `path` (/proc/locks), if it can be told."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks") as fh:
+            rows = fh.read().splitlines()
+    except OSError:
+        return None
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for row in rows:
+        cols = row.split()  # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"; waiters have "->" in cols[1]
+        if len(cols) >= 6 and cols[1] == "FLOCK" and cols[5] == key:
+            with contextlib.suppress(ValueError):
+                return int(cols[4])
+    return None
+
+
+def _same_dir(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _name_in_use(files: BoardFiles) -> BoardInUse:
+    st = _read_state(files.state_file)
+    if not (st and _alive(int(st.get("pid", 0)))):
+        st = {"pid": _flock_holder(files.lock)}  # still starting: no state file yet
+    pid, fs = st.get("pid") or "?", st.get("fs", "?")
+    return BoardInUse(f"simulated board {files.name!r} is already running (pid {pid}, fs {fs}): "
+                      f"stop it first (pulseline sim stop --name {files.name}) or give another --name")
+
+
+def _fs_in_use(fs_dir: Path, state_dir: Path) -> BoardInUse:
+    holder = next((b for b in running_boards(state_dir) if _same_dir(b.get("fs", ""), fs_dir)), None)
+    if holder is not None:
+        who = f"simulated board {holder['name']!r} (pid {holder['pid']})"
+    else:  # not in this state directory, or still starting
+        who = f"another simulated board (pid {_flock_holder(fs_dir) or '?'})"
+    return BoardInUse(f"filesystem {fs_dir.resolve()} is already in use by {who}: one board per filesystem; "
+                      "stop it first or give another --fs")
+
+
+def check_free(name: str, fs_dir: str | Path | None = None, state_dir: Path = STATE_DIR) -> None:
+    """BoardInUse if a board runs with this name, or on this filesystem (by
+    default the name's own), in state_dir: a check before starting one in
+    the background (the board's own start decides, with its locks)."""
+    files = BoardFiles(check_name(name), state_dir)
+    if _name_held(files):
+        raise _name_in_use(files)
+    fs = Path(fs_dir) if fs_dir is not None else files.default_fs
+    if fs.is_dir() and _held(fs, directory=True):
+        raise _fs_in_use(fs, state_dir)
 
 
 def _alive(pid: int) -> bool:
@@ -162,6 +324,10 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    # A zombie has finished (a detached board's parent is init, which in a
+    # container may never reap it).
+    with contextlib.suppress(OSError, IndexError), open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rpartition(")")[2].split()[0] not in ("Z", "X")
     return True
 
 
@@ -178,7 +344,8 @@ def running_boards(state_dir: Path = STATE_DIR) -> list[dict[str, Any]]:
     if state_dir.is_dir():
         for f in sorted(state_dir.glob("*.json")):
             st = _read_state(f)
-            if st and _alive(int(st.get("pid", 0))):
+            # Its lock held too: a dead board's pid may have been reused.
+            if st and _alive(int(st.get("pid", 0))) and _name_held(BoardFiles(str(st.get("name")), state_dir)):
                 out.append(st)
     return out
 
@@ -206,7 +373,8 @@ def find_board(name: str | None, state_dir: Path = STATE_DIR) -> dict[str, Any]:
 @dataclass
 class _Client:
     sock: socket.socket
-    buf: bytearray = field(default_factory=bytearray)
+    buf: bytearray = field(default_factory=bytearray)  # received, not yet handled (control lines)
+    out: bytearray = field(default_factory=bytearray)  # to send: the socket is non-blocking
 
 
 class SimBoard:
@@ -218,9 +386,14 @@ class SimBoard:
                  water_cm: float | None = None, start_us: int = 0) -> None:
         self.state_dir = Path(state_dir)
         self.start_us = start_us  # plant time (the board's) at power-on
-        self.name = name or next_free_name(self.state_dir)
+        self._auto_name = name is None  # start() moves on to the next free ttyACM<n> if this one is taken
+        self.name = check_name(name) if name is not None else next_free_name(self.state_dir)
         self.files = BoardFiles(self.name, self.state_dir)
+        self._fs_given = fs_dir is not None
         self.fs_dir = Path(fs_dir) if fs_dir is not None else self.files.default_fs
+        self._locks: list[int] = []  # flock'd: the name's lock file, then the filesystem directory
+        self._started = False
+        self.errors: list[str] = []  # what went wrong with a client (also on stderr: a detached board's log)
         self.link_class: LinkClass = parse_link(link)
         self.fault_spec, self.faults_both_ways = parse_board_faults(faults)
         self.record = record
@@ -260,13 +433,56 @@ class SimBoard:
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> SimBoard:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.fs_dir.mkdir(parents=True, exist_ok=True)
+        """BoardInUse (a ValueError) if a board runs with this name or on
+        this filesystem."""
+        private_dir(self.state_dir)
+        self._take_locks()
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _take_locks(self) -> None:
+        """One board per name and per filesystem, held until stop() (or the
+        process's end: a dead board's locks go with it, whatever state
+        files it left)."""
+        while True:
+            fd = _lock_file(self.files.lock)
+            if fd is not None:
+                fs_fd = None
+                try:
+                    self.fs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    fs_fd = _lock_dir(self.fs_dir)
+                finally:
+                    if fs_fd is None:  # the name given back, its lock file with it (still ours to remove)
+                        with contextlib.suppress(FileNotFoundError):
+                            self.files.lock.unlink()
+                        os.close(fd)
+                if fs_fd is not None:
+                    self._locks = [fd, fs_fd]
+                    return
+                if not self._auto_name or self._fs_given:
+                    raise _fs_in_use(self.fs_dir, self.state_dir)
+            elif not self._auto_name:
+                raise _name_in_use(self.files)
+            # A name picked for us and taken meanwhile (or its default filesystem): the next one.
+            self.name = f"ttyACM{int(self.name.removeprefix('ttyACM')) + 1}"
+            self.files = BoardFiles(self.name, self.state_dir)
+            if not self._fs_given:
+                self.fs_dir = self.files.default_fs
+
+    def _start(self) -> None:
         self._tmp = Path(tempfile.mkdtemp(prefix="pulseline-sim-"))
         (self._tmp / "machine.py").write_text(MACHINE_SHIM)
         (self._tmp / "os.py").write_text(OS_SHIM)
         self.server = PlantServer(self.plant, start_us=self.start_us)
         self.master, self._slave = pty.openpty()
+        # The owner's alone: a pty can come out 0620, group tty (write(1),
+        # wall(1)), and whoever opens it talks to the board's REPL.
+        os.fchmod(self._slave, 0o600)
         tty.setraw(self._slave)
         os.set_blocking(self.master, False)
         self.pty_path = os.ttyname(self._slave)
@@ -288,10 +504,9 @@ class SimBoard:
         with contextlib.suppress(FileNotFoundError):
             link.unlink()
         link.symlink_to(self.pty_path)
-        self.files.state_file.write_text(json.dumps(self.describe(), indent=1))
+        _write_private(self.files.state_file, json.dumps(self.describe(), indent=1))
         self._thread = threading.Thread(target=self._io_loop, name=f"sim-{self.name}", daemon=True)
         self._thread.start()
-        return self
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "pid": os.getpid(), "pty": self.pty_path, "link_path": str(self.files.link),
@@ -307,6 +522,9 @@ class SimBoard:
             if s is not None:
                 s.close()
         for c in self.clients + self.control_clients:
+            if c.out:  # a last answer (to the stop, say), if it fits
+                with contextlib.suppress(OSError):
+                    c.sock.send(c.out)
             c.sock.close()
         for _, conn, _ in self._refused:
             conn.close()
@@ -316,10 +534,17 @@ class SimBoard:
                     os.close(fd)
         if getattr(self, "server", None) is not None:
             self.server.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.files.link.unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self.files.state_file.unlink()
+        if self._started:  # only the board holding the name clears its files
+            with contextlib.suppress(FileNotFoundError):
+                self.files.link.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self.files.state_file.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self.files.lock.unlink()  # under the lock: see _lock_file
+            self._started = False
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
         if getattr(self, "_tmp", None) is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -465,11 +690,11 @@ class SimBoard:
                 self.dropped_out += excess
                 del self._pending_out[:excess]
             for c in list(self.clients):
-                try:
-                    c.sock.sendall(out)
-                except OSError:
-                    self.clients.remove(c)
-                    c.sock.close()
+                c.out += out
+                if len(c.out) > MAX_CLIENT_BACKLOG:
+                    self._drop(c, f"it left more than {MAX_CLIENT_BACKLOG >> 20} MB of output unread")
+                else:
+                    self._flush(c)
         if self._pending_out:
             try:
                 n = os.write(self.master, self._pending_out)
@@ -483,32 +708,104 @@ class SimBoard:
 
     def _io_loop(self) -> None:
         while not self._stop.is_set():
-            p = self.proc
-            fds: list[Any] = [self.master, self._tcp, self._ctl]
-            fds += [c.sock for c in self.clients] + [c.sock for c in self.control_clients]
-            if p is not None and p.stdout is not None:
-                fds.append(p.stdout.fileno())
-            timeout = 0.01
-            assert self._to_board is not None and self._to_host is not None
-            for d in (self._to_board, self._to_host):
-                t = d.next_ready_s()
-                if t is not None:
-                    timeout = min(timeout, max(0.0, t - time.monotonic()))
-            if self._pending_out or self._pending_in:
-                timeout = min(timeout, 0.001)
             try:
-                readable, _, _ = select.select(fds, [], [], timeout)
-            except (OSError, ValueError):
+                self._io_step()
+            except Exception as exc:  # the board outlives any one failure; it is logged
+                self._log_error(f"I/O loop: {type(exc).__name__}: {exc}")
+                self._stop.wait(0.01)  # (one that recurs must not spin a CPU)
+
+    def _log_error(self, text: str) -> None:
+        """Said on stderr (a detached board's log) and kept for tests;
+        a failure that repeats every turn of the loop is said once."""
+        if self.errors and self.errors[-1] == text:
+            return
+        self.errors.append(text)
+        del self.errors[:-100]
+        with contextlib.suppress(OSError, ValueError):
+            print(f"simulated board {self.name}: {text}", file=sys.stderr, flush=True)
+
+    def _drop(self, c: _Client, why: str) -> None:
+        """Hang up on a client (socket:// or control), saying why in the log."""
+        for group in (self.clients, self.control_clients):
+            if c in group:
+                group.remove(c)
+        c.sock.close()
+        self._log_error(f"dropped a client: {why}")
+
+    def _flush(self, c: _Client) -> None:
+        """Send what a client can take now, without waiting for it."""
+        try:
+            n = c.sock.send(c.out)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # reset, or gone
+            self._drop(c, f"{exc.strerror or exc}")
+            return
+        del c.out[:n]
+
+    def _io_step(self) -> None:
+        p = self.proc
+        # poll, not select: no limit on descriptor numbers (a process with
+        # many files open, or a client opening many connections).
+        poller = select.poll()
+        objs: dict[int, Any] = {}
+        clients = self.clients + self.control_clients
+        watched: list[tuple[Any, int]] = [(self.master, self.master), (self._tcp, self._tcp.fileno()),
+                                          (self._ctl, self._ctl.fileno())]
+        watched += [(c.sock, c.sock.fileno()) for c in clients]
+        if p is not None and p.stdout is not None:
+            watched.append((p.stdout.fileno(), p.stdout.fileno()))
+        sending = {id(c.sock) for c in clients if c.out}
+        for obj, fileno in watched:
+            if fileno < 0:  # a socket closed under us: forget its client
+                for c in clients:
+                    if c.sock is obj:
+                        self._drop(c, "its socket was closed")
                 continue
-            for fd in readable:
-                self._readable(fd)
-            self._deliver()
-            self._housekeeping()
+            objs[fileno] = obj
+            poller.register(fileno, select.POLLIN | (select.POLLOUT if id(obj) in sending else 0))
+        timeout = 0.01
+        assert self._to_board is not None and self._to_host is not None
+        for d in (self._to_board, self._to_host):
+            t = d.next_ready_s()
+            if t is not None:
+                timeout = min(timeout, max(0.0, t - time.monotonic()))
+        if self._pending_out or self._pending_in:
+            timeout = min(timeout, 0.001)
+        if 0 < timeout < 0.001:
+            # poll counts whole milliseconds: a link chunk due sooner (USB
+            # high speed's 125 us latency) is waited for this way.
+            events = poller.poll(0)
+            if not events:
+                time.sleep(timeout)
+                events = poller.poll(0)
+        else:
+            events = poller.poll(timeout * 1000)
+        for fileno, ev in events:
+            obj = objs[fileno]
+            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                try:
+                    self._readable(obj)  # a reset or hang-up shows as the read's error or end
+                except Exception as exc:  # the other descriptors and the deliveries still get their turn
+                    self._log_error(f"I/O loop: {type(exc).__name__}: {exc}")
+            if ev & select.POLLOUT:
+                for c in self.clients + self.control_clients:
+                    if c.sock is obj:
+                        self._flush(c)
+        self._deliver()
+        self._housekeeping()
 
     def _readable(self, fd: Any) -> None:
         p = self.proc
         if fd is self._tcp:
-            conn, _ = self._tcp.accept()
+            # Another uid's connection is closed unread: see peer.py.
+            try:
+                conn = peer.accept_own(self._tcp)
+            except OSError:  # gone before it was accepted, or no descriptor left for it
+                return
+            if conn is None:
+                return
+            conn.setblocking(False)
             self._drop_closed_clients()
             if self.clients:
                 # One host at a time, as a board's one USB port: a second
@@ -518,14 +815,18 @@ class SimBoard:
                 # connecting) and hung up a moment after that (a client
                 # reading with a timeout loses what came in the same read as
                 # the hang-up).
-                conn.setblocking(False)
                 self._refused.append([time.monotonic() + 0.05, conn, 0])
                 return
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.clients.append(_Client(conn))
         elif fd is self._ctl:
-            conn, _ = self._ctl.accept()
-            self.control_clients.append(_Client(conn))
+            try:
+                conn = peer.accept_own(self._ctl)
+            except OSError:
+                return
+            if conn is not None:
+                conn.setblocking(False)
+                self.control_clients.append(_Client(conn))
         elif fd == self.master:
             try:
                 data = os.read(self.master, 65536)
@@ -542,15 +843,24 @@ class SimBoard:
         else:
             for c in list(self.clients):
                 if c.sock is fd:
-                    data = c.sock.recv(65536)
-                    if not data:
+                    try:
+                        data = c.sock.recv(65536)
+                    except BlockingIOError:
+                        return
+                    except OSError as exc:  # reset by the client
+                        self._drop(c, f"{exc.strerror or exc}")
+                        return
+                    if not data:  # hung up (or half-closed: a serial port has no half)
                         self.clients.remove(c)
                         c.sock.close()
                     else:
                         self._from_host(data)
             for c in list(self.control_clients):
                 if c.sock is fd:
-                    self._control_readable(c)
+                    try:
+                        self._control_readable(c)
+                    except Exception as exc:  # one client's trouble ends that client only
+                        self._drop(c, f"control: {type(exc).__name__}: {exc}")
 
     def _scripted_stalls(self, p: subprocess.Popen[bytes]) -> None:
         """A `stall` on the plant's timeline freezes the interpreter (SIGSTOP)
@@ -616,17 +926,22 @@ class SimBoard:
 
     def _drop_closed_clients(self) -> None:
         """Forget clients that have hung up but whose hang-up this loop has
-        not read yet (a host that closes and reconnects at once)."""
+        not read yet (a host that closes and reconnects at once). What one
+        sent before it left is read first (it goes to the board, as it would
+        have): its hang-up, or reset, comes after that."""
         for c in list(self.clients):
-            try:
-                closed = c.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-            except BlockingIOError:
-                closed = False
-            except OSError:
-                closed = True
-            if closed:
-                self.clients.remove(c)
-                c.sock.close()
+            while True:
+                try:
+                    data = c.sock.recv(65536, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break  # still there
+                except OSError:
+                    data = b""
+                if not data:
+                    self.clients.remove(c)
+                    c.sock.close()
+                    break
+                self._from_host(data)
 
     def _housekeeping(self) -> None:
         self._refused_clients()
@@ -710,7 +1025,9 @@ class SimBoard:
     def _control_readable(self, c: _Client) -> None:
         try:
             data = c.sock.recv(65536)
-        except OSError:
+        except BlockingIOError:
+            return
+        except OSError:  # reset by the client
             data = b""
         if not data:
             self.control_clients.remove(c)
@@ -722,6 +1039,8 @@ class SimBoard:
             c.buf[:] = rest
             try:
                 req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("a control request is a JSON object")
                 op = req.get("op")
                 if op == "set":
                     ans: dict[str, Any] = {"ok": True, "t_us": self.set_input(str(req["name"]), req["value"])}
@@ -732,10 +1051,17 @@ class SimBoard:
                     self._stop.set()
                 else:
                     ans = {"ok": False, "error": f"unknown control op {op!r}"}
-            except (ValueError, KeyError, TypeError) as exc:
-                ans = {"ok": False, "error": str(exc)}
-            with contextlib.suppress(OSError):
-                c.sock.sendall(json.dumps(ans).encode() + b"\n")
+            except Exception as exc:  # any bad request gets its answer, the channel stays
+                ans = {"ok": False, "error": str(exc) or type(exc).__name__}
+            c.out += json.dumps(ans).encode() + b"\n"
+            if len(c.out) > MAX_CONTROL_BACKLOG:
+                self._drop(c, "control: it left its answers unread")
+                return
+            self._flush(c)  # at once: after a stop, the loop does not turn again
+            if c not in self.control_clients:
+                return
+        if len(c.buf) > MAX_CONTROL_LINE:
+            self._drop(c, f"control: a request longer than {MAX_CONTROL_LINE >> 10} kB")
 
     def wait(self) -> None:
         """Run until stopped (Ctrl-C, SIGTERM or a control 'stop')."""
@@ -762,6 +1088,8 @@ def load_timeline(path: str | Path | None) -> Timeline | None:
         return Timeline.from_json(json.loads(Path(path).read_text()))
     except (OSError, ValueError) as exc:
         raise ValueError(f"timeline {path}: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"timeline {path}: nested too deeply to be a timeline") from None
 
 
 class SimControl:
@@ -819,10 +1147,22 @@ def serve(args: list[str] | None = None) -> int:
     ap.add_argument("--timeline")
     ap.add_argument("--water-cm", type=float)
     ap.add_argument("--state-dir", default=str(STATE_DIR))
+    ap.add_argument("--log", help="once started, output goes here (until then: stderr, for the starter to read)")
     ns = ap.parse_args(args)
-    board = SimBoard(ns.fs, name=ns.name, link=ns.link, faults=ns.faults, seed=ns.seed,
-                     timeline=load_timeline(ns.timeline), state_dir=ns.state_dir, water_cm=ns.water_cm)
-    board.start()
+    try:
+        board = SimBoard(ns.fs, name=ns.name, link=ns.link, faults=ns.faults, seed=ns.seed,
+                         timeline=load_timeline(ns.timeline), state_dir=ns.state_dir, water_cm=ns.water_cm)
+        board.start()
+    except (ValueError, OSError) as exc:
+        print(exc, file=sys.stderr)  # one line, for `pulseline sim --detach` to say
+        return 2
+    if ns.log:
+        # Started: the starter (reading our stderr until it closes) knows it.
+        fd = os.open(ns.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+        for std in (1, 2):
+            os.dup2(fd, std)
+        os.close(fd)
     board.serve_until_stopped()
     return 0
 

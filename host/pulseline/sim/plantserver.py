@@ -21,6 +21,7 @@ import numpy as np
 
 from ..mpcompat import import_firmware
 from ..plant import Plant
+from . import peer
 
 hal_sim = import_firmware("pulsefw.hal_sim")
 
@@ -76,6 +77,8 @@ class PlantServer:
 
     def close(self) -> None:
         self._stop.set()
+        with contextlib.suppress(OSError):  # wakes the accept() the thread waits in (close alone does not)
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._sock.close()
         self._thread.join(timeout=2)
 
@@ -93,6 +96,11 @@ class PlantServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return
+            # Only the board's own uid drives the plant (another local user
+            # could otherwise fire the generator or hold the watchdog).
+            if not peer.is_own(conn):
+                conn.close()
+                continue
             self.connections += 1
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._conn = conn
