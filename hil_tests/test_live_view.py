@@ -58,14 +58,16 @@ def test_the_monitor_shows_live_frames_the_displays_and_the_last_image_held(brow
         assert "board" in page.get_by_test_id("board").inner_text()
         page.screenshot(path=evidence_dir / "1-ready.png")
 
-        # Press: the switch is held while Space is held, as a pedal.
+        # Press: the switch is held while Space is held, as a pedal. (Waits are
+        # functions, "() => ...": the page's CSP forbids the eval Playwright
+        # polls a bare expression with.)
         page.keyboard.down("Space")
-        page.wait_for_function("window.pulseline.shown.length >= 6", timeout=20_000)
+        page.wait_for_function("() => window.pulseline.shown.length >= 6", timeout=20_000)
         assert plant.status()["switch"] is True
         assert number(page, "kv") > 0 and number(page, "ma") > 0
-        page.wait_for_function("Number(document.getElementById('rate').textContent) > 0", timeout=10_000)
+        page.wait_for_function("() => Number(document.getElementById('rate').textContent) > 0", timeout=10_000)
         kerma_before = number(page, "kerma")
-        page.wait_for_function(f"Number(document.getElementById('kerma').textContent) > {kerma_before}",
+        page.wait_for_function(f"() => Number(document.getElementById('kerma').textContent) > {kerma_before}",
                                timeout=10_000)
         assert number(page, "kap") > 0
         frames = shown(page)
@@ -80,13 +82,13 @@ def test_the_monitor_shows_live_frames_the_displays_and_the_last_image_held(brow
         assert plant.status()["switch"] is False
         page.get_by_test_id("state").filter(has_text="HOLD").wait_for()
         # No exposure, no rate: the board's last dose display says so (right after the state).
-        page.wait_for_function("Number(document.getElementById('rate').textContent) === 0", timeout=5_000)
+        page.wait_for_function("() => Number(document.getElementById('rate').textContent) === 0", timeout=5_000)
         last_held = shown(page)[-1]
         page.screenshot(path=evidence_dir / "3-last-image-hold.png")
 
         # Press again: the marker goes with the first live frame, not before.
         page.keyboard.down("Space")
-        page.wait_for_function(f"window.pulseline.shown.some(f => f.pulse_id > {last_held['pulse_id']})",
+        page.wait_for_function(f"() => window.pulseline.shown.some(f => f.pulse_id > {last_held['pulse_id']})",
                                timeout=20_000)
         after = [f for f in shown(page) if f["pulse_id"] > last_held["pulse_id"]]
         assert after[0]["lih"] is False, "the first live frame of the new press still marked as held"
@@ -96,7 +98,7 @@ def test_the_monitor_shows_live_frames_the_displays_and_the_last_image_held(brow
         # A second tab: both show the board's frames, and each says two are watching.
         other = browser.new_page(viewport={"width": 1180, "height": 840})
         other.goto(view.url)
-        other.wait_for_function("window.pulseline.shown.length >= 3", timeout=20_000)
+        other.wait_for_function("() => window.pulseline.shown.length >= 3", timeout=20_000)
         for p in (page, other):
             p.get_by_test_id("tabs").filter(has_text="2 tabs are showing this board").wait_for(timeout=10_000)
         other.screenshot(path=evidence_dir / "5-second-tab.png")

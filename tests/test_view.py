@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -29,22 +30,33 @@ from pulseline.view import LiveView, encode_frame
 pytestmark = pytest.mark.micropython
 
 
+def token_of(url: str) -> str:
+    """The view's per-launch token, from the URL it prints (?token=...)."""
+    return urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["token"][0]
+
+
+def origin_of(url: str) -> str:
+    """The view's own origin, as its page's requests name it."""
+    return f"http://{urllib.parse.urlsplit(url).netloc}"
+
+
 class Tab:
     """A browser tab's side of the WebSocket: everything it receives, and
     `shown` after each frame, as the page does."""
 
     def __init__(self, url: str, *, reads: bool = True) -> None:
-        ws_url = url.replace("http://", "ws://") + "ws"
+        # As the page opens it: the token in the query, its own origin.
+        ws_url = f"ws://{urllib.parse.urlsplit(url).netloc}/ws?token={token_of(url)}"
         if reads:
-            self.ws = connect(ws_url, max_size=None, legacy=True)
+            self.ws = connect(ws_url, origin=origin_of(url), max_size=None, legacy=True)
         else:
             # A tab that never draws: a small receive window and no queue, so
             # what the server sends backs up at once.
-            host, port = url.split("//")[1].rstrip("/").split(":")
+            parts = urllib.parse.urlsplit(url)
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect((host, int(port)))
-            self.ws = connect(ws_url, sock=sock, max_size=None, max_queue=1, legacy=True)
+            sock.connect((parts.hostname, parts.port))
+            self.ws = connect(ws_url, sock=sock, origin=origin_of(url), max_size=None, max_queue=1, legacy=True)
         self.texts: list[dict] = []
         self.frames: list[tuple[dict, np.ndarray]] = []
         self.log: list[str] = []  # "frame" and text types, in order
@@ -79,7 +91,10 @@ class Tab:
 
 
 def post(url: str, body: dict, path: str = "api/control") -> dict:
-    req = urllib.request.Request(url + path, json.dumps(body).encode(), {"content-type": "application/json"})
+    """A POST as the page sends it: JSON, the token in a header, from its own origin."""
+    req = urllib.request.Request(f"{origin_of(url)}/{path}", json.dumps(body).encode(),
+                                 {"content-type": "application/json", "x-pulseline-token": token_of(url),
+                                  "origin": origin_of(url)})
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             return json.loads(r.read())
@@ -127,6 +142,9 @@ def test_a_press_shows_live_frames_and_displays_then_the_last_image_held(live):
     post(view.url, {"name": "switch", "value": False})
     status = tab.wait(lambda: [m for m in tab.texts if m["type"] == "status" and m["pulses"] > 0])
     assert status[-1]["kerma_mgy"] > 0
+    # Each press is an irradiation event: told as one, with its own number beside the kind.
+    irradiations = tab.wait(lambda: [m for m in tab.texts if m["type"] == "event" and m["event"] == "irradiation"])
+    assert irradiations[0]["event_number"] >= 1 and irradiations[0]["pulses"] > 0
 
 
 def test_the_status_refreshes_every_second_and_a_late_tab_gets_the_picture(live):
@@ -145,8 +163,7 @@ def test_a_slow_tab_loses_display_frames_and_no_one_else_does(live):
     post(view.url, {"name": "switch", "value": True})
     fast.wait(lambda: len(fast.frames) >= 40, timeout_s=20)
     post(view.url, {"name": "switch", "value": False})
-    with urllib.request.urlopen(view.url + "api/state", timeout=5) as r:
-        state = json.loads(r.read())
+    state = state_of(view.url)
     tabs = state["tabs"]
     assert len(tabs) == 2
     assert any(t["dropped"] > 0 for t in tabs)  # the slow one
@@ -216,7 +233,7 @@ def test_the_view_command_serves_the_page_and_stops_on_ctrl_c(tmp_path):
 
 
 def state_of(url: str) -> dict:
-    with urllib.request.urlopen(url + "api/state", timeout=5) as r:
+    with urllib.request.urlopen(f"{origin_of(url)}/api/state?token={token_of(url)}", timeout=5) as r:
         return json.loads(r.read())
 
 

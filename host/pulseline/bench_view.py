@@ -44,7 +44,8 @@ def _measure(session: Any, board: Any, view: Any, page: Any, pps: float) -> dict
     lost0 = session.counters().get("lines_lost", 0)
     board.press()
     # From the first frame displayed: the press's start-up is not the display's.
-    page.wait_for_function(f"window.pulseline.shown.length > {before_shown}", timeout=20_000)
+    # (A function, not an expression: the page's CSP forbids the eval Playwright polls an expression with.)
+    page.wait_for_function(f"() => window.pulseline.shown.length > {before_shown}", timeout=20_000)
     t0, in0, fired0 = time.monotonic(), view.hub.frames_in, board.status()["pulses"]
     shown0 = page.evaluate("window.pulseline.shown.length")
     time.sleep(SECONDS)

@@ -22,17 +22,38 @@ with {"type": "shown", "frame_id": n, "delay_ms": d} once it is on screen
 Without a board (none yet, or the one shown went away) the page stays up and
 says so; given how to open one (`connect`), the view keeps trying and shows
 the board when it answers.
+
+Who may drive it (the page arms the board and holds the exposure switch):
+only whoever has this launch's secret, as Jupyter does it. `url` carries it
+(?token=...); every HTTP request (the page, its script and style, the API)
+and the WebSocket handshake must present it (query `token` or header
+X-Pulseline-Token), with the view's own Host (no DNS rebinding) and, when a
+browser says where it comes from, the view's own Origin (required on POSTs
+and the WebSocket). Commands are JSON only: a cross-site form or `text/plain`
+"simple request" is refused before it reaches a handler. Every response
+forbids framing and inline script (CSP). A refused request is answered 403
+(a WebSocket: refused before it is accepted) and changes nothing. Listening
+beyond loopback needs allow_remote.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import html
+import ipaddress
 import json
+import os
 import queue
+import secrets
+import shutil
+import socket
 import struct
+import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +63,30 @@ import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .frames import Frame
 
 PAGE = Path(__file__).with_name("view_page.html")
+SCRIPT = PAGE.with_name("view_page.js")  # served as /view_page.js, STYLE as /view_page.css
+STYLE = PAGE.with_name("view_page.css")
+TOKEN_HEADER = "x-pulseline-token"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+# Sent with every HTTP response, with CSP. Its connect-src names the
+# WebSocket's origin as well as 'self': not every browser counts ws:// to the
+# same host as 'self'.
+SECURITY_HEADERS = (("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"),
+                    ("X-Content-Type-Options", "nosniff"), ("Cache-Control", "no-store"))
+CSP = ("default-src 'self'; connect-src 'self' ws://{host}; frame-ancestors 'none'; base-uri 'none'; "
+       "form-action 'none'")
+REDIRECT_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={url}">
+<title>pulseline live view</title></head>
+<body><a href="{url}">the live view</a></body></html>
+"""
 STATUS_EVERY_S = 1.0  # the displays refresh at least this often, exposing or not
 RETRY_S = 2.0  # how often a view without a board tries to open it
 ACK_TIMEOUT_S = 1.0  # a tab that has not said it drew a frame gets the next one after this long anyway
@@ -157,8 +195,178 @@ class Hub:
         c.wake.set()  # ends the sender
 
 
+def is_loopback(host: str) -> bool:
+    """Whether serving on `host` keeps the view on this machine: 127.0.0.0/8,
+    ::1 or localhost (a name that merely resolves to one is not taken)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(host: str, allow_remote: bool) -> None:
+    """ValueError, in one line, for a listen address beyond this machine
+    that was not explicitly allowed."""
+    if not is_loopback(host) and not allow_remote:
+        raise ValueError(f"--listen {host} is not a loopback address (127.0.0.0/8, ::1, localhost): other machines "
+                         "could reach the live view, and anyone with its URL could drive the board; add "
+                         "--allow-remote to open it knowingly")
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return host == "" or ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+def _netloc(name: str, port: int) -> str:
+    return f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+
+
+def _split_host(value: str) -> tuple[str, int] | None:
+    """A Host header (or an origin's host part) as (name, port): lowercased,
+    an IPv6 address without its brackets, port 80 if none; None if malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, sep, rest = value[1:].partition("]")
+        if not sep:
+            return None
+    else:
+        name = value.partition(":")[0]
+        rest = value[len(name):]
+    if rest == "":
+        port = 80
+    elif rest.startswith(":") and rest[1:].isascii() and rest[1:].isdigit():
+        port = int(rest[1:])
+    else:
+        return None
+    return (name, port) if name else None
+
+
+def _split_origin(value: str) -> tuple[str, int] | None:
+    """An Origin header's (name, port), as _split_host; None for anything
+    but http://HOST[:PORT] (the page is plain HTTP; "null" is refused)."""
+    parts = urllib.parse.urlsplit(value.strip())
+    if parts.scheme.lower() != "http" or parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+        return None
+    return _split_host(parts.netloc)
+
+
+def _is_own_address(name: str) -> bool:
+    """Whether `name` is an IP address of this machine: one a socket can be
+    bound to (the wildcard is no one's address)."""
+    try:
+        ip = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    if ip.is_unspecified or ip.is_multicast:
+        return False
+    with socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((str(ip), 0))
+        except OSError:
+            return False
+    return True
+
+
+class _Guard:
+    """ASGI middleware in front of every route: refuses (403, before any
+    handler runs) a request without this launch's token, with another Host
+    or Origin, or a command that is not JSON (see the module doc); puts the
+    security headers on every HTTP response."""
+
+    def __init__(self, app: ASGIApp, token: str, names: set[str], any_own_address: bool) -> None:
+        self.app = app
+        self.token = token.encode()
+        self.names = names  # the Host names that are this view's
+        self.any_own_address = any_own_address  # listening on every address: any of them too
+        self.port: int | None = None  # known once the server listens; until then all is refused
+
+    def _own(self, host: tuple[str, int] | None) -> bool:
+        if host is None or host[1] != self.port:
+            return False
+        return host[0] in self.names or (self.any_own_address and _is_own_address(host[0]))
+
+    def _refusal(self, scope: Scope, headers: dict[str, list[str]]) -> str | None:
+        for name in ("host", "origin", TOKEN_HEADER, "content-type"):
+            if len(headers.get(name, [])) > 1:
+                return f"refused: more than one {name} header"
+        host_text = headers.get("host", [""])[0]
+        host = _split_host(host_text)
+        if not self._own(host):
+            return f"refused: Host {host_text!r} is not this live view's (a page of another site, DNS rebinding?)"
+        # A browser names the page a request comes from: it must be this
+        # view's own. It always does on a POST and a WebSocket; a GET of its
+        # own page's resources may say nothing.
+        safe = scope["type"] == "http" and scope["method"] in ("GET", "HEAD")
+        origin = headers.get("origin", [None])[0]
+        if origin is None:
+            if not safe:
+                return "refused: no Origin header (commands and the WebSocket come from the live view's own page)"
+        elif _split_origin(origin) != host:
+            return f"refused: a request from {origin!r}: only the live view's own page may use it"
+        # A blank "token=" counts as a (wrong) token, not as none beside a header's.
+        query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        given = headers.get(TOKEN_HEADER, []) + query.get("token", [])
+        # compare_digest on bytes: on str it raises for anything not ASCII.
+        if not given or not all(hmac.compare_digest(g.encode("utf-8", "replace"), self.token) for g in given):
+            return "refused: missing or wrong token (open the URL pulseline printed, with its ?token=...)"
+        if not safe and scope["type"] == "http":
+            # Not even with the token: text/plain and forms are what a page
+            # of another site can send without asking the browser first.
+            media = headers.get("content-type", [""])[0].split(";")[0].strip().lower()
+            if media != "application/json":
+                return f"refused: commands are application/json only, not {media or 'without a content type'}"
+        return None
+
+    def _headers(self, host: tuple[str, int] | None) -> list[tuple[bytes, bytes]]:
+        # The WebSocket's origin in the CSP only from a Host already checked:
+        # never a header's text echoed into another header.
+        ws = _netloc(*host) if host is not None and self._own(host) else "localhost"
+        return [(b"content-security-policy", CSP.format(host=ws).encode()),
+                *((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS)]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers: dict[str, list[str]] = {}
+        for k, v in scope["headers"]:
+            headers.setdefault(k.decode("latin-1").lower(), []).append(v.decode("latin-1"))
+        host = _split_host(headers["host"][0]) if len(headers.get("host", [])) == 1 else None
+        extra = self._headers(host)
+        why = self._refusal(scope, headers)
+        if why is None:
+            if scope["type"] == "http":
+                async def secured(message: Message) -> None:
+                    if message["type"] == "http.response.start":
+                        ours = {k for k, _ in extra}
+                        message["headers"] = [*(h for h in message.get("headers", []) if h[0].lower() not in ours),
+                                              *extra]
+                    await send(message)
+                await self.app(scope, receive, secured)
+            else:
+                await self.app(scope, receive, send)
+            return
+        body = json.dumps({"ok": False, "error": why}).encode()
+        head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 403, "headers": head})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await receive()  # the handshake (websocket.connect): answered, never accepted
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send({"type": "websocket.http.response.start", "status": 403, "headers": head})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
+
 class LiveView:
-    """Serve one board's live view at http://HOST:PORT/.
+    """Serve one board's live view at http://HOST:PORT/?token=TOKEN (`url`).
 
     `session`: an open Session on the board, shown until it is lost.
     `connect`: instead, how to open one: a callable returning (session,
@@ -167,13 +375,23 @@ class LiveView:
     with set_input(name, value) (a simulated board's hardware), or None.
     With pump=False the caller feeds frames (show_frame) and the view only
     polls status and reads events: used by `capture --view`, whose capture
-    loop owns the frames. `log`: told each change of link in one line."""
+    loop owns the frames. `log`: told each change of link in one line.
+    `host` must be loopback unless `allow_remote` (then `reach` says who
+    can reach it)."""
 
     def __init__(self, session: Any = None, *, connect: Callable[[], tuple[Any, Any]] | None = None,
                  where: str = "", host: str = "127.0.0.1", port: int = 0, controls: Any = None,
-                 pump: bool = True, recording: bool = False, log: Callable[[str], None] | None = None) -> None:
+                 pump: bool = True, recording: bool = False, log: Callable[[str], None] | None = None,
+                 allow_remote: bool = False) -> None:
         if (session is None) == (connect is None):
             raise ValueError("a live view needs a session or a way to connect, not both")
+        if not is_loopback(host) and not allow_remote:
+            raise ValueError(f"host {host!r} is not loopback: allow_remote=True opens the live view to other "
+                             "machines")
+        self.allow_remote = allow_remote
+        self.token = secrets.token_urlsafe(32)  # this launch's; in `url`, asked of every request
+        self._guard: _Guard | None = None
+        self._browser_dir: str | None = None  # the private redirect file open_in_browser wrote
         self.session = session
         self._connect = connect
         self.where = where or getattr(session, "port", "")
@@ -189,6 +407,7 @@ class LiveView:
         self._thread: threading.Thread | None = None
         self._pump: threading.Thread | None = None
         self._host, self._port = host, port
+        self.port = 0  # the one it listens on, once started
         self.url = ""
         self.error: str | None = None
         self.link_ok: bool | None = None  # None: not yet known
@@ -200,7 +419,15 @@ class LiveView:
         # (The web stack is imported with this module, not here: a simulated
         # board served from the same process must not wait on a long import.)
         async def page(request: Request) -> HTMLResponse:
-            return HTMLResponse(PAGE.read_text())
+            # The token goes into the page (for its script's requests) and
+            # into its script's and style's addresses.
+            return HTMLResponse(PAGE.read_text().replace("__TOKEN__", self.token))
+
+        async def script(request: Request) -> Response:
+            return Response(SCRIPT.read_text(), media_type="text/javascript")
+
+        async def style(request: Request) -> Response:
+            return Response(STYLE.read_text(), media_type="text/css")
 
         async def ws(socket: WebSocket) -> None:
             await socket.accept()
@@ -249,9 +476,14 @@ class LiveView:
                                  "tabs": [{"sent": c.frames_sent, "dropped": c.frames_dropped,
                                            "shown": c.frames_shown} for c in self.hub.clients]})
 
-        return Starlette(routes=[Route("/", page), WebSocketRoute("/ws", ws),
-                                 Route("/api/control", control, methods=["POST"]),
-                                 Route("/api/command", command, methods=["POST"]), Route("/api/state", state)])
+        app = Starlette(routes=[Route("/", page), Route("/view_page.js", script), Route("/view_page.css", style),
+                                WebSocketRoute("/ws", ws), Route("/api/control", control, methods=["POST"]),
+                                Route("/api/command", command, methods=["POST"]), Route("/api/state", state)])
+        names = {*LOOPBACK_NAMES, self._host.lower().strip("[]")}
+        if self.allow_remote:  # its names too, as other machines may call it
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        self._guard = _Guard(app, self.token, names, any_own_address=self.allow_remote and _is_wildcard(self._host))
+        return self._guard
 
     def start(self) -> LiveView:
         config = uvicorn.Config(self._app(), host=self._host, port=self._port, log_level="warning",
@@ -282,12 +514,39 @@ class LiveView:
             raise OSError(self.error or f"cannot listen on {self._host}:{self._port}")
         sock = self._server.servers[0].sockets[0]
         host, port = sock.getsockname()[:2]
-        shown = "localhost" if host in ("127.0.0.1", "::1") else host
-        self.url = f"http://{shown}:{port}/"
+        assert self._guard is not None
+        self._guard.port = self.port = port
+        # Every address includes loopback: this machine's browser goes there.
+        shown = "localhost" if host in ("127.0.0.1", "::1") or _is_wildcard(host) else host
+        self.url = f"http://{_netloc(shown, port)}/?token={self.token}"
         self._say_board()
         self._pump = threading.Thread(target=self._pump_loop, name="view-pump", daemon=True)
         self._pump.start()
         return self
+
+    def reach(self) -> str:
+        """Who can reach the view, in one line, when it listens beyond this
+        machine ("" when it does not)."""
+        if is_loopback(self._host):
+            return ""
+        where = (f"this machine ({socket.gethostname()}) on port {self.port}" if _is_wildcard(self._host)
+                 else _netloc(self._host.strip("[]"), self.port))
+        return (f"the live view is open to every machine that can reach {where}, and anyone with its URL "
+                "can drive the board (arm it, hold the exposure switch)")
+
+    def open_in_browser(self) -> None:
+        """Open the page in this machine's browser, as Jupyter does: the
+        browser is given a private file that redirects to `url`, not `url`
+        itself, whose token would be on the browser's command line (other
+        local users read it in /proc). stop() removes the file."""
+        import webbrowser
+
+        self._browser_dir = tempfile.mkdtemp(prefix="pulseline-view-")  # mode 0700
+        path = Path(self._browser_dir) / "open.html"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(REDIRECT_PAGE.format(url=html.escape(self.url, quote=True)))
+        webbrowser.open(path.as_uri())
 
     # -- from the board -----------------------------------------------------------------
 
@@ -377,13 +636,17 @@ class LiveView:
             while seen < len(s.events):
                 ev = s.events[seen]
                 seen += 1
-                self.text({"type": "event", "event": ev.name, "t_us": ev.t_us, **ev.body})
+                # The body's own "event" (an irradiation event's number) is
+                # kept as event_number: "event" names the kind, and "type"
+                # and "event" come last so no body can overwrite them.
+                body = {("event_number" if k == "event" else k): v for k, v in ev.body.items()}
+                self.text({**body, "t_us": ev.t_us, "type": "event", "event": ev.name})
                 if ev.name == "dose":
-                    self.text({"type": "dose", **ev.body})
+                    self.text({**ev.body, "type": "dose"})
                 elif ev.name == "fault":
                     self.text({"type": "fault", "name": ev.body.get("name"), "message": ev.body.get("message")})
                 elif ev.name == "state":
-                    self.text({"type": "state", **ev.body})
+                    self.text({**ev.body, "type": "state"})
                     if ev.body.get("state") != "FAULT":
                         self.text({"type": "fault", "name": None})  # a tab that joins later sees none
                     if ev.body.get("state") == "HOLD":
@@ -418,6 +681,9 @@ class LiveView:
             self._thread.join(timeout=5)
         if self._connect is not None and self.session is not None and not self._pump_alive():
             self.session.close()  # one the view opened itself
+        if self._browser_dir is not None:
+            shutil.rmtree(self._browser_dir, ignore_errors=True)
+            self._browser_dir = None
 
     def _pump_alive(self) -> bool:
         return self._pump is not None and self._pump.is_alive()
