@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from pulseline.protocol import wire
-from pulseline.session import OPCODES, BoardError, Session, SessionError
+from pulseline.session import OPCODES, BoardAtRepl, BoardError, Session, SessionError
 
 COMMANDS_WITHOUT_ARGUMENTS = ["get_config", "status", "dose_report", "ping", "self_test", "alarm_reset",
                               "disarm", "fault_reset"]
@@ -23,7 +23,10 @@ def test_the_handshake_names_the_firmware_and_its_build(board, session):
     assert hello["protocol"] == wire.PROTOCOL_VERSION
     assert hello["firmware"] and len(hello["firmware_hash"]) == 64
     assert hello["serial"] and hello["detector_serial"]
-    assert hello == {**hello, **board.firmware}  # the same board the fixture met
+    # The same board the fixture met (each session is told back its own id).
+    assert hello["session"] == session.session_id != board.firmware["session"]
+    assert {k: v for k, v in hello.items() if k != "session"} == \
+        {k: v for k, v in board.firmware.items() if k != "session"}
 
 
 def test_another_protocol_generation_is_refused_with_the_numbers(session):
@@ -129,8 +132,10 @@ def test_exit_to_repl_stops_the_firmware_and_a_soft_reset_brings_it_back(board, 
     from pulseline.session import wait_for_firmware
 
     session.command("exit_to_repl")
+    assert session.wait_event("stopped", 5, then="REPL") is not None  # the firmware says it is going
     session.close()
-    with pytest.raises(SessionError, match="no answer"):
+    # A new session is told where the board is, and how to start the firmware again.
+    with pytest.raises(BoardAtRepl, match=r"the board is at the MicroPython REPL.*restart it with: mpremote"):
         Session(board.port)
     # A soft reset at the REPL (Ctrl-D, as `mpremote soft-reset` leaves it)
     # runs boot.py and main.py again.

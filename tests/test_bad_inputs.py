@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pulseline.session import Session, SessionError, wait_for_firmware
+from pulseline.session import BoardAtRepl, Session, SessionError, wait_for_firmware
 from pulseline.sim.board import SimBoard
 
 pytestmark = pytest.mark.micropython
@@ -76,8 +76,10 @@ def test_busy_port(boards):
 
 
 def test_not_a_pulseline_board(boards):
+    # (MicroPython with no pulseline firmware: it sits at its REPL, and says so when asked)
     one_line_error(cli("info", "--port", boards["bare"].pty_path, cwd=boards["tmp"]),
-                   "no answer to hello", "is the pulseline firmware running")
+                   "the board is at the MicroPython REPL, not running the pulseline firmware",
+                   "pulseline flash --port")
 
 
 def test_incompatible_firmware(boards):
@@ -131,8 +133,9 @@ def test_link_lost_mid_capture_keeps_the_frames(tmp_path):
 
 
 def test_a_board_at_the_repl_is_not_taken_for_a_dead_link(boards):
-    with pytest.raises(SessionError, match="no answer to hello"):
+    with pytest.raises(SessionError, match="the board is at the MicroPython REPL") as err:
         Session(boards["bare"].pty_path, answer_timeout_s=0.5)
+    assert isinstance(err.value, BoardAtRepl)
 
 
 def test_ctrl_c_mid_capture_ends_the_exposure_and_keeps_the_frames(tmp_path):

@@ -19,9 +19,12 @@ board and takes its bytes in the waiting thread, and times are the board's.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import queue
+import secrets
 import struct
 import threading
 import time
@@ -45,6 +48,18 @@ tx = import_firmware("pulsefw.tx")
 
 OPCODES = {name: op for op, name in commands.OP_NAMES.items()}
 HEARTBEAT_S = 0.1
+# What a MicroPython REPL prints (its banner, its prompts): a board that shows
+# these is not running the pulseline firmware.
+# Its line editor answers the probe below with "erase to the end of the
+# line" (ESC [ K): the firmware sends nothing but packets.
+REPL_MARKS = (b'Type "help()" for more information.', b">>> ", b"... ", b"raw REPL; CTRL-B to exit",
+              b"Traceback (most recent call last)", b"\x1b[K")
+# Asks a REPL to show itself without ever running code: End (twice: the
+# first may only end an escape sequence our packets left half typed), then
+# kill the line (what the REPL took our packets for), then Ctrl-B, which at
+# an empty friendly prompt (or anywhere in the raw REPL) prints the banner.
+# The firmware takes all of it for line noise.
+REPL_PROBE = b"\x1b[F\x1b[F\x15\x02"
 # Doing these twice is the same as once: safe to ask again on a lost answer.
 IDEMPOTENT = frozenset({"hello", "get_config", "set_config", "arm", "disarm", "status", "dose_report",
                         "read_journal", "fault_reset", "ping", "alarm_reset", "self_test"})
@@ -52,6 +67,10 @@ IDEMPOTENT = frozenset({"hello", "get_config", "set_config", "arm", "disarm", "s
 
 class SessionError(Exception):
     """A one-line reason the session cannot go on."""
+
+
+class BoardAtRepl(SessionError):
+    """The board is at the MicroPython REPL: its firmware has stopped."""
 
 
 class BoardError(SessionError):
@@ -69,6 +88,15 @@ class Event:
     t_us: int
     name: str
     body: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """As the summary and evidence keep it: the name under "event", the
+        time under "t_us", the body's own keys beside them, never over them
+        (an irradiation event's number, also "event", is "irradiation_event")."""
+        entry: dict[str, Any] = {"t_us": self.t_us, "event": self.name}
+        for k, v in self.body.items():
+            entry[f"{self.name}_{k}" if k in entry else k] = v
+        return entry
 
 
 class Session:
@@ -98,8 +126,24 @@ class Session:
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self._responses: dict[int, tuple[int, Any]] = {}
-        self._seq = 0
+        # Answers are taken only for commands this session sent and still
+        # waits for (an answer meant for an earlier command, or for an
+        # earlier session's, is never taken for the current one), and the
+        # handshake's answer must carry this session's id. Sequence numbers
+        # start anywhere (on a virtual board at 0: its runs are a function
+        # of the seed, so their ids are counted).
+        if self.virtual is not None:
+            self.session_id = self.virtual.next_session_id()
+            self._seq = 0
+        else:
+            self.session_id = secrets.token_hex(8)
+            self._seq = secrets.randbelow(0x10000)
+        self._pending: set[int] = set()
         self._ignore: set[int] = set()
+        self.stale_answers = 0
+        # Why the firmware stopped running, if it said so ("stopped" event),
+        # and whether the board is at the REPL.
+        self.stopped: dict[str, Any] | None = None
         self.events: list[Event] = []
         self.logs: list[tuple[int, int, str]] = []
         self.frames: queue.Queue[Frame] = queue.Queue()
@@ -108,6 +152,7 @@ class Session:
         # The first bytes, as they came: a serial server that refuses a
         # second client says so in text before it hangs up.
         self._greeting = bytearray()
+        self._recent = bytearray()  # the last bytes, as they came (a REPL's banner, say)
         self.last_rx = self.now()
         self.error: str | None = None
         self.board: dict[str, Any] = {}
@@ -158,6 +203,8 @@ class Session:
     def _receive(self, data: bytes) -> None:
         if len(self._greeting) < 256:
             self._greeting += data[:256 - len(self._greeting)]
+        self._recent += data[-1024:]
+        del self._recent[:-1024]
         self.bytes_received += len(data)
         self.last_rx = self.now()
         rec = self.recorder
@@ -234,6 +281,10 @@ class Session:
                 if cseq in self._ignore:
                     self._ignore.discard(cseq)
                     return
+                if cseq not in self._pending:
+                    self.stale_answers += 1  # not for a command this session waits on
+                    return
+                self._pending.discard(cseq)
                 self._responses[cseq] = (status, body)
                 self._cond.notify_all()
         elif p.type == wire.PKT_EVENT and len(p.payload) >= 10:
@@ -245,6 +296,10 @@ class Session:
             ev = Event(ts, str(tx.EVENT_NAMES.get(code, f"event{code}")), body)
             with self._cond:
                 self.events.append(ev)
+                if ev.name == "stopped" and body.get("then") == "REPL":
+                    self.stopped = dict(body)
+                elif ev.name == "boot":
+                    self.stopped = None
                 self._cond.notify_all()
         elif p.type == wire.PKT_LOG and len(p.payload) >= 9:
             level, ts = struct.unpack_from("<BQ", p.payload)
@@ -254,16 +309,25 @@ class Session:
         op = OPCODES.get(name)
         if op is None:
             raise ValueError(f"unknown command {name!r}")
-        return self._send_raw(op, json.dumps(args or {}).encode(), ignore_answer)
+        try:
+            text = json.dumps(args or {}, allow_nan=False)  # (nan and inf are no JSON: the board would refuse them)
+        except ValueError:
+            bad = {k: v for k, v in (args or {}).items() if isinstance(v, float) and not math.isfinite(v)}
+            raise ValueError(f"{name}: {', '.join(f'{k} {v}' for k, v in bad.items()) or 'an argument'} "
+                             "is not a finite number") from None
+        return self._send_raw(op, text.encode(), ignore_answer)
 
     def _send_raw(self, op: int, raw_args: bytes, ignore_answer: bool = False) -> int:
         with self._write_lock:
             seq = self._seq
             # On a virtual board the stand-in host's heartbeat has the upper half.
             self._seq = (self._seq + 1) & (0x7FFF if self.virtual is not None else 0xFFFF)
-            if ignore_answer:
-                with self._cond:
+            with self._cond:
+                if ignore_answer:
                     self._ignore.add(seq)
+                else:
+                    self._pending.add(seq)
+                self._responses.pop(seq, None)  # (one kept from 65536 commands ago)
             packet = wire.stuff(wire.encode(wire.PKT_COMMAND, seq, wire.command_payload(op, raw_args)))
             if self.recorder is not None:
                 self.recorder.chunk(TO_BOARD, self.now(), packet)
@@ -301,14 +365,34 @@ class Session:
 
     def _answer(self, seq: int, what: str, timeout_s: float) -> tuple[int, Any]:
         """The board's (status, body) for command seq; SessionError if none
-        comes within timeout_s or the link is lost."""
-        if not self._wait(lambda: seq in self._responses or self.error, timeout_s) or seq not in self._responses:
+        comes within timeout_s or the link is lost (a late answer is then
+        dropped, never taken for another command's)."""
+        if not self._wait(lambda: seq in self._responses or self.error or self.stopped, timeout_s) \
+                or seq not in self._responses:
+            with self._cond:
+                self._pending.discard(seq)
             if self.error:
                 raise SessionError(f"{self.port}: {self.error}")
+            if self.stopped is not None:
+                raise BoardAtRepl(self.stopped_message())
             raise SessionError(f"{self.port}: no answer to {what}: is the pulseline firmware running "
                                "on the board? (flash it, or reset the board)")
         with self._cond:
             return self._responses.pop(seq)
+
+    def restart_hint(self) -> str:
+        """How to start the firmware again on this board."""
+        try:
+            device = ports.resolve(self.port)
+        except ValueError:
+            device = self.port
+        return (f"restart it with: mpremote connect {device} reset (or flash it, if it has no firmware yet: "
+                f"pulseline flash --port {self.port})")
+
+    def stopped_message(self) -> str:
+        why = (self.stopped or {}).get("reason", "")
+        return (f"{self.port}: the pulseline firmware stopped" + (f" ({why})" if why else "")
+                + "; the board is at the MicroPython REPL: " + self.restart_hint())
 
     def _command_once(self, name: str, args: dict[str, Any] | None, timeout_s: float) -> Any:
         status, body = self._answer(self._send(name, args), name, timeout_s)
@@ -322,6 +406,35 @@ class Session:
         return self._answer(self._send_raw(op, raw_args), f"opcode {op}",
                             timeout_s if timeout_s is not None else self.answer_timeout_s)
 
+    def _hello_once(self, timeout_s: float) -> Any:
+        """One handshake: the answer that carries this session's id (one
+        meant for an earlier session's hello is passed over)."""
+        args = {"protocol": wire.PROTOCOL_VERSION, "session": self.session_id}
+        seq = self._send("hello", args)
+        deadline = self.now() + timeout_s
+        while True:
+            status, body = self._answer(seq, "hello", max(0.0, deadline - self.now()))
+            if status != wire.ERR_OK:
+                raise BoardError("hello", status, str(body))
+            if isinstance(body, dict) and body.get("session") == self.session_id:
+                return body
+            with self._cond:  # another session's: wait on for ours
+                self.stale_answers += 1
+                self._pending.add(seq)
+
+    def _at_repl(self) -> bool:
+        """Whether the board shows a MicroPython REPL (REPL_PROBE)."""
+        def shown() -> bool:
+            return any(m in self._recent for m in REPL_MARKS)
+
+        if shown():
+            return True
+        with self._cond:
+            self._recent.clear()
+        with contextlib.suppress(serial.SerialException, OSError), self._write_lock:
+            self.serial.write(REPL_PROBE)
+        return self._wait(shown, 1.0)
+
     def hello(self, attempts: int = 6) -> dict[str, Any]:
         """The version handshake. Asked again a few times: a board that has
         just been reset is still booting and misses the first."""
@@ -329,10 +442,11 @@ class Session:
         try:
             for k in range(attempts):
                 try:
-                    body = self._command_once("hello", {"protocol": wire.PROTOCOL_VERSION},
-                                              self.answer_timeout_s if k == attempts - 1 else 0.5)
+                    body = self._hello_once(self.answer_timeout_s if k == attempts - 1 else 0.5)
                     break
                 except BoardError:
+                    raise
+                except BoardAtRepl:
                     raise
                 except SessionError:
                     other = self.asm.last_bad_version
@@ -343,6 +457,9 @@ class Session:
                     text = bytes(self._greeting).lower()
                     if self.error and (b"busy" in text or b"in use" in text):
                         raise SessionError(f"port {self.port} is busy: another program has it open") from None
+                    if not self.error and self._at_repl():
+                        raise BoardAtRepl(f"{self.port}: the board is at the MicroPython REPL, not running the "
+                                          f"pulseline firmware: {self.restart_hint()}") from None
                     if k == attempts - 1 or self.error:
                         raise
         except BoardError as exc:

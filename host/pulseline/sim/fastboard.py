@@ -44,6 +44,7 @@ class FastBoard:
         self._pending = bytearray()  # sent, not yet taken by the host
         self.opened = False
         self._pumps: list[Callable[[], None]] = []
+        self._sessions = itertools.count(1)
         with _LOCK:
             if self.name in _BOARDS:
                 raise ValueError(f"a fast board called {self.name} exists already")
@@ -73,6 +74,11 @@ class FastBoard:
             self.advance(min(STEP_US * 50, end - self.sim.now_us))
 
     # -- the host link (protocol_fastsim) ------------------------------------------
+
+    def next_session_id(self) -> str:
+        """A host session's id on this board: counted, not drawn, so that a
+        run is a function of its seed."""
+        return f"session-{next(self._sessions)}"
 
     def take(self, n: int) -> bytes:
         data = bytes(self._pending[:n])

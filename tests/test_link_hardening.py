@@ -1,0 +1,112 @@
+"""The link's edge cases from the host's side: an answer meant for an
+earlier command or an earlier session is never taken for the current one,
+and a packet cut short on the board's side (a host that died mid-write)
+leaves the board answering the next session at once."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pulseline.protocol import wire
+from pulseline.pytest_plugin import _deploy
+from pulseline.session import Session, wait_for_firmware
+from pulseline.sim.board import SimBoard
+
+
+def _answer(seq: int, body: dict) -> bytes:
+    return wire.encode(wire.PKT_RESPONSE, 0, wire.response_payload(seq, wire.ERR_OK, json.dumps(body).encode()))
+
+
+class StaleBoard:
+    """A board on a socket:// URL that first answers every command with
+    answers meant for others: the handshake with another session's id, then
+    every command with an answer to a sequence number never sent (and the
+    one sent before, the last session's), then the right one."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.url = f"socket://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        dec = wire.CommandDecoder()
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                return
+            for _, ptype, seq, payload in dec.feed(data):
+                if ptype != wire.PKT_COMMAND or payload is None:
+                    continue
+                op = payload[0]
+                args = json.loads(payload[1:] or b"{}")
+                if op == 14:  # ping: the heartbeat
+                    conn.sendall(_answer(seq, {"t_us": 0}))
+                elif op == 1:  # hello
+                    config = {"pixels_per_line": 8, "lines_per_frame": 8, "pixel_format": 2}
+                    body = {"protocol": 1, "firmware": "0", "board": "fake", "config": config}
+                    conn.sendall(_answer(seq, {**body, "session": "someone else"}))
+                    time.sleep(0.05)
+                    conn.sendall(_answer(seq, {**body, "session": args["session"]}))
+                else:
+                    conn.sendall(_answer((seq + 17) & 0xFFFF, {"state": "NOT MINE"}))
+                    conn.sendall(_answer((seq - 1) & 0xFFFF, {"state": "THE LAST ONE'S"}))
+                    time.sleep(0.05)
+                    conn.sendall(_answer(seq, {"state": "IDLE"}))
+
+
+def test_answers_meant_for_another_command_or_session_are_never_taken():
+    board = StaleBoard()
+    with Session(board.url, heartbeat=False) as s:
+        assert s.board["session"] == s.session_id
+        assert s.status() == {"state": "IDLE"}
+        assert s.command("dose_report") == {"state": "IDLE"}
+        assert s.stale_answers == 5  # one handshake, two per command
+
+
+def test_a_packet_cut_short_leaves_the_board_answering_the_next_session_at_once(tmp_path: Path):
+    _deploy(tmp_path / "fs", None)
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "state") as b:
+        wait_for_firmware(b.pty_path, timeout_s=60)
+        # A host that dies mid-write: the header of a 1 kB `arm`, 12 bytes of it.
+        cut = wire.stuff(wire.encode(wire.PKT_COMMAND, 5, b"\x04" + b" " * 1000))[:wire.HEADER_SIZE + 12]
+        with open(b.pty_path, "wb", buffering=0) as tty:
+            tty.write(cut)
+        res = subprocess.run([sys.executable, "-m", "pulseline.cli", "info", "--port", b.pty_path, "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        info = json.loads(res.stdout)
+        assert info["state"] == "IDLE"  # the cut arm never ran
+        with Session(b.pty_path) as s:
+            assert s.status()["rx_partial_dropped"] == 1
+
+
+@pytest.mark.parametrize("version", [0, 2])
+def test_the_board_refuses_a_packet_of_another_protocol_version(tmp_path: Path, version: int):
+    _deploy(tmp_path / "fs", None)
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "state") as b:
+        wait_for_firmware(b.pty_path, timeout_s=60)
+        with Session(b.pty_path) as s:
+            pkt = bytearray(wire.encode(wire.PKT_COMMAND, 4242, wire.command_payload(4, b"{}")))  # arm
+            pkt[4] = version
+            pkt[10:12] = struct.pack("<H", wire.header_check(bytes(pkt[4:10])))
+            from binascii import crc32
+
+            pkt[-4:] = struct.pack("<I", crc32(bytes(pkt[4:-4])))
+            s.serial.write(wire.stuff(bytes(pkt)))
+            deadline = time.monotonic() + 10
+            while s.status()["rx_bad_version"] == 0:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert s.status()["state"] == "IDLE"
