@@ -88,12 +88,17 @@ def test_incompatible_firmware(boards):
 
 
 def test_out_of_range_technique(boards, tmp_path):
+    # The host refuses what the firmware's limits forbid, before sending it.
     res = cli("capture", "--port", boards["good"].pty_path, "--kv", "150", "-o", str(tmp_path / "x"),
               cwd=boards["tmp"])
-    one_line_error(res, "out of range", "kv must be 60.0..120.0")
+    one_line_error(res, "argument --kv: '150' is not a number within 60..120 kV")
     res = cli("capture", "--port", boards["good"].pty_path, "--pps", "10", "-o", str(tmp_path / "y"),
               cwd=boards["tmp"])
-    one_line_error(res, "pulse rate must be one of 3.75, 7.5, 15, 30 pps")
+    one_line_error(res, "argument --pps: '10' is not one of 3.75, 7.5, 15 or 30 pps")
+    # What only the board knows (its link) it refuses, with the numbers.
+    res = cli("capture", "--port", boards["good"].pty_path, "--pps", "30", "-o", str(tmp_path / "z"),
+              cwd=boards["tmp"])
+    one_line_error(res, "256 x 256 px at 30.0 pps needs", "the link carries")
 
 
 def in_private_mount(mount_opts: str, where: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -103,6 +108,37 @@ def in_private_mount(mount_opts: str, where: Path, *args: str, cwd: Path) -> sub
     script = f'mount -t tmpfs -o {mount_opts} tmpfs "$1" && shift && exec "$@"'
     return subprocess.run([*unshare, "sh", "-c", script, "sh", str(where), sys.executable, "-m", "pulseline.cli",
                            *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_a_full_disk_leaves_whole_files_or_none_and_a_summary_that_says_so(boards, tmp_path):
+    """The exam goes to a 1.2 MB filesystem: the TIFF stack (0.8 MB) and the
+    PNG fit, the DICOM RF image after them does not. What is on the disk
+    afterwards: whole files, no partial one, and a summary that names the
+    failure and lists only the files that exist."""
+    import json
+
+    small = tmp_path / "small"
+    small.mkdir()
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    script = ('mount -t tmpfs -o size=1200k tmpfs "$1" || exit 99; where="$1"; out="$2"; shift 2; "$@"; '
+              'status=$?; (cd "$where" && find . -type f | sort > "$out/listing.txt"; '
+              'cp exam/summary.json "$out/" 2>/dev/null); exit $status')
+    unshare = ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--map-root-user", "--mount"]
+    res = subprocess.run([*unshare, "sh", "-c", script, "sh", str(small), str(seen), sys.executable, "-m",
+                          "pulseline.cli", "capture", "--port", boards["good"].pty_path, "--frames", "6",
+                          "--no-calibration", "-o", str(small / "exam")],
+                         capture_output=True, text=True, cwd=boards["tmp"], timeout=120)
+    assert res.returncode != 99, res.stderr  # (the tmpfs was mounted)
+    one_line_error(res, f"cannot write the exam to {small / 'exam'}", "rf.dcm", "no space left on the device")
+    files = (seen / "listing.txt").read_text().split()
+    assert files == ["./exam/frames.tif", "./exam/last.png", "./exam/summary.json"], files
+    summary = json.loads((seen / "summary.json").read_text())
+    assert summary["files"] == {"frames": "frames.tif", "last_image": "last.png", "dicom_rf": None,
+                                "dose_sr": None, "summary": "summary.json"}
+    assert "cannot write rf.dcm" in summary["error"] and summary["saving"] is False
+    for f in list(tmp_path.glob("pulseline-rescue-*.npy")) + list(boards["tmp"].glob("pulseline-rescue-*.npy")):
+        f.unlink()  # (the frames kept where there was room: the other test checks those)
 
 
 def test_output_not_writable(boards, tmp_path):

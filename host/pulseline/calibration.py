@@ -295,6 +295,13 @@ def calibrate(session: Session, *, dark_count: int = 16, flat_count: int = 32, k
     controller = import_firmware("pulsefw.controller")
     if dark_count < 2 or flat_count < 2:
         raise CalibrationError("calibration needs at least 2 dark and 2 flat frames")
+    width = pulse_width_ms if pulse_width_ms is not None else float(controller.WIDTH_MIN_MS)
+    pps = float(session.config.get("pulses_per_s", controller.PULSE_RATES[0]))
+    # The flat-field technique is checked as the board would, before the
+    # dark frames: a refusal after them would waste them.
+    reason = controller.Technique(kv, controller.MA_MIN, width, pps).check()
+    if reason:
+        raise CalibrationError(f"the flat-field technique {kv:g} kV {width:g} ms at {pps:g} pps: {reason}")
     board = dict(session.board)
     saved = {k: session.config[k] for k in ("kv", "ma", "pulse_width_ms", "abc_enabled", "filter_alpha")
              if k in session.config}
@@ -310,7 +317,6 @@ def calibrate(session: Session, *, dark_count: int = 16, flat_count: int = 32, k
         darks = dark_frames(session, dark_count)
         dark_now = np.nanmean(stack(darks), axis=0).astype(np.float32)
         # The lowest technique first: an open field is bright.
-        width = pulse_width_ms if pulse_width_ms is not None else float(controller.WIDTH_MIN_MS)
         ma = controller.MA_MIN
         session.configure(kv=kv, ma=ma, pulse_width_ms=width, abc_enabled=False)
         probe = expose(2)

@@ -4,7 +4,9 @@ dose SR, a PNG of the last image and a JSON summary."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,16 +37,40 @@ class Capture:
     warnings: list[str] = field(default_factory=list)
 
 
+def _stop_reason(events: list[Any], frames: int) -> str | None:
+    """Why the board will send no more frames of this press, from the events
+    since the capture began: None while it may."""
+    for e in events:
+        b = e.body
+        if e.name == "stopped":
+            return f"the pulseline firmware stopped ({b.get('reason', 'no reason given')})"
+        if e.name == "boot":
+            return (f"the board restarted ({b.get('reset_cause', 'unknown cause')}) during the exposure: the dose "
+                    "of the press up to its last checkpoint is in the board's journal, marked interrupted")
+        if e.name == "fault":
+            return f"a fault latched: {b.get('name', 'fault')}: {b.get('message', '')}".rstrip(": ")
+        if e.name == "blocked":
+            why = b.get("reason") or "a permissive is missing"
+            return f"the board does not expose: {why}" if not frames else f"the exposure stopped: {why}"
+        if e.name == "state" and b.get("state") == "IDLE" and b.get("from") in ("READY", "EXPOSING", "HOLD"):
+            return "the board was disarmed"
+    return None
+
+
 def capture(session: Session, frames: int, *, press: Callable[[], object] | None = None,
             release: Callable[[], object] | None = None, timeout_s: float | None = None,
             progress: Callable[[Frame], None] | None = None) -> Capture:
     """Arm, expose until `frames` frames have arrived, release, disarm. On
-    any failure the frames already received are kept and `error` says why."""
+    any failure (a SessionError, the board stopping, Ctrl-C or any other
+    KeyboardInterrupt such as the CLI's SIGTERM and SIGHUP) the switch is
+    released, the board disarmed, the frames already received are kept and
+    `error` says why."""
     out = Capture(config=dict(session.config), board=dict(session.board))
     pps = float(session.config.get("pulses_per_s", 7.5))
     limit = timeout_s if timeout_s is not None else frames / pps * 2.0 + 5.0
     first_event = len(session.events)
     t0 = session.now()  # the target's clock: virtual time on the fast simulator
+    interrupted: str | None = None
     try:
         session.arm()
         if press is not None:
@@ -55,17 +81,18 @@ def capture(session: Session, frames: int, *, press: Callable[[], object] | None
             if left <= 0:
                 out.error = f"only {len(out.frames)} of {frames} frames within {limit:.0f} s"
                 break
-            blocked = [e for e in session.events[first_event:] if e.name in ("blocked", "fault")]
-            if blocked and not out.frames:
-                b = blocked[0].body  # the first reason is the cause; later ones follow from it
-                why = b.get("reason") or b.get("name") or "a fault"
-                out.error = f"the board does not expose: {why}"
+            why = _stop_reason(session.events[first_event:], len(out.frames))
+            if why is not None:
+                out.error = why
                 break
             f = session.next_frame(min(left, 0.25))
             if f is not None:
                 out.frames.append(f)
                 if progress is not None:
-                    progress(f)
+                    try:
+                        progress(f)
+                    except (OSError, ValueError):  # the display's terminal is gone: capture on without it
+                        progress = None
             elif session.error:
                 out.error = session.error
                 break
@@ -75,9 +102,10 @@ def capture(session: Session, frames: int, *, press: Callable[[], object] | None
                 break
     except SessionError as exc:
         out.error = str(exc)
-    except KeyboardInterrupt:
-        # Ctrl-C: end the exposure safely (release, below) and keep what came.
-        out.error = f"interrupted (Ctrl-C) after {len(out.frames)} frames"
+    except KeyboardInterrupt as exc:
+        # Ctrl-C, or a signal the CLI turns into one: end the exposure safely
+        # (release, below) and keep what came. Counted once everything is in.
+        interrupted = str(exc) or "Ctrl-C"
     finally:
         if release is not None:
             try:
@@ -85,21 +113,29 @@ def capture(session: Session, frames: int, *, press: Callable[[], object] | None
             except (OSError, ValueError) as exc:
                 out.error = out.error or f"could not release the switch: {exc}"
     try:
-        if not session.error and session.silent_for() <= SILENCE_S:
-            # Lines of the last frame still on their way, then the dose of
-            # the irradiation event.
-            session.wait_event("state", 2.0, since=first_event, state="HOLD")
-            while (f := session.next_frame(0.3)) is not None:
+        if not session.error and session.stopped is None and session.silent_for() <= SILENCE_S:
+            # The exposure ends here, whatever the switch does (an operator
+            # still on a real pedal): disarming stops emission at once. Then
+            # the last frame's lines still on their way (for a moment only:
+            # nothing new is exposed), and the dose of the irradiation event.
+            session.disarm()
+            end = session.now() + 2.0
+            while session.now() < end and (f := session.next_frame(0.3)) is not None:
                 out.frames.append(f)
             out.frames += session.flush_frames()
-            session.disarm()
             session.wait_event("irradiation", 2.0, since=first_event)
             out.dose_report = session.dose_report()
+        else:
+            out.frames += session.flush_frames()
     except SessionError as exc:
         out.error = out.error or str(exc)
+    if session.stopped is not None:
+        out.error = (out.error or "the pulseline firmware stopped") + f"; the board is at the MicroPython REPL: " \
+            f"{session.restart_hint()}"
+    if interrupted is not None:
+        out.error = f"interrupted ({interrupted}) after {len(out.frames)} frames"
     out.counters = session.counters()
-    out.events = [{"t_us": e.t_us, "event": e.name, **e.body} for e in session.events[first_event:]
-                  if e.name != "dose"]
+    out.events = [e.as_dict() for e in session.events[first_event:] if e.name != "dose"]
     out.wall_s = session.now() - t0
     return out
 
@@ -169,20 +205,53 @@ def as_stored_pixels(frames: list[Frame], full_scale: int) -> npt.NDArray[np.uin
     return np.ascontiguousarray(data, dtype=np.uint16)
 
 
+class SaveError(OSError):
+    """A file of the exam could not be written: `summary` is what is on disk
+    (the files that landed whole; its error says which could not)."""
+
+    def __init__(self, name: str, summary: dict[str, Any], cause: OSError) -> None:
+        self.message = f"cannot write {name}: {cause.strerror or cause}"
+        super().__init__(cause.errno, self.message)
+        self.name = name
+        self.summary = summary
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp) to a temporary name beside path, flushed to the disk, then
+    renamed into place: a full disk, a kill or a power cut leaves the whole
+    file or none, never a truncated one (the extension is kept, as some
+    writers choose their format by it)."""
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[str, Any]:
-    """Write frames.tif, rf.dcm, dose_sr.dcm, last.png and summary.json;
-    returns the summary. The summary goes first and last: whatever fails
-    later, what was captured is described on disk."""
+    """Write frames.tif, last.png, rf.dcm, dose_sr.dcm and summary.json;
+    returns the summary. Each file lands whole or not at all (write_atomic).
+    The summary goes first, listing no file, then again after each file has
+    landed: at any instant it lists exactly the files that exist. A file
+    that cannot be written (a full disk) stops the writing: SaveError, with
+    the summary on disk saying so in its error, if even that fits."""
     out_dir.mkdir(parents=True, exist_ok=True)
     trailers = [f.trailer for f in cap.frames if f.trailer is not None]
     from .dicom_rf import Identity, write_rf
 
     ident = identity or Identity()  # the RF image and the dose SR belong to one study
     twelve = cap.config.get("pixel_format") == 2
-    have = bool(cap.frames)
-    files = {"frames": "frames.tif" if have else None, "dicom_rf": "rf.dcm" if have else None,
-             "last_image": "last.png" if have else None, "dose_sr": "dose_sr.dcm" if cap.dose_report else None,
-             "summary": "summary.json"}
+    files: dict[str, str | None] = {"frames": None, "last_image": None, "dicom_rf": None, "dose_sr": None,
+                                    "summary": "summary.json"}
     summary: dict[str, Any] = {
         "pulseline": __version__,
         "port": port,
@@ -209,26 +278,49 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
         "warnings": cap.warnings,
         "error": cap.error,
         "files": files,
+        "saving": True,  # until every file has landed
         "wall_s": round(cap.wall_s, 3),
     }
     summary_path = out_dir / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=1))
-    if have:
-        write_tiff(out_dir / "frames.tif", cap)
-        write_png(out_dir / "last.png", cap.frames[-1].pixels)
+
+    def write_summary() -> None:
+        text = json.dumps(summary, indent=1)
+        write_atomic(summary_path, lambda p: p.write_text(text))
+
+    plan: list[tuple[str, str, Callable[[Path], object]]] = []
+    if cap.frames:
         kv = float(np.mean([t.kv for t in trailers])) if trailers else float(cap.config.get("kv", 0.0))
         ma = float(np.mean([t.ma for t in trailers])) if trailers else float(cap.config.get("ma", 0.0))
         kap_ugy_m2 = sum(t.kap_ugy_m2 for t in trailers)
-        write_rf(out_dir / "rf.dcm", as_stored_pixels(cap.frames, 4095 if twelve else 65535),
-                 bits_stored=12 if twelve else 16,
-                 pulses_per_s=float(cap.config.get("pulses_per_s", 7.5)), kv=kv, ma=ma,
-                 pulse_width_ms=float(cap.config.get("pulse_width_ms", 0.0)),
-                 kap_dgy_cm2=kap_ugy_m2 * 0.1,  # 1 uGy m^2 = 0.01 Gy cm^2 = 0.1 dGy cm^2
-                 firmware=str(cap.board.get("firmware", "")), identity=ident,
-                 device_serial=str(cap.board.get("serial") or ""))
+        plan += [
+            ("frames", "frames.tif", lambda p: write_tiff(p, cap)),
+            ("last_image", "last.png", lambda p: write_png(p, cap.frames[-1].pixels)),
+            ("dicom_rf", "rf.dcm", lambda p: write_rf(
+                p, as_stored_pixels(cap.frames, 4095 if twelve else 65535), bits_stored=12 if twelve else 16,
+                pulses_per_s=float(cap.config.get("pulses_per_s", 7.5)), kv=kv, ma=ma,
+                pulse_width_ms=float(cap.config.get("pulse_width_ms", 0.0)),
+                kap_dgy_cm2=kap_ugy_m2 * 0.1,  # 1 uGy m^2 = 0.01 Gy cm^2 = 0.1 dGy cm^2
+                firmware=str(cap.board.get("firmware", "")), identity=ident,
+                device_serial=str(cap.board.get("serial") or "")))]
     if cap.dose_report:
         from .dicom_rdsr import write_rdsr
 
-        write_rdsr(out_dir / "dose_sr.dcm", cap.dose_report, identity=ident,
-                   firmware=str(cap.board.get("firmware", "")), device_serial=str(cap.board.get("serial") or ""))
+        plan.append(("dose_sr", "dose_sr.dcm", lambda p: write_rdsr(
+            p, cap.dose_report, identity=ident, firmware=str(cap.board.get("firmware", "")),
+            device_serial=str(cap.board.get("serial") or ""))))
+    write_summary()  # (a failure here: nothing is on disk but what was there)
+    for key, name, write in plan:
+        try:
+            write_atomic(out_dir / name, write)
+        except OSError as exc:
+            failure = SaveError(name, summary, exc)
+            summary["error"] = f"{cap.error}; {failure.message}" if cap.error else failure.message
+            summary["saving"] = False
+            with contextlib.suppress(OSError):
+                write_summary()
+            raise failure from None
+        files[key] = name
+        write_summary()
+    summary["saving"] = False
+    write_summary()
     return summary

@@ -9,9 +9,11 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -35,6 +37,14 @@ EXAMPLES = {
   pulseline flash --port sim --dry-run         what would change on the board
   pulseline flash --port /dev/ttyACM0          compile, copy what differs, verify, restart
   pulseline flash --port socket://127.0.0.1:7301 --json
+""",
+    "fault-reset": """examples:
+  pulseline fault-reset --port sim             clear the latched fault; the board comes back disarmed
+  pulseline fault-reset --port /dev/ttyACM0 --json
+""",
+    "disarm": """examples:
+  pulseline disarm --port sim
+  pulseline disarm --port /dev/ttyACM0 --json
 """,
     "info": """examples:
   pulseline info --port sim
@@ -69,7 +79,7 @@ EXAMPLES = {
     "view": """examples:
   pulseline view --port sim                    the live view of a simulated board, in the browser
   pulseline view --port /dev/ttyACM0 --no-browser --http-port 8080
-  pulseline view --port sim --listen 0.0.0.0   reachable from other machines (not only this one)
+  pulseline view --port sim --listen 0.0.0.0 --allow-remote   reachable from other machines (not only this one)
 """,
     "version": """examples:
   pulseline version --json
@@ -90,6 +100,122 @@ ALL_EXAMPLES = "examples:\n" + "".join(
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (SPEC 2.6), naming the
+    command and where its options are told, exit status 2; argparse's own
+    prints the whole usage first. Subparsers are made of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.partition(" ")[2]
+        text = " ".join(message.splitlines())
+        self.exit(2, f"pulseline: error: {command + ': ' if command else ''}{text} (see: {self.prog} --help)\n")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+class Number:
+    """An argparse type: a finite number (a whole one with `whole`) within
+    lo..hi (above lo, not at it, with `above`; or one of `choices`), else
+    one line naming the value and what is allowed. The one place every
+    numeric option is read: float() takes "nan", "inf" and "1e999" (inf),
+    a nan passes no range check (every comparison is false) and an inf
+    breaks the arithmetic after it (round(inf * pps))."""
+
+    def __init__(self, lo: float, hi: float, unit: str = "", *, whole: bool = False, above: bool = False,
+                 choices: tuple[float, ...] = ()) -> None:
+        self.lo, self.hi, self.whole, self.above, self.choices = lo, hi, whole, above, choices
+        unit = f" {unit}" if unit else ""
+        if choices:
+            self.allowed = f"one of {', '.join(map(_num, choices[:-1]))} or {_num(choices[-1])}{unit}"
+        elif above:
+            self.allowed = f"a number more than {_num(lo)} and at most {_num(hi)}{unit}"
+        else:
+            self.allowed = f"{'a whole number' if whole else 'a number'} within {_num(lo)}..{_num(hi)}{unit}"
+
+    def __call__(self, text: str) -> float:
+        try:
+            value: float = int(text) if self.whole else float(text)
+        except ValueError:
+            value = float("nan")
+        ok = ((value in self.choices) if self.choices else
+              (self.lo < value if self.above else self.lo <= value) and value <= self.hi)
+        if not ok:  # a nan (not a number, or "nan") fails every comparison
+            raise argparse.ArgumentTypeError(f"{text!r} is not {self.allowed}")
+        return value
+
+
+class Signals:
+    """Ctrl-C, SIGTERM and SIGHUP (a closed terminal) end a command the same
+    way: a KeyboardInterrupt naming the signal, so a capture releases the
+    switch, disarms and saves what came. Only the first one interrupts, and
+    none inside `deferred()` (the clean-up and the saving): a second signal
+    must not cut those short. main() installs it for the command's life."""
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self._deferred = 0
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        self.seen.append(name)
+        if len(self.seen) == 1 and not self._deferred:
+            raise KeyboardInterrupt(name)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferred += 1
+        try:
+            yield
+        finally:
+            self._deferred -= 1
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        import threading
+
+        self.seen = []
+        if threading.current_thread() is not threading.main_thread():
+            yield  # (signals reach the main thread only: called in-process from another, leave them be)
+            return
+        before = {sig: signal.signal(sig, self._handler) for sig in self.HANDLED}
+        try:
+            yield
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+
+SIGNALS = Signals()
+
+
+def _say_error(text: str) -> None:
+    """The one line of an error, if there is still somewhere to say it (a
+    closed terminal has gone: the exit status says it)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(f"pulseline: error: {text}", file=sys.stderr, flush=True)
+
+
+class _IntermixedParser(Parser):
+    """Positionals anywhere among the options: argparse otherwise takes
+    them only up to the first option ("sim set --name a door_closed false"
+    would leave "door_closed false" unrecognized)."""
+
+    _inner = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._inner:  # parse_known_intermixed_args calls back here, twice
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
 
 
 def cmd_version(args: argparse.Namespace) -> int:
@@ -125,6 +251,8 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from .assembler import FrameAssembler
     from .frames import Frame
 
+    if args.output is not None:
+        _check_can_write(args.output, directory=False)  # said before the work, not after it
     try:
         asm = FrameAssembler(args.pixels, args.lines, args.format, max_frames_in_flight=args.in_flight)
     except (ValueError, TypeError) as exc:
@@ -164,9 +292,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.output:
         stack = np.stack([f.pixels for f in frames]) if frames else np.zeros((0, args.lines, args.pixels), np.uint16)
         try:
-            np.save(args.output, stack)
+            with open(args.output, "wb") as out:  # the name given: np.save(name) adds .npy to one without
+                np.save(out, stack)
         except OSError as exc:
-            raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
+            raise CliError(f"cannot write {args.output}: {exc.strerror or exc}") from None
         summary["output"] = str(args.output)
     if args.json:
         print(json.dumps(summary))
@@ -203,6 +332,9 @@ def _session(port: str) -> Any:
 def cmd_sim(args: argparse.Namespace) -> int:
     from .sim import board as simboard
 
+    if args.values and args.action != "set":
+        raise CliError(f"sim {args.action} takes no {' '.join(args.values)!r} "
+                       "(only sim set takes an input and a value)")
     try:
         if args.action == "list":
             boards = simboard.running_boards()
@@ -221,10 +353,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
                 print(f"stopped {b['name']}")
             return 0
         if args.action in ("press", "release", "set"):
+            if args.action == "set" and len(args.values) != 2:
+                raise CliError("sim set needs an input and a value, e.g.: pulseline sim set door_closed false")
             ctl = simboard.SimControl(args.name)
             if args.action == "set":
-                if len(args.values) != 2:
-                    raise CliError("sim set needs an input and a value, e.g.: pulseline sim set door_closed false")
                 name, raw = args.values
                 value: float | bool = {"true": True, "false": False}.get(raw.lower())  # type: ignore[assignment]
                 if value is None:
@@ -269,39 +401,61 @@ def _print_board(desc: dict[str, Any], as_json: bool) -> None:
 
 
 def _sim_detach(args: argparse.Namespace) -> int:
+    import select
     import subprocess
     import time
 
     from .sim import board as simboard
 
-    name = args.name or simboard.next_free_name()
+    try:
+        name = simboard.check_name(args.name) if args.name else simboard.next_free_name()
+        # Said here, before anything starts; the board's own start decides
+        # for good (its locks), should another start meanwhile.
+        simboard.check_free(name, args.fs)
+        simboard.private_dir(simboard.STATE_DIR)
+    except (ValueError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    log = simboard.STATE_DIR / f"{name}.log"
     cmd = [sys.executable, "-m", "pulseline.sim.board", "--name", name, "--link", args.link, "--faults",
-           args.faults, "--seed", str(args.seed)]
+           args.faults, "--seed", str(args.seed), "--log", str(log)]
     if args.fs:
         cmd += ["--fs", str(args.fs)]
     if args.timeline:
         cmd += ["--timeline", str(args.timeline)]
     if args.water_cm is not None:
         cmd += ["--water-cm", str(args.water_cm)]
-    log = simboard.STATE_DIR / f"{name}.log"
-    simboard.STATE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            desc = simboard.find_board(name)
-            _print_board(desc, args.json)
-            return 0
-        except ValueError:
-            pass
-        if proc.poll() is not None:
-            last = (log.read_text().strip().splitlines() or ["no output"])[-1]
-            raise CliError(f"the simulated board did not start: {last} (log: {log})")
-        time.sleep(0.05)
-    proc.kill()
-    raise CliError(f"the simulated board did not start within 15 s (log: {log})")
+    # Its stderr comes here until it has started (then it goes to its log):
+    # the end of that pipe says "started, or failed, and why".
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    assert proc.stderr is not None
+    said = bytearray()
+    ended = False
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and not (ended and proc.poll() is not None):
+            if not ended:
+                if select.select([proc.stderr], [], [], 0.1)[0]:
+                    chunk = os.read(proc.stderr.fileno(), 65536)
+                    said += chunk[:65536 - len(said)]
+                    ended = not chunk
+                continue
+            # Its state file with its own pid: this board, not another of that name.
+            mine = [b for b in simboard.running_boards() if b.get("name") == name and b.get("pid") == proc.pid]
+            if mine:
+                _print_board(mine[0], args.json)
+                return 0
+            time.sleep(0.05)
+    finally:
+        proc.stderr.close()
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+        raise CliError(f"the simulated board did not start within 30 s (log: {log})")
+    lines = said.decode(errors="replace").strip().splitlines() or ["no output"]
+    if proc.returncode == 2 and len(lines) == 1:  # its one-line reason (a board already runs, say)
+        raise CliError(lines[0])
+    raise CliError(f"the simulated board did not start: {lines[-1]}")
 
 
 def cmd_ports(args: argparse.Namespace) -> int:
@@ -354,7 +508,48 @@ def cmd_exam(args: argparse.Namespace) -> int:
         secs = (e["end_us"] - e["start_us"]) / 1e6
         print(f"  event {e['event']:3}: {e['pulses']:5} pulses in {secs:6.1f} s at {e['pulses_per_s']:g} pps, "
               f"{e['kv']:.1f} kV {e['ma']:.2f} mA {e['pulse_width_ms']:g} ms, {e['kerma_ugy'] / 1000:.3f} mGy"
-              + (", high-level control" if e.get("hlc") else "") + ("" if e.get("final", True) else " (cut short)"))
+              + (", high-level control" if e.get("hlc") else "") + exams.how_it_ended(e))
+    return 0
+
+
+def cmd_fault_reset(args: argparse.Namespace) -> int:
+    from .session import SessionError
+
+    s = _session(args.port)
+    try:
+        body = s.command("fault_reset")
+    except SessionError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        s.close()
+    if args.json:
+        print(json.dumps(body))
+        return 0
+    cleared = body.get("cleared")
+    if cleared:
+        print(f"{args.port}: cleared fault {cleared['code']} ({cleared['name']}): {cleared['message']}; "
+              f"state {body['state']} (arm again to expose)")
+    else:
+        print(f"{args.port}: no fault was latched; state {body['state']}")
+    return 0
+
+
+def cmd_disarm(args: argparse.Namespace) -> int:
+    from .session import SessionError
+
+    s = _session(args.port)
+    try:
+        body = s.command("disarm")
+        status = s.status()
+    except SessionError as exc:
+        raise CliError(str(exc)) from None
+    finally:
+        s.close()
+    if args.json:
+        print(json.dumps({**body, "block": status.get("block")}))
+        return 0
+    note = " (a fault is latched: pulseline fault-reset clears it)" if body["state"] == "FAULT" else ""
+    print(f"{args.port}: disarmed; state {body['state']}{note}")
     return 0
 
 
@@ -398,35 +593,80 @@ def _check_writable(out: Path) -> None:
         raise CliError(f"cannot write to {out}: {exc.strerror or exc}") from None
 
 
+def _check_can_write(path: Path, *, directory: bool) -> None:
+    """Before a board is opened (or a stream decoded): `path` can be
+    written, as a directory that is there or can be made (directory), or
+    as a file in a directory that is there. Nothing is left behind: a
+    command that fails later has created nothing. The probe is a nameless
+    temporary file, so a read-only filesystem says so even to root."""
+    import tempfile
+
+    try:
+        if directory:
+            base = path
+            while not base.exists() and base.parent != base:  # the nearest existing ancestor: mkdir makes the rest
+                base = base.parent
+        elif path.is_dir():
+            raise CliError(f"cannot write to {path}: it is a directory")
+        else:
+            base = path.parent
+        if not base.is_dir():
+            raise CliError(f"cannot write to {path}: {base} " + ("is not a directory" if base.exists() else
+                                                                  "does not exist"))
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        raise CliError(f"cannot write to {path}: {exc.strerror or exc}") from None
+
+
 def _identity(args: argparse.Namespace) -> Any:
     from .dicom_rf import Identity
 
-    if args.series_number is not None and not 1 <= args.series_number <= 99999:
-        raise CliError("--series-number must be 1..99999")
     if args.study_uid and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", args.study_uid or ""):
         raise CliError(f"--study-uid {args.study_uid!r} is not a DICOM UID (digits and dots)")
     fields = {"patient_name": args.patient_name, "patient_id": args.patient_id, "study_id": args.study_id,
               "accession_number": args.accession, "study_uid": args.study_uid, "series_number": args.series_number,
               "institution": args.institution, "study_description": args.study_description,
               "series_description": args.series_description}
+    # Checked now, by pydicom's own rules for each value representation: the
+    # writer only warns (after the exposure) and stores a cut or mangled value.
+    from pydicom import config as dicom_config
+    from pydicom.valuerep import validate_value
+
+    vrs = {"patient_name": "PN", "patient_id": "LO", "study_id": "SH", "accession_number": "SH", "study_uid": "UI",
+           "institution": "LO", "study_description": "LO", "series_description": "LO"}
     for k, v in fields.items():
-        if isinstance(v, str) and ("\\" in v or any(ord(c) < 32 for c in v)):
-            raise CliError(f"--{k.replace('_', '-')} must not hold backslashes or control characters")
+        if not isinstance(v, str):
+            continue
+        option = "--" + ("accession" if k == "accession_number" else k).replace("_", "-")
+        if "\\" in v or any(ord(c) < 32 for c in v):
+            raise CliError(f"{option} must not hold backslashes or control characters")
+        try:
+            v.encode("latin-1")  # the exam files' character set: ISO_IR 100
+            validate_value(vrs[k], v, dicom_config.RAISE)
+        except UnicodeEncodeError:
+            raise CliError(f"{option} {v!r} has characters outside Latin-1 (ISO_IR 100), the exam files' "
+                           "character set") from None
+        except ValueError as exc:
+            raise CliError(f"{option} {v!r}: {str(exc).split(' Please see')[0]}") from None
     return Identity(**{k: v for k, v in fields.items() if v is not None})
 
 
 def _capture_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any], float | None, float | None]:
     """(preset, settings, filter_alpha, water_cm) from the preset and the options (options win)."""
-    from .presets import PresetError, get
+    from .presets import PresetError, get, load
 
     preset = None
     settings: dict[str, Any] = {}
     filter_alpha = water = None
-    if args.preset:
-        try:
+    try:
+        if args.preset:
             preset = get(args.preset, args.presets)
-        except PresetError as exc:
-            raise CliError(str(exc)) from None
+        elif args.presets is not None:
+            load(args.presets)  # a bad file given is said, even with no --preset to take from it
+    except PresetError as exc:
+        raise CliError(str(exc)) from None
+    if preset is not None:
         settings = preset.settings()
         filter_alpha, water = preset.filter_alpha or 0.0, preset.water_cm  # a preset without a filter: off
     settings.update({k: v for k, v in (("kv", args.kv), ("ma", args.ma), ("pulses_per_s", args.pps),
@@ -435,9 +675,11 @@ def _capture_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any], float 
         settings.setdefault("abc_enabled", False)  # a technique given by hand is a manual technique
         if args.abc is None:
             settings["abc_enabled"] = False
+    width, pps = settings.get("pulse_width_ms"), settings.get("pulses_per_s")
+    if width is not None and pps is not None and width > 500.0 / pps:  # as the firmware's Technique.check
+        raise CliError(f"a pulse width of {width:g} ms is more than half the period at {pps:g} pps "
+                       f"(--width at most {500.0 / pps:g} ms at --pps {pps:g})")
     if args.filter is not None:
-        if not 0 <= args.filter <= 1:
-            raise CliError(f"--filter must be within 0..1 (0: off), got {args.filter:g}")
         filter_alpha = args.filter
     if filter_alpha is not None:
         settings["filter_alpha"] = filter_alpha
@@ -468,7 +710,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from . import calibration, display
-    from .capture import capture, save
+    from .capture import SaveError, capture, save, write_atomic
     from .session import SessionError
     from .sim import board as simboard
 
@@ -489,12 +731,18 @@ def cmd_capture(args: argparse.Namespace) -> int:
         warnings.append(text)
         print(f"pulseline: warning: {text}", file=sys.stderr, flush=True)
 
+    # Before the board hears anything: somewhere to save, and a phantom only
+    # where there is one (a sim: port whose board is not running: the session says so).
+    _check_can_write(args.output, directory=True)
+    sim = _sim_of_port(args.port)
+    if args.water_cm is not None and sim is None and args.port.split(":")[0] != "sim":
+        raise CliError("--water-cm sets the phantom of a simulated board; this port is not one")
     s = _session(args.port)
     press = release = None
-    sim = _sim_of_port(args.port)
     scene_before: dict[str, Any] = {}
     ctl = None
     view = None
+    cap = None
     try:
         _check_writable(args.output)  # before any X-rays: a capture must have somewhere to go
         if settings:
@@ -536,27 +784,59 @@ def cmd_capture(args: argparse.Namespace) -> int:
                     if view is not None:
                         view.show_frame(f)
                 cap = capture(s, frames, press=press, release=release, progress=shown)
+    except KeyboardInterrupt:
+        if cap is None:
+            raise
+        # (a signal as the display closed, the capture over: what came is saved below)
     finally:
-        if view is not None:
-            view.set_recording(False)
-            view.stop()
-        s.close()
-        if ctl is not None and scene_before.get("water_cm") is not None:
-            with contextlib.suppress(OSError, ValueError):
-                ctl.set_input("water_cm", float(scene_before["water_cm"]))
+        with SIGNALS.deferred():  # a second signal must not cut the clean-up short
+            if view is not None:
+                view.set_recording(False)
+                view.stop()
+            s.close()
+            if ctl is not None and scene_before.get("water_cm") is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    ctl.set_input("water_cm", float(scene_before["water_cm"]))
+    assert cap is not None  # (else its exception went up)
     cap.calibration = cal_info
     cap.preset = preset.name if preset is not None else None
     cap.warnings = warnings
-    try:
-        summary = save(cap, args.output, args.port, identity)
-    except OSError as exc:
-        raise CliError(f"cannot write the exam to {args.output}: {_write_failure(exc, args.output)}"
-                       f"{_rescue(cap)}") from None
-    failed = cap.error
-    if destination is not None:
-        summary["pacs"] = _send(args, summary, destination)
-        (args.output / "summary.json").write_text(json.dumps(summary, indent=1))
-        failed = failed or summary["pacs"].get("error")
+    with SIGNALS.deferred():  # what came is saved whole, whatever signal comes now
+        try:
+            summary = save(cap, args.output, args.port, identity)
+        except SaveError as exc:
+            raise CliError(f"cannot write the exam to {args.output}: {exc.name}: "
+                           f"{_write_failure(exc.cause, args.output)}{_rescue(cap)}") from None
+        except OSError as exc:
+            raise CliError(f"cannot write the exam to {args.output}: {_write_failure(exc, args.output)}"
+                           f"{_rescue(cap)}") from None
+        failed = cap.error
+        if destination is not None:
+            summary["pacs"] = _send(args, summary, destination)
+            text = json.dumps(summary, indent=1)
+            try:
+                write_atomic(args.output / "summary.json", lambda p: p.write_text(text))
+            except OSError as exc:
+                failed = failed or f"cannot update summary.json with the PACS result: {exc.strerror or exc}"
+            failed = failed or summary["pacs"].get("error")
+    if SIGNALS.seen and not cap.error:
+        cap.error = f"interrupted ({SIGNALS.seen[0]}) while saving"
+    with contextlib.suppress(OSError):  # the terminal is gone (SIGHUP): the exam is saved, the status says how
+        _print_capture(args, cap, summary, err)
+    if cap.error:
+        _say_error(f"{cap.error} (the {len(cap.frames)} frames received are saved)")
+        return 1
+    if failed:
+        _say_error(f"{failed} (the exam is saved in {args.output})")
+        return 1
+    return 0
+
+
+def _print_capture(args: argparse.Namespace, cap: Any, summary: dict[str, Any], err: Any) -> None:
+    from rich.console import Console
+
+    from . import display
+
     if args.json:
         print(json.dumps(summary))
     else:
@@ -570,31 +850,41 @@ def cmd_capture(args: argparse.Namespace) -> int:
             print("no frames captured")
         out.print(display.summary_table(summary))
         print(f"exam written to {args.output}/")
-    if cap.error:
-        print(f"pulseline: error: {cap.error} (the {len(cap.frames)} frames received are saved)", file=sys.stderr)
-        return 1
-    if failed:
-        print(f"pulseline: error: {failed} (the exam is saved in {args.output})", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _capture_view(args: argparse.Namespace, s: Any, controls: Any) -> Any:
     """`capture --view`: the live view of this capture, marked as recording;
     the capture loop hands it each frame (it reads none itself)."""
-    import webbrowser
+    from .view import LiveView, check_listen
 
-    from .view import LiveView
-
-    view = LiveView(s, pump=False, recording=True, controls=controls, host=args.listen, port=args.http_port)
     try:
+        check_listen(args.listen, args.allow_remote)
+        view = LiveView(s, pump=False, recording=True, controls=controls, host=args.listen, port=args.http_port,
+                        allow_remote=args.allow_remote)
         view.start()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise CliError(str(exc)) from None
     print(f"pulseline: live view at {view.url}", file=sys.stderr, flush=True)
+    if view.reach():
+        print(f"pulseline: warning: {view.reach()}", file=sys.stderr, flush=True)
     if not args.no_browser:
-        webbrowser.open(view.url)
+        view.open_in_browser()
     return view
+
+
+def _listen_checked(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`cmd`, refusing first (before any board is opened) a live view's
+    --listen beyond this machine without --allow-remote."""
+    def checked(args: argparse.Namespace) -> int:
+        from .view import check_listen
+
+        if getattr(args, "view", True):  # capture: only with --view
+            try:
+                check_listen(args.listen, args.allow_remote)
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
+        return cmd(args)
+    return checked
 
 
 def _write_failure(exc: OSError, where: Path) -> str:
@@ -620,14 +910,16 @@ def _rescue(cap: Any) -> str:
 
     if not cap.frames:
         return ""
+    from .capture import write_atomic
+
+    stack = np.stack([f.pixels for f in cap.frames])
     for where in (Path.cwd(), Path(tempfile.gettempdir())):
         rescue = where / f"pulseline-rescue-{os.getpid()}.npy"
         try:
-            np.save(rescue, np.stack([f.pixels for f in cap.frames]))
+            write_atomic(rescue, lambda p: np.save(p, stack))
             return f"; the {len(cap.frames)} frames are in {rescue}"
         except OSError:
-            with contextlib.suppress(OSError):
-                rescue.unlink()
+            continue
     return f"; the {len(cap.frames)} frames could not be saved anywhere"
 
 
@@ -653,8 +945,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .session import SessionError
     from .sim import board as simboard
 
-    if args.dark < 2 or args.flat < 2:
-        raise CliError("--dark and --flat need at least 2 frames each")
+    _check_can_write(args.dir or calibration.calibration_dir(), directory=True)  # before the board hears anything
     s = _session(args.port)
     sim = _sim_of_port(args.port)
     ctl = simboard.SimControl(sim) if sim is not None else None
@@ -717,9 +1008,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_monitor(args: argparse.Namespace) -> int:
     from .monitor import MonitorError, monitor
 
-    if args.duration is not None and not args.duration > 0:
-        raise CliError("--duration must be more than 0 s")
-    s = _session(args.port)
+    s = _session(args.port)  # (--duration is checked by its type)
 
     def write(line: str) -> None:
         print(line, flush=True)
@@ -758,7 +1047,6 @@ def _sim_controls(port: str) -> Any:
 def cmd_view(args: argparse.Namespace) -> int:
     import sys
     import time
-    import webbrowser
 
     from . import ports
     from .session import Session
@@ -777,7 +1065,11 @@ def cmd_view(args: argparse.Namespace) -> int:
 
     # No board yet is not an error for a monitor: the page says so, and
     # shows the board when it answers (likewise after losing it).
-    view = LiveView(connect=connect, where=args.port, host=args.listen, port=args.http_port, log=log)
+    try:
+        view = LiveView(connect=connect, where=args.port, host=args.listen, port=args.http_port, log=log,
+                        allow_remote=args.allow_remote)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     try:
         try:
             view.start()
@@ -787,8 +1079,10 @@ def cmd_view(args: argparse.Namespace) -> int:
             print(json.dumps({"url": view.url, "port": args.port}), flush=True)
         else:
             print(f"live view of {args.port} at {view.url} (Ctrl-C to stop)", flush=True)
+        if view.reach():
+            log(f"warning: {view.reach()}")
         if not args.no_browser:
-            webbrowser.open(view.url)
+            view.open_in_browser()  # the URL's token kept off the browser's command line
         while True:
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -875,9 +1169,22 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pulseline", description=__doc__, epilog=ALL_EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from ._native import lib as native
+    from .mpcompat import import_firmware
+    from .plant.timeline import WATER_CM_MAX, WATER_CM_MIN
+    from .presets import MAX_DURATION_S, MAX_FRAMES
+
+    # The limits are the firmware's, the native assembler's and the plant's
+    # own: the host refuses what they would, before anything is sent.
+    controller = import_firmware("pulsefw.controller")
+    fields = import_firmware("pulsefw.config").FIELDS
+    kv = Number(controller.KV_MIN, controller.KV_MAX, "kV")
+    width = Number(controller.WIDTH_MIN_MS, controller.WIDTH_MAX_MS, "ms")
+    water = Number(WATER_CM_MIN, WATER_CM_MAX, "cm")
+    http_port = Number(0, 65535, whole=True)
+    parser = Parser(prog="pulseline", description=__doc__, epilog=ALL_EXAMPLES,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)  # subcommands: Parser too (parser_class)
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
@@ -888,10 +1195,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_version)
     p = command("decode", "assemble frames from a recorded board->host byte stream (or a test's transcript)")
     p.add_argument("stream", type=Path)
-    p.add_argument("--pixels", type=int, default=256, help="pixels per line (default 256)")
-    p.add_argument("--lines", type=int, default=256, help="lines per frame (default 256)")
+    p.add_argument("--pixels", type=Number(1, native.PL_MAX_PIXELS_PER_LINE, whole=True), default=256,
+                   help="pixels per line (default 256)")
+    p.add_argument("--lines", type=Number(1, native.PL_MAX_LINES_PER_FRAME, whole=True), default=256,
+                   help="lines per frame (default 256)")
     p.add_argument("--format", choices=sorted(PIXEL_FORMATS), default="mono12p")
-    p.add_argument("--in-flight", type=int, default=4, help="frames assembled at once (default 4)")
+    p.add_argument("--in-flight", type=Number(1, native.PL_MAX_FRAMES_IN_FLIGHT, whole=True), default=4,
+                   help="frames assembled at once (default 4)")
     p.add_argument("-o", "--output", type=Path, help="write the frames as one .npy stack")
     _json_arg(p)
     p.set_defaults(func=cmd_decode)
@@ -899,11 +1209,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("view", "the live view in a browser: frames, technique, dose displays, alarms, last image hold")
     _port_arg(p)
     p.add_argument("--listen", default="127.0.0.1",
-                   help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface)")
-    p.add_argument("--http-port", type=int, default=0, help="web server port (default: a free one)")
+                   help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface, "
+                        "with --allow-remote)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a --listen beyond loopback: every machine that reaches it, and anyone with the URL, "
+                        "can drive the board")
+    p.add_argument("--http-port", type=http_port, default=0, help="web server port (default: a free one)")
     p.add_argument("--no-browser", action="store_true", help="print the address, do not open a browser")
     _json_arg(p)
-    p.set_defaults(func=cmd_view)
+    p.set_defaults(func=_listen_checked(cmd_view))
 
     p = command("transcript", "the packets of a test's protocol transcript (evidence bundle), in order, decoded")
     p.add_argument("transcript", type=Path)
@@ -913,6 +1227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_transcript)
 
     p = command("sim", "start, list, stop or drive simulated boards")
+    p.__class__ = _IntermixedParser  # "sim set --name a door_closed false"
     p.add_argument("action", nargs="?", default="start", choices=["start", "stop", "list", "press", "release", "set"])
     p.add_argument("values", nargs="*", help="for set: an input (switch, door_closed, key_on, generator_ready, "
                    "hlc_switch, water_cm, structures, ...) and its value")
@@ -920,9 +1235,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fs", type=Path, help="the board's filesystem directory (default .pulseline/<name>.fs)")
     p.add_argument("--link", default="usb-fs", help="usb-fs, usb-hs or uart:BAUD (default usb-fs)")
     p.add_argument("--faults", default="", help="seeded link faults, e.g. corrupt=1e-5,drop=0.01,disconnect=30")
-    p.add_argument("--seed", type=int, default=0, help="the plant's seed: detector maps, noise, serial numbers")
+    # numpy seeds are whole and not negative; 32 bits are plenty of boards
+    p.add_argument("--seed", type=Number(0, 2**32 - 1, whole=True), default=0,
+                   help="the plant's seed: detector maps, noise, serial numbers")
     p.add_argument("--timeline", type=Path, help="plant timeline (JSON) to load")
-    p.add_argument("--water-cm", type=float, help="phantom: water slab thickness, cm (default 20)")
+    p.add_argument("--water-cm", type=water, help="phantom: water slab thickness, cm (default 20)")
     p.add_argument("--detach", action="store_true", help="run in the background and return")
     p.add_argument("--all", action="store_true", help="stop: every running simulated board")
     _json_arg(p)
@@ -943,9 +1260,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("exam", "the dose report of the current or a past exam (from the board's journal); --new starts one")
     _port_arg(p)
     p.add_argument("--new", action="store_true", help="start a new exam (resets the cumulative values)")
-    p.add_argument("--exam", type=int, help="the report of this exam (a past one) from the journal")
+    # The board counts exams from 0 up; none gets near 2**31.
+    p.add_argument("--exam", type=Number(0, 2**31 - 1, whole=True),
+                   help="the report of this exam (a past one) from the journal")
     _json_arg(p)
     p.set_defaults(func=cmd_exam)
+
+    p = command("fault-reset", "clear a latched fault (the board comes back disarmed; arm again to expose)")
+    _port_arg(p)
+    _json_arg(p)
+    p.set_defaults(func=cmd_fault_reset)
+
+    p = command("disarm", "disarm the board: no press exposes until it is armed again")
+    _port_arg(p)
+    _json_arg(p)
+    p.set_defaults(func=cmd_disarm)
 
     p = command("info", "firmware, serials, state and configuration of a board")
     _port_arg(p)
@@ -954,10 +1283,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("calibrate", "dark and flat frames -> offset, gain and defective-pixel maps for the detector")
     _port_arg(p)
-    p.add_argument("--dark", type=int, default=16, help="dark frames (beam off), default 16")
-    p.add_argument("--flat", type=int, default=32, help="flat frames (open field), default 32")
-    p.add_argument("--kv", type=float, default=60.0, help="flat-field kV (default 60; mA is chosen for half range)")
-    p.add_argument("--width", type=float, help="flat-field pulse width, ms (default the shortest, 2)")
+    # Statistics need 2 frames at least; the board reads at most MAX_DARK_FRAMES
+    # dark frames, and flat frames (held in memory like them) are capped alike.
+    frames = Number(2, import_firmware("pulsefw.commands").MAX_DARK_FRAMES, whole=True)
+    p.add_argument("--dark", type=frames, default=16, help="dark frames (beam off), default 16")
+    p.add_argument("--flat", type=frames, default=32, help="flat frames (open field), default 32")
+    p.add_argument("--kv", type=kv, default=60.0, help="flat-field kV (default 60; mA is chosen for half range)")
+    p.add_argument("--width", type=width, help="flat-field pulse width, ms (default the shortest, 2)")
     p.add_argument("--dir", type=Path, help="where calibrations are kept (default $PULSELINE_CALIBRATION_DIR "
                    "or ~/.local/share/pulseline/calibration)")
     _json_arg(p)
@@ -969,15 +1301,22 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("technique (options win over the preset)")
     g.add_argument("--preset", help="a named protocol (see: pulseline presets)")
     g.add_argument("--presets", type=Path, help="a JSON file of more presets (or $PULSELINE_PRESETS)")
-    g.add_argument("--frames", type=int, help="frames to capture (default: the preset's, else 16)")
-    g.add_argument("--duration", type=float, help="seconds of exposure instead of --frames")
-    g.add_argument("--kv", type=float, help="tube voltage, kV (60..120): a manual technique")
-    g.add_argument("--ma", type=float, help="tube current, mA (1..80)")
-    g.add_argument("--pps", type=float, help="pulses per second: 3.75, 7.5, 15 or 30")
-    g.add_argument("--width", type=float, help="pulse width, ms (2..20, at most half the period)")
+    how_long = g.add_mutually_exclusive_group()
+    how_long.add_argument("--frames", type=Number(1, MAX_FRAMES, whole=True),
+                          help="frames to capture (default: the preset's, else 16)")
+    how_long.add_argument("--duration", type=Number(0, MAX_DURATION_S, "s", above=True),
+                          help="seconds of exposure instead of --frames")
+    g.add_argument("--kv", type=kv, help=f"tube voltage, kV ({kv.lo:g}..{kv.hi:g}): a manual technique")
+    g.add_argument("--ma", type=Number(controller.MA_MIN, controller.MA_MAX, "mA"),
+                   help=f"tube current, mA ({controller.MA_MIN:g}..{controller.MA_MAX:g})")
+    rates = controller.PULSE_RATES
+    g.add_argument("--pps", type=Number(min(rates), max(rates), "pps", choices=rates),
+                   help="pulses per second: " + ", ".join(map(_num, rates)))
+    g.add_argument("--width", type=width, help=f"pulse width, ms ({width.lo:g}..{width.hi:g}, at most half the period)")
     g.add_argument("--abc", action=argparse.BooleanOptionalAction, default=None, help="brightness control")
-    g.add_argument("--filter", type=float, help="recursive noise filter alpha (0..1; 0 off)")
-    g.add_argument("--water-cm", type=float, help="simulated board: the phantom's water thickness, cm")
+    g.add_argument("--filter", type=Number(*fields["filter_alpha"][1:]),
+                   help="recursive noise filter alpha (0..1; 0 off)")
+    g.add_argument("--water-cm", type=water, help="simulated board: the phantom's water thickness, cm")
     g.add_argument("--no-calibration", action="store_true", help="save raw frames even if a calibration exists")
     g = p.add_argument_group("exam identity (anonymous by default)")
     g.add_argument("--patient-name", help="DICOM person name, e.g. DOE^JANE")
@@ -985,7 +1324,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--study-id")
     g.add_argument("--study-uid", help="add to an existing study (default: a new one)")
     g.add_argument("--accession")
-    g.add_argument("--series-number", type=int)
+    g.add_argument("--series-number", type=Number(1, 99999, whole=True))
     g.add_argument("--study-description")
     g.add_argument("--series-description")
     g.add_argument("--institution")
@@ -996,16 +1335,19 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("live view (see: pulseline view)")
     g.add_argument("--view", action="store_true", help="show the capture in the browser as it comes, marked REC")
     g.add_argument("--listen", default="127.0.0.1", help="with --view: the address to serve on (default loopback)")
-    g.add_argument("--http-port", type=int, default=0, help="with --view: web server port (default: a free one)")
+    g.add_argument("--allow-remote", action="store_true",
+                   help="with --view: allow a --listen beyond loopback (anyone with the URL can drive the board)")
+    g.add_argument("--http-port", type=http_port, default=0, help="with --view: web server port (default: a free one)")
     g.add_argument("--no-browser", action="store_true", help="with --view: print the address, open no browser")
     p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=None,
                    help="show the last image in the terminal (default: when it is a terminal)")
     _json_arg(p)
-    p.set_defaults(func=cmd_capture)
+    p.set_defaults(func=_listen_checked(cmd_capture))
 
     p = command("monitor", "state, events, alarms and firmware logs as they come (until Ctrl-C)")
     _port_arg(p)
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--duration", type=Number(0, MAX_DURATION_S, "s", above=True),
+                   help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--dose", action=argparse.BooleanOptionalAction, default=True,
                    help="show the dose displays (twice a second while exposing)")
     _json_arg(p)
@@ -1019,18 +1361,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
-    except CliError as exc:
-        print(f"pulseline: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("pulseline: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # the reader of our output went away (e.g. | head)
-        sys.stderr.close()
-        return 0
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already said in one line: its status, as for a command
+        return exc.code if isinstance(exc.code, int) else 2
+    with SIGNALS.installed():
+        try:
+            return int(args.func(args))
+        except CliError as exc:
+            _say_error(str(exc))
+            return 2
+        except KeyboardInterrupt as exc:
+            _say_error(f"interrupted ({exc or 'Ctrl-C'})")
+            return 130
+        except BrokenPipeError:  # the reader of our output went away (e.g. | head)
+            sys.stderr.close()
+            return 0
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ stdout stays clean for scripts."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -77,8 +78,12 @@ class CaptureProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.refresh()
-        self.progress.stop()
+        # A terminal that has gone (closed: SIGHUP) takes no more output;
+        # what matters then is that the capture's files get written.
+        with contextlib.suppress(OSError):
+            self.refresh()
+        with contextlib.suppress(OSError):
+            self.progress.stop()
 
     def refresh(self) -> None:
         self.dose.update()

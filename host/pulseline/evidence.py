@@ -208,11 +208,29 @@ def entries(records: list[tuple[int, float, bytes]]) -> list[Entry]:
     return [e for _, e in out]
 
 
+MAX_BODY_DEPTH = 32  # the firmware's bodies nest a few levels; far below any recursion limit
+
+
+def _depth(value: Any) -> int:
+    """How deep lists and objects nest in `value` (iterative: no recursion)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d)
+            todo.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
 def _json(raw: bytes) -> Any:
+    """A body decoded, or its text as it came when it is not JSON we can
+    show: not JSON at all, or nested so deep that decoding (RecursionError)
+    or showing it again (json.dumps) would overflow the stack."""
     try:
-        return json.loads(raw)
-    except ValueError:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
         return raw.decode(errors="replace")
+    return value if _depth(value) <= MAX_BODY_DEPTH else raw.decode(errors="replace")
 
 
 def _entry(t_s: float, direction: int, ptype: int, seq: int, payload: bytes, commands: Any, tx: Any) -> Entry:

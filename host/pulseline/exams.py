@@ -2,10 +2,12 @@
 past, built from the journal's records (the board's `dose_report` covers
 only the current one).
 
-The journal holds an `exam` record when an exam starts and `event` records
-for each irradiation event (a press may be checkpointed several times; its
-last record holds its totals, and every record carries the exam's running
-totals). The report of an exam has the same keys as `dose_report`."""
+The journal holds an `exam` record when an exam starts and an `event`
+record for each irradiation event (an event cut short by a reset or a power
+cut is committed at the next boot from its last checkpoint, marked
+`interrupted`; journals of older firmware may hold several records of one
+event, of which the last holds its totals; every record carries the exam's
+running totals). The report of an exam has the same keys as `dose_report`."""
 
 from __future__ import annotations
 
@@ -27,6 +29,20 @@ def read_journal(session: Session) -> list[dict[str, Any]]:
         if not records or records[-1]["seq"] + 1 >= page["next"]:
             return out
         start = records[-1]["seq"] + 1
+
+
+# Why an event ended before its release (its record's "interrupted").
+INTERRUPTED = {"power": "power lost or board reset", "watchdog": "watchdog reset", "reset": "board reset",
+               "ctrl-c": "firmware stopped by Ctrl-C", "error": "firmware error",
+               "exit_to_repl": "firmware stopped for the REPL"}
+
+
+def how_it_ended(event: dict[str, Any]) -> str:
+    """"" for an event that ended with its release; else why not, in words."""
+    why = event.get("interrupted")
+    if why:
+        return f" (interrupted: {INTERRUPTED.get(str(why), str(why))})"
+    return "" if event.get("final", True) else " (cut short)"
 
 
 def exams_in(records: list[dict[str, Any]]) -> list[int]:

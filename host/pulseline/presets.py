@@ -19,6 +19,19 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .mpcompat import import_firmware
+from .plant.timeline import WATER_CM_MAX, WATER_CM_MIN
+
+_controller = import_firmware("pulsefw.controller")
+_config = import_firmware("pulsefw.config")
+
+# The longest exposure a preset or `capture --duration` asks for. No
+# procedure comes near a day: more is a slip (ms for s, a digit too many),
+# and the frame count made of it must stay an ordinary number (1e308 s at
+# any rate overflows). MAX_FRAMES: that day at the fastest rate.
+MAX_DURATION_S = 24 * 3600.0
+MAX_FRAMES = int(MAX_DURATION_S * max(_controller.PULSE_RATES))
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -81,33 +94,82 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "kv": (int, float), "ma": (int, float), "filter_alpha": (int, float), "frames": (int,),
     "duration_s": (int, float), "lines_per_frame": (int,), "pixels_per_line": (int,), "water_cm": (int, float),
 }
+_KINDS = {(str,): "text", (bool,): "true or false", (int,): "a whole number", (int, float): "a number"}
+# Allowed values, lowest..highest: the firmware's and the plant's own limits.
+# JSON numbers can be 1e999 (inf) and json also reads NaN and Infinity: no
+# such value is within any of these. filter_alpha and duration_s must be
+# above their lowest (an "off" filter is no filter_alpha; no exposure is none).
+_RANGES: dict[str, tuple[float, float]] = {
+    "pulse_width_ms": (_controller.WIDTH_MIN_MS, _controller.WIDTH_MAX_MS),
+    "kv": (_controller.KV_MIN, _controller.KV_MAX), "ma": (_controller.MA_MIN, _controller.MA_MAX),
+    "filter_alpha": _config.FIELDS["filter_alpha"][1:], "frames": (1, MAX_FRAMES), "duration_s": (0, MAX_DURATION_S),
+    "lines_per_frame": _config.FIELDS["lines_per_frame"][1:], "pixels_per_line": _config.FIELDS["pixels_per_line"][1:],
+    "water_cm": (WATER_CM_MIN, WATER_CM_MAX),
+}
+_ABOVE_LOWEST = frozenset({"filter_alpha", "duration_s"})
 
 
 class PresetError(ValueError):
     """A preset that does not exist or does not make sense: one clear line."""
 
 
+def _n(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _is_kind(v: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(v, types) and not (isinstance(v, bool) and bool not in types)  # JSON true is no number
+
+
+def _check_value(k: str, v: Any) -> str | None:
+    """Why `v` is no good for setting `k` (its type, its range), or None."""
+    types = _TYPES[k]
+    if not _is_kind(v, types):
+        return f"must be {_KINDS[types]}"
+    if k == "pulses_per_s":
+        rates = _controller.PULSE_RATES
+        return None if v in rates else f"must be one of {', '.join(map(_n, rates))} pps"
+    if k in _RANGES:
+        lo, hi = _RANGES[k]
+        above = k in _ABOVE_LOWEST
+        # A nan fails every comparison; a whole number is compared as it is
+        # (float(10**400) would overflow).
+        if not ((lo < v if above else lo <= v) and v <= hi):
+            return f"must be more than {_n(lo)} and at most {_n(hi)}" if above else f"must be within {_n(lo)}..{_n(hi)}"
+    return None
+
+
+def _shown(v: Any) -> str:
+    """A value as the file has it, short."""
+    if isinstance(v, dict | list):
+        return "an object" if isinstance(v, dict) else "a list"
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _from_dict(name: str, raw: Any, source: str) -> Preset:
+    where = f"{source}: preset {name!r}"
     if not isinstance(raw, dict):
-        raise PresetError(f"{source}: preset {name!r} must be a JSON object")
+        raise PresetError(f"{where} must be a JSON object")
     known = {f.name for f in fields(Preset)} - {"name"}
+    optional = {f.name for f in fields(Preset) if f.default is None}  # null: not set
     for k, v in raw.items():
         if k not in known:
-            raise PresetError(f"{source}: preset {name!r}: unknown setting {k!r} (known: {', '.join(sorted(known))})")
-        if v is not None and (not isinstance(v, _TYPES[k]) or (isinstance(v, bool) and bool not in _TYPES[k])):
-            raise PresetError(f"{source}: preset {name!r}: {k} must be {_TYPES[k][0].__name__}, got {v!r}")
+            raise PresetError(f"{where}: unknown setting {k!r} (known: {', '.join(sorted(known))})")
+        if v is None and k in optional:
+            continue
+        why = _check_value(k, v)
+        if why:
+            raise PresetError(f"{where}: {k} {why}, got {_shown(v)}")
     for k in ("pulses_per_s", "pulse_width_ms"):
         if k not in raw:
-            raise PresetError(f"{source}: preset {name!r} needs {k}")
+            raise PresetError(f"{where} needs {k}")
     p = Preset(name=name, **{"description": "", **raw})
-    if p.filter_alpha is not None and not 0 < p.filter_alpha <= 1:
-        raise PresetError(f"{source}: preset {name!r}: filter_alpha must be in (0, 1], got {p.filter_alpha}")
-    if p.frames is not None and p.frames < 1:
-        raise PresetError(f"{source}: preset {name!r}: frames must be at least 1")
-    if p.duration_s is not None and not p.duration_s > 0:
-        raise PresetError(f"{source}: preset {name!r}: duration_s must be > 0")
+    if p.pulse_width_ms > 500.0 / p.pulses_per_s:  # as the firmware's Technique.check
+        raise PresetError(f"{where}: pulse_width_ms {_n(p.pulse_width_ms)} is more than half the period at "
+                          f"{_n(p.pulses_per_s)} pps (at most {_n(500.0 / p.pulses_per_s)})")
     if not p.abc and (p.kv is None or p.ma is None):
-        raise PresetError(f"{source}: preset {name!r}: without brightness control it needs kv and ma")
+        raise PresetError(f"{where}: without brightness control it needs kv and ma")
     return p
 
 
@@ -124,6 +186,8 @@ def load(path: Path | None = None) -> dict[str, Preset]:
         raise PresetError(f"cannot read presets file {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise PresetError(f"presets file {path} is not valid JSON: {exc}") from None
+    except RecursionError:  # nested deeper than the interpreter recurses
+        raise PresetError(f"presets file {path} is nested too deeply to be presets") from None
     if not isinstance(raw, dict):
         raise PresetError(f"presets file {path} must hold a JSON object of named presets")
     for name, body in raw.items():

@@ -381,7 +381,7 @@ def _evidence(request: pytest.FixtureRequest, board: Board | None) -> None:
     if s is not None:
         with open(out / "events.jsonl", "w") as fh:
             for e in s.events:
-                fh.write(json.dumps({"t_us": e.t_us, "event": e.name, **e.body}) + "\n")
+                fh.write(json.dumps(e.as_dict()) + "\n")
         if s.recorder is not None:
             s.recorder.write_transcript(out / "transcript.bin")
             if s.recorder.frames:
