@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from recording_board import RecordingBoard  # tests/
 
 from pulseline import cli, evidence
 from pulseline.presets import BUILTIN, PresetError, _from_dict
@@ -40,28 +41,9 @@ def refused(code: int, err: str, *needles: str) -> str:
     return lines[0]
 
 
-class Recording:
-    """A fast board (no pixels) that keeps every byte a host sends it."""
-
-    def __init__(self) -> None:
-        self.board = FastBoard(seed=0, pixels=False)
-        self.url = self.board.url
-        self.sent = bytearray()
-        put = self.board.put
-        self.board.put = lambda data: (self.sent.extend(data), put(data))[1]  # type: ignore[method-assign]
-
-    def commands(self) -> list[str]:
-        entries = evidence.entries([(evidence.TO_BOARD, 0.0, bytes(self.sent))])
-        return [e.body["command"] for e in entries if e.kind == "command"]
-
-    def config(self) -> dict:
-        with Session(self.url) as s:
-            return dict(s.config)
-
-
 @pytest.fixture
 def board():
-    b = Recording()
+    b = RecordingBoard()
     yield b
     b.board.close()
 

@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from recording_board import RecordingBoard  # tests/
 
 from pulseline import cli, evidence
 from pulseline.protocol import wire
 from pulseline.session import Session
-from pulseline.sim.fastboard import FastBoard
 from pulseline.streamgen import clean_stream, random_frames
 
 PARSER = cli.build_parser()
@@ -101,23 +101,6 @@ def bad_anywhere(text: str) -> bool:
     return not (math.isfinite(value) and 0 <= value < 1e15)
 
 
-class Recording:
-    """A fast board (no pixels) that keeps every byte a host sends it."""
-
-    def __init__(self) -> None:
-        self.board = FastBoard(seed=0, pixels=False)
-        self.sent = bytearray()
-        put = self.board.put
-        self.board.put = lambda data: (self.sent.extend(data), put(data))[1]  # type: ignore[method-assign]
-
-    def commands(self) -> list[str]:
-        entries = evidence.entries([(evidence.TO_BOARD, 0.0, bytes(self.sent))])
-        return [e.body["command"] for e in entries if e.kind == "command"]
-
-    def close(self) -> None:
-        self.board.close()
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("fuzz")
@@ -161,7 +144,7 @@ def test_any_command_line_ends_cleanly(workdir, line, as_json):
     argv += [f"{option}={value}" for option, value in values]  # "--kv=-inf": a value, not an option
     if as_json and any("--json" in a.option_strings for a in sub._actions):
         argv.append("--json")
-    board = Recording() if port_kind == "board" else None
+    board = RecordingBoard() if port_kind == "board" else None
     if any(a.dest == "port" for a in sub._actions):
         port = board.board.url if board else port_kind
         argv.append(f"--port={files['fresh'].parent / port[1:] if port.startswith('@') else port}")
@@ -194,7 +177,7 @@ def test_small_captures_on_a_fast_board(workdir, kv, ma, pps, width, frames):
     or is refused on the host before the board hears of it."""
     root, counter = workdir
     out = root / f"cap{next(counter)}"
-    board = Recording()
+    board = RecordingBoard()
     try:
         with Session(board.board.url) as s:
             before = s.configure(pixels_per_line=16, lines_per_frame=16)
