@@ -356,9 +356,9 @@ class TestLiveViewRefusesOthers:
 # -- the view's command line -------------------------------------------------------------------
 
 
-def pulseline(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def pulseline(*args: str, cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pulseline", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=timeout_s)
 
 
 class TestLiveViewCommandLine:
@@ -536,15 +536,6 @@ def mode(path: str | Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def wait_until(pred: Any, timeout_s: float = 30.0) -> bool:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @needs_other_user
 @pytest.mark.micropython
 def test_another_user_reaches_none_of_the_boards_endpoints_and_its_owner_all(tmp_path):
@@ -695,11 +686,6 @@ def test_the_owner_lookup_reads_the_right_row_and_fails_closed(loopback, tmp_pat
 # -- one board per filesystem, and per name ----------------------------------------------
 
 
-def sim_cli(cwd: Path, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pulseline", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=timeout_s)
-
-
 def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
     assert res.returncode != 0, res.stdout
     lines = res.stderr.strip().splitlines()
@@ -745,10 +731,10 @@ def test_the_cli_refuses_a_second_board_in_one_line_and_leaves_the_first_alone(t
         running = a.files.state_file.read_text()
         pid = str(os.getpid())
         refused = [
-            sim_cli(tmp_path, "sim", "--detach", "--name", "a"),
-            sim_cli(tmp_path, "sim", "--detach", "--name", "b", "--fs", str(fs)),
-            sim_cli(tmp_path, "sim", "--name", "a", timeout_s=60),  # in the foreground too
-            sim_cli(tmp_path, "sim", "--name", "b", "--fs", str(fs), timeout_s=60),
+            pulseline("sim", "--detach", "--name", "a", cwd=tmp_path),
+            pulseline("sim", "--detach", "--name", "b", "--fs", str(fs), cwd=tmp_path),
+            pulseline("sim", "--name", "a", timeout_s=60, cwd=tmp_path),  # in the foreground too
+            pulseline("sim", "--name", "b", "--fs", str(fs), timeout_s=60, cwd=tmp_path),
         ]
         for res in refused:
             line = one_line_error(res)
@@ -759,7 +745,7 @@ def test_the_cli_refuses_a_second_board_in_one_line_and_leaves_the_first_alone(t
                              capture_output=True, text=True, cwd=tmp_path, timeout=60)
         assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and pid in res.stderr
         assert a.files.state_file.read_text() == running and not (state / "a.log").exists()
-        listed = json.loads(sim_cli(tmp_path, "sim", "list", "--json").stdout)
+        listed = json.loads(pulseline("sim", "list", "--json", cwd=tmp_path).stdout)
         assert [(b["name"], b["pid"]) for b in listed] == [("a", os.getpid())]
 
 
@@ -777,12 +763,12 @@ def test_starting_one_name_at_once_from_many_processes_starts_one_board(tmp_path
         for code, _, err in results:
             if code != 0:
                 assert code == 2 and len(err.strip().splitlines()) == 1 and "'x'" in err and str(pid) in err, err
-        listed = json.loads(sim_cli(tmp_path, "sim", "list", "--json").stdout)
+        listed = json.loads(pulseline("sim", "list", "--json", cwd=tmp_path).stdout)
         assert [(b["name"], b["pid"]) for b in listed] == [("x", pid)]
     finally:
-        res = sim_cli(tmp_path, "sim", "stop", "--all")
+        res = pulseline("sim", "stop", "--all", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert json.loads(sim_cli(tmp_path, "sim", "list", "--json").stdout) == []
+    assert json.loads(pulseline("sim", "list", "--json", cwd=tmp_path).stdout) == []
 
 
 @pytest.mark.micropython
@@ -799,20 +785,20 @@ def test_a_dead_boards_leftovers_do_not_block_or_list(tmp_path):
     # A live process's pid in a stale file (a pid reused): still not a board.
     (state / "a.json").write_text(json.dumps({"name": "a", "pid": os.getpid(), "fs": str(tmp_path / "fs")}))
     assert running_boards(state) == []
-    assert json.loads(sim_cli(tmp_path, "sim", "list", "--json").stdout) == []
+    assert json.loads(pulseline("sim", "list", "--json", cwd=tmp_path).stdout) == []
     with SimBoard(tmp_path / "fs", name="a", state_dir=state) as a:
         assert [b["pid"] for b in running_boards(state)] == [os.getpid()] and os.readlink(a.files.link) == a.pty_path
 
 
 @pytest.mark.micropython
 def test_a_killed_boards_name_and_filesystem_are_free_at_once(tmp_path):
-    res = sim_cli(tmp_path, "sim", "--detach", "--name", "k", "--json")
+    res = pulseline("sim", "--detach", "--name", "k", "--json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     pid = json.loads(res.stdout)["pid"]
     os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: gone(pid))
-    res = sim_cli(tmp_path, "sim", "--detach", "--name", "k", "--json")
+    wait_for(lambda: gone(pid), f"process {pid} gone", timeout_s=30)
+    res = pulseline("sim", "--detach", "--name", "k", "--json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["pid"] != pid
-    assert sim_cli(tmp_path, "sim", "stop", "--name", "k").returncode == 0
-    assert json.loads(sim_cli(tmp_path, "sim", "list", "--json").stdout) == []
+    assert pulseline("sim", "stop", "--name", "k", cwd=tmp_path).returncode == 0
+    assert json.loads(pulseline("sim", "list", "--json", cwd=tmp_path).stdout) == []
