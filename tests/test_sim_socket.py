@@ -401,3 +401,57 @@ def test_time_a_request_waits_for_the_plant_server_is_credited_and_not_judged_me
     finally:
         board.close()
         server.close()
+
+
+def test_a_write_of_the_boards_filesystem_is_the_hosts_time_not_the_boards():
+    """The simulated board's filesystem is the host's disk, whose writeback
+    can hold a 450-byte write for 170 ms (measured under load): the board
+    says when a write begins and ends, its watchdog is not judged meanwhile
+    and the time is credited. A write that never ends is judged again."""
+    import socket
+    import struct
+
+    from pulseline.sim import plantserver
+
+    hal_sim = import_firmware("pulsefw.hal_sim")
+    plant = Plant(PlantConfig(seed=1), Timeline())
+    server = PlantServer(plant)
+    time.sleep(0.1)  # as a board takes to boot: the kernel's timestamping is on by then
+    host, port = server.address.split(":")
+    board = socket.create_connection((host, int(port)))
+
+    def ask(op: int, args: bytes = b"") -> None:
+        board.sendall(bytes([op]) + args)
+        assert board.recv(1) == b"\x01"
+
+    try:
+        ask(hal_sim.OP_WDT_START, struct.pack("<I", 100))  # a 100 ms watchdog
+        ask(hal_sim.OP_STORAGE, b"\x01")
+        time.sleep(0.3)  # the host's disk holds the write
+        assert server.board_waiting()  # the supervisor leaves the watchdog alone now
+        ask(hal_sim.OP_STORAGE, b"\x00")
+        end = time.monotonic() + 5  # (the server marks the request done just after answering it)
+        while server.board_waiting():
+            assert time.monotonic() < end, "the write is over, the board still taken as waiting"
+            time.sleep(0.005)
+        with server.lock:
+            assert not plant.watchdog_expired(server.now_us()), "the host's disk time ran down the watchdog"
+        ask(hal_sim.OP_WDT_FEED)
+        # The same 0.3 s spent by the board itself: expired.
+        time.sleep(0.3)
+        with server.lock:
+            assert plant.watchdog_expired(server.now_us())
+        # A write that never ends is the board's hang: judged after the grace.
+        plantserver_grace = plantserver.STORAGE_GRACE_US
+        plantserver.STORAGE_GRACE_US = 200_000
+        try:
+            with server.lock:
+                plant.watchdog_start(server.now_us(), 100_000)
+            ask(hal_sim.OP_STORAGE, b"\x01")
+            time.sleep(0.3)
+            assert not server.board_waiting()
+        finally:
+            plantserver.STORAGE_GRACE_US = plantserver_grace
+    finally:
+        board.close()
+        server.close()

@@ -288,6 +288,7 @@ class App:
         if self.journal is None:
             self.fault(FAULT_STORAGE, now_us, "no journal")
             return False
+        self.hal.watchdog_feed()  # a board's flash write (an erase: tens of ms) starts with a fresh watchdog
         try:
             self.journal.append(record)
             return True
@@ -652,6 +653,7 @@ class App:
         if self.journal is None:
             self.fault(FAULT_STORAGE, now_us, "no journal")
             return
+        self.hal.watchdog_feed()  # as commit
         try:
             self.journal.checkpoint(self._press_record(p, False))
         except OSError as exc:

@@ -34,6 +34,7 @@ OP_WDT_STOP = const(0x57)  # -> ack
 OP_DARK = const(0x52)  # width_us u32 -> ack: read the armed frame with the beam off
 OP_IDENT = const(0x4E)  # -> seed u32 (the simulated hardware's identity)
 OP_EMISSION_OFF = const(0x4F)  # -> ack: the generator's enable dropped until the board restarts
+OP_STORAGE = const(0x54)  # writing u8 (1 a write begins, 0 it is over) -> ack
 
 INPUT_SWITCH = const(1)
 INPUT_DOOR_CLOSED = const(2)
@@ -293,6 +294,39 @@ class PlantClient:
         while True:
             self._time.sleep_ms(10)
 
+    def storage_writing(self, writing):
+        self.req[1] = 1 if writing else 0
+        self.ask(OP_STORAGE, 1, 1)
+
+
+class SimStorage:
+    """The simulated board's filesystem is a directory on the host's disk,
+    whose write can stall for the host's reasons (its writeback: 170 ms
+    seen for a 450-byte file) and whose time is not the board's. Each
+    write is told to the plant, which neither judges the watchdog during
+    it nor counts it (the journal's FileStore otherwise)."""
+
+    def __init__(self, store, port):
+        self.store = store
+        self.port = port
+
+    def read(self, name):
+        return self.store.read(name)
+
+    def append(self, name, data):
+        self.port.storage_writing(True)
+        try:
+            self.store.append(name, data)
+        finally:
+            self.port.storage_writing(False)
+
+    def replace(self, name, data):
+        self.port.storage_writing(True)
+        try:
+            self.store.replace(name, data)
+        finally:
+            self.port.storage_writing(False)
+
 
 class StdioLink:
     """The host link on stdin/stdout (the USB CDC port of a board)."""
@@ -337,4 +371,5 @@ def connect(root, address, link_bytes_per_s=0):
     capacity (0: USB full speed)."""
     host, _, tcp_port = address.rpartition(":")
     link = StdioLink()
-    return SimHal(PlantClient(host, int(tcp_port), link), link, FileStore(root), link_bytes_per_s)
+    port = PlantClient(host, int(tcp_port), link)
+    return SimHal(port, link, SimStorage(FileStore(root), port), link_bytes_per_s)

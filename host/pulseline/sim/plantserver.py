@@ -29,8 +29,11 @@ _ARG_SIZES = {
     hal_sim.OP_HELLO: 0, hal_sim.OP_INPUTS: 0, hal_sim.OP_SET: 8, hal_sim.OP_FIRE: 4, hal_sim.OP_FEEDBACK: 0,
     hal_sim.OP_ARM: 5, hal_sim.OP_POLL: 0, hal_sim.OP_WDT_START: 4, hal_sim.OP_WDT_FEED: 0, hal_sim.OP_CAUSE: 0,
     hal_sim.OP_RESET: 0, hal_sim.OP_WDT_STOP: 0, hal_sim.OP_DARK: 4, hal_sim.OP_IDENT: 0,
-    hal_sim.OP_EMISSION_OFF: 0,
+    hal_sim.OP_EMISSION_OFF: 0, hal_sim.OP_STORAGE: 1,
 }
+# A board writing its filesystem (the host's disk) this long is judged by its
+# watchdog again: a write that never ends is the board's hang.
+STORAGE_GRACE_US = 5_000_000
 _CAUSE_CODES = {"power": 0, "watchdog": 1, "soft": 2}
 # Linux: the kernel's receive time of a request (SO_TIMESTAMPNS, which
 # Python's socket module does not name), so the time a request waited for
@@ -67,6 +70,7 @@ class PlantServer:
         self.connections = 0
         self._conn: socket.socket | None = None
         self._busy = False  # a request is taken and not yet answered
+        self._storage_since: int | None = None  # plant time a write of the board's filesystem began
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="plant-server", daemon=True)
@@ -111,7 +115,7 @@ class PlantServer:
             except Exception as exc:  # keep the reason for the test that started us
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             finally:
-                self._conn, self._busy = None, False
+                self._conn, self._busy, self._storage_since = None, False, None
                 conn.close()
 
     def credit_host_starvation(self) -> None:
@@ -139,6 +143,9 @@ class PlantServer:
         conn = self._conn
         if self._busy:
             return True
+        since = self._storage_since
+        if since is not None and self.now_us() - since < STORAGE_GRACE_US:
+            return True  # writing the host's disk: its time, not the board's
         if conn is None:
             return False
         try:
@@ -214,6 +221,16 @@ class PlantServer:
                     out = struct.pack("<ff", kv, ma)
                 elif op == hal_sim.OP_EMISSION_OFF:
                     p.emission_off(now)
+                    out = b"\x01"
+                elif op == hal_sim.OP_STORAGE:
+                    # The write's time (the host's disk) is credited, as a
+                    # hardware call's is: from the request saying it began
+                    # to the one saying it is over.
+                    if args[0]:
+                        self._storage_since = asked_us
+                    elif self._storage_since is not None:
+                        p.watchdog_credit(asked_us - self._storage_since)
+                        self._storage_since = None
                     out = b"\x01"
                 elif op == hal_sim.OP_ARM:
                     lines, pixels, fmt = struct.unpack("<HHB", args)
