@@ -194,10 +194,16 @@ class PlantServer:
                 # lock, a CPU): hardware answers at once, so that wait is not
                 # the board's and must not run down its watchdog, a feed included.
                 p.watchdog_credit(now - asked_us)
+                # The hardware acts when the board asks, not when this thread
+                # gets to it: an input is read, a setpoint taken and a pulse
+                # fired at the request's arrival (so a loaded host, late to
+                # one fire and not the next, does not move the pulses the
+                # plant records closer together than the board fired them).
+                at = asked_us
                 if op == hal_sim.OP_HELLO:
                     out = struct.pack("<Q", now)
                 elif op == hal_sim.OP_INPUTS:
-                    s = p.inputs_at(now)
+                    s = p.inputs_at(at)
                     bits = ((hal_sim.INPUT_SWITCH if s.switch else 0)
                             | (hal_sim.INPUT_DOOR_CLOSED if s.door_closed else 0)
                             | (hal_sim.INPUT_KEY_ON if s.key_on else 0)
@@ -206,12 +212,12 @@ class PlantServer:
                     out = bytes([bits])
                 elif op == hal_sim.OP_SET:
                     kv, ma = struct.unpack("<ff", args)
-                    p.generator_set(now, float(kv), float(ma))
+                    p.generator_set(at, float(kv), float(ma))
                     out = b"\x01"
                 elif op == hal_sim.OP_FIRE:
                     (width_us,) = struct.unpack("<I", args)
                     self.credit_host_starvation()
-                    ok = p.generator_fire(now, int(width_us)) is not None
+                    ok = p.generator_fire(at, int(width_us)) is not None
                     if ok:
                         copied = 0
                         frame = b""
@@ -263,7 +269,7 @@ class PlantServer:
                     out = b"\x01"
                 elif op == hal_sim.OP_DARK:
                     (width_us,) = struct.unpack("<I", args)
-                    p.detector_dark(now, int(width_us))
+                    p.detector_dark(at, int(width_us))
                     copied = 0
                     frame = b""
                     out = b"\x01"
