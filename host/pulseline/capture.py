@@ -19,7 +19,7 @@ from . import __version__
 from .frames import Frame
 from .session import Session, SessionError
 
-SILENCE_S = 2.0  # the board answers a heartbeat every 100 ms: this much silence is a dead link
+SILENCE_S = 2.0  # the board answers a heartbeat every 50 ms: this much silence is a dead link
 
 
 @dataclass

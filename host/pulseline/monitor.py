@@ -33,7 +33,7 @@ from typing import Any
 from .session import Event, Session, SessionError
 
 POLL_S = 0.05
-SILENCE_S = 2.0  # the board answers a heartbeat every 100 ms: this much silence is a dead link
+SILENCE_S = 2.0  # the board answers a heartbeat every 50 ms: this much silence is a dead link
 FRAMES_IDLE_S = 1.0  # a burst of frames has ended when none came for this long: say how many
 FRAMES_EVERY_S = 5.0  # and while they keep coming, say so this often
 NAME_WIDTH = 11  # "irradiation"
