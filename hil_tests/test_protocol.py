@@ -138,10 +138,12 @@ def test_exit_to_repl_stops_the_firmware_and_a_soft_reset_brings_it_back(board, 
     with pytest.raises(BoardAtRepl, match=r"the board is at the MicroPython REPL.*restart it with: mpremote"):
         Session(board.port)
     # A soft reset at the REPL (Ctrl-D, as `mpremote soft-reset` leaves it)
-    # runs boot.py and main.py again.
+    # runs boot.py and main.py again. Ctrl-C first, as mpremote does: the
+    # handshakes above were typed into the REPL's line, and may have left it
+    # inside an unfinished statement, where Ctrl-D only ends the statement.
     t = SerialTransport(resolve(board.port))
     t.serial.timeout = 1
-    t.serial.write(b"\r\x04")
+    t.serial.write(b"\x03\x03\x04")
     t.close()
     assert wait_for_firmware(board.port, timeout_s=30)["firmware_hash"] == board.firmware["firmware_hash"]
     with Session(board.port) as s:
