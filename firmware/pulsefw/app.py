@@ -552,8 +552,10 @@ class App:
             self.fault(FAULT_PULSE_REFUSED, now, "pulse %d refused by the hardware interlocks" % p.pulse_id)
             return
         self.ctl.fired(t_fire, setup_us)
+        # The frame's time is its pulse's, as it left (not when it was decided).
+        self.readout.started(t_fire, self.clock.hi(t_fire))
         # Keep what the trailer and the dose need (p is reused by step()).
-        self.pend = (p.pulse_id, self.frame_id, now, ticks.add(now, width_us), p.kv, p.ma, p.pulse_width_ms,
+        self.pend = (p.pulse_id, self.frame_id, t_fire, ticks.add(t_fire, width_us), p.kv, p.ma, p.pulse_width_ms,
                      p.capped, p.hlc)
         self.pend_done = False
         self.pend_press = self.press

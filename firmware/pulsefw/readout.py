@@ -55,6 +55,13 @@ class Readout:
         self.busy = True
         self.hal.detector_arm(self.frame_buf, self.landed, self.lines, self.pixels, self.pixel_format)
 
+    def started(self, t_us, t_hi):
+        """The pulse left at t_us (in the t_hi'th wrap), a moment after the
+        time arm() was given: its lines are stamped from then."""
+        self.t_us = t_us
+        self.t_hi = t_hi
+        self.deadline_us = ticks.add(t_us, self.width_us + READOUT_TIMEOUT_US)
+
     def cancel(self):
         self.busy = False
 
