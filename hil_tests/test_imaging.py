@@ -80,3 +80,51 @@ def test_frames_keep_their_cadence_in_board_time_across_a_wrap_of_the_ticks(sess
     fired = [p.t_us for p in plant.model.pulses]
     assert all(min(abs(t - ts) for t in fired) < 10_000 for ts in stamps)
     assert all(f.lines_lost == 0 for f in frames)
+
+
+@pytest.mark.needs_plant
+def test_an_exam_of_two_presses_files_as_fluoroscopy_with_its_times(session, plant, clock, tmp_path):
+    import pydicom
+
+    from pulseline import sr_templates as T
+    from pulseline.dicom_rf import Identity
+
+    session.command("new_exam")
+    presses = []
+    for _ in range(2):
+        before = len(plant.model.pulses)
+        cap = capture(session, 3, press=plant.press, release=plant.release)
+        assert cap.error is None, cap.error
+        presses.append(plant.model.pulses[before:])
+        clock.sleep(0.3)  # a moment between the presses
+    ident = Identity(patient_age="045Y", patient_size_m=1.72, patient_weight_kg=71.0, patient_sex="F")
+    summary = save(cap, tmp_path / "exam", "test", identity=ident)
+    sr_path, rf_path = tmp_path / "exam" / "dose_sr.dcm", tmp_path / "exam" / "rf.dcm"
+    sr, rf = pydicom.dcmread(sr_path), pydicom.dcmread(rf_path)
+    # What the tools nobody here wrote say of it.
+    for argv in (["dsrdump", str(sr_path)], ["dciodvfy", str(sr_path)],
+                 ["dciodvfy", "-profile", "IHEREM", str(sr_path)], ["dciodvfy", str(rf_path)]):
+        out = subprocess.run(argv, capture_output=True, text=True)
+        text = out.stdout + out.stderr
+        bad = ("E:", "F:", "W:") if argv[0] == "dsrdump" else ("Error", "Warning") if argv[-1] == str(rf_path) \
+            else ("Error",)
+        assert [line for line in text.splitlines() if line.startswith(bad)] == [], argv
+    assert T.walk(sr) == []
+    # One event per press, each timed by its own pulses (the plant's record).
+    records = summary["dose_report"]["events"][-2:]
+    events = [it for it in sr.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "113706"]
+    assert len(events) == 2
+    for rec, fired, event in zip(records, presses, events, strict=True):
+        assert rec["pulses"] == len(fired)
+        assert abs(rec["pulse_start_us"] - fired[0].t_us) < 10_000
+        assert abs(rec["pulse_end_us"] - (fired[-1].t_us + fired[-1].width_us)) < 10_000
+        duration = next(float(it.MeasuredValueSequence[0].NumericValue) for it in event.ContentSequence
+                        if it.ConceptNameCodeSequence[0].CodeValue == "113742")
+        assert duration == pytest.approx((rec["pulse_end_us"] - rec["pulse_start_us"]) / 1e6, abs=1e-6)
+    started = [next(it.DateTime for it in e.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "111526")
+               for e in events]
+    assert started[0] < started[1]
+    # The image belongs to the second press's event, and the report says so.
+    uids = [next(it.UID for it in e.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "113769")
+            for e in events]
+    assert str(rf.IrradiationEventUID) == uids[1]

@@ -2,11 +2,11 @@
 # Debian packages the build and tests need. Installs what is missing when
 # run as root with apt-get; otherwise says what to install and carries on
 # (the build falls back to zlib's CRC without ISA-L; `make fuzz` needs clang;
-# the DICOM tests validate with dicom3tools' dciodvfy; the PACS test runs its
+# the DICOM tests validate with dicom3tools' dciodvfy and DCMTK's dsrdump; the PACS test runs its
 # own Orthanc on free loopback ports, never the packaged service; the live
 # view's browser test and benchmark drive headless chromium, with a font).
 set -euo pipefail
-need=(zlib1g-dev libisal-dev clang-14 libclang-rt-14-dev dicom3tools orthanc chromium fonts-dejavu-core)
+need=(zlib1g-dev libisal-dev clang-14 libclang-rt-14-dev dicom3tools dcmtk orthanc chromium fonts-dejavu-core)
 missing=()
 for p in "${need[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -74,6 +74,10 @@ class Press:
         self.event_id = event_id
         self.start_us = board_us
         self.end_us = board_us
+        # The irradiation itself: the first pulse's start to the last
+        # pulse's trailing edge (board time; 0 until a pulse is accounted).
+        self.pulse_start_us = 0
+        self.pulse_end_us = 0
         self.pulses = 0
         self.capped = 0
         self.hlc = False
@@ -309,7 +313,8 @@ class App:
         a = self.account
         n = p.pulses if p.pulses else 1
         rec = {"kind": "event", "exam": self.exam_id, "event": p.event_id, "final": final,
-               "start_us": p.start_us, "end_us": p.end_us, "pulses": p.pulses, "capped_pulses": p.capped,
+               "start_us": p.start_us, "end_us": p.end_us, "pulse_start_us": p.pulse_start_us,
+               "pulse_end_us": p.pulse_end_us, "pulses": p.pulses, "capped_pulses": p.capped,
                "kv": round(p.kv_sum / n, 2), "ma": round(p.ma_sum / n, 3), "pulse_width_ms": p.pulse_width_ms,
                "pulses_per_s": p.pulses_per_s, "hlc": p.hlc, "kerma_ugy": p.kerma.value(),
                "kap_ugy_m2": p.kap.value(), "total_kerma_ugy": a.kerma.value(),
@@ -601,6 +606,9 @@ class App:
             self.alarm("dose_notify", True, now, {"kerma_mgy": round(self.account.kerma_mgy(), 1)})
         p = self.pend_press  # the event that fired it, even if another has started since
         if p is not None:
+            if not p.pulses:
+                p.pulse_start_us = self.clock.us(t0)
+            p.pulse_end_us = self.clock.us(t1)
             p.pulses += 1
             p.kerma.add(kerma)
             p.kap.add(kap)

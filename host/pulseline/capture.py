@@ -5,6 +5,7 @@ dose SR, a PNG of the last image and a JSON summary."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 from collections.abc import Callable
@@ -125,6 +126,8 @@ def capture(session: Session, frames: int, *, press: Callable[[], object] | None
             out.frames += session.flush_frames()
             session.wait_event("irradiation", 2.0, since=first_event)
             out.dose_report = session.dose_report()
+            # When it came, on the host's clock: the events' board times are placed by it.
+            out.dose_report["host_time"] = dt.datetime.now().astimezone().isoformat()
         else:
             out.frames += session.flush_frames()
     except SessionError as exc:
@@ -237,6 +240,18 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
         raise
 
 
+def _events_of_frames(frames: list[Frame], events: list[Any]) -> list[Any]:
+    """The irradiation events whose pulses the frames are from (a frame's
+    time is its pulse's, on the board's clock, as the events' times)."""
+    out = []
+    for e in events:
+        lo = e.record.get("pulse_start_us") or e.record.get("start_us", 0)
+        hi = e.record.get("pulse_end_us") or e.record.get("end_us", 0)
+        if any(lo <= f.timestamp_us <= hi for f in frames):
+            out.append(e)
+    return out
+
+
 def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[str, Any]:
     """Write frames.tif, last.png, rf.dcm, dose_sr.dcm and summary.json;
     returns the summary. Each file lands whole or not at all (write_atomic).
@@ -288,6 +303,23 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
         write_atomic(summary_path, lambda p: p.write_text(text))
 
     plan: list[tuple[str, str, Callable[[Path], object]]] = []
+    from .dicom_rdsr import ImageRef, irradiations, write_rdsr
+
+    serial = str(cap.board.get("serial") or "")
+    events = irradiations(cap.dose_report, serial) if cap.dose_report else []
+    images: dict[str, ImageRef] = {}  # irradiation event UID -> the image its frames are in
+    run = _events_of_frames(cap.frames, events)
+
+    def rf(p: Path) -> None:
+        ds = write_rf(
+            p, as_stored_pixels(cap.frames, 4095 if twelve else 65535), bits_stored=12 if twelve else 16,
+            pulses_per_s=float(cap.config.get("pulses_per_s", 7.5)), kv=kv, ma=ma,
+            pulse_width_ms=float(cap.config.get("pulse_width_ms", 0.0)),
+            kap_dgy_cm2=kap_ugy_m2 * 0.1,  # 1 uGy m^2 = 0.01 Gy cm^2 = 0.1 dGy cm^2
+            firmware=str(cap.board.get("firmware", "")), identity=ident, device_serial=serial,
+            event_uids=[e.uid for e in run], acquired=run[0].start if run else None)
+        images.update({e.uid: ImageRef.of(ds) for e in run})
+
     if cap.frames:
         kv = float(np.mean([t.kv for t in trailers])) if trailers else float(cap.config.get("kv", 0.0))
         ma = float(np.mean([t.ma for t in trailers])) if trailers else float(cap.config.get("ma", 0.0))
@@ -295,19 +327,11 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
         plan += [
             ("frames", "frames.tif", lambda p: write_tiff(p, cap)),
             ("last_image", "last.png", lambda p: write_png(p, cap.frames[-1].pixels)),
-            ("dicom_rf", "rf.dcm", lambda p: write_rf(
-                p, as_stored_pixels(cap.frames, 4095 if twelve else 65535), bits_stored=12 if twelve else 16,
-                pulses_per_s=float(cap.config.get("pulses_per_s", 7.5)), kv=kv, ma=ma,
-                pulse_width_ms=float(cap.config.get("pulse_width_ms", 0.0)),
-                kap_dgy_cm2=kap_ugy_m2 * 0.1,  # 1 uGy m^2 = 0.01 Gy cm^2 = 0.1 dGy cm^2
-                firmware=str(cap.board.get("firmware", "")), identity=ident,
-                device_serial=str(cap.board.get("serial") or "")))]
+            ("dicom_rf", "rf.dcm", rf)]
     if cap.dose_report:
-        from .dicom_rdsr import write_rdsr
-
         plan.append(("dose_sr", "dose_sr.dcm", lambda p: write_rdsr(
             p, cap.dose_report, identity=ident, firmware=str(cap.board.get("firmware", "")),
-            device_serial=str(cap.board.get("serial") or ""))))
+            device_serial=serial, images=images)))
     write_summary()  # (a failure here: nothing is on disk but what was there)
     for key, name, write in plan:
         try:

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__
 from .protocol import PIXEL_FORMATS, wire
+from .sr_templates import ANATOMIC_REGIONS
 
 EXAMPLES = {
     "sim": """examples:
@@ -627,14 +628,20 @@ def _identity(args: argparse.Namespace) -> Any:
     fields = {"patient_name": args.patient_name, "patient_id": args.patient_id, "study_id": args.study_id,
               "accession_number": args.accession, "study_uid": args.study_uid, "series_number": args.series_number,
               "institution": args.institution, "study_description": args.study_description,
-              "series_description": args.series_description}
+              "series_description": args.series_description, "body_part": args.body_part,
+              "patient_sex": args.patient_sex, "patient_age": args.patient_age,
+              "patient_size_m": args.patient_size_m, "patient_weight_kg": args.patient_weight_kg,
+              "indication": args.indication}
+    if args.patient_age is not None and not re.fullmatch(r"[0-9]{3}[DWMY]", args.patient_age):
+        raise CliError(f"--patient-age {args.patient_age!r} is not a DICOM age: three digits and D, W, M or Y "
+                       "(e.g. 045Y)")
     # Checked now, by pydicom's own rules for each value representation: the
     # writer only warns (after the exposure) and stores a cut or mangled value.
     from pydicom import config as dicom_config
     from pydicom.valuerep import validate_value
 
     vrs = {"patient_name": "PN", "patient_id": "LO", "study_id": "SH", "accession_number": "SH", "study_uid": "UI",
-           "institution": "LO", "study_description": "LO", "series_description": "LO"}
+           "institution": "LO", "study_description": "LO", "series_description": "LO", "indication": "LO"}
     for k, v in fields.items():
         if not isinstance(v, str):
             continue
@@ -716,6 +723,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     preset, settings, _, water = _capture_plan(args)
     identity = _identity(args)
+    if preset is not None and not identity.protocol_name:
+        identity.protocol_name = str(getattr(preset, "name", preset))[:64]
     destination = None
     if args.send:
         from .pacs import parse_destination
@@ -1328,6 +1337,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--study-description")
     g.add_argument("--series-description")
     g.add_argument("--institution")
+    g.add_argument("--body-part", choices=sorted(ANATOMIC_REGIONS), help="the region imaged (default ABDOMEN)")
+    g.add_argument("--patient-sex", choices=("M", "F", "O"), help="M, F or O (other; the default: a phantom)")
+    g.add_argument("--patient-age", help="e.g. 045Y (the IHE REM profile asks for age, sex, size and weight)")
+    g.add_argument("--patient-size-m", type=Number(0.2, 2.8, "m"), help="patient height, m")
+    g.add_argument("--patient-weight-kg", type=Number(0.3, 500.0, "kg"), help="patient weight, kg")
+    g.add_argument("--indication", help="admitting diagnosis (default: phantom exposure, no patient)")
     g = p.add_argument_group("PACS")
     g.add_argument("--send", metavar="HOST:PORT", help="store the exam on a PACS (DICOM C-STORE)")
     g.add_argument("--called-ae", default="ANY-SCP", help="the PACS's AE title (default ANY-SCP)")
