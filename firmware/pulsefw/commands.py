@@ -223,8 +223,9 @@ def dose_report(app, args, now):
     # The answer must fit one packet: the latest events; read_journal has all.
     # board_us: the board's time now, so that the host can place the events'
     # board times on its own clock.
-    return {"exam": app.exam_id, "board_us": app.clock.us(now), "kerma_mgy": a.kerma_mgy(), "kap_gy_cm2": a.kap.value() * 0.01,
-            "fluoro_min": a.fluoro_time_min_tenths() / 10, "fluoro_s": a.switch_s, "pulses": a.pulses,
+    return {"exam": app.exam_id, "board_us": app.clock.us(now), "kerma_mgy": a.kerma_mgy(),
+            "kap_gy_cm2": a.kap.value() * 0.01, "fluoro_min": a.fluoro_time_min_tenths() / 10,
+            "fluoro_s": a.switch_s, "pulses": a.pulses,
             "events_total": len(keys), "events": [events[k] for k in keys[-MAX_REPORT_EVENTS:]]}
 
 
