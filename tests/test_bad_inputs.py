@@ -134,7 +134,7 @@ def test_a_full_disk_leaves_whole_files_or_none_and_a_summary_that_says_so(board
     files = (seen / "listing.txt").read_text().split()
     assert files == ["./exam/frames.tif", "./exam/last.png", "./exam/summary.json"], files
     summary = json.loads((seen / "summary.json").read_text())
-    assert summary["files"] == {"frames": "frames.tif", "last_image": "last.png", "dicom_rf": None,
+    assert summary["files"] == {"frames": "frames.tif", "frames16": None, "last_image": "last.png", "dicom_rf": None,
                                 "dose_sr": None, "summary": "summary.json"}
     assert "cannot write rf.dcm" in summary["error"] and summary["saving"] is False
     for f in list(tmp_path.glob("pulseline-rescue-*.npy")) + list(boards["tmp"].glob("pulseline-rescue-*.npy")):

@@ -175,14 +175,16 @@ def write_png(path: Path, pixels: Any) -> None:
     Image.fromarray(scaled.astype(np.uint8), mode="L").save(path)
 
 
-def write_tiff(path: Path, cap: Capture, pixel_pitch_mm: float = 0.4) -> None:
+def write_tiff(path: Path, cap: Capture, pixel_pitch_mm: float = 0.4,
+               pixels: npt.NDArray[np.uint16] | None = None) -> None:
     """An ImageJ hyperstack (T, Y, X): raw uint16, or float32 when corrected
     (lines that never arrived stay NaN). Each frame's technique and dose is
     its slice label, and all of them as JSON in the property
-    pulseline.frames; the capture's technique in pulseline.technique."""
+    pulseline.frames; the capture's technique in pulseline.technique.
+    `pixels`: the frames as given instead (frames16.tif: as_stored_pixels)."""
     import tifffile
 
-    data = np.stack([f.pixels for f in cap.frames])
+    data = np.stack([f.pixels for f in cap.frames]) if pixels is None else pixels
     data = data.astype(np.float32 if data.dtype.kind == "f" else np.uint16, copy=False)
     pps = float(cap.config.get("pulses_per_s", 7.5))
     technique = {k: cap.config.get(k) for k in ("kv", "ma", "pulse_width_ms", "pulses_per_s", "abc_enabled",
@@ -191,6 +193,8 @@ def write_tiff(path: Path, cap: Capture, pixel_pitch_mm: float = 0.4) -> None:
             f"({str(cap.board.get('firmware_hash', ''))[:16]}); detector {cap.board.get('detector_serial')}; "
             + ("corrected with calibration " + str(cap.calibration.get("created")) if cap.calibration
                else "raw (uncorrected)"))
+    if pixels is not None and cap.calibration:
+        info += "; 16-bit: rounded and clipped to the detector's range as rf.dcm stores them (no-data pixels 0)"
     tifffile.imwrite(path, data, imagej=True, resolution=(1 / pixel_pitch_mm, 1 / pixel_pitch_mm),
                      metadata={"axes": "TYX", "unit": "mm", "finterval": 1 / pps, "Info": info,
                                "Labels": [frame_label(f) for f in cap.frames],
@@ -253,7 +257,8 @@ def _events_of_frames(frames: list[Frame], events: list[Any]) -> list[Any]:
 
 
 def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[str, Any]:
-    """Write frames.tif, last.png, rf.dcm, dose_sr.dcm and summary.json;
+    """Write frames.tif, last.png, rf.dcm, dose_sr.dcm, summary.json, and
+    frames16.tif for corrected (float) frames;
     returns the summary. Each file lands whole or not at all (write_atomic).
     The summary goes first, listing no file, then again after each file has
     landed: at any instant it lists exactly the files that exist. A file
@@ -265,8 +270,8 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
 
     ident = identity or Identity()  # the RF image and the dose SR belong to one study
     twelve = cap.config.get("pixel_format") == 2
-    files: dict[str, str | None] = {"frames": None, "last_image": None, "dicom_rf": None, "dose_sr": None,
-                                    "summary": "summary.json"}
+    files: dict[str, str | None] = {"frames": None, "frames16": None, "last_image": None, "dicom_rf": None,
+                                    "dose_sr": None, "summary": "summary.json"}
     summary: dict[str, Any] = {
         "pulseline": __version__,
         "port": port,
@@ -332,6 +337,11 @@ def save(cap: Capture, out_dir: Path, port: str, identity: Any = None) -> dict[s
         plan.append(("dose_sr", "dose_sr.dcm", lambda p: write_rdsr(
             p, cap.dose_report, identity=ident, firmware=str(cap.board.get("firmware", "")),
             device_serial=serial, images=images)))
+    if cap.frames and cap.frames[0].pixels.dtype.kind == "f":
+        # Corrected frames are float: the same in 16 bits as rf.dcm holds them, for viewers that open
+        # no float TIFF (raw frames are 16-bit in frames.tif already: no second copy).
+        plan.append(("frames16", "frames16.tif", lambda p: write_tiff(
+            p, cap, pixels=as_stored_pixels(cap.frames, 4095 if twelve else 65535))))
     write_summary()  # (a failure here: nothing is on disk but what was there)
     for key, name, write in plan:
         try:

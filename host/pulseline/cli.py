@@ -94,6 +94,11 @@ EXAMPLES = {
   pulseline transcript evidence/<test>/transcript.bin --lines --heartbeat
   pulseline transcript evidence/<test>/transcript.bin --json
 """,
+    "export": """examples:
+  pulseline export exam --mp4 exam.mp4             H.264 at the run's frame rate, windowed for display
+  pulseline export exam --mp4 exam.mp4 --burn-in   each frame's time, kV, mA and air kerma in the picture
+  pulseline export exam --contact-sheet sheet.png  a grid of the run's frames (up to 36), for reports
+""",
 }
 ALL_EXAMPLES = "examples:\n" + "".join(
     line + "\n" for text in EXAMPLES.values() for line in text.splitlines()[1:])
@@ -1169,6 +1174,48 @@ def cmd_flash(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A recorded run (an exam directory) as an MP4 and/or a contact sheet."""
+    if not args.mp4 and not args.contact_sheet:
+        raise CliError("export needs --mp4 FILE, --contact-sheet FILE.png, or both")
+    if args.burn_in and not args.mp4:
+        raise CliError("--burn-in goes with --mp4 (it burns the time and dose into the video's frames)")
+    from .exam_dir import ExamDirError, read_exam
+    from .export import ExportError, export_contact_sheet, export_mp4
+
+    for out in (args.mp4, args.contact_sheet):
+        if out is not None:
+            _check_can_write(out, directory=False)
+    try:
+        exam = read_exam(args.exam_dir)
+    except ExamDirError as exc:
+        raise CliError(str(exc)) from None
+    result: dict[str, Any] = {"exam": str(args.exam_dir), "frames": len(exam)}
+    jobs: list[tuple[str, Path | None, Callable[[Path], dict[str, Any]]]] = [
+        ("mp4", args.mp4, lambda p: export_mp4(exam, p, burn_in=args.burn_in)),
+        ("contact_sheet", args.contact_sheet,
+         lambda p: export_contact_sheet(exam, p, max_frames=int(args.sheet_frames)))]
+    for key, out, export in jobs:
+        if out is None:
+            continue
+        try:
+            result[key] = export(out)
+        except (OSError, ValueError, ExportError) as exc:
+            raise CliError(f"cannot write {out}: {getattr(exc, 'strerror', None) or exc}") from None
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    if "mp4" in result:
+        m = result["mp4"]
+        print(f"{args.mp4}: {m['frames']} frames, {m['width']} x {m['height']}, {m['fps']:g} fps ({m['frame_rate']}), "
+              f"{m['duration_s']:.2f} s, {m['codec']}" + (", time and dose burnt in" if m["burn_in"] else ""))
+    if "contact_sheet" in result:
+        c = result["contact_sheet"]
+        print(f"{args.contact_sheet}: {len(c['frames_shown'])} of {c['frames']} frames, {c['cols']} x {c['rows']} "
+              f"grid, {c['width']} x {c['height']} px")
+    return 0
+
+
 def _port_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", required=True, help="device path, pyserial URL, or sim[:NAME]")
 
@@ -1372,6 +1419,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets", type=Path, help="a JSON file of more presets (or $PULSELINE_PRESETS)")
     _json_arg(p)
     p.set_defaults(func=cmd_presets)
+
+    p = command("export", "a recorded run (an exam directory) as an H.264 MP4 and/or a contact sheet PNG")
+    p.add_argument("exam_dir", type=Path, metavar="EXAM_DIR", help="an exam directory (as capture -o writes)")
+    p.add_argument("--mp4", type=Path, metavar="FILE", help="write the run as an H.264 MP4 at its frame rate")
+    p.add_argument("--burn-in", action="store_true",
+                   help="with --mp4: each frame's time, kV, mA, air kerma and the run's cumulative in the picture")
+    p.add_argument("--contact-sheet", type=Path, metavar="FILE.png", help="write a grid of the run's frames (PNG)")
+    p.add_argument("--sheet-frames", type=Number(1, 400, whole=True), default=36,
+                   help="the contact sheet's frames at most, evenly spaced over the run (default 36)")
+    _json_arg(p)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

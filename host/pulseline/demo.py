@@ -70,6 +70,7 @@ def main() -> int:
     print(f"  frames.tif    {summary['frames']} frames, {summary['detector']['pixels_per_line']} x "
           f"{summary['detector']['lines_per_frame']} pixels, corrected (float), an ImageJ stack: technique and "
           "dose of each frame in its slice label and properties (ImageJ/Fiji, tifffile)")
+    print("  frames16.tif  the same stack in 16 bits as rf.dcm holds them, for viewers that open no float TIFF")
     print("  rf.dcm        the same frames as a DICOM X-Ray Radiofluoroscopic image (frame time, kV, mA, "
           "pulse width, PULSED, area dose product)")
     print("  dose_sr.dcm   the X-Ray Radiation Dose SR: one irradiation event per press, and the exam's totals")
