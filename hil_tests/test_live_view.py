@@ -5,8 +5,6 @@ kept with the test's evidence."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,25 +12,6 @@ import pytest
 from pulseline.view import LiveView
 
 pytestmark = [pytest.mark.needs_plant, pytest.mark.browser]
-
-
-@pytest.fixture
-def browser(request: pytest.FixtureRequest) -> Iterator[Any]:
-    # Taken before the board: Chromium's start is the busiest moment for the
-    # CPUs, and a simulated board that boots meanwhile is starved.
-    if request.config.getoption("--target") == "fast":
-        pytest.skip("the browser runs in wall time, the fast target in virtual time")
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("Debian's chromium is not installed: `make deps` (as root) installs it", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def number(page: Any, test_id: str) -> float:

@@ -361,6 +361,35 @@ def pulseline(*args: str, cwd: Path, timeout_s: float = 120) -> subprocess.Compl
                           timeout=timeout_s)
 
 
+def what_the_browser_saw(tmp_path: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    """`pulseline ARGS --json` (a view or a review, in tmp_path) with a
+    $BROWSER (how Python's webbrowser picks one) that writes down what it was
+    given (argv) and what it found there (the file's path, mode, its
+    directory's mode, its text); ended with Ctrl-C once the browser has
+    opened, which must exit 0. The URL it printed, and what the browser saw."""
+    seen = tmp_path / "browser-saw.json"
+    browser = tmp_path / "browser"
+    browser.write_text(f"""#!{sys.executable}
+import json, os, sys, urllib.parse
+path = urllib.parse.unquote(urllib.parse.urlsplit(sys.argv[1]).path)
+json.dump({{"argv": sys.argv[1:], "path": path, "mode": os.stat(path).st_mode & 0o777,
+           "dir_mode": os.stat(os.path.dirname(path)).st_mode & 0o777, "text": open(path).read()}},
+          open({str(seen)!r}, "w"))
+""")
+    browser.chmod(0o700)
+    p = subprocess.Popen([sys.executable, "-m", "pulseline", *args, "--json"], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, env={**os.environ, "BROWSER": str(browser)})
+    try:
+        url = json.loads(p.stdout.readline())["url"]
+        wait_for(lambda: seen.exists() and seen.stat().st_size > 0, "the browser opened")
+        saw = json.loads(seen.read_text())
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=15)
+    assert p.returncode == 0
+    return url, saw
+
+
 class TestLiveViewCommandLine:
     """Loopback unless told: a view beyond this machine is refused at once,
     before any board is opened, unless --allow-remote says so. The browser
@@ -421,30 +450,8 @@ class TestLiveViewCommandLine:
         assert p.returncode == 0, err
 
     def test_the_browser_gets_a_private_file_not_the_token_and_the_file_goes_with_the_view(self, tmp_path):
-        # $BROWSER is how Python's webbrowser picks the browser: here a
-        # program that writes down what it was given and what it found.
-        seen = tmp_path / "browser-saw.json"
-        browser = tmp_path / "browser"
-        browser.write_text(f"""#!{sys.executable}
-import json, os, sys, urllib.parse
-path = urllib.parse.unquote(urllib.parse.urlsplit(sys.argv[1]).path)
-json.dump({{"argv": sys.argv[1:], "path": path, "mode": os.stat(path).st_mode & 0o777,
-           "dir_mode": os.stat(os.path.dirname(path)).st_mode & 0o777, "text": open(path).read()}},
-          open({str(seen)!r}, "w"))
-""")
-        browser.chmod(0o700)
-        p = subprocess.Popen([sys.executable, "-m", "pulseline", "view", "--port", "sim:absent", "--json"],
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                             env={**os.environ, "BROWSER": str(browser)})
-        try:
-            url = json.loads(p.stdout.readline())["url"]
-            token = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["token"][0]
-            wait_for(lambda: seen.exists() and seen.stat().st_size > 0, "the browser opened")
-            saw = json.loads(seen.read_text())
-        finally:
-            p.send_signal(signal.SIGINT)
-            p.wait(timeout=15)
-        assert p.returncode == 0
+        url, saw = what_the_browser_saw(tmp_path, "view", "--port", "sim:absent")
+        token = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["token"][0]
         assert saw["argv"][0].startswith("file://") and token not in " ".join(saw["argv"])
         assert saw["mode"] == 0o600 and saw["dir_mode"] == 0o700
         assert html.escape(url) in saw["text"]  # it leads to the view

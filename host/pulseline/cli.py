@@ -81,6 +81,11 @@ EXAMPLES = {
   pulseline view --port sim                    the live view of a simulated board, in the browser
   pulseline view --port /dev/ttyACM0 --no-browser --http-port 8080
   pulseline view --port sim --listen 0.0.0.0 --allow-remote   reachable from other machines (not only this one)
+  pulseline view exam3                         an exam directory instead of a port: its review (pulseline review)
+""",
+    "review": """examples:
+  pulseline review exam3                       the recorded run in the browser: cine loop, technique and dose per frame
+  pulseline review exam3 --no-browser --http-port 8080
 """,
     "version": """examples:
   pulseline version --json
@@ -892,7 +897,8 @@ def _listen_checked(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argpa
     def checked(args: argparse.Namespace) -> int:
         from .view import check_listen
 
-        if getattr(args, "view", True):  # capture: only with --view
+        # capture: only with --view; view EXAM (a review) says its own
+        if getattr(args, "view", True) and getattr(args, "exam", None) is None:
             try:
                 check_listen(args.listen, args.allow_remote)
             except ValueError as exc:
@@ -1058,14 +1064,75 @@ def _sim_controls(port: str) -> Any:
         return None
 
 
-def cmd_view(args: argparse.Namespace) -> int:
-    import sys
+def _serve_page(view: Any, args: argparse.Namespace, log: Callable[[str], None], line: str,
+                info: dict[str, Any]) -> int:
+    """Serve a page (a LiveView or a ReviewView) until Ctrl-C: its address
+    on stdout (`line`, or with --json `info` and the url), who else can reach
+    it, and the browser opened on it unless --no-browser."""
     import time
 
+    try:
+        try:
+            view.start()
+        except OSError as exc:
+            raise CliError(str(exc)) from None
+        if args.json:
+            print(json.dumps({"url": view.url, **info}), flush=True)
+        else:
+            print(f"{line} at {view.url} (Ctrl-C to stop)", flush=True)
+        if view.reach():
+            log(f"warning: {view.reach()}")
+        if not args.no_browser:
+            view.open_in_browser()  # the URL's token kept off the browser's command line
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        view.stop()  # (a live view closes the session it opened)
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    """A recorded run (an exam directory) in the browser: the review."""
+    from .exam_dir import ExamDirError, read_exam
+    from .review import RISK, WHAT, ReviewView
+    from .view import check_listen
+
+    try:
+        check_listen(args.listen, args.allow_remote, what=WHAT, risk=RISK)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        exam = read_exam(args.exam)
+    except ExamDirError as exc:
+        raise CliError(str(exc)) from None
+    try:
+        view = ReviewView(exam, host=args.listen, port=args.http_port, allow_remote=args.allow_remote)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+    def log(line: str) -> None:
+        print(f"pulseline review: {line}", file=sys.stderr, flush=True)
+
+    return _serve_page(view, args, log, f"review of {args.exam} ({len(exam)} frames)",
+                       {"exam": str(args.exam), "frames": len(exam)})
+
+
+def cmd_view(args: argparse.Namespace) -> int:
     from . import ports
     from .session import Session
     from .view import LiveView
 
+    if args.exam is not None:  # an exam directory, not a board: its review
+        if args.port is not None:
+            raise CliError("view: give --port (a board's live view) or an exam directory (its review), not both")
+        if not args.exam.is_dir():
+            raise CliError(f"{args.exam} is not an exam directory (for a board's live view: pulseline view "
+                           f"--port {args.exam})")
+        return cmd_review(args)
+    if args.port is None:
+        raise CliError("view needs --port (a board's live view) or an exam directory (the review of a recorded run)")
     try:
         ports.check(args.port)
     except ValueError as exc:
@@ -1084,26 +1151,7 @@ def cmd_view(args: argparse.Namespace) -> int:
                         allow_remote=args.allow_remote)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    try:
-        try:
-            view.start()
-        except OSError as exc:
-            raise CliError(str(exc)) from None
-        if args.json:
-            print(json.dumps({"url": view.url, "port": args.port}), flush=True)
-        else:
-            print(f"live view of {args.port} at {view.url} (Ctrl-C to stop)", flush=True)
-        if view.reach():
-            log(f"warning: {view.reach()}")
-        if not args.no_browser:
-            view.open_in_browser()  # the URL's token kept off the browser's command line
-        while True:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        view.stop()  # closes the session it opened
-    return 0
+    return _serve_page(view, args, log, f"live view of {args.port}", {"port": args.port})
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -1262,18 +1310,29 @@ def build_parser() -> argparse.ArgumentParser:
     _json_arg(p)
     p.set_defaults(func=cmd_decode)
 
+    def page_args(p: argparse.ArgumentParser, who: str) -> None:
+        p.add_argument("--listen", default="127.0.0.1",
+                       help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 for every "
+                            "interface, with --allow-remote)")
+        p.add_argument("--allow-remote", action="store_true",
+                       help=f"allow a --listen beyond loopback: every machine that reaches it, and anyone with the "
+                            f"URL, {who}")
+        p.add_argument("--http-port", type=http_port, default=0, help="web server port (default: a free one)")
+        p.add_argument("--no-browser", action="store_true", help="print the address, do not open a browser")
+        _json_arg(p)
+
     p = command("view", "the live view in a browser: frames, technique, dose displays, alarms, last image hold")
-    _port_arg(p)
-    p.add_argument("--listen", default="127.0.0.1",
-                   help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 for every interface, "
-                        "with --allow-remote)")
-    p.add_argument("--allow-remote", action="store_true",
-                   help="allow a --listen beyond loopback: every machine that reaches it, and anyone with the URL, "
-                        "can drive the board")
-    p.add_argument("--http-port", type=http_port, default=0, help="web server port (default: a free one)")
-    p.add_argument("--no-browser", action="store_true", help="print the address, do not open a browser")
-    _json_arg(p)
+    p.add_argument("exam", nargs="?", type=Path, metavar="EXAM_DIR",
+                   help="instead of --port, an exam directory (capture -o): its review (see: pulseline review)")
+    p.add_argument("--port", help="device path, pyserial URL, or sim[:NAME]")
+    page_args(p, "can drive the board")
     p.set_defaults(func=_listen_checked(cmd_view))
+
+    p = command("review", "a recorded run in a browser: cine loop at its frame time, each frame's technique and "
+                          "dose, the exam's irradiation events")
+    p.add_argument("exam", type=Path, metavar="EXAM_DIR", help="an exam directory (as capture -o writes it)")
+    page_args(p, "can see the exam")
+    p.set_defaults(func=cmd_review)
 
     p = command("transcript", "the packets of a test's protocol transcript (evidence bundle), in order, decoded")
     p.add_argument("transcript", type=Path)

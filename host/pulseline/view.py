@@ -34,6 +34,11 @@ and the WebSocket). Commands are JSON only: a cross-site form or `text/plain`
 forbids framing and inline script (CSP). A refused request is answered 403
 (a WebSocket: refused before it is accepted) and changes nothing. Listening
 beyond loopback needs allow_remote.
+
+PageServer is that web side on its own (the token, the guard, the server
+thread, the browser's redirect file): the live view is one, the review of a
+recorded run (review.py) another. view_display.js, window and level on a
+canvas, is both pages' too.
 """
 
 from __future__ import annotations
@@ -64,7 +69,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -73,6 +78,7 @@ from .frames import Frame
 PAGE = Path(__file__).with_name("view_page.html")
 SCRIPT = PAGE.with_name("view_page.js")  # served as /view_page.js, STYLE as /view_page.css
 STYLE = PAGE.with_name("view_page.css")
+DISPLAY_SCRIPT = PAGE.with_name("view_display.js")  # window and level: the live view's page and the review's
 TOKEN_HEADER = "x-pulseline-token"
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 # Sent with every HTTP response, with CSP. Its connect-src names the
@@ -84,8 +90,8 @@ CSP = ("default-src 'self'; connect-src 'self' ws://{host}; frame-ancestors 'non
        "form-action 'none'")
 REDIRECT_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={url}">
-<title>pulseline live view</title></head>
-<body><a href="{url}">the live view</a></body></html>
+<title>pulseline {what}</title></head>
+<body><a href="{url}">the {what}</a></body></html>
 """
 STATUS_EVERY_S = 1.0  # the displays refresh at least this often, exposing or not
 RETRY_S = 2.0  # how often a view without a board tries to open it
@@ -94,11 +100,17 @@ PAGE_COMMANDS = ("arm", "disarm", "fault_reset", "alarm_reset")  # what the page
 SIM_INPUTS = ("switch", "door_closed", "key_on", "generator_ready", "hlc_switch", "water_cm", "structures")
 
 
+def display_pixels(px: Any) -> Any:
+    """Pixels as a page draws them: uint16, corrected (float) ones rounded and
+    clipped to the display range, with no-data pixels (lost lines, NaN) at 0."""
+    if px.dtype != np.uint16:
+        px = np.nan_to_num(px, nan=0.0, posinf=65535.0, neginf=0.0).clip(0, 65535).round().astype(np.uint16)
+    return px
+
+
 def encode_frame(frame: Frame, *, bits: int = 12) -> bytes:
     """One frame as the page receives it (see the module doc)."""
-    px = frame.pixels
-    if px.dtype != np.uint16:  # corrected frames are float: clip to the display range
-        px = np.nan_to_num(px, nan=0.0, posinf=65535.0, neginf=0.0).clip(0, 65535).round().astype(np.uint16)
+    px = display_pixels(frame.pixels)
     lines, pixels = px.shape
     head = json.dumps({"frame_id": frame.frame_id, "pulse_id": frame.pulse_id, "t_us": frame.timestamp_us,
                        "lines": lines, "pixels": pixels, "lines_lost": frame.lines_lost,
@@ -206,12 +218,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_listen(host: str, allow_remote: bool) -> None:
+def check_listen(host: str, allow_remote: bool, *, what: str = "live view",
+                 risk: str = "could drive the board") -> None:
     """ValueError, in one line, for a listen address beyond this machine
-    that was not explicitly allowed."""
+    that was not explicitly allowed (`what` is served there; anyone with its
+    URL `risk`)."""
     if not is_loopback(host) and not allow_remote:
         raise ValueError(f"--listen {host} is not a loopback address (127.0.0.0/8, ::1, localhost): other machines "
-                         "could reach the live view, and anyone with its URL could drive the board; add "
+                         f"could reach the {what}, and anyone with its URL {risk}; add "
                          "--allow-remote to open it knowingly")
 
 
@@ -278,8 +292,10 @@ class _Guard:
     or Origin, or a command that is not JSON (see the module doc); puts the
     security headers on every HTTP response."""
 
-    def __init__(self, app: ASGIApp, token: str, names: set[str], any_own_address: bool) -> None:
+    def __init__(self, app: ASGIApp, token: str, names: set[str], any_own_address: bool,
+                 what: str = "live view") -> None:
         self.app = app
+        self.what = what  # the page's name, in the refusals
         self.token = token.encode()
         self.names = names  # the Host names that are this view's
         self.any_own_address = any_own_address  # listening on every address: any of them too
@@ -297,7 +313,7 @@ class _Guard:
         host_text = headers.get("host", [""])[0]
         host = _split_host(host_text)
         if not self._own(host):
-            return f"refused: Host {host_text!r} is not this live view's (a page of another site, DNS rebinding?)"
+            return f"refused: Host {host_text!r} is not this {self.what}'s (a page of another site, DNS rebinding?)"
         # A browser names the page a request comes from: it must be this
         # view's own. It always does on a POST and a WebSocket; a GET of its
         # own page's resources may say nothing.
@@ -305,9 +321,10 @@ class _Guard:
         origin = headers.get("origin", [None])[0]
         if origin is None:
             if not safe:
-                return "refused: no Origin header (commands and the WebSocket come from the live view's own page)"
+                return (f"refused: no Origin header (commands and the WebSocket come from the {self.what}'s own "
+                        "page)")
         elif _split_origin(origin) != host:
-            return f"refused: a request from {origin!r}: only the live view's own page may use it"
+            return f"refused: a request from {origin!r}: only the {self.what}'s own page may use it"
         # A blank "token=" counts as a (wrong) token, not as none beside a header's.
         query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         given = headers.get(TOKEN_HEADER, []) + query.get("token", [])
@@ -365,7 +382,135 @@ class _Guard:
             await send({"type": "websocket.close", "code": 1008})
 
 
-class LiveView:
+class PageServer:
+    """One of pulseline's pages served on this machine, behind _Guard: at
+    http://HOST:PORT/?token=TOKEN (`url`), the token made anew for each
+    launch. Subclasses name themselves (`what`, `risk`: what anyone with the
+    URL can do) and give their routes (`_routes`); this class serves them
+    from a thread of its own (start_server, stop_server), says who can reach
+    them (`reach`) and opens them in the browser (open_in_browser). `host`
+    must be loopback unless `allow_remote`."""
+
+    what = "page"
+    risk = "can use it"
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, allow_remote: bool = False) -> None:
+        if not is_loopback(host) and not allow_remote:
+            raise ValueError(f"host {host!r} is not loopback: allow_remote=True opens the {self.what} to other "
+                             "machines")
+        self.allow_remote = allow_remote
+        self.token = secrets.token_urlsafe(32)  # this launch's; in `url`, asked of every request
+        self._guard: _Guard | None = None
+        self._browser_dir: str | None = None  # the private redirect file open_in_browser wrote
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._host, self._port = host, port
+        self.port = 0  # the one it listens on, once started
+        self.url = ""
+        self.error: str | None = None
+
+    def _routes(self) -> list[BaseRoute]:
+        raise NotImplementedError
+
+    def _page_routes(self, page: Path, *files: Path) -> list[BaseRoute]:
+        """`page` at / (the token put in where it says __TOKEN__: for its
+        script's requests, and its script's and style's addresses), and each
+        of `files` (scripts, styles) at /NAME."""
+        async def serve_page(request: Request) -> HTMLResponse:
+            return HTMLResponse(page.read_text().replace("__TOKEN__", self.token))
+
+        def serve_file(path: Path) -> Callable[[Request], Any]:
+            media_type = {".js": "text/javascript", ".css": "text/css"}[path.suffix]
+
+            async def serve(request: Request) -> Response:
+                return Response(path.read_text(), media_type=media_type)
+            return serve
+
+        return [Route("/", serve_page), *(Route(f"/{f.name}", serve_file(f)) for f in files)]
+
+    def _app(self) -> _Guard:
+        # (The web stack is imported with this module, not here: a simulated
+        # board served from the same process must not wait on a long import.)
+        app = Starlette(routes=self._routes())
+        names = {*LOOPBACK_NAMES, self._host.lower().strip("[]")}
+        if self.allow_remote:  # its names too, as other machines may call it
+            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        self._guard = _Guard(app, self.token, names, any_own_address=self.allow_remote and _is_wildcard(self._host),
+                             what=self.what)
+        return self._guard
+
+    def start_server(self) -> None:
+        """Serve (OSError if it cannot listen); `port` and `url` are known after."""
+        config = uvicorn.Config(self._app(), host=self._host, port=self._port, log_level="warning",
+                                lifespan="off", ws="websockets-sansio")
+        self._server = uvicorn.Server(config)
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            ready.set()
+            try:
+                loop.run_until_complete(self._server.serve())
+            except (OSError, SystemExit) as exc:
+                self.error = f"cannot listen on {self._host}:{self._port}: {exc}"
+
+        self._thread = threading.Thread(target=run, name=f"{self.what.replace(' ', '-')}-server", daemon=True)
+        self._thread.start()
+        ready.wait()
+        deadline = time.monotonic() + 10
+        while not self._server.started and self.error is None and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                self.error = "the web server did not start within 10 s"
+                break
+            time.sleep(0.01)
+        if self.error is not None or not self._server.started:
+            raise OSError(self.error or f"cannot listen on {self._host}:{self._port}")
+        sock = self._server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        assert self._guard is not None
+        self._guard.port = self.port = port
+        # Every address includes loopback: this machine's browser goes there.
+        shown = "localhost" if host in ("127.0.0.1", "::1") or _is_wildcard(host) else host
+        self.url = f"http://{_netloc(shown, port)}/?token={self.token}"
+
+    def stop_server(self) -> None:
+        """Stop serving, and remove the browser's redirect file."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self._browser_dir is not None:
+            shutil.rmtree(self._browser_dir, ignore_errors=True)
+            self._browser_dir = None
+
+    def reach(self) -> str:
+        """Who can reach the page, in one line, when it listens beyond this
+        machine ("" when it does not)."""
+        if is_loopback(self._host):
+            return ""
+        where = (f"this machine ({socket.gethostname()}) on port {self.port}" if _is_wildcard(self._host)
+                 else _netloc(self._host.strip("[]"), self.port))
+        return f"the {self.what} is open to every machine that can reach {where}, and anyone with its URL {self.risk}"
+
+    def open_in_browser(self) -> None:
+        """Open the page in this machine's browser, as Jupyter does: the
+        browser is given a private file that redirects to `url`, not `url`
+        itself, whose token would be on the browser's command line (other
+        local users read it in /proc). stop_server() removes the file."""
+        import webbrowser
+
+        self._browser_dir = tempfile.mkdtemp(prefix="pulseline-view-")  # mode 0700
+        path = Path(self._browser_dir) / "open.html"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(REDIRECT_PAGE.format(url=html.escape(self.url, quote=True), what=self.what))
+        webbrowser.open(path.as_uri())
+
+
+class LiveView(PageServer):
     """Serve one board's live view at http://HOST:PORT/?token=TOKEN (`url`).
 
     `session`: an open Session on the board, shown until it is lost.
@@ -379,19 +524,16 @@ class LiveView:
     `host` must be loopback unless `allow_remote` (then `reach` says who
     can reach it)."""
 
+    what = "live view"
+    risk = "can drive the board (arm it, hold the exposure switch)"
+
     def __init__(self, session: Any = None, *, connect: Callable[[], tuple[Any, Any]] | None = None,
                  where: str = "", host: str = "127.0.0.1", port: int = 0, controls: Any = None,
                  pump: bool = True, recording: bool = False, log: Callable[[str], None] | None = None,
                  allow_remote: bool = False) -> None:
         if (session is None) == (connect is None):
             raise ValueError("a live view needs a session or a way to connect, not both")
-        if not is_loopback(host) and not allow_remote:
-            raise ValueError(f"host {host!r} is not loopback: allow_remote=True opens the live view to other "
-                             "machines")
-        self.allow_remote = allow_remote
-        self.token = secrets.token_urlsafe(32)  # this launch's; in `url`, asked of every request
-        self._guard: _Guard | None = None
-        self._browser_dir: str | None = None  # the private redirect file open_in_browser wrote
+        super().__init__(host=host, port=port, allow_remote=allow_remote)
         self.session = session
         self._connect = connect
         self.where = where or getattr(session, "port", "")
@@ -402,33 +544,13 @@ class LiveView:
         self._fed: queue.Queue[Frame] = queue.Queue()
         self._log = log or (lambda line: None)
         self._stop = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
         self._pump: threading.Thread | None = None
-        self._host, self._port = host, port
-        self.port = 0  # the one it listens on, once started
-        self.url = ""
-        self.error: str | None = None
         self.link_ok: bool | None = None  # None: not yet known
         self._link_error = ""
 
     # -- the web side -----------------------------------------------------------------
 
-    def _app(self) -> Any:
-        # (The web stack is imported with this module, not here: a simulated
-        # board served from the same process must not wait on a long import.)
-        async def page(request: Request) -> HTMLResponse:
-            # The token goes into the page (for its script's requests) and
-            # into its script's and style's addresses.
-            return HTMLResponse(PAGE.read_text().replace("__TOKEN__", self.token))
-
-        async def script(request: Request) -> Response:
-            return Response(SCRIPT.read_text(), media_type="text/javascript")
-
-        async def style(request: Request) -> Response:
-            return Response(STYLE.read_text(), media_type="text/css")
-
+    def _routes(self) -> list[BaseRoute]:
         async def ws(socket: WebSocket) -> None:
             await socket.accept()
             await self.hub.serve(socket)
@@ -476,77 +598,16 @@ class LiveView:
                                  "tabs": [{"sent": c.frames_sent, "dropped": c.frames_dropped,
                                            "shown": c.frames_shown} for c in self.hub.clients]})
 
-        app = Starlette(routes=[Route("/", page), Route("/view_page.js", script), Route("/view_page.css", style),
-                                WebSocketRoute("/ws", ws), Route("/api/control", control, methods=["POST"]),
-                                Route("/api/command", command, methods=["POST"]), Route("/api/state", state)])
-        names = {*LOOPBACK_NAMES, self._host.lower().strip("[]")}
-        if self.allow_remote:  # its names too, as other machines may call it
-            names |= {socket.gethostname().lower(), socket.getfqdn().lower()}
-        self._guard = _Guard(app, self.token, names, any_own_address=self.allow_remote and _is_wildcard(self._host))
-        return self._guard
+        return [*self._page_routes(PAGE, DISPLAY_SCRIPT, SCRIPT, STYLE), WebSocketRoute("/ws", ws),
+                Route("/api/control", control, methods=["POST"]), Route("/api/command", command, methods=["POST"]),
+                Route("/api/state", state)]
 
     def start(self) -> LiveView:
-        config = uvicorn.Config(self._app(), host=self._host, port=self._port, log_level="warning",
-                                lifespan="off", ws="websockets-sansio")
-        self._server = uvicorn.Server(config)
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            ready.set()
-            try:
-                loop.run_until_complete(self._server.serve())
-            except (OSError, SystemExit) as exc:
-                self.error = f"cannot listen on {self._host}:{self._port}: {exc}"
-
-        self._thread = threading.Thread(target=run, name="view-server", daemon=True)
-        self._thread.start()
-        ready.wait()
-        deadline = time.monotonic() + 10
-        while not self._server.started and self.error is None and self._thread.is_alive():
-            if time.monotonic() > deadline:
-                self.error = "the web server did not start within 10 s"
-                break
-            time.sleep(0.01)
-        if self.error is not None or not self._server.started:
-            raise OSError(self.error or f"cannot listen on {self._host}:{self._port}")
-        sock = self._server.servers[0].sockets[0]
-        host, port = sock.getsockname()[:2]
-        assert self._guard is not None
-        self._guard.port = self.port = port
-        # Every address includes loopback: this machine's browser goes there.
-        shown = "localhost" if host in ("127.0.0.1", "::1") or _is_wildcard(host) else host
-        self.url = f"http://{_netloc(shown, port)}/?token={self.token}"
+        self.start_server()
         self._say_board()
         self._pump = threading.Thread(target=self._pump_loop, name="view-pump", daemon=True)
         self._pump.start()
         return self
-
-    def reach(self) -> str:
-        """Who can reach the view, in one line, when it listens beyond this
-        machine ("" when it does not)."""
-        if is_loopback(self._host):
-            return ""
-        where = (f"this machine ({socket.gethostname()}) on port {self.port}" if _is_wildcard(self._host)
-                 else _netloc(self._host.strip("[]"), self.port))
-        return (f"the live view is open to every machine that can reach {where}, and anyone with its URL "
-                "can drive the board (arm it, hold the exposure switch)")
-
-    def open_in_browser(self) -> None:
-        """Open the page in this machine's browser, as Jupyter does: the
-        browser is given a private file that redirects to `url`, not `url`
-        itself, whose token would be on the browser's command line (other
-        local users read it in /proc). stop() removes the file."""
-        import webbrowser
-
-        self._browser_dir = tempfile.mkdtemp(prefix="pulseline-view-")  # mode 0700
-        path = Path(self._browser_dir) / "open.html"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(REDIRECT_PAGE.format(url=html.escape(self.url, quote=True)))
-        webbrowser.open(path.as_uri())
 
     # -- from the board -----------------------------------------------------------------
 
@@ -675,15 +736,9 @@ class LiveView:
         self._stop.set()
         if self._pump is not None:
             self._pump.join(timeout=2)
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self.stop_server()
         if self._connect is not None and self.session is not None and not self._pump_alive():
             self.session.close()  # one the view opened itself
-        if self._browser_dir is not None:
-            shutil.rmtree(self._browser_dir, ignore_errors=True)
-            self._browser_dir = None
 
     def _pump_alive(self) -> bool:
         return self._pump is not None and self._pump.is_alive()

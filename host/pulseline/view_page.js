@@ -6,46 +6,13 @@ const $ = (id) => document.getElementById(id);
 // WebSocket carry it (no cookie: cookies on localhost reach every port).
 const token = document.querySelector('meta[name="pulseline-token"]').content;
 const show = (id, on) => $(id).classList.toggle("hidden", !on);
-const canvas = $("image"), ctx = canvas.getContext("2d");
-let last = null, held = false, shown = 0, bits = 12, windowSet = false, board = null;
+// Window and level: view_display.js, the review page's too.
+const display = makeDisplay({ canvas: $("image"), win: $("win"), lev: $("lev"), auto: $("auto"), wl: $("wl") });
+let last = null, held = false, shown = 0, bits = 12, board = null;
 let doorClosed = true, sound = false, audio = null, alarmsOn = {};
 // What this tab has put on screen, newest last: for tests and benchmarks.
 window.pulseline = { shown: [] };
 const fmt = (v, d) => (v === undefined || v === null) ? "—" : Number(v).toFixed(d);
-
-function draw(f) {
-  const { lines, pixels, data } = f;
-  if (canvas.width !== pixels || canvas.height !== lines) { canvas.width = pixels; canvas.height = lines; }
-  if (!windowSet) autoWindow(f);
-  const win = +$("win").value, lev = +$("lev").value, lo = lev - win / 2;
-  const img = ctx.createImageData(pixels, lines), out = img.data;
-  const scale = 255 / win;
-  for (let i = 0, j = 0; i < data.length; i++, j += 4) {
-    let g = (data[i] - lo) * scale; g = g < 0 ? 0 : g > 255 ? 255 : g;
-    out[j] = out[j + 1] = out[j + 2] = g; out[j + 3] = 255;
-  }
-  ctx.putImageData(img, 0, 0);
-}
-function autoWindow(f) {
-  // The 1st to 99th percentile of a sample: dead and hot pixels do not set the window.
-  const step = Math.max(1, Math.floor(f.data.length / 4096)), sample = [];
-  for (let i = 0; i < f.data.length; i += step) sample.push(f.data[i]);
-  sample.sort((a, b) => a - b);
-  const lo = sample[Math.floor(sample.length * 0.01)], hi = sample[Math.floor(sample.length * 0.99)];
-  if (hi > lo) { $("win").value = hi - lo; $("lev").value = (hi + lo) / 2; windowSet = true; }
-  $("wl").textContent = `W ${$("win").value} L ${$("lev").value}`;
-}
-for (const id of ["win", "lev"]) $(id).addEventListener("input", () => { windowSet = true; if (last) draw(last);
-  $("wl").textContent = `W ${$("win").value} L ${$("lev").value}`; });
-$("auto").onclick = () => { windowSet = false; if (last) draw(last); };
-let drag = null;
-canvas.addEventListener("pointerdown", (e) => { drag = { x: e.clientX, y: e.clientY, w: +$("win").value, l: +$("lev").value }; });
-window.addEventListener("pointerup", () => { drag = null; });
-canvas.addEventListener("pointermove", (e) => {
-  if (!drag) return; windowSet = true;
-  $("win").value = Math.max(1, drag.w + (e.clientX - drag.x) * 8); $("lev").value = drag.l - (e.clientY - drag.y) * 8;
-  if (last) draw(last);
-});
 
 function banner(text) { $("banner").textContent = text || ""; show("banner", !!text); }
 function beep(freq, ms) {
@@ -117,7 +84,7 @@ function onFrame(buf) {
   const data = new Uint16Array(buf.slice(off));
   last = { ...head, data };
   bits = head.bits;
-  draw(last);
+  display.draw(last);
   shown++; $("shown").textContent = shown;
   if (!held) show("lih", false);
   const lih = !$("lih").classList.contains("hidden");
