@@ -91,6 +91,10 @@ def test_technique_values_are_refused_before_the_board_hears_of_them(board, tmp_
     ("--patient-name", "A" * 65, "exceeds the maximum allowed length of 64"),
     ("--study-id", "1" * 17, "maximum length of 16 allowed for VR SH"),
     ("--institution", "\u674e", "outside Latin-1"), ("--accession", "a\\b", "must not hold backslashes"),
+    ("--patient-age", "45", "is not a DICOM age"), ("--patient-age", "045y", "is not a DICOM age"),
+    ("--indication", "x" * 65, "maximum length of 64 allowed for VR LO"), ("--patient-weight-kg", "0", "0.3..500"),
+    ("--patient-size-m", "nan", "0.2..2.8"), ("--body-part", "KNEE", "invalid choice"),
+    ("--patient-sex", "X", "invalid choice"),
 ])
 def test_exam_identity_is_checked_before_the_board_hears_of_it(board, tmp_path, option, value, why):
     # The DICOM writer only warns, after the exposure, and stores a cut or mangled value.
