@@ -299,3 +299,13 @@ def test_a_capture_ends_the_exposure_itself_when_the_switch_is_never_released():
             assert cap.dose_report["pulses"] == fired
     finally:
         board.close()
+
+
+def test_the_rem_identity_options_reach_the_exam_identity():
+    args = cli.build_parser().parse_args([
+        "capture", "--port", "socket://127.0.0.1:9", "-o", "x", "--patient-age", "045Y", "--patient-sex", "F",
+        "--patient-size-m", "1.72", "--patient-weight-kg", "71", "--body-part", "CHEST", "--indication", "Chest pain"])
+    ident = cli._identity(args)
+    assert (ident.patient_age, ident.patient_sex, ident.body_part, ident.indication) == ("045Y", "F", "CHEST",
+                                                                                         "Chest pain")
+    assert ident.patient_size_m == pytest.approx(1.72) and ident.patient_weight_kg == pytest.approx(71.0)

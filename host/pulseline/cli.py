@@ -651,7 +651,8 @@ def _identity(args: argparse.Namespace) -> Any:
     from pydicom.valuerep import validate_value
 
     vrs = {"patient_name": "PN", "patient_id": "LO", "study_id": "SH", "accession_number": "SH", "study_uid": "UI",
-           "institution": "LO", "study_description": "LO", "series_description": "LO", "indication": "LO"}
+           "institution": "LO", "study_description": "LO", "series_description": "LO", "indication": "LO",
+           "patient_age": "AS", "patient_sex": "CS", "body_part": "CS"}
     for k, v in fields.items():
         if not isinstance(v, str):
             continue
