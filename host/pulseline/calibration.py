@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .errors import PulselineError
 from .frames import Frame
 from .session import Session, SessionError
 
@@ -52,7 +53,7 @@ MIN_SAMPLES_FRACTION = 0.5  # a pixel needs data in at least this share of the f
 FORMAT_VERSION = 1
 
 
-class CalibrationError(Exception):
+class CalibrationError(PulselineError):
     """Calibration could not be made or used: one clear line."""
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import __version__
+from .errors import PulselineError
 from .frames import Frame
 from .session import Session, SessionError
 
@@ -212,7 +213,7 @@ def as_stored_pixels(frames: list[Frame], full_scale: int) -> npt.NDArray[np.uin
     return np.ascontiguousarray(data, dtype=np.uint16)
 
 
-class SaveError(OSError):
+class SaveError(PulselineError, OSError):
     """A file of the exam could not be written: `summary` is what is on disk
     (the files that landed whole; its error says which could not)."""
 

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from . import __version__
+from .errors import PulselineError
 from .protocol import PIXEL_FORMATS, wire
 from .sr_templates import ANATOMIC_REGIONS
 
@@ -109,7 +110,7 @@ ALL_EXAMPLES = "examples:\n" + "".join(
     line + "\n" for text in EXAMPLES.values() for line in text.splitlines()[1:])
 
 
-class CliError(Exception):
+class CliError(PulselineError):
     """A user-facing error: printed as one line, exit status 2."""
 
 
@@ -240,10 +241,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 def cmd_transcript(args: argparse.Namespace) -> int:
     from . import evidence
 
-    try:
-        records = evidence.read_transcript(args.transcript)
-    except evidence.TranscriptError as exc:
-        raise CliError(str(exc)) from None
+    records = evidence.read_transcript(args.transcript)
     if args.json:
         t0 = records[0][1] if records else 0.0
         for e in evidence.entries(records):
@@ -283,10 +281,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
             head = fh.read(len(evidence.MAGIC))
             if head == evidence.MAGIC:  # a test's transcript: its board->host side
                 fh.close()
-                try:
-                    feed(evidence.stream(evidence.read_transcript(args.stream), evidence.TO_HOST))
-                except evidence.TranscriptError as exc:
-                    raise CliError(str(exc)) from None
+                feed(evidence.stream(evidence.read_transcript(args.stream), evidence.TO_HOST))
             else:
                 feed(head)
                 while chunk := fh.read(1 << 20):
@@ -332,11 +327,11 @@ def _sim_of_port(port: str) -> str | None:
 
 
 def _session(port: str) -> Any:
-    from .session import Session, SessionError
+    from .session import Session
 
     try:
         return Session(port)
-    except (SessionError, ValueError) as exc:
+    except ValueError as exc:
         raise CliError(str(exc)) from None
 
 
@@ -495,7 +490,6 @@ def cmd_ports(args: argparse.Namespace) -> int:
 
 def cmd_exam(args: argparse.Namespace) -> int:
     from . import exams
-    from .session import SessionError
 
     if args.new and args.exam is not None:
         raise CliError("give --new or --exam, not both")
@@ -505,7 +499,7 @@ def cmd_exam(args: argparse.Namespace) -> int:
             s.command("new_exam")
         # The current exam from the board; a past one rebuilt from its journal.
         report = s.dose_report() if args.exam is None else exams.report(exams.read_journal(s), args.exam)
-    except (SessionError, ValueError) as exc:
+    except ValueError as exc:
         raise CliError(str(exc)) from None
     finally:
         s.close()
@@ -524,13 +518,10 @@ def cmd_exam(args: argparse.Namespace) -> int:
 
 
 def cmd_fault_reset(args: argparse.Namespace) -> int:
-    from .session import SessionError
 
     s = _session(args.port)
     try:
         body = s.command("fault_reset")
-    except SessionError as exc:
-        raise CliError(str(exc)) from None
     finally:
         s.close()
     if args.json:
@@ -546,14 +537,11 @@ def cmd_fault_reset(args: argparse.Namespace) -> int:
 
 
 def cmd_disarm(args: argparse.Namespace) -> int:
-    from .session import SessionError
 
     s = _session(args.port)
     try:
         body = s.command("disarm")
         status = s.status()
-    except SessionError as exc:
-        raise CliError(str(exc)) from None
     finally:
         s.close()
     if args.json:
@@ -672,18 +660,15 @@ def _identity(args: argparse.Namespace) -> Any:
 
 def _capture_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any], float | None, float | None]:
     """(preset, settings, filter_alpha, water_cm) from the preset and the options (options win)."""
-    from .presets import PresetError, get, load
+    from .presets import get, load
 
     preset = None
     settings: dict[str, Any] = {}
     filter_alpha = water = None
-    try:
-        if args.preset:
-            preset = get(args.preset, args.presets)
-        elif args.presets is not None:
-            load(args.presets)  # a bad file given is said, even with no --preset to take from it
-    except PresetError as exc:
-        raise CliError(str(exc)) from None
+    if args.preset:
+        preset = get(args.preset, args.presets)
+    elif args.presets is not None:
+        load(args.presets)  # a bad file given is said, even with no --preset to take from it
     if preset is not None:
         settings = preset.settings()
         filter_alpha, water = preset.filter_alpha or 0.0, preset.water_cm  # a preset without a filter: off
@@ -729,7 +714,6 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     from . import calibration, display
     from .capture import SaveError, capture, save, write_atomic
-    from .session import SessionError
     from .sim import board as simboard
 
     preset, settings, _, water = _capture_plan(args)
@@ -766,10 +750,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     try:
         _check_writable(args.output)  # before any X-rays: a capture must have somewhere to go
         if settings:
-            try:
-                s.configure(**settings)
-            except SessionError as exc:
-                raise CliError(str(exc)) from None
+            s.configure(**settings)
         frames = _frame_count(args, preset, float(s.config["pulses_per_s"]))
         cal_info = None
         if not args.no_calibration:
@@ -963,7 +944,6 @@ def _send(args: argparse.Namespace, summary: dict[str, Any], destination: tuple[
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from . import calibration
     from .capture import capture
-    from .session import SessionError
     from .sim import board as simboard
 
     _check_can_write(args.dir or calibration.calibration_dir(), directory=True)  # before the board hears anything
@@ -993,11 +973,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                 raise calibration.CalibrationError(f"flat frames: {cap.error}")
             return cap.frames
 
-        try:
-            cal = calibration.calibrate(s, dark_count=args.dark, flat_count=args.flat, kv=args.kv,
-                                        pulse_width_ms=args.width, expose=expose, log=log)
-        except (calibration.CalibrationError, SessionError) as exc:
-            raise CliError(str(exc)) from None
+        cal = calibration.calibrate(s, dark_count=args.dark, flat_count=args.flat, kv=args.kv,
+                                    pulse_width_ms=args.width, expose=expose, log=log)
     finally:
         s.close()
         if ctl is not None and scene.get("water_cm") is not None:
@@ -1027,7 +1004,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from .monitor import MonitorError, monitor
+    from .monitor import monitor
 
     s = _session(args.port)  # (--duration is checked by its type)
 
@@ -1038,8 +1015,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         monitor(s, write=write, as_json=args.json, duration_s=args.duration, dose=args.dose)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how one stops watching
-    except MonitorError as exc:
-        raise CliError(str(exc)) from None
     finally:
         s.close()
     return 0
@@ -1096,7 +1071,7 @@ def _serve_page(view: Any, args: argparse.Namespace, log: Callable[[str], None],
 
 def cmd_review(args: argparse.Namespace) -> int:
     """A recorded run (an exam directory) in the browser: the review."""
-    from .exam_dir import ExamDirError, read_exam
+    from .exam_dir import read_exam
     from .review import RISK, WHAT, ReviewView
     from .view import check_listen
 
@@ -1104,10 +1079,7 @@ def cmd_review(args: argparse.Namespace) -> int:
         check_listen(args.listen, args.allow_remote, what=WHAT, risk=RISK)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    try:
-        exam = read_exam(args.exam)
-    except ExamDirError as exc:
-        raise CliError(str(exc)) from None
+    exam = read_exam(args.exam)
     try:
         view = ReviewView(exam, host=args.listen, port=args.http_port, allow_remote=args.allow_remote)
     except ValueError as exc:
@@ -1156,12 +1128,9 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .presets import PresetError, load
+    from .presets import load
 
-    try:
-        presets = load(args.presets)
-    except PresetError as exc:
-        raise CliError(str(exc)) from None
+    presets = load(args.presets)
     if args.json:
         print(json.dumps({name: p.as_dict() for name, p in presets.items()}))
         return 0
@@ -1177,16 +1146,13 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    from .flash import FlashError, flash, handshake, mpy_cross_version, plan_offline
+    from .flash import flash, handshake, mpy_cross_version, plan_offline
 
     if args.port is None:
         if not (args.dry_run and args.board):
             raise CliError("flash needs --port (or --dry-run --board rp2 to list the bundle a board would get)")
-        try:
-            plan = plan_offline(args.board)
-            (major, minor), (mpy, sub) = mpy_cross_version()
-        except FlashError as exc:
-            raise CliError(str(exc)) from None
+        plan = plan_offline(args.board)
+        (major, minor), (mpy, sub) = mpy_cross_version()
         if args.json:
             print(json.dumps({**plan.as_dict(), "dry_run": True, "firmware": None}))
             return 0
@@ -1197,12 +1163,9 @@ def cmd_flash(args: argparse.Namespace) -> int:
             print(f"  {f.path:28} {f.size:7} bytes  sha256 {f.sha256[:16]}")
         print("(dry run, no board: nothing changed)")
         return 0
-    try:
-        plan = flash(args.port, dry_run=args.dry_run, board=args.board,
-                     log=(lambda m: None) if args.json else print)
-        board = None if args.dry_run else handshake(args.port, expect_hash=plan.firmware_hash)
-    except FlashError as exc:
-        raise CliError(str(exc)) from None
+    plan = flash(args.port, dry_run=args.dry_run, board=args.board,
+                 log=(lambda m: None) if args.json else print)
+    board = None if args.dry_run else handshake(args.port, expect_hash=plan.firmware_hash)
     if args.json:
         print(json.dumps({**plan.as_dict(), "dry_run": args.dry_run, "firmware": board and board.get("firmware")}))
         return 0
@@ -1229,16 +1192,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError("export needs --mp4 FILE, --contact-sheet FILE.png, or both")
     if args.burn_in and not args.mp4:
         raise CliError("--burn-in goes with --mp4 (it burns the time and dose into the video's frames)")
-    from .exam_dir import ExamDirError, read_exam
+    from .exam_dir import read_exam
     from .export import ExportError, export_contact_sheet, export_mp4
 
     for out in (args.mp4, args.contact_sheet):
         if out is not None:
             _check_can_write(out, directory=False)
-    try:
-        exam = read_exam(args.exam_dir)
-    except ExamDirError as exc:
-        raise CliError(str(exc)) from None
+    exam = read_exam(args.exam_dir)
     result: dict[str, Any] = {"exam": str(args.exam_dir), "frames": len(exam)}
     jobs: list[tuple[str, Path | None, Callable[[Path], dict[str, Any]]]] = [
         ("mp4", args.mp4, lambda p: export_mp4(exam, p, burn_in=args.burn_in)),
@@ -1501,7 +1461,7 @@ def main(argv: list[str] | None = None) -> int:
     with SIGNALS.installed():
         try:
             return int(args.func(args))
-        except CliError as exc:
+        except PulselineError as exc:  # CliError and every library error: one line, status 2
             _say_error(str(exc))
             return 2
         except KeyboardInterrupt as exc:

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import PulselineError
 from .frames import Frame
 from .mpcompat import import_firmware
 from .protocol import PACKET_TYPE_NAMES, Trailer, wire
@@ -37,7 +38,7 @@ DIRECTIONS = {TO_HOST: "board->host", TO_BOARD: "host->board"}
 KEEP_FRAMES = 256  # the frames kept for evidence: the last ones (a soak assembles thousands)
 
 
-class TranscriptError(Exception):
+class TranscriptError(PulselineError):
     pass
 
 

@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .errors import PulselineError
+
 STACK = "frames.tif"
 SUMMARY = "summary.json"
 RATE_TOLERANCE = 0.02  # the timestamps confirm the nominal pulse rate within this much
 
 
-class ExamDirError(ValueError):
+class ExamDirError(PulselineError, ValueError):
     """The directory is not a readable exam: one line saying why."""
 
 

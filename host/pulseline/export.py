@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .capture import write_atomic
+from .errors import PulselineError
 from .exam_dir import Exam, display_window, to_display
 
 CODEC = "libx264"  # H.264; PyAV's wheels bundle FFmpeg with libx264
@@ -29,7 +30,7 @@ SHEET_BACKGROUND = 48
 CAPTION_SIZE = 11  # px: the contact sheet's captions and title
 
 
-class ExportError(Exception):
+class ExportError(PulselineError):
     """The encoder failed (for a reason other than the disk: those stay OSError)."""
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import PulselineError
+
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 PACKAGE = "pulsefw"
@@ -64,7 +66,7 @@ print(json.dumps({'files': _o, 'platform': sys.platform, 'mpy': sys.implementati
 """.replace("%s", PACKAGE)
 
 
-class FlashError(Exception):
+class FlashError(PulselineError):
     """A one-line reason the board was not flashed (or not verified)."""
 
 

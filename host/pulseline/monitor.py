@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .errors import PulselineError
 from .session import Event, Session, SessionError
 
 POLL_S = 0.05
@@ -40,7 +41,7 @@ NAME_WIDTH = 11  # "irradiation"
 LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR"}
 
 
-class MonitorError(Exception):
+class MonitorError(PulselineError):
     """The monitor cannot go on (the link to the board is lost)."""
 
 

@@ -25,11 +25,13 @@ from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
+from .errors import PulselineError
+
 DEFAULT_CALLED_AE = "ANY-SCP"
 DEFAULT_CALLING_AE = "PULSELINE"
 
 
-class PacsError(Exception):
+class PacsError(PulselineError):
     """A C-STORE to a PACS that did not happen or did not succeed; `results`
     holds the stores done before it (empty if none was)."""
 

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .errors import PulselineError
 from .mpcompat import import_firmware
 from .plant.timeline import WATER_CM_MAX, WATER_CM_MIN
 
@@ -109,7 +110,7 @@ _RANGES: dict[str, tuple[float, float]] = {
 _ABOVE_LOWEST = frozenset({"filter_alpha", "duration_s"})
 
 
-class PresetError(ValueError):
+class PresetError(PulselineError, ValueError):
     """A preset that does not exist or does not make sense: one clear line."""
 
 

@@ -35,6 +35,7 @@ import serial
 
 from . import ports
 from .assembler import FrameAssembler
+from .errors import PulselineError
 from .evidence import TO_BOARD, TO_HOST, Recorder
 from .frames import Frame
 from .mpcompat import import_firmware
@@ -69,7 +70,7 @@ IDEMPOTENT = frozenset({"hello", "get_config", "set_config", "arm", "disarm", "s
                         "read_journal", "fault_reset", "ping", "alarm_reset", "self_test"})
 
 
-class SessionError(Exception):
+class SessionError(PulselineError):
     """A one-line reason the session cannot go on."""
 
 

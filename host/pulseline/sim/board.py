@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import PulselineError
 from ..mpcompat import import_firmware
 from ..plant import Plant, PlantConfig, Timeline
 from . import peer
@@ -156,7 +157,7 @@ class BoardFiles:
         return self.state_dir / f"{self.name}.lock"
 
 
-class BoardInUse(ValueError):
+class BoardInUse(PulselineError, ValueError):
     """A simulated board already runs with this name or on this filesystem."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import PulselineError
 from ..mpcompat import import_firmware
 from ..plant import Plant, PlantConfig, Timeline
 
@@ -415,7 +416,9 @@ class FastSim:
         return [b for _, n, b in self.host.events if n == name]
 
 
-class CommandError(Exception):
+class CommandError(PulselineError):
+    """The simulated board refused a command (its status and message)."""
+
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{wire.ERROR_NAMES.get(status, status)}: {message}")
         self.status = status
