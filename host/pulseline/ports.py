@@ -12,17 +12,19 @@ from pathlib import Path
 
 import serial
 
-from .sim.board import STATE_DIR, find_board
 
-
-def resolve(port: str, state_dir: Path = STATE_DIR) -> str:
+def resolve(port: str, state_dir: Path | None = None) -> str:
     """What pyserial opens for `port`; ValueError with a clear line if a
     named simulated board is not running."""
     if not port:
         raise ValueError("no port given (a device path, a pyserial URL, or 'sim')")
     if port == "sim" or port.startswith("sim:"):
+        # Only a simulated board's name needs the simulator's registry: a
+        # session on anything else imports no simulator.
+        from .sim.board import STATE_DIR, find_board
+
         name = port[4:] or None
-        return str(find_board(name, state_dir)["pty"])
+        return str(find_board(name, state_dir or STATE_DIR)["pty"])
     return port
 
 

@@ -266,9 +266,7 @@ class Session:
                     return True
             if v.now_us >= end_us or self.error:
                 return False
-            from .sim.fastboard import STEP_US
-
-            v.advance(min(STEP_US, end_us - v.now_us))
+            v.advance(min(v.step_us, end_us - v.now_us))  # the virtual board's own step
 
     def _packet(self, p: Packet) -> None:
         if p.type == wire.PKT_RESPONSE and len(p.payload) >= 3:

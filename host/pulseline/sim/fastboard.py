@@ -33,6 +33,8 @@ _NAMES = itertools.count()
 
 
 class FastBoard:
+    step_us = STEP_US  # a session waiting on this board advances it this far at a time
+
     def __init__(self, plant: Plant | None = None, *, seed: int = 0, name: str | None = None,
                  timeline: Timeline | None = None, pixels: bool = True, start_us: int = 0) -> None:
         self.plant = plant if plant is not None else Plant(PlantConfig(seed=seed), timeline)
