@@ -16,7 +16,8 @@ PICO2_STUBS_PIN := micropython-rp2-rpi-pico2-stubs==1.29.0.post1
 UNIX_STUBS := build/stubs/unix
 UNIX_STUBS_PIN := micropython-unix-stubs==1.29.0.post1
 # The firmware the Pico and Pico 2 run: everything but the simulated board's HAL.
-FW_NEUTRAL := $(filter-out firmware/pulsefw/hal_sim.py,$(wildcard firmware/pulsefw/*.py))
+# What the Pico runs (the board-neutral package and its board's folder), type-checked against its stubs.
+FW_RP2 := $(wildcard firmware/pulsefw/*.py firmware/pulsefw/boards/__init__.py firmware/pulsefw/boards/rp2/*.py)
 
 .PHONY: all test unit lint bench fuzz fuzz-smoke deps clean demo soak
 
@@ -68,12 +69,12 @@ $(UNIX_STUBS)/.installed: $(STAMP)
 lint: $(STAMP) $(RP2_STUBS)/.installed $(PICO2_STUBS)/.installed $(UNIX_STUBS)/.installed
 	$(BIN)/ruff check firmware host native tests hil_tests setup.py
 	$(BIN)/mypy
-	MYPYPATH=$(RP2_STUBS) $(BIN)/mypy --config-file firmware/mypy-board.ini \
-	  --custom-typeshed-dir $(RP2_STUBS) $(FW_NEUTRAL)
-	MYPYPATH=$(PICO2_STUBS) $(BIN)/mypy --config-file firmware/mypy-board.ini \
-	  --custom-typeshed-dir $(PICO2_STUBS) $(FW_NEUTRAL)
-	MYPYPATH=$(UNIX_STUBS) $(BIN)/mypy --config-file firmware/mypy-board.ini \
-	  --custom-typeshed-dir $(UNIX_STUBS) firmware/pulsefw/hal_sim.py
+	MYPYPATH=$(RP2_STUBS):firmware $(BIN)/mypy --config-file firmware/mypy-board.ini \
+	  --custom-typeshed-dir $(RP2_STUBS) $(FW_RP2)
+	MYPYPATH=$(PICO2_STUBS):firmware $(BIN)/mypy --config-file firmware/mypy-board.ini \
+	  --custom-typeshed-dir $(PICO2_STUBS) $(FW_RP2)
+	MYPYPATH=$(UNIX_STUBS):firmware $(BIN)/mypy --config-file firmware/mypy-board.ini \
+	  --custom-typeshed-dir $(UNIX_STUBS) $(wildcard firmware/pulsefw/boards/sim/*.py)
 
 # The main job on a simulated board: deploy with mpremote, capture, save.
 demo: $(STAMP)

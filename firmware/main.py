@@ -8,14 +8,14 @@ from pulsefw import app
 
 def board_hal():
     if sys.platform == "rp2":
-        from pulsefw import hal_rp2  # Stage 7
+        from pulsefw.boards.rp2 import hal as rp2_hal
 
-        return hal_rp2.Rp2Hal()
+        return rp2_hal.Rp2Hal()
     import os
 
-    from pulsefw import hal_sim
+    from pulsefw.boards.sim import hal as sim_hal
 
-    return hal_sim.connect(os.getenv("PULSELINE_BOARD_FS") or ".", os.getenv("PULSELINE_PLANT") or "127.0.0.1:7301",
+    return sim_hal.connect(os.getenv("PULSELINE_BOARD_FS") or ".", os.getenv("PULSELINE_PLANT") or "127.0.0.1:7301",
                            int(os.getenv("PULSELINE_LINK_BYTES_PER_S") or 0))
 
 

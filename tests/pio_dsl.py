@@ -1,5 +1,5 @@
 """MicroPython's `rp2.asm_pio` PIO DSL, for CPython: assembles the board's
-own PIO programs (firmware/pulsefw/pio_rp2.py) into the 16-bit words the
+own PIO programs (firmware/pulsefw/boards/rp2/pio.py) into the 16-bit words the
 RP2040/RP2350 runs, so the PIO emulator can run them off the board.
 
 Encoded from the RP2040 datasheet (section 3.4); the DSL's names and values
@@ -9,7 +9,7 @@ programs use is here; anything else raises, so a program cannot silently
 assemble differently from the board.
 
     rp2 = install()                   # a stand-in `rp2` module in sys.modules
-    from pulsefw import pio_rp2       # its @asm_pio functions become Program objects
+    from pulsefw.boards.rp2 import pio as pio_rp2       # its @asm_pio functions become Program objects
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ lost."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pulseline.flash import copy_source
 from pulseline.session import BoardAtRepl, Session, SessionError, wait_for_firmware
 from pulseline.sim.board import SimBoard
 
@@ -23,10 +23,7 @@ FIRMWARE = ROOT / "firmware"
 
 
 def deploy(fs: Path, protocol: int | None = None) -> None:
-    fs.mkdir(parents=True, exist_ok=True)
-    shutil.copy(FIRMWARE / "boot.py", fs)
-    shutil.copy(FIRMWARE / "main.py", fs)
-    shutil.copytree(FIRMWARE / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_source(fs)
     if protocol is not None:  # a firmware from another protocol generation
         wire = fs / "pulsefw" / "wire.py"
         text = wire.read_text().replace("PROTOCOL_VERSION = const(1)", f"PROTOCOL_VERSION = const({protocol})")

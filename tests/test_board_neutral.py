@@ -1,18 +1,18 @@
 """The controller code is the same on every board: no firmware module but a
-board's own (its HAL and PIO programs) imports anything board-specific, and
-the simulated board's bundle and the Pico's carry the same bytes for every
-other module. (docs/hal.md)"""
+board's own (its folder, pulsefw/boards/<board>/) imports anything
+board-specific, the simulated board's bundle and the Pico's carry the same
+bytes for every other module, and each board gets its own folder and no
+other's. (docs/hal.md)"""
 
 import ast
 from pathlib import Path
 
 import pytest
 
-from pulseline.flash import NATIVE_SOURCE, OTHER_BOARDS, PACKAGE, build_bundle
+from pulseline.flash import BOARD_FOLDER, BOARDS_DIR, NATIVE_SOURCE, PACKAGE, build_bundle, copy_source
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
-# A board's own modules: each belongs to one board only.
-BOARD_MODULES = {"hal_sim": "linux", "hal_rp2": "rp2", "pio_rp2": "rp2"}
+BOARDS = FIRMWARE / PACKAGE / BOARDS_DIR
 # What a board-neutral module may import: MicroPython's portable modules (in
 # every port) and the package's other neutral modules. Not machine, rp2,
 # socket, select, time (the clock is the HAL's), nor any board module.
@@ -56,7 +56,8 @@ def names_from(path: Path, module: str) -> set[str]:
 
 
 def neutral_modules() -> list[Path]:
-    return [p for p in sorted((FIRMWARE / PACKAGE).glob("*.py")) if p.stem not in BOARD_MODULES]
+    """The package's modules outside boards/: every board runs them."""
+    return sorted((FIRMWARE / PACKAGE).glob("*.py"))
 
 
 @pytest.mark.parametrize("path", neutral_modules(), ids=lambda p: p.name)
@@ -69,21 +70,32 @@ def test_no_controller_module_imports_anything_board_specific(path: Path):
 
 def test_the_checker_sees_a_board_import_where_one_is():
     assert "machine" not in imports_of(FIRMWARE / PACKAGE / "controller.py")
-    assert {"socket", "select", "time"} <= imports_of(FIRMWARE / PACKAGE / "hal_sim.py")
-    assert "rp2" in imports_of(FIRMWARE / PACKAGE / "pio_rp2.py")
+    assert {"socket", "select", "time"} <= imports_of(BOARDS / "sim" / "hal.py")
+    assert "rp2" in imports_of(BOARDS / "rp2" / "pio.py")
     # time's tick arithmetic is portable; its clock is not.
     assert names_from(FIRMWARE / PACKAGE / "ticks.py", "time") == {"ticks_add", "ticks_diff"}
-    assert names_from(FIRMWARE / PACKAGE / "hal_rp2.py", "time") == {"*"}
+    assert names_from(BOARDS / "rp2" / "hal.py", "time") == {"*"}
 
 
 def test_both_boards_get_the_same_controller_bytes(tmp_path: Path):
     sim = {f.path: f.sha256 for f in build_bundle("linux", tmp_path / "linux")}
     pico = {f.path: f.sha256 for f in build_bundle("rp2", tmp_path / "rp2")}
-    shared = {f"{PACKAGE}/{p.name if p.name in NATIVE_SOURCE else p.stem + '.mpy'}" for p in neutral_modules()
-              if p.name not in OTHER_BOARDS["linux"]}
+    shared = {f"{PACKAGE}/{p.name if p.name in NATIVE_SOURCE else p.stem + '.mpy'}" for p in neutral_modules()}
     assert shared and shared <= set(sim) and shared <= set(pico)
     assert {p: sim[p] for p in shared} == {p: pico[p] for p in shared}
-    for module, board in BOARD_MODULES.items():
-        path = f"{PACKAGE}/{module}.mpy"
-        if (FIRMWARE / PACKAGE / f"{module}.py").exists():
-            assert (path in sim) == (board == "linux") and (path in pico) == (board == "rp2"), path
+    # Beyond those, each bundle holds its own board's folder, whole, and nothing else.
+    for bundle, platform in ((sim, "linux"), (pico, "rp2")):
+        own = f"{PACKAGE}/{BOARDS_DIR}/{BOARD_FOLDER[platform]}"
+        folder = {f"{own}/{p.stem}.mpy" for p in (BOARDS / BOARD_FOLDER[platform]).glob("*.py")}
+        rest = set(bundle) - shared - {"boot.py", "main.py", f"{PACKAGE}/{BOARDS_DIR}/__init__.mpy"}
+        assert folder and rest == folder, (platform, sorted(rest ^ folder))
+
+
+def test_the_simulated_board_gets_no_rp2_file(tmp_path: Path):
+    # Both ways a simulated board gets its firmware: a bundle, and the source tree as the plugin copies it.
+    bundle = {f.path for f in build_bundle("linux", tmp_path / "bundle")}
+    copy_source(tmp_path / "fs")
+    copied = {p.relative_to(tmp_path / "fs").as_posix() for p in (tmp_path / "fs").rglob("*") if p.is_file()}
+    for files in (bundle, copied):
+        assert any(f.startswith(f"{PACKAGE}/{BOARDS_DIR}/sim/") for f in files), files
+        assert not [f for f in files if "rp2" in f], sorted(files)

@@ -4,7 +4,6 @@ statistics, and corrected frames against the plant's ground truth."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ from pulseline import calibration
 from pulseline.assembler import FrameAssembler
 from pulseline.calibration import Calibration, CalibrationError, build
 from pulseline.capture import capture
+from pulseline.flash import copy_source
 from pulseline.frames import Frame
 from pulseline.plant import Plant, PlantConfig
 from pulseline.plant.detector import Detector, DetectorSpec
@@ -27,10 +27,7 @@ FIRMWARE = ROOT / "firmware"
 
 
 def deploy(fs: Path) -> None:
-    fs.mkdir(parents=True, exist_ok=True)
-    shutil.copy(FIRMWARE / "boot.py", fs)
-    shutil.copy(FIRMWARE / "main.py", fs)
-    shutil.copytree(FIRMWARE / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_source(fs)
 
 
 # -- the firmware's dark readout (fast simulator, in process) ---------------------------

@@ -1,4 +1,4 @@
-"""The rp2 HAL's own logic (firmware/pulsefw/hal_rp2.py) against a scripted
+"""The rp2 HAL's own logic (firmware/pulsefw/boards/rp2/hal.py) against a scripted
 chip: `machine` and `rp2` stand-ins that record what the HAL asks of them,
 with the gate's state machine running the real pulse_gate program on the
 PIO emulator. What it shows: the words the HAL gives the gate make the
@@ -176,7 +176,7 @@ class Poller:
 @pytest.fixture
 def hal(monkeypatch: pytest.MonkeyPatch) -> Any:
     pio_dsl.install()
-    pio_rp2 = import_firmware("pulsefw.pio_rp2")
+    pio_rp2 = import_firmware("pulsefw.boards.rp2.pio")
     Pin.levels = {}
     Pin.modes = {}
     ADC.readings = {}
@@ -209,8 +209,8 @@ def hal(monkeypatch: pytest.MonkeyPatch) -> Any:
     fake_gc = types.SimpleNamespace(collect=lambda: None, mem_free=lambda: 130_000)
     monkeypatch.setitem(sys.modules, "select", fake_select)
     monkeypatch.setitem(sys.modules, "gc", fake_gc)
-    mod = importlib.reload(import_firmware("pulsefw.hal_rp2")) if "pulsefw.hal_rp2" in sys.modules \
-        else import_firmware("pulsefw.hal_rp2")
+    mod = importlib.reload(import_firmware("pulsefw.boards.rp2.hal")) if "pulsefw.boards.rp2.hal" in sys.modules \
+        else import_firmware("pulsefw.boards.rp2.hal")
     monkeypatch.setattr(mod, "sys", fake_sys)
     monkeypatch.setattr(mod, "time", fake_time)
     h = mod.Rp2Hal()
@@ -219,7 +219,7 @@ def hal(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_the_gate_words_make_the_technique_s_pulse_and_hold_its_period(hal: Any):
-    timing = import_firmware("pulsefw.rp2_timing")
+    timing = import_firmware("pulsefw.boards.rp2.timing")
     assert hal.generator_fire(10_000, 66_666) is True
     assert hal.generator_fire(10_000, 66_666) is True  # asked at once: the gate holds it to the period
     gate = hal.test.sms[0]
@@ -244,7 +244,7 @@ def test_an_open_interlock_refuses_the_pulse(hal: Any):
 
 
 def test_inputs_are_debounced_and_a_cut_wire_is_safe(hal: Any):
-    io = import_firmware("pulsefw.rp2_io")
+    io = import_firmware("pulsefw.boards.rp2.wiring")
     controller = import_firmware("pulsefw.controller")
     inputs = controller.Inputs()
     hal.read_inputs(inputs)  # nothing wired: every pull gives the safe value
@@ -261,8 +261,8 @@ def test_inputs_are_debounced_and_a_cut_wire_is_safe(hal: Any):
 
 
 def test_setpoints_feedback_and_landed_lines(hal: Any):
-    io = import_firmware("pulsefw.rp2_io")
-    timing = import_firmware("pulsefw.rp2_timing")
+    io = import_firmware("pulsefw.boards.rp2.wiring")
+    timing = import_firmware("pulsefw.boards.rp2.timing")
     hal.generator_set(80.0, 20.0)
     assert abs(hal._kv_set.duty * io.KV_FULL_SCALE / 65535 - 80.0) < 0.01
     buf = bytearray(64 * 96)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import queue
 import re
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pulseline.flash import copy_source
 from pulseline.monitor import MonitorError, format_event, format_log, monitor
 from pulseline.plant import Plant, PlantConfig, Timeline
 from pulseline.session import Event, Session, wait_for_firmware
@@ -28,10 +28,7 @@ EVENT_LINE = re.compile(r"^ *\d+\.\d{3} s  (\S+) +(.*)$")
 
 
 def deploy(fs: Path) -> None:
-    fs.mkdir(parents=True, exist_ok=True)
-    shutil.copy(FIRMWARE / "boot.py", fs)
-    shutil.copy(FIRMWARE / "main.py", fs)
-    shutil.copytree(FIRMWARE / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_source(fs)
 
 
 def wait_for(pred, timeout_s: float = 10.0) -> bool:

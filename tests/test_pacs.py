@@ -25,6 +25,7 @@ from pydicom.uid import generate_uid
 
 from pulseline.dicom_rdsr import RDSR_STORAGE, write_rdsr
 from pulseline.dicom_rf import RF_IMAGE_STORAGE, Identity, new_dataset, write_rf
+from pulseline.flash import copy_source
 from pulseline.pacs import PacsError, parse_destination, send
 
 ORTHANC_AET = "ORTHANC"
@@ -326,10 +327,7 @@ def test_capture_writes_valid_exam_files_and_sends_them_to_orthanc(orthanc: Orth
 
     root = Path(__file__).resolve().parents[1]
     fs = tmp_path / "fs"
-    fs.mkdir()
-    for name in ("boot.py", "main.py"):
-        shutil.copy(root / "firmware" / name, fs)
-    shutil.copytree(root / "firmware" / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_source(fs, "linux", root / "firmware")
     out = tmp_path / "exam"
     pulseline = str(Path(sys.executable).parent / "pulseline")
     env = {**__import__("os").environ, "PULSELINE_CALIBRATION_DIR": str(tmp_path / "cal")}

@@ -1,4 +1,4 @@
-"""The rp2 board's PIO programs (firmware/pulsefw/pio_rp2.py), assembled from
+"""The rp2 board's PIO programs (firmware/pulsefw/boards/rp2/pio.py), assembled from
 the firmware's own source and run cycle by cycle on the PIO emulator
 (rp2040-pio-emulator): the pulse gate's widths and periods exact to the
 cycle over the whole technique range, the gate held low when the interlock
@@ -19,8 +19,8 @@ from pulseline.mpcompat import import_firmware
 from pulseline.streamgen import pack_pixels
 
 pio_dsl.install()
-pio_rp2 = import_firmware("pulsefw.pio_rp2")
-timing = import_firmware("pulsefw.rp2_timing")
+pio_rp2 = import_firmware("pulsefw.boards.rp2.pio")
+timing = import_firmware("pulsefw.boards.rp2.timing")
 controller = import_firmware("pulsefw.controller")
 
 GATE_PIN, INTERLOCK_PIN = 15, 14  # docs/board.md

@@ -4,7 +4,6 @@ a pty, driven by the real mpremote and by the host session, end to end."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from pulseline.capture import capture
+from pulseline.flash import copy_source
 from pulseline.frames import Frame
 from pulseline.plant import Plant, PlantConfig, Timeline
 from pulseline.session import Session, SessionError, wait_for_firmware
@@ -28,10 +28,7 @@ MPREMOTE = str(Path(sys.executable).parent / "mpremote")
 
 def deploy(fs: Path) -> None:
     """What `mpremote fs cp` does, done directly (test_mpremote covers mpremote)."""
-    fs.mkdir(parents=True, exist_ok=True)
-    shutil.copy(FIRMWARE / "boot.py", fs)
-    shutil.copy(FIRMWARE / "main.py", fs)
-    shutil.copytree(FIRMWARE / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__"))
+    copy_source(fs)
 
 
 def mpremote(board: SimBoard, *args: str, cwd: Path | None = None) -> str:
@@ -380,15 +377,16 @@ def test_flash_dry_run_for_the_pico_lists_its_exact_bundle_and_a_board_of_anothe
     out = json.loads(res.stdout)
     paths = {f["path"]: f["size"] for f in out["bundle"]}
     # The Pico's own modules, not the simulated board's; every file with its size.
-    assert {"pulsefw/hal_rp2.mpy", "pulsefw/pio_rp2.mpy", "pulsefw/rp2_io.mpy", "boot.py", "main.py"} <= set(paths)
-    assert "pulsefw/hal_sim.mpy" not in paths and all(size > 0 for size in paths.values())
+    assert {"pulsefw/boards/rp2/hal.mpy", "pulsefw/boards/rp2/pio.mpy", "pulsefw/boards/rp2/wiring.mpy", "boot.py",
+            "main.py"} <= set(paths)
+    assert "pulsefw/boards/sim/hal.mpy" not in paths and all(size > 0 for size in paths.values())
     # Exactly what a flash builds for a board that says it is rp2, and the hash the firmware will report.
     built = build_bundle("rp2", tmp_path / "again")
     assert [(f.path, f.sha256) for f in built] == [(f["path"], f["sha256"]) for f in out["bundle"]]
     assert out["firmware_hash"] == bundle_hash(built)
     text = subprocess.run([sys.executable, "-m", "pulseline", "flash", "--dry-run", "--board", "rp2"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120).stdout
-    assert "rp2 bundle for MicroPython" in text and "pulsefw/hal_rp2.mpy" in text and "bytes" in text
+    assert "rp2 bundle for MicroPython" in text and "pulsefw/boards/rp2/hal.mpy" in text and "bytes" in text
     # Without --dry-run, or with a board of the other kind: refused in one line.
     res = subprocess.run([sys.executable, "-m", "pulseline", "flash", "--board", "rp2"], capture_output=True,
                          text=True, cwd=tmp_path, timeout=60)

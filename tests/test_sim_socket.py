@@ -364,7 +364,7 @@ def test_time_a_request_waits_for_the_plant_server_is_credited_and_not_judged_me
     import socket
     import struct
 
-    hal_sim = import_firmware("pulsefw.hal_sim")
+    hal_sim = import_firmware("pulsefw.boards.sim.hal")
 
     class SlowServer(PlantServer):
         delay_s = 0.0
@@ -413,7 +413,7 @@ def test_a_write_of_the_boards_filesystem_is_the_hosts_time_not_the_boards():
 
     from pulseline.sim import plantserver
 
-    hal_sim = import_firmware("pulsefw.hal_sim")
+    hal_sim = import_firmware("pulsefw.boards.sim.hal")
     plant = Plant(PlantConfig(seed=1), Timeline())
     server = PlantServer(plant)
     time.sleep(0.1)  # as a board takes to boot: the kernel's timestamping is on by then

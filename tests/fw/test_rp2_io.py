@@ -1,8 +1,9 @@
-# The rp2 board's portable parts (pulsefw/rp2_io.py): debouncing, the
+# The rp2 board's portable parts (pulsefw/boards/rp2/wiring.py): debouncing, the
 # generator's scaling, the board's own configuration checks. Runs under
 # CPython and on the MicroPython unix port.
-from pulsefw import rp2_io as io
-from pulsefw import rp2_timing, wire
+from pulsefw import wire
+from pulsefw.boards.rp2 import timing as rp2_timing
+from pulsefw.boards.rp2 import wiring as io
 
 
 def test_a_safe_value_is_taken_at_once_and_a_permissive_only_when_it_has_held():

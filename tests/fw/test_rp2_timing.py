@@ -1,8 +1,8 @@
-# The rp2 board's PIO arithmetic (pulsefw/rp2_timing.py): portable, so it runs
+# The rp2 board's PIO arithmetic (pulsefw/boards/rp2/timing.py): portable, so it runs
 # here under CPython and on the MicroPython unix port (tests/test_pio.py
 # holds the PIO programs to the same numbers on the emulator).
 from pulsefw import controller
-from pulsefw import rp2_timing as t
+from pulsefw.boards.rp2 import timing as t
 
 
 def _raises(fn, *args):

@@ -23,7 +23,7 @@ from .phantom import Phantom
 from .timeline import LEVEL_DEFAULTS, WATER_CM_MAX, WATER_CM_MIN, Timeline
 
 _fwdose = import_firmware("pulsefw.dose")
-_hal_sim = import_firmware("pulsefw.hal_sim")
+_hal_sim = import_firmware("pulsefw.boards.sim.hal")
 
 # Sub-stream keys under the seed (SeedSequence spawn keys).
 STREAM_GENERATOR = 0  # per-unit accuracy bias

@@ -52,7 +52,7 @@ from . import peer
 from .link import FaultSpec, LinkClass, LinkDirection, parse_faults, parse_link
 from .plantserver import PlantServer
 
-hal_sim = import_firmware("pulsefw.hal_sim")
+hal_sim = import_firmware("pulsefw.boards.sim.hal")
 
 RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
 FRIENDLY_PROMPT = b">>> "

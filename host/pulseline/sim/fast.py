@@ -29,7 +29,7 @@ from ..plant import Plant, PlantConfig, Timeline
 wire = import_firmware("pulsefw.wire")
 app_module = import_firmware("pulsefw.app")
 commands = import_firmware("pulsefw.commands")
-hal_sim = import_firmware("pulsefw.hal_sim")
+hal_sim = import_firmware("pulsefw.boards.sim.hal")
 fw_journal = import_firmware("pulsefw.journal")
 
 

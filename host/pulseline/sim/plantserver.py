@@ -1,5 +1,5 @@
 """The plant on a local socket, for a board running on the MicroPython unix
-port (firmware/pulsefw/hal_sim.py, PlantClient, is the other side).
+port (firmware/pulsefw/boards/sim/hal.py, PlantClient, is the other side).
 
 Plant time is the host's monotonic clock since the server started (plus
 start_us): the
@@ -23,7 +23,7 @@ from ..mpcompat import import_firmware
 from ..plant import Plant
 from . import peer
 
-hal_sim = import_firmware("pulsefw.hal_sim")
+hal_sim = import_firmware("pulsefw.boards.sim.hal")
 
 _ARG_SIZES = {
     hal_sim.OP_HELLO: 0, hal_sim.OP_INPUTS: 0, hal_sim.OP_SET: 8, hal_sim.OP_FIRE: 4, hal_sim.OP_FEEDBACK: 0,

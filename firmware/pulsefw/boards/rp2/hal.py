@@ -1,7 +1,7 @@
 # The HAL of the Raspberry Pi Pico (RP2040, 125 MHz) and Pico 2 (RP2350,
 # 150 MHz). Pins, wiring and the timing of the PIO programs are in
-# docs/board.md; the arithmetic is in rp2_io.py and rp2_timing.py (portable,
-# tested on the host), the PIO programs in pio_rp2.py (run on an emulator in
+# docs/board.md; the arithmetic is in wiring.py and timing.py (portable,
+# tested on the host), the PIO programs in pio.py (run on an emulator in
 # tests/test_pio.py). Everything here is the thin layer onto machine and rp2.
 import sys
 import time
@@ -11,8 +11,9 @@ import machine
 import rp2
 from micropython import const
 
-from . import journal, pio_rp2, rp2_io, rp2_timing, ticks
-from .hal import Hal
+from pulsefw import journal, ticks
+from pulsefw.boards.rp2 import pio, timing, wiring
+from pulsefw.hal import Hal
 
 _GATE_SM = const(0)  # PIO0, state machine 0
 _READOUT_SM = const(4)  # PIO1, state machine 0
@@ -28,23 +29,23 @@ _WATCHDOG_CTRL = {"RP2040": 0x40058000, "RP2350": 0x400D8000}
 
 class Rp2Hal(Hal):
     BOARD = "rp2"
-    LINK_BYTES_PER_S = rp2_io.LINK_BYTES_PER_S
+    LINK_BYTES_PER_S = wiring.LINK_BYTES_PER_S
 
     def __init__(self):
         chip = "RP2350" if "RP2350" in sys.implementation._machine else "RP2040"
         self.chip = chip
-        self.sys_hz = rp2_timing.SYS_HZ_PICO2 if chip == "RP2350" else rp2_timing.SYS_HZ_PICO
+        self.sys_hz = timing.SYS_HZ_PICO2 if chip == "RP2350" else timing.SYS_HZ_PICO
         machine.freq(self.sys_hz)
         P = machine.Pin
-        self._inputs = (P(rp2_io.PIN_SWITCH, P.IN, P.PULL_UP), P(rp2_io.PIN_DOOR_CLOSED, P.IN, P.PULL_DOWN),
-                        P(rp2_io.PIN_KEY_ON, P.IN, P.PULL_DOWN), P(rp2_io.PIN_GENERATOR_READY, P.IN, P.PULL_DOWN),
-                        P(rp2_io.PIN_HLC_SWITCH, P.IN, P.PULL_UP))
-        self._debounce = rp2_io.Debouncer(self.ticks_us())
-        self._kv_set = machine.PWM(P(rp2_io.PIN_KV_SET), freq=rp2_io.PWM_FREQ_HZ, duty_u16=0)
-        self._ma_set = machine.PWM(P(rp2_io.PIN_MA_SET), freq=rp2_io.PWM_FREQ_HZ, duty_u16=0)
-        self._kv_mon = machine.ADC(rp2_io.PIN_KV_MON)
-        self._ma_mon = machine.ADC(rp2_io.PIN_MA_MON)
-        self._gate_pin = P(rp2_io.PIN_GATE, P.OUT, value=0)
+        self._inputs = (P(wiring.PIN_SWITCH, P.IN, P.PULL_UP), P(wiring.PIN_DOOR_CLOSED, P.IN, P.PULL_DOWN),
+                        P(wiring.PIN_KEY_ON, P.IN, P.PULL_DOWN), P(wiring.PIN_GENERATOR_READY, P.IN, P.PULL_DOWN),
+                        P(wiring.PIN_HLC_SWITCH, P.IN, P.PULL_UP))
+        self._debounce = wiring.Debouncer(self.ticks_us())
+        self._kv_set = machine.PWM(P(wiring.PIN_KV_SET), freq=wiring.PWM_FREQ_HZ, duty_u16=0)
+        self._ma_set = machine.PWM(P(wiring.PIN_MA_SET), freq=wiring.PWM_FREQ_HZ, duty_u16=0)
+        self._kv_mon = machine.ADC(wiring.PIN_KV_MON)
+        self._ma_mon = machine.ADC(wiring.PIN_MA_MON)
+        self._gate_pin = P(wiring.PIN_GATE, P.OUT, value=0)
         # Monitor samples taken while the gate is on (detector_poll): the
         # mean of the last pulse. Plain ints: no allocation.
         self._kv_sum = 0
@@ -52,14 +53,14 @@ class Rp2Hal(Hal):
         self._samples = 0
         self._kv = 0.0
         self._ma = 0.0
-        self._gate = rp2.StateMachine(_GATE_SM, pio_rp2.pulse_gate, freq=rp2_timing.GATE_SM_HZ,
-                                      sideset_base=self._gate_pin, jmp_pin=P(rp2_io.PIN_INTERLOCK_OK, P.IN,
+        self._gate = rp2.StateMachine(_GATE_SM, pio.pulse_gate, freq=timing.GATE_SM_HZ,
+                                      sideset_base=self._gate_pin, jmp_pin=P(wiring.PIN_INTERLOCK_OK, P.IN,
                                                                              P.PULL_DOWN))
         self._gate.active(1)
         for n in range(12):
-            P(rp2_io.PIN_DATA0 + n, P.IN)
-        self._readout = rp2.StateMachine(_READOUT_SM, pio_rp2.line_readout, freq=self.sys_hz,
-                                         in_base=P(rp2_io.PIN_DATA0), sideset_base=P(rp2_io.PIN_LINE_SYNC))
+            P(wiring.PIN_DATA0 + n, P.IN)
+        self._readout = rp2.StateMachine(_READOUT_SM, pio.line_readout, freq=self.sys_hz,
+                                         in_base=P(wiring.PIN_DATA0), sideset_base=P(wiring.PIN_LINE_SYNC))
         self._readout.active(1)
         self._rx_dma = rp2.DMA()
         self._tx_dma = rp2.DMA()
@@ -78,7 +79,7 @@ class Rp2Hal(Hal):
         import gc
 
         gc.collect()
-        self.MAX_FRAME_BYTES = rp2_io.frame_budget_bytes(gc.mem_free())
+        self.MAX_FRAME_BYTES = wiring.frame_budget_bytes(gc.mem_free())
         self._stdin = sys.stdin.buffer
         self._stdout = sys.stdout.buffer
         import select
@@ -109,18 +110,18 @@ class Rp2Hal(Hal):
     # -- inputs -----------------------------------------------------------------------
     def read_inputs(self, inputs):
         s, d, k, g, h = self._inputs
-        bits = self._debounce.update(rp2_io.raw_bits(s.value(), d.value(), k.value(), g.value(), h.value()),
+        bits = self._debounce.update(wiring.raw_bits(s.value(), d.value(), k.value(), g.value(), h.value()),
                                      self.ticks_us())
-        inputs.switch = bool(bits & rp2_io.IN_SWITCH)
-        inputs.door_closed = bool(bits & rp2_io.IN_DOOR)
-        inputs.key_on = bool(bits & rp2_io.IN_KEY)
-        inputs.generator_ready = bool(bits & rp2_io.IN_READY)
-        inputs.hlc_switch = bool(bits & rp2_io.IN_HLC)
+        inputs.switch = bool(bits & wiring.IN_SWITCH)
+        inputs.door_closed = bool(bits & wiring.IN_DOOR)
+        inputs.key_on = bool(bits & wiring.IN_KEY)
+        inputs.generator_ready = bool(bits & wiring.IN_READY)
+        inputs.hlc_switch = bool(bits & wiring.IN_HLC)
 
     # -- generator --------------------------------------------------------------------
     def generator_set(self, kv, ma):
-        self._kv_set.duty_u16(rp2_io.setpoint_duty(kv, rp2_io.KV_FULL_SCALE))
-        self._ma_set.duty_u16(rp2_io.setpoint_duty(ma, rp2_io.MA_FULL_SCALE))
+        self._kv_set.duty_u16(wiring.setpoint_duty(kv, wiring.KV_FULL_SCALE))
+        self._ma_set.duty_u16(wiring.setpoint_duty(ma, wiring.MA_FULL_SCALE))
         self._kv = kv
         self._ma = ma
 
@@ -129,7 +130,7 @@ class Rp2Hal(Hal):
         if self._buf is not None:
             self._tx_dma.config(read=self._line_word, write=_PIO1_TXF0, count=self._lines, ctrl=self._tx_ctrl,
                                 trigger=True)
-        hc, hf, lc, lf = rp2_timing.gate_words(width_us, period_us)
+        hc, hf, lc, lf = timing.gate_words(width_us, period_us)
         self._kv_sum = self._ma_sum = self._samples = 0
         g = self._gate
         g.put(hc)
@@ -147,8 +148,8 @@ class Rp2Hal(Hal):
     def generator_feedback(self, out):
         n = self._samples
         if n:
-            out[0] = rp2_io.monitor_value(self._kv_sum // n, rp2_io.KV_FULL_SCALE)
-            out[1] = rp2_io.monitor_value(self._ma_sum // n, rp2_io.MA_FULL_SCALE)
+            out[0] = wiring.monitor_value(self._kv_sum // n, wiring.KV_FULL_SCALE)
+            out[1] = wiring.monitor_value(self._ma_sum // n, wiring.MA_FULL_SCALE)
         else:  # a pulse shorter than the loop: no sample; the setpoints stand in
             out[0] = self._kv
             out[1] = self._ma
@@ -158,10 +159,10 @@ class Rp2Hal(Hal):
         self._buf = frame_buf
         self._landed = landed
         self._lines = lines
-        self._words_per_line = rp2_timing.readout_words_per_line(pixels)
+        self._words_per_line = timing.readout_words_per_line(pixels)
         self._words = lines * self._words_per_line
         self._marked = 0
-        self._line_word[0] = rp2_timing.readout_line_word(pixels)
+        self._line_word[0] = timing.readout_line_word(pixels)
         # A frame given up on (lines that never landed) leaves nothing behind.
         self._tx_dma.active(0)
         self._rx_dma.active(0)
@@ -190,7 +191,7 @@ class Rp2Hal(Hal):
         return self._marked >= self._lines
 
     def config_problem(self, config):
-        return rp2_io.config_problem(config.lines_per_frame, config.pixels_per_line, config.pixel_format,
+        return wiring.config_problem(config.lines_per_frame, config.pixels_per_line, config.pixel_format,
                                      config.pulse_width_ms, self.sys_hz)
 
     # -- identity ---------------------------------------------------------------------

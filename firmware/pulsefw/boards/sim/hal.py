@@ -13,9 +13,9 @@ import struct
 
 from micropython import const
 
-from . import ticks
-from .hal import Hal
-from .journal import FileStore
+from pulsefw import ticks
+from pulsefw.hal import Hal
+from pulsefw.journal import FileStore
 
 # Plant socket protocol: request = op u8 + fixed arguments; every request
 # gets an answer, so the two sides stay in lock step.

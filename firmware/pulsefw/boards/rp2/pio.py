@@ -1,6 +1,6 @@
 # The rp2 board's PIO programs (Raspberry Pi Pico / Pico 2), in MicroPython's
 # asm_pio DSL. The words they take and their cycle counts are in
-# rp2_timing.py (portable, so the host checks them); every program is run
+# timing.py (portable, so the host checks them); every program is run
 # cycle by cycle on a PIO emulator in tests/test_pio.py. docs/board.md has
 # the pins and the timing diagrams.
 from rp2 import PIO, asm_pio
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 # X-ray pulse gate, one state machine at 1 MHz (one cycle = 1 us). Side-set:
 # the GATE pin. JMP pin: INTERLOCK_OK, the hardware interlock chain (door,
 # key, generator ready in series; a cut wire reads low). Per pulse the CPU
-# puts four words (rp2_timing.gate_words): the high time's coarse and fine
+# puts four words (timing.gate_words): the high time's coarse and fine
 # counts, then the low time's. The gate rises only if INTERLOCK_OK is high,
 # falls within 33 us of it going low, and the next pulse cannot rise sooner
 # than the period after this one rose, whenever the CPU asks: the pulse rate

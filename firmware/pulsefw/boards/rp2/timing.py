@@ -1,5 +1,5 @@
 # The rp2 board's PIO timing, in plain integers: the words the programs of
-# pio_rp2.py take and what they come to in cycles. Portable (no rp2
+# pio.py take and what they come to in cycles. Portable (no rp2
 # import), so the host runs the same arithmetic the board does, and the PIO
 # emulator tests hold the programs to it.
 

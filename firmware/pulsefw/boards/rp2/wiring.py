@@ -5,7 +5,8 @@
 # docs/board.md has the wiring these numbers assume.
 from micropython import const
 
-from . import rp2_timing, ticks, wire
+from pulsefw import ticks, wire
+from pulsefw.boards.rp2 import timing
 
 # -- pins (GPIO numbers) -------------------------------------------------------
 PIN_DATA0 = const(0)  # DATA0..DATA11 on GP0..GP11: the front end's 12-bit pixel
@@ -111,7 +112,7 @@ def config_problem(lines, pixels, pixel_format, pulse_width_ms, sys_hz):
         return "the rp2 board reads Mono12p only (its PIO packs it)"
     if pixels % 8:
         return "pixels per line must be a multiple of 8 on the rp2 board, not %d" % pixels
-    readout_us = rp2_timing.readout_frame_us(lines, pixels, sys_hz)
+    readout_us = timing.readout_frame_us(lines, pixels, sys_hz)
     if readout_us > pulse_width_ms * 1000:
         return "reading %d lines of %d pixels takes %d us at %d MHz, longer than a %s ms pulse" % (
             lines, pixels, readout_us, sys_hz // 1_000_000, pulse_width_ms)
