@@ -67,8 +67,9 @@ $(UNIX_STUBS)/.installed: $(STAMP)
 	@touch $@
 
 lint: $(STAMP) $(RP2_STUBS)/.installed $(PICO2_STUBS)/.installed $(UNIX_STUBS)/.installed
-	$(BIN)/ruff check firmware host native tests hil_tests setup.py
+	$(BIN)/ruff check firmware host native tests hil_tests tools setup.py
 	$(BIN)/mypy
+	MYPYPATH=tools $(BIN)/mypy $(wildcard tools/*.py)
 	MYPYPATH=$(RP2_STUBS):firmware $(BIN)/mypy --config-file firmware/mypy-board.ini \
 	  --custom-typeshed-dir $(RP2_STUBS) $(FW_RP2)
 	MYPYPATH=$(PICO2_STUBS):firmware $(BIN)/mypy --config-file firmware/mypy-board.ini \
@@ -78,10 +79,10 @@ lint: $(STAMP) $(RP2_STUBS)/.installed $(PICO2_STUBS)/.installed $(UNIX_STUBS)/.
 
 # The main job on a simulated board: deploy with mpremote, capture, save.
 demo: $(STAMP)
-	$(BIN)/python -m pulseline.demo
+	$(BIN)/python tools/demo.py
 
 bench: $(STAMP)
-	$(BIN)/python -m pulseline.bench
+	$(BIN)/python tools/bench.py
 
 $(FUZZ_DIR)/fuzz_assembler: native/fuzz_assembler.c native/pulseline_asm.c native/pulseline_asm.h | deps
 	@mkdir -p $(FUZZ_DIR)

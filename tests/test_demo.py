@@ -4,6 +4,7 @@ capture, save, stop. Run here in a scratch directory, as a user would."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import tifffile
@@ -11,8 +12,8 @@ import tifffile
 
 @pytest.mark.micropython
 def test_demo_deploys_captures_and_saves_an_exam(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "pulseline.demo"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=180)
+    demo = Path(__file__).resolve().parents[1] / "tools" / "demo.py"  # (outside the installed package)
+    res = subprocess.run([sys.executable, str(demo)], cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "mpremote connect" in res.stdout and "fs cp -r boot.py main.py pulsefw :" in res.stdout
     summary = json.loads((tmp_path / "demo-exam" / "summary.json").read_text())

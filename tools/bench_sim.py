@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 import serial
 
-from .assembler import FrameAssembler
-from .plant import Plant, PlantConfig, Timeline
-from .protocol import wire
-from .sim.fast import FastSim
-from .sim.link import LinkDirection, parse_faults, parse_link
-from .streamgen import StreamWriter, random_frames
+from pulseline.assembler import FrameAssembler
+from pulseline.plant import Plant, PlantConfig, Timeline
+from pulseline.protocol import wire
+from pulseline.sim.fast import FastSim
+from pulseline.sim.link import LinkDirection, parse_faults, parse_link
+from pulseline.streamgen import StreamWriter, random_frames
 
 PIXELS_BAR = 20.0
 HS_BAR = 0.95
@@ -90,7 +90,7 @@ def _run_exposure(pixels: bool, seconds: float, assemble: bool) -> tuple[float, 
 
 def micropython_lines_per_s() -> float | None:
     exe = Path(sys.executable).parent / "micropython"
-    firmware = Path(__file__).resolve().parents[2] / "firmware"
+    firmware = Path(__file__).resolve().parents[1] / "firmware"
     if not exe.exists() or not firmware.is_dir():
         return None
     res = subprocess.run([str(exe), "-c", MPY_SCRIPT], capture_output=True, text=True, timeout=300,

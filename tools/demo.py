@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NAME = "demo"
 EXAM = Path("demo-exam")
@@ -40,7 +40,7 @@ def main() -> int:
     pulseline = str(BIN / "pulseline")
     mpremote = str(BIN / "mpremote")
     fs = Path(".pulseline") / f"{NAME}.fs"
-    from .sim.board import BoardInUse, check_free
+    from pulseline.sim.board import BoardInUse, check_free
 
     try:
         check_free(NAME, fs)  # never the filesystem of a board still running

@@ -64,10 +64,10 @@ def _measure(session: Any, board: Any, view: Any, page: Any, pps: float) -> dict
 
 
 def run(r: Any) -> None:
-    from .pytest_plugin import _deploy
-    from .session import Session, wait_for_firmware
-    from .sim.board import SimControl, find_board, wait_stopped
-    from .view import LiveView
+    from pulseline.pytest_plugin import _deploy
+    from pulseline.session import Session, wait_for_firmware
+    from pulseline.sim.board import SimControl, find_board, wait_stopped
+    from pulseline.view import LiveView
 
     print("(G) live view in headless Chromium: 256x256 Mono12p over usb-hs, "
           f"{SECONDS:g} s of switch time at each rate")

@@ -8,8 +8,8 @@ what it replaces, measured in one run on the same data.
     on: the C decode path against the numpy baseline (assembler_numpy) and the
     plain-Python reference. Bar: decode >= 5 x numpy.
 
-(C)-(F): pulseline.bench_sim; (G), the live view in a browser:
-pulseline.bench_view.
+(C)-(F): bench_sim.py; (G), the live view in a browser:
+bench_view.py (all in tools/, outside the installed package).
 
 Every figure is the best of several runs (time.perf_counter), except the
 reference, which runs once on a subset. The C path is timed on a fresh
@@ -17,7 +17,7 @@ assembler whose buffer pool has been warmed on frames with other ids, and
 no frame is kept between runs, so the pool reuses its arrays (steady state).
 Exit status 1 if a bar fails or the decoders disagree.
 
-    python -m pulseline.bench
+    python tools/bench.py
 """
 
 from __future__ import annotations
@@ -32,16 +32,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import bench_sim
+import bench_view
 import numpy as np
 
-from . import bench_sim, bench_view
-from ._native import ffi
-from .assembler import FrameAssembler, crc32, crc_backend
-from .assembler_numpy import NumpyFrame, decode_numpy
-from .assembler_ref import ReferenceAssembler
-from .frames import AssemblerConfig
-from .protocol import wire
-from .streamgen import clean_stream, random_frames
+from pulseline._native import ffi
+from pulseline.assembler import FrameAssembler, crc32, crc_backend
+from pulseline.assembler_numpy import NumpyFrame, decode_numpy
+from pulseline.assembler_ref import ReferenceAssembler
+from pulseline.frames import AssemblerConfig
+from pulseline.protocol import wire
+from pulseline.streamgen import clean_stream, random_frames
 
 CHUNK = 1 << 20
 MEMCPY_BAR = 0.5
