@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from pulseline.protocol import wire
+from pulseline.protocol import codes, wire
 from pulseline.session import OPCODES, BoardAtRepl, BoardError, Session, SessionError
 
 COMMANDS_WITHOUT_ARGUMENTS = ["get_config", "status", "dose_report", "ping", "self_test", "alarm_reset",
@@ -32,7 +32,7 @@ def test_the_handshake_names_the_firmware_and_its_build(board, session):
 def test_another_protocol_generation_is_refused_with_the_numbers(session):
     with pytest.raises(BoardError) as err:
         session.command("hello", {"protocol": wire.PROTOCOL_VERSION + 1})
-    assert err.value.status == wire.ERR_VERSION
+    assert err.value.status == codes.ERR_VERSION
     assert f"board speaks protocol {wire.PROTOCOL_VERSION}" in err.value.message
 
 
@@ -42,13 +42,13 @@ def test_every_command_is_answered(session, name):
 
 
 @pytest.mark.parametrize(("name", "args", "status"), [
-    ("set_config", {"kv": 150}, wire.ERR_OUT_OF_RANGE),
-    ("set_config", {"pulses_per_s": 10}, wire.ERR_OUT_OF_RANGE),
-    ("set_config", {"colour": 1}, wire.ERR_BAD_ARGUMENT),
-    ("set_config", {"pulses_per_s": 30, "pixels_per_line": 1024}, wire.ERR_LINK_BUDGET),
-    ("arm", {"now": True}, wire.ERR_BAD_ARGUMENT),
-    ("read_journal", {"max": 0}, wire.ERR_OUT_OF_RANGE),
-    ("dark_frames", {"frames": 0}, wire.ERR_OUT_OF_RANGE),
+    ("set_config", {"kv": 150}, codes.ERR_OUT_OF_RANGE),
+    ("set_config", {"pulses_per_s": 10}, codes.ERR_OUT_OF_RANGE),
+    ("set_config", {"colour": 1}, codes.ERR_BAD_ARGUMENT),
+    ("set_config", {"pulses_per_s": 30, "pixels_per_line": 1024}, codes.ERR_LINK_BUDGET),
+    ("arm", {"now": True}, codes.ERR_BAD_ARGUMENT),
+    ("read_journal", {"max": 0}, codes.ERR_OUT_OF_RANGE),
+    ("dark_frames", {"frames": 0}, codes.ERR_OUT_OF_RANGE),
 ])
 def test_a_bad_command_is_refused_and_changes_nothing(session, name, args, status):
     def state():
@@ -70,9 +70,9 @@ def test_a_second_host_on_the_same_port_is_told_it_is_busy(board, session):
 
 def test_an_unknown_opcode_and_a_malformed_command_are_refused(session):
     before = (session.command("get_config"), session.status()["state"])
-    assert session.request(0xEE, b"{}")[0] == wire.ERR_UNKNOWN_COMMAND
-    assert session.request(OPCODES["set_config"], b"kv=90")[0] == wire.ERR_MALFORMED
-    assert session.request(OPCODES["set_config"], b"[90]")[0] == wire.ERR_MALFORMED
+    assert session.request(0xEE, b"{}")[0] == codes.ERR_UNKNOWN_COMMAND
+    assert session.request(OPCODES["set_config"], b"kv=90")[0] == codes.ERR_MALFORMED
+    assert session.request(OPCODES["set_config"], b"[90]")[0] == codes.ERR_MALFORMED
     assert (session.command("get_config"), session.status()["state"]) == before
 
 
@@ -80,12 +80,12 @@ def test_commands_refused_in_the_wrong_state(session):
     session.arm()
     with pytest.raises(BoardError) as err:
         session.command("dark_frames", {"frames": 2})  # only while disarmed
-    assert err.value.status == wire.ERR_BAD_STATE, err.value.message
+    assert err.value.status == codes.ERR_BAD_STATE, err.value.message
     session.disarm()
     session.command("dark_frames", {"frames": 3})
     with pytest.raises(BoardError) as err:
         session.arm()  # not while dark frames are being read
-    assert err.value.status == wire.ERR_BUSY, err.value.message
+    assert err.value.status == codes.ERR_BUSY, err.value.message
     assert all(session.next_frame(5) is not None for _ in range(3))
     assert session.status()["state"] == "IDLE"
 

@@ -99,3 +99,22 @@ def test_the_simulated_board_gets_no_rp2_file(tmp_path: Path):
     for files in (bundle, copied):
         assert any(f.startswith(f"{PACKAGE}/{BOARDS_DIR}/sim/") for f in files), files
         assert not [f for f in files if "rp2" in f], sorted(files)
+
+
+def test_the_firmware_has_no_import_cycle():
+    # Every import a module makes (function-level ones too), within the package.
+    modules = {f"{PACKAGE}.{p.stem}": p for p in neutral_modules()}
+    graph = {name: {m for m in imports_of(path) if m in modules and m != name} for name, path in modules.items()}
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, f"import cycle: {' -> '.join((*path, name))}"
+        if name in done:
+            return
+        for dep in sorted(graph[name]):
+            visit(dep, (*path, name))
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, ())
+    assert graph[f"{PACKAGE}.commands"] and f"{PACKAGE}.app" not in graph[f"{PACKAGE}.commands"]

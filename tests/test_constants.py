@@ -5,7 +5,7 @@ import struct
 from pathlib import Path
 
 from pulseline._native import ffi, lib
-from pulseline.protocol import wire
+from pulseline.protocol import codes, wire
 
 HEADER = (Path(__file__).resolve().parents[1] / "native" / "pulseline_asm.h").read_text()
 # Assembler-only limits and statuses that the firmware has no reason to know.
@@ -22,17 +22,19 @@ def test_every_protocol_constant_in_c_matches_the_firmware():
     assert len(consts) > 30
     for name, value in consts.items():
         py_name = name[3:]
-        assert hasattr(wire, py_name), f"{name} has no counterpart in firmware/pulsefw/wire.py"
-        assert getattr(wire, py_name) == value, f"{name}: C {value} != firmware {getattr(wire, py_name)}"
+        module = codes if py_name.startswith("ERR_") else wire  # status codes live with every other code
+        assert hasattr(module, py_name), f"{name} has no counterpart in firmware/pulsefw/{module.__name__[8:]}.py"
+        assert getattr(module, py_name) == value, f"{name}: C {value} != firmware {getattr(module, py_name)}"
 
 
 def test_every_firmware_constant_is_in_the_c_header():
     shared = re.compile(r"^(PKT|FMT|ERR)_|^(PROTOCOL_VERSION|HEADER_SIZE|CRC_SIZE|MAX_PAYLOAD|SYNC\d|LINE_HEADER_SIZE|"
                         r"TRAILER_SIZE|MAX_PIXELS_PER_LINE|MAX_LINES_PER_FRAME|CTRL_C|ESC|ESC_XOR)$")
-    for name in dir(wire):
-        if shared.match(name):
-            assert hasattr(lib, "PL_" + name), f"wire.{name} is missing from native/pulseline_asm.h"
-            assert getattr(lib, "PL_" + name) == getattr(wire, name)
+    for module in (wire, codes):
+        for name in dir(module):
+            if shared.match(name):
+                assert hasattr(lib, "PL_" + name), f"{module.__name__}.{name} is missing from native/pulseline_asm.h"
+                assert getattr(lib, "PL_" + name) == getattr(module, name)
 
 
 def test_layouts_agree():
@@ -41,4 +43,4 @@ def test_layouts_agree():
     assert struct.calcsize(wire.TRAILER_FORMAT) == wire.TRAILER_SIZE == lib.PL_TRAILER_SIZE
     assert ffi.sizeof(ffi.typeof("pl_output").fields[[f[0] for f in ffi.typeof("pl_output").fields].index(
         "trailer")][1].type) == wire.TRAILER_SIZE
-    assert set(wire.ERROR_NAMES) == {getattr(wire, n) for n in dir(wire) if n.startswith("ERR_")}
+    assert set(codes.ERROR_NAMES) == {getattr(codes, n) for n in dir(codes) if n.startswith("ERR_")}

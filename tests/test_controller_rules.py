@@ -30,6 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from pulseline.mpcompat import import_firmware
 
 controller = import_firmware("pulsefw.controller")
+codes = import_firmware("pulsefw.codes")
 dose = import_firmware("pulsefw.dose")
 ticks = import_firmware("pulsefw.ticks")
 
@@ -114,7 +115,7 @@ class ControllerRules(RuleBasedStateMachine):
         # Arming from IDLE starts a new arming; arming when already armed
         # (or exposing) changes nothing, and a latched fault refuses it.
         self._command()
-        was_idle = self.ctl.state == controller.IDLE
+        was_idle = self.ctl.state == codes.IDLE
         if self.ctl.arm() is None and was_idle:
             self.reset_marks.append(self.now)
 
@@ -204,10 +205,10 @@ class ControllerRules(RuleBasedStateMachine):
     @invariant()
     def state_matches_what_it_does(self):
         if self.fault:
-            assert self.ctl.state == controller.FAULT
+            assert self.ctl.state == codes.FAULT
         if self.now - self.last_host > controller.LINK_TIMEOUT_US:
             # The session that armed the board is gone: never armed for nobody.
-            assert self.ctl.state in (controller.IDLE, controller.FAULT), controller.STATE_NAMES[self.ctl.state]
+            assert self.ctl.state in (codes.IDLE, codes.FAULT), codes.STATE_NAMES[self.ctl.state]
 
 
 ControllerRules.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)

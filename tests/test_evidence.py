@@ -15,12 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pulseline import evidence
-from pulseline.mpcompat import import_firmware
-from pulseline.protocol import wire
+from pulseline.protocol import codes, wire
 
-commands = import_firmware("pulsefw.commands")
-tx = import_firmware("pulsefw.tx")
-OPS = sorted(commands.OP_NAMES)
+OPS = sorted(codes.OP_NAMES)
 
 
 def command(seq: int, op: int, args: dict) -> bytes:
@@ -47,15 +44,15 @@ def conversations(draw):
         op = draw(st.sampled_from(OPS))
         # Values that contain the bytes the host must stuff (0x03, 0x10).
         args = {"v": draw(st.sampled_from([3, 16, 0x0310, 1.5, "x\x03y"]))}
-        items.append((evidence.TO_BOARD, command(seq, op, args), ("command", commands.OP_NAMES[op], args)))
-        status = draw(st.sampled_from([wire.ERR_OK, wire.ERR_OUT_OF_RANGE]))
-        body = b'{"ok": 1}' if status == wire.ERR_OK else b"kv out of range"
+        items.append((evidence.TO_BOARD, command(seq, op, args), ("command", codes.OP_NAMES[op], args)))
+        status = draw(st.sampled_from([codes.ERR_OK, codes.ERR_OUT_OF_RANGE]))
+        body = b'{"ok": 1}' if status == codes.ERR_OK else b"kv out of range"
         noise = draw(st.binary(max_size=20).filter(lambda b: wire.SYNC[:1] not in b))
         items.append((evidence.TO_HOST, noise + response(seq + 100, seq, status, body), ("response", seq, status)))
         if draw(st.booleans()):
-            code = draw(st.sampled_from(sorted(tx.EVENT_NAMES)))
+            code = draw(st.sampled_from(sorted(codes.EVENT_NAMES)))
             items.append((evidence.TO_HOST, event(seq + 200, code, seq * 1000, {"k": seq}),
-                          ("event", tx.EVENT_NAMES[code], seq * 1000)))
+                          ("event", codes.EVENT_NAMES[code], seq * 1000)))
         if draw(st.booleans()):
             pixels = bytes(range(16))
             items.append((evidence.TO_HOST, LINES.line_packet(seq, 7, seq % 4, 9, 123, pixels),
@@ -85,7 +82,7 @@ def test_a_transcript_reads_back_packet_for_packet(tmp_path_factory, items, data
         if what[0] == "command":
             assert (e.body["command"], e.body["args"]) == what[1:]
         elif what[0] == "response":
-            assert e.body["to"] == what[1] and e.body["status"] == wire.ERROR_NAMES[what[2]]
+            assert e.body["to"] == what[1] and e.body["status"] == codes.ERROR_NAMES[what[2]]
         elif what[0] == "event":
             assert (e.body["event"], e.body["board_us"]) == what[1:]
         else:
@@ -112,13 +109,13 @@ def test_a_damaged_or_foreign_file_is_refused_with_its_reason(tmp_path):
 
 
 def test_describe_folds_lines_and_the_heartbeat(tmp_path):
-    ping = next(op for op, name in commands.OP_NAMES.items() if name == "ping")
-    status = next(op for op, name in commands.OP_NAMES.items() if name == "status")
+    ping = next(op for op, name in codes.OP_NAMES.items() if name == "ping")
+    status = next(op for op, name in codes.OP_NAMES.items() if name == "status")
     rec = evidence.Recorder()
     rec.chunk(evidence.TO_BOARD, 1.0, command(0, ping, {}))
-    rec.chunk(evidence.TO_HOST, 1.001, response(50, 0, wire.ERR_OK, b'{"t_us": 1}'))
+    rec.chunk(evidence.TO_HOST, 1.001, response(50, 0, codes.ERR_OK, b'{"t_us": 1}'))
     rec.chunk(evidence.TO_BOARD, 1.002, command(1, status, {}))
-    rec.chunk(evidence.TO_HOST, 1.003, response(51, 1, wire.ERR_OK, b'{"state": "IDLE"}'))
+    rec.chunk(evidence.TO_HOST, 1.003, response(51, 1, codes.ERR_OK, b'{"state": "IDLE"}'))
     rec.chunk(evidence.TO_HOST, 1.004, b"".join(LINES.line_packet(60 + k, 3, k, 3, 5, bytes(16)) for k in range(4)))
     text = list(evidence.describe(rec.chunks))
     assert len(text) == 3 and "status" in text[0] and "IDLE" in text[1]

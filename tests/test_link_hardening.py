@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from pulseline.protocol import wire
+from pulseline.protocol import codes, wire
 from pulseline.pytest_plugin import _deploy
 from pulseline.session import Session, wait_for_firmware
 from pulseline.sim.board import SimBoard
 
 
 def _answer(seq: int, body: dict) -> bytes:
-    return wire.encode(wire.PKT_RESPONSE, 0, wire.response_payload(seq, wire.ERR_OK, json.dumps(body).encode()))
+    return wire.encode(wire.PKT_RESPONSE, 0, wire.response_payload(seq, codes.ERR_OK, json.dumps(body).encode()))
 
 
 class StaleBoard:

@@ -119,7 +119,7 @@ def test_the_safety_suite_catches_a_firmware_without_its_door_check(tmp_path):
     shutil.copytree(root / "firmware", broken, ignore=shutil.ignore_patterns("__pycache__"))
     controller = broken / "pulsefw" / "controller.py"
     text = controller.read_text()
-    check = "        if not inputs.door_closed:\n            return BLOCK_DOOR\n"
+    check = "        if not inputs.door_closed:\n            return codes.BLOCK_DOOR\n"
     assert check in text
     controller.write_text(text.replace(check, ""))
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",

@@ -14,7 +14,7 @@ from pulseline.plant import Plant, PlantConfig, Timeline
 from pulseline.sim.fast import FastSim
 
 wire = import_firmware("pulsefw.wire")
-commands = import_firmware("pulsefw.commands")
+codes = import_firmware("pulsefw.codes")
 config = import_firmware("pulsefw.config")
 
 json_values = st.recursive(
@@ -25,15 +25,15 @@ json_values = st.recursive(
 setting_names = st.sampled_from([*config.FIELDS, "colour", "protocol", "from", "max"])
 args = st.dictionaries(setting_names, json_values | st.sampled_from([0, 1, 7.5, 15.0, 80.0, 256, 2, True]),
                        max_size=4)
-opcodes = st.integers(0, 255) | st.sampled_from(sorted(commands.OP_NAMES))
+opcodes = st.integers(0, 255) | st.sampled_from(sorted(codes.OP_NAMES))
 payloads = st.one_of(
     st.builds(lambda op, a: bytes([op]) + json.dumps(a).encode(), opcodes, args),
     st.builds(lambda op, raw: bytes([op]) + raw, opcodes, st.binary(max_size=40)),
 )
 # Commands that change things on purpose when they succeed (a success is allowed to).
-CHANGING = {commands.OP_SET_CONFIG, commands.OP_ARM, commands.OP_DISARM, commands.OP_NEW_EXAM,
-            commands.OP_FAULT_RESET, commands.OP_REBOOT, commands.OP_EXIT_TO_REPL, commands.OP_ALARM_RESET,
-            commands.OP_SELF_TEST}
+CHANGING = {codes.OP_SET_CONFIG, codes.OP_ARM, codes.OP_DISARM, codes.OP_NEW_EXAM,
+            codes.OP_FAULT_RESET, codes.OP_REBOOT, codes.OP_EXIT_TO_REPL, codes.OP_ALARM_RESET,
+            codes.OP_SELF_TEST}
 
 
 def snapshot(sim: FastSim) -> tuple[object, ...]:
@@ -55,7 +55,7 @@ def test_every_command_is_answered_and_a_refused_one_changes_nothing(payload_lis
         answers = [r for r in [sim.host.responses.pop(seq, None)] if r is not None]
         assert len(answers) == 1, payload
         r = answers[0]
-        if r.status != wire.ERR_OK:
+        if r.status != codes.ERR_OK:
             assert isinstance(r.body, str) and r.body and "\n" not in r.body
             assert snapshot(sim) == before, (payload, r.body)
         elif payload[0] not in CHANGING:

@@ -37,7 +37,7 @@ from pulseline.sim.fast import HostLog, Response
 from pulseline.sim.plantserver import PlantServer
 
 wire = import_firmware("pulsefw.wire")
-commands = import_firmware("pulsefw.commands")
+codes = import_firmware("pulsefw.codes")
 
 pytestmark = pytest.mark.micropython
 
@@ -144,7 +144,7 @@ class Board:
                 return  # the board is gone; the test that cares will see it
 
     def send(self, name: str, args: dict[str, Any] | None = None) -> int:
-        op = {v: k for k, v in commands.OP_NAMES.items()}[name]
+        op = {v: k for k, v in codes.OP_NAMES.items()}[name]
         payload = wire.command_payload(op, json.dumps(args or {}).encode())
         assert self.proc.stdin is not None
         with self.in_lock:
@@ -274,7 +274,7 @@ def test_frames_arrive_and_carry_the_detector_bytes_unchanged(run, frames):
 
 def test_dose_agrees_with_the_reference_meter(run, frames):
     report = run.answer("dose_report")
-    assert report.status == wire.ERR_OK, report.body
+    assert report.status == codes.ERR_OK, report.body
     pulses = run.plant.pulses
     assert report.body["pulses"] == len(pulses)
     assert report.body["kerma_mgy"] == pytest.approx(run.plant.meter_kerma_ugy / 1000, rel=0.01)
@@ -302,15 +302,15 @@ def test_events_and_command_errors(run):
     assert irradiation["pulses"] == len(run.plant.pulses)
 
     hello = run.answer("hello")
-    assert hello.status == wire.ERR_OK, hello.body
+    assert hello.status == codes.ERR_OK, hello.body
     bad = run.answer("bad_set_config")
-    assert bad.status == wire.ERR_OUT_OF_RANGE, bad
+    assert bad.status == codes.ERR_OUT_OF_RANGE, bad
     after = run.answer("get_config")
-    assert after.status == wire.ERR_OK
+    assert after.status == codes.ERR_OK
     assert after.body == hello.body["config"]
     assert run.answer("arm").body == {"state": "READY"}
     # Every other answer (the heartbeats' among them) is a success.
-    assert all(r.status == wire.ERR_OK for r in run.responses.values() if r.seq != bad.seq)
+    assert all(r.status == codes.ERR_OK for r in run.responses.values() if r.seq != bad.seq)
 
 
 def test_board_runs_cleanly(run):

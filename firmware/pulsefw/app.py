@@ -7,9 +7,7 @@ from array import array
 import micropython
 from micropython import const
 
-from . import brightness, commands, config, controller, dose, journal, readout, ticks, tx, wire
-
-FIRMWARE_VERSION = "0.2.0"
+from . import brightness, codes, commands, config, controller, dose, ident, journal, readout, ticks, tx, wire
 
 WATCHDOG_MS = const(100)
 MAX_SLEEP_US = const(50_000)  # the loop runs at least this often: half the watchdog timeout
@@ -33,32 +31,11 @@ MA_TOLERANCE = 0.10
 DETECTOR_ADU_PER_UGY = 14400.0
 DETECTOR_PEDESTAL_ADU = 100.0
 
-# Fault codes (EV_FAULT and status).
-FAULT_KV_TOLERANCE = const(1)
-FAULT_MA_TOLERANCE = const(2)
-FAULT_PULSE_REFUSED = const(3)
-FAULT_DETECTOR = const(4)
-FAULT_STORAGE = const(5)
-FAULT_WATCHDOG_RESET = const(6)
-FAULT_SELF_TEST = const(7)
-FAULT_CONFIG = const(8)
-FAULT_NAMES = {
-    FAULT_KV_TOLERANCE: "kV out of tolerance",
-    FAULT_MA_TOLERANCE: "mA out of tolerance",
-    FAULT_PULSE_REFUSED: "hardware interlock refused a pulse",
-    FAULT_DETECTOR: "detector readout failed",
-    FAULT_STORAGE: "dose journal could not be written",
-    FAULT_WATCHDOG_RESET: "the watchdog reset the board",
-    FAULT_SELF_TEST: "self-test failed",
-    FAULT_CONFIG: "configuration over the board's budget",
-}
 # What the readout holds while the configuration is over the board's budget:
 # nothing exposes then, and the firmware still answers.
 _IDLE_LINES = const(8)
 _IDLE_PIXELS = const(8)
 
-BLOCK_NAMES = ("none", "door open", "key off", "generator not ready", "host link lost", "fault latched",
-               "not armed", "release the switch first")
 
 # Why an irradiation event ended before its release ("interrupted" in its
 # journal record): the firmware left for the REPL, or the board was reset or
@@ -106,7 +83,7 @@ class App:
         c = self.config
         self.geometry = dose.Geometry(c.pixels_per_line, c.lines_per_frame)
         self.ctl = controller.Controller(self.geometry, c.technique(), now)
-        self.ctl.state = controller.BOOT
+        self.ctl.state = codes.BOOT
         self.account = dose.DoseAccount(c.dose_notify)
         self.decoder = wire.CommandDecoder(1024)
         self.rxbuf = bytearray(512)
@@ -172,22 +149,22 @@ class App:
         except (OSError, ValueError, KeyError) as exc:
             self.journal = None
             journal_error = "journal unreadable: %s" % exc
-        self.tx.event(tx.EV_BOOT, now, {"firmware": FIRMWARE_VERSION, "protocol": wire.PROTOCOL_VERSION,
+        self.tx.event(codes.EV_BOOT, now, {"firmware": ident.FIRMWARE_VERSION, "protocol": wire.PROTOCOL_VERSION,
                                         "board": hal.BOARD, "serial": self.serial, "reset_cause": cause,
                                         "exam": self.exam_id})
         if recovered is not None:
             self._irradiation_event(recovered, now)
         # Boot checks done: disarmed. A switch held now does not expose
         # (the controller needs to see it released first).
-        self.ctl.state = controller.IDLE
+        self.ctl.state = codes.IDLE
         self._state_event(now)
         if budget:
-            self.fault(FAULT_CONFIG, now, "the %d x %d configuration does not fit this %s board: %s" % (
+            self.fault(codes.FAULT_CONFIG, now, "the %d x %d configuration does not fit this %s board: %s" % (
                 c.pixels_per_line, c.lines_per_frame, hal.BOARD, budget))
         elif journal_error:
-            self.fault(FAULT_STORAGE, now, journal_error)
+            self.fault(codes.FAULT_STORAGE, now, journal_error)
         elif cause == "watchdog":
-            self.fault(FAULT_WATCHDOG_RESET, now, "the control loop stalled")
+            self.fault(codes.FAULT_WATCHDOG_RESET, now, "the control loop stalled")
 
     # -- configuration and checks -----------------------------------------------
 
@@ -219,8 +196,6 @@ class App:
 
     def firmware_hash(self):
         if self._firmware_hash is None:
-            from . import ident
-
             try:
                 self._firmware_hash = ident.firmware_hash()
             except OSError as exc:
@@ -228,7 +203,7 @@ class App:
         return self._firmware_hash
 
     def block_name(self):
-        return BLOCK_NAMES[self.ctl.block]
+        return codes.BLOCK_NAMES[self.ctl.block]
 
     def storage_writable(self):
         """Whether the journal's filesystem takes a write now (checked at
@@ -255,7 +230,7 @@ class App:
         checks["budget"] = self.budget_problem(self.config) is None
         failed = [k for k in checks if not checks[k]]
         if failed:
-            self.fault(FAULT_SELF_TEST, now, "self-test failed: " + ", ".join(failed))
+            self.fault(codes.FAULT_SELF_TEST, now, "self-test failed: " + ", ".join(failed))
         return checks
 
     # -- journal --------------------------------------------------------------
@@ -290,14 +265,14 @@ class App:
 
     def commit(self, record, now_us):
         if self.journal is None:
-            self.fault(FAULT_STORAGE, now_us, "no journal")
+            self.fault(codes.FAULT_STORAGE, now_us, "no journal")
             return False
         self.hal.watchdog_feed()  # a board's flash write (an erase: tens of ms) starts with a fresh watchdog
         try:
             self.journal.append(record)
             return True
         except OSError as exc:
-            self.fault(FAULT_STORAGE, now_us, str(exc))
+            self.fault(codes.FAULT_STORAGE, now_us, str(exc))
             return False
 
     def new_exam(self, now_us):
@@ -306,7 +281,7 @@ class App:
         self.account.reset()
         self.alarm_5min = False
         ok = self.commit({"kind": "exam", "exam": self.exam_id}, now_us)
-        self.tx.event(tx.EV_EXAM, now_us, {"exam": self.exam_id})
+        self.tx.event(codes.EV_EXAM, now_us, {"exam": self.exam_id})
         return ok
 
     def _press_record(self, p, final):
@@ -330,20 +305,20 @@ class App:
                 "kerma_ugy": rec["kerma_ugy"], "kap_ugy_m2": rec["kap_ugy_m2"]}
         if rec.get("interrupted"):
             body["interrupted"] = rec["interrupted"]
-        self.tx.event(tx.EV_IRRADIATION, now_us, body)
+        self.tx.event(codes.EV_IRRADIATION, now_us, body)
 
     # -- events ---------------------------------------------------------------
 
     def fault_name(self, code):
-        return FAULT_NAMES.get(code, "fault")
+        return codes.FAULT_NAMES.get(code, "fault")
 
     def fault(self, code, now_us, message):
         prev = self.ctl.state
-        if prev == controller.FAULT:
+        if prev == codes.FAULT:
             return  # the first fault stays the one reported
         self.ctl.latch_fault(code)
         self.fault_message = message
-        self.tx.event(tx.EV_FAULT, now_us, {"code": code, "name": FAULT_NAMES.get(code, "fault"),
+        self.tx.event(codes.EV_FAULT, now_us, {"code": code, "name": codes.FAULT_NAMES.get(code, "fault"),
                                             "message": message})
         self.state_changed(prev, now_us)
 
@@ -351,9 +326,9 @@ class App:
         """The host speaks after a silence longer than the link timeout: what
         it may have missed (events are not repeated on a live link) is said
         again, so that a latched fault is never news only to the board."""
-        if self.ctl.state == controller.FAULT:
+        if self.ctl.state == codes.FAULT:
             code = self.ctl.fault_code
-            self.tx.event(tx.EV_FAULT, now_us, {"code": code, "name": FAULT_NAMES.get(code, "fault"),
+            self.tx.event(codes.EV_FAULT, now_us, {"code": code, "name": codes.FAULT_NAMES.get(code, "fault"),
                                                 "message": self.fault_message, "again": True})
 
     def _state_event(self, now_us):
@@ -361,21 +336,21 @@ class App:
         if s != self.state_sent:
             prev = self.state_sent
             self.state_sent = s
-            self.tx.event(tx.EV_STATE, now_us, {
-                "state": controller.STATE_NAMES[s],
-                "from": controller.STATE_NAMES[prev] if prev >= 0 else None,
+            self.tx.event(codes.EV_STATE, now_us, {
+                "state": codes.STATE_NAMES[s],
+                "from": codes.STATE_NAMES[prev] if prev >= 0 else None,
                 "fault": self.ctl.fault_code})
 
     def alarm(self, kind, active, now_us, extra=None):
         body = {"alarm": kind, "active": active}
         if extra:
             body.update(extra)
-        self.tx.event(tx.EV_ALARM, now_us, body)
+        self.tx.event(codes.EV_ALARM, now_us, body)
 
     def dose_display(self, now_us):
         a = self.account
         t = self.ctl.technique
-        self.tx.event(tx.EV_DOSE, now_us, {
+        self.tx.event(codes.EV_DOSE, now_us, {
             "rate_mgy_min": round(self.rate_mgy_min, 3),
             "kerma_mgy": round(a.kerma_mgy(), 4),
             "kap_gy_cm2": round(a.kap.value() * 0.01, 5),  # 1 uGy m^2 = 1e-6 Gy * 1e4 cm^2
@@ -432,7 +407,7 @@ class App:
             self.state_changed(prev, now)
             self.pend_done = True
             self._commit_closing(now)
-            self.tx.event(tx.EV_STOPPED, now, {"reason": text, "then": then})
+            self.tx.event(codes.EV_STOPPED, now, {"reason": text, "then": then})
         except Exception:
             pass
         try:
@@ -447,7 +422,7 @@ class App:
         now = hal.ticks_us()
         self.clock.seen(now)
         ctl = self.ctl
-        if ctl.state == controller.EXPOSING and ticks.diff(now, self.last_us) > 0:
+        if ctl.state == codes.EXPOSING and ticks.diff(now, self.last_us) > 0:
             if self.account.add_switch_time(ticks.diff(now, self.last_us)):
                 self.alarm_5min = True
                 self.alarm("fluoro_5min", True, now, {"fluoro_min": self.account.fluoro_time_min_tenths() / 10})
@@ -461,13 +436,13 @@ class App:
                     # Not this board's protocol: never run, never taken for a live host.
                     self.packets_bad_version += 1
                     if ptype == wire.PKT_COMMAND:
-                        self.tx.response(seq, wire.ERR_VERSION, "board speaks protocol %d, the packet %d"
+                        self.tx.response(seq, codes.ERR_VERSION, "board speaks protocol %d, the packet %d"
                                          % (wire.PROTOCOL_VERSION, version))
                     continue
                 if payload is None:
                     if ptype == wire.PKT_COMMAND:
                         self.commands_bad += 1
-                        self.tx.response(seq, wire.ERR_MALFORMED, "command longer than %d bytes"
+                        self.tx.response(seq, codes.ERR_MALFORMED, "command longer than %d bytes"
                                          % self.decoder.max_payload)
                     continue
                 if ticks.diff(now, ctl.last_host_us) > controller.LINK_TIMEOUT_US:
@@ -484,14 +459,14 @@ class App:
         pulse = ctl.step(now, self.inputs, not self.readout.busy)
         if ctl.state != prev:
             self.state_changed(prev, now)
-            if prev == controller.EXPOSING and self.inputs.switch and ctl.block != controller.BLOCK_NONE:
+            if prev == codes.EXPOSING and self.inputs.switch and ctl.block != codes.BLOCK_NONE:
                 # Exposure stopped under a held switch: say why.
-                self.tx.event(tx.EV_BLOCKED, now, {"reason": BLOCK_NAMES[ctl.block]})
-        elif (self.inputs.switch and ctl.block != controller.BLOCK_NONE
+                self.tx.event(codes.EV_BLOCKED, now, {"reason": codes.BLOCK_NAMES[ctl.block]})
+        elif (self.inputs.switch and ctl.block != codes.BLOCK_NONE
               and (ctl.block != block_before or not pressed_before)
-              and ctl.state in (controller.READY, controller.HOLD, controller.IDLE, controller.FAULT)):
+              and ctl.state != codes.EXPOSING and ctl.state != codes.BOOT):  # (READY, HOLD, IDLE or FAULT)
             # A press that does not expose, or a new reason while held: say why.
-            self.tx.event(tx.EV_BLOCKED, now, {"reason": BLOCK_NAMES[ctl.block]})
+            self.tx.event(codes.EV_BLOCKED, now, {"reason": codes.BLOCK_NAMES[ctl.block]})
         if pulse is not None:
             self._fire(pulse, now)
         self._pulse_end(now)
@@ -511,11 +486,11 @@ class App:
         s = self.ctl.state
         if s == prev:
             return
-        if s == controller.EXPOSING:
+        if s == codes.EXPOSING:
             self.event_id += 1
             self.press = Press(self.event_id, now, self.clock.us(now), self.ctl.technique)
             self.next_display_us = now
-        elif prev == controller.EXPOSING:
+        elif prev == codes.EXPOSING:
             if self.press is not None:
                 self.press.end_us = self.clock.us(now)
                 self.closing.append(self.press)
@@ -554,7 +529,7 @@ class App:
                 self.pulses_withheld += 1
                 return
             self.pulses_refused += 1
-            self.fault(FAULT_PULSE_REFUSED, now, "pulse %d refused by the hardware interlocks" % p.pulse_id)
+            self.fault(codes.FAULT_PULSE_REFUSED, now, "pulse %d refused by the hardware interlocks" % p.pulse_id)
             return
         self.ctl.fired(t_fire, setup_us)
         # The frame's time is its pulse's, as it left (not when it was decided).
@@ -619,9 +594,9 @@ class App:
             if hlc:
                 p.hlc = True
         if abs(kv - kv_set) > KV_TOLERANCE * kv_set:
-            self.fault(FAULT_KV_TOLERANCE, now, "pulse %d delivered %.1f kV for %.1f kV" % (pulse_id, kv, kv_set))
+            self.fault(codes.FAULT_KV_TOLERANCE, now, "pulse %d delivered %.1f kV for %.1f kV" % (pulse_id, kv, kv_set))
         elif abs(ma - ma_set) > MA_TOLERANCE * ma_set:
-            self.fault(FAULT_MA_TOLERANCE, now, "pulse %d delivered %.2f mA for %.2f mA" % (pulse_id, ma, ma_set))
+            self.fault(codes.FAULT_MA_TOLERANCE, now, "pulse %d delivered %.2f mA for %.2f mA" % (pulse_id, ma, ma_set))
 
     def _frame_done(self, now):
         self.trailer_due = False
@@ -632,7 +607,7 @@ class App:
         r = self.readout
         self.tx.trailer(frame_id, pulse_id, t0, r.lines, r.lines_sent, kv, ma, width_ms, kerma, kap)
         if r.lines_sent == 0:
-            self.fault(FAULT_DETECTOR, now, "frame %d: no line came from the detector" % frame_id)
+            self.fault(codes.FAULT_DETECTOR, now, "frame %d: no line came from the detector" % frame_id)
             return
         c = self.config
         if c.abc_enabled and not dark:
@@ -648,7 +623,7 @@ class App:
 
     def _timers(self, now):
         ctl = self.ctl
-        if ctl.state == controller.EXPOSING and ticks.diff(now, self.next_display_us) >= 0:
+        if ctl.state == codes.EXPOSING and ticks.diff(now, self.next_display_us) >= 0:
             self.dose_display(now)
             self.next_display_us = ticks.add(now, DOSE_DISPLAY_US)
         self._commit_closing(now)
@@ -661,13 +636,13 @@ class App:
     def checkpoint(self, p, now_us):
         """The open event so far, where a power cut cannot lose it."""
         if self.journal is None:
-            self.fault(FAULT_STORAGE, now_us, "no journal")
+            self.fault(codes.FAULT_STORAGE, now_us, "no journal")
             return
         self.hal.watchdog_feed()  # as commit
         try:
             self.journal.checkpoint(self._press_record(p, False))
         except OSError as exc:
-            self.fault(FAULT_STORAGE, now_us, "checkpoint: %s" % exc)
+            self.fault(codes.FAULT_STORAGE, now_us, "checkpoint: %s" % exc)
 
     def _commit_closing(self, now):
         """Commit the events that have ended once their last pulse is
@@ -690,7 +665,7 @@ class App:
         # not count.
         ctl = self.ctl
         dt = MAX_SLEEP_US
-        if ctl.state == controller.EXPOSING:
+        if ctl.state == codes.EXPOSING:
             a = self.account
             d = ticks.diff(ctl.next_pulse_us, now) - ctl.lead_us  # decided ahead of its time
             if 0 < d < dt:

@@ -5,32 +5,7 @@ import json
 
 from micropython import const
 
-from . import config, controller, wire
-
-OP_HELLO = const(1)  # {"protocol": n} -> versions, board, config
-OP_GET_CONFIG = const(2)
-OP_SET_CONFIG = const(3)  # {setting: value, ...}, all or nothing
-OP_ARM = const(4)
-OP_DISARM = const(5)
-OP_NEW_EXAM = const(6)
-OP_STATUS = const(7)
-OP_DOSE_REPORT = const(8)
-OP_READ_JOURNAL = const(9)  # {"from": seq, "max": n}
-OP_FAULT_RESET = const(10)
-OP_SELF_TEST = const(11)
-OP_REBOOT = const(12)
-OP_EXIT_TO_REPL = const(13)
-OP_PING = const(14)  # keeps the link alive; any command does
-OP_ALARM_RESET = const(15)  # silences the 5-minute alarm until the next 5 minutes
-OP_DARK_FRAMES = const(16)  # {"frames": n}: read n frames with the beam off (calibration)
-
-OP_NAMES = {
-    OP_HELLO: "hello", OP_GET_CONFIG: "get_config", OP_SET_CONFIG: "set_config", OP_ARM: "arm",
-    OP_DISARM: "disarm", OP_NEW_EXAM: "new_exam", OP_STATUS: "status", OP_DOSE_REPORT: "dose_report",
-    OP_READ_JOURNAL: "read_journal", OP_FAULT_RESET: "fault_reset", OP_SELF_TEST: "self_test",
-    OP_REBOOT: "reboot", OP_EXIT_TO_REPL: "exit_to_repl", OP_PING: "ping", OP_ALARM_RESET: "alarm_reset",
-    OP_DARK_FRAMES: "dark_frames",
-}
+from . import codes, config, ident, wire
 
 MAX_JOURNAL_RECORDS = const(32)  # per read_journal answer (the answer must fit a packet)
 MAX_REPORT_EVENTS = const(64)
@@ -43,38 +18,38 @@ class Refused(Exception):
 
 def _args(payload):
     if len(payload) < 1:
-        raise Refused(wire.ERR_MALFORMED, "empty command")
+        raise Refused(codes.ERR_MALFORMED, "empty command")
     if len(payload) == 1:
         return {}
     try:
         args = json.loads(bytes(payload[1:]))
     except (ValueError, UnicodeError):
-        raise Refused(wire.ERR_MALFORMED, "arguments are not JSON") from None
+        raise Refused(codes.ERR_MALFORMED, "arguments are not JSON") from None
     if not isinstance(args, dict):
-        raise Refused(wire.ERR_MALFORMED, "arguments must be a JSON object")
+        raise Refused(codes.ERR_MALFORMED, "arguments must be a JSON object")
     return args
 
 
 def _only(args, allowed):
     for k in args:
         if k not in allowed:
-            raise Refused(wire.ERR_BAD_ARGUMENT, "unexpected argument " + str(k))
+            raise Refused(codes.ERR_BAD_ARGUMENT, "unexpected argument " + str(k))
 
 
 def _int_arg(args, name, default, lo, hi):
     v = args.get(name, default)
     if v is True or v is False or not isinstance(v, int):
-        raise Refused(wire.ERR_BAD_ARGUMENT, name + " must be a whole number")
+        raise Refused(codes.ERR_BAD_ARGUMENT, name + " must be a whole number")
     if not lo <= v <= hi:
-        raise Refused(wire.ERR_OUT_OF_RANGE, "%s must be %d..%d" % (name, lo, hi))
+        raise Refused(codes.ERR_OUT_OF_RANGE, "%s must be %d..%d" % (name, lo, hi))
     return v
 
 
 def _not_exposing(app):
     if app.dark_left:
-        raise Refused(wire.ERR_BUSY, "not while dark frames are being read")
-    if app.ctl.state == controller.EXPOSING or app.readout.busy:
-        raise Refused(wire.ERR_BAD_STATE, "not while exposing")
+        raise Refused(codes.ERR_BUSY, "not while dark frames are being read")
+    if app.ctl.state == codes.EXPOSING or app.readout.busy:
+        raise Refused(codes.ERR_BAD_STATE, "not while exposing")
 
 
 def handle(app, seq, payload, now):
@@ -83,7 +58,7 @@ def handle(app, seq, payload, now):
         args = _args(payload)
         fn = HANDLERS.get(op)
         if fn is None:
-            raise Refused(wire.ERR_UNKNOWN_COMMAND, "unknown command %d" % op)
+            raise Refused(codes.ERR_UNKNOWN_COMMAND, "unknown command %d" % op)
         body = fn(app, args, now)
     except Refused as r:
         app.commands_bad += 1
@@ -91,9 +66,9 @@ def handle(app, seq, payload, now):
         return
     except Exception as exc:  # a firmware defect: answer, keep the loop (and emission control) running
         app.commands_bad += 1
-        app.tx.response(seq, wire.ERR_INTERNAL, "internal error: %s %s" % (type(exc).__name__, exc))
+        app.tx.response(seq, codes.ERR_INTERNAL, "internal error: %s %s" % (type(exc).__name__, exc))
         return
-    app.tx.response(seq, wire.ERR_OK, body)
+    app.tx.response(seq, codes.ERR_OK, body)
     after = AFTER.get(payload[0])
     if after is not None:
         after(app, now)
@@ -106,12 +81,12 @@ def hello(app, args, now):
     _only(args, ("protocol", "session"))
     v = args.get("protocol")
     if v is True or v is False or not isinstance(v, int):
-        raise Refused(wire.ERR_BAD_ARGUMENT, "protocol must be a whole number")
+        raise Refused(codes.ERR_BAD_ARGUMENT, "protocol must be a whole number")
     if v != wire.PROTOCOL_VERSION:
-        raise Refused(wire.ERR_VERSION, "board speaks protocol %d, host %d" % (wire.PROTOCOL_VERSION, v))
+        raise Refused(codes.ERR_VERSION, "board speaks protocol %d, host %d" % (wire.PROTOCOL_VERSION, v))
     session = args.get("session")
     if session is not None and (not isinstance(session, str) or not 0 < len(session) <= MAX_SESSION_ID):
-        raise Refused(wire.ERR_BAD_ARGUMENT, "session must be a text of 1..%d characters" % MAX_SESSION_ID)
+        raise Refused(codes.ERR_BAD_ARGUMENT, "session must be a text of 1..%d characters" % MAX_SESSION_ID)
     if session != app.session:
         # Another host session: the one that armed the board is gone.
         prev = app.ctl.state
@@ -127,9 +102,7 @@ def hello(app, args, now):
 
 
 def app_version(app):
-    from . import app as app_module
-
-    return app_module.FIRMWARE_VERSION
+    return ident.FIRMWARE_VERSION
 
 
 def get_config(app, args, now):
@@ -145,7 +118,7 @@ def set_config(app, args, now):
         raise Refused(exc.args[0][0], exc.args[0][1]) from None
     problem = app.hal.config_problem(new)
     if problem:
-        raise Refused(wire.ERR_OUT_OF_RANGE, problem)
+        raise Refused(codes.ERR_OUT_OF_RANGE, problem)
     app.apply_config(new)
     return new.as_dict()
 
@@ -153,20 +126,20 @@ def set_config(app, args, now):
 def arm(app, args, now):
     _only(args, ())
     if app.journal is None:
-        raise Refused(wire.ERR_STORAGE, "no dose journal: cannot account dose")
+        raise Refused(codes.ERR_STORAGE, "no dose journal: cannot account dose")
     if not app.storage_writable():
-        raise Refused(wire.ERR_STORAGE, "the board's storage cannot be written: dose could not be recorded")
+        raise Refused(codes.ERR_STORAGE, "the board's storage cannot be written: dose could not be recorded")
     if app.dark_left:
-        raise Refused(wire.ERR_BUSY, "dark frames are being read")
+        raise Refused(codes.ERR_BUSY, "dark frames are being read")
     budget = app.budget_problem(app.config)
     if budget:
-        raise Refused(wire.ERR_OUT_OF_RANGE, "the configuration does not fit this board: " + budget)
+        raise Refused(codes.ERR_OUT_OF_RANGE, "the configuration does not fit this board: " + budget)
     prev = app.ctl.state
     reason = app.ctl.arm()
     if reason:
-        raise Refused(wire.ERR_BAD_STATE, reason)
+        raise Refused(codes.ERR_BAD_STATE, reason)
     app.state_changed(prev, now)
-    return {"state": controller.STATE_NAMES[app.ctl.state]}
+    return {"state": codes.STATE_NAMES[app.ctl.state]}
 
 
 def disarm(app, args, now):
@@ -174,16 +147,16 @@ def disarm(app, args, now):
     prev = app.ctl.state
     app.ctl.disarm()
     app.state_changed(prev, now)
-    return {"state": controller.STATE_NAMES[app.ctl.state]}
+    return {"state": codes.STATE_NAMES[app.ctl.state]}
 
 
 def new_exam(app, args, now):
     _only(args, ())
     _not_exposing(app)
     if app.press is not None or app.closing:
-        raise Refused(wire.ERR_BUSY, "the last irradiation event is still being committed")
+        raise Refused(codes.ERR_BUSY, "the last irradiation event is still being committed")
     if not app.new_exam(now):
-        raise Refused(wire.ERR_STORAGE, "the journal could not be written")
+        raise Refused(codes.ERR_STORAGE, "the journal could not be written")
     return {"exam": app.exam_id}
 
 
@@ -195,7 +168,7 @@ def status(app, args, now):
     r = app.readout
     d = app.decoder
     return {
-        "state": controller.STATE_NAMES[app.ctl.state], "block": app.block_name(), "fault": app.ctl.fault_code,
+        "state": codes.STATE_NAMES[app.ctl.state], "block": app.block_name(), "fault": app.ctl.fault_code,
         "inputs": {"switch": i.switch, "door_closed": i.door_closed, "key_on": i.key_on,
                    "generator_ready": i.generator_ready, "hlc_switch": i.hlc_switch},
         "technique": {"kv": t.kv, "ma": t.ma, "pulse_width_ms": t.pulse_width_ms,
@@ -232,7 +205,7 @@ def dose_report(app, args, now):
 def read_journal(app, args, now):
     _only(args, ("from", "max"))
     if app.journal is None:
-        raise Refused(wire.ERR_STORAGE, "no dose journal")
+        raise Refused(codes.ERR_STORAGE, "no dose journal")
     start = _int_arg(args, "from", 0, 0, 0x7FFFFFFF)
     n = _int_arg(args, "max", MAX_JOURNAL_RECORDS, 1, MAX_JOURNAL_RECORDS)
     recs = app.journal.read(start, n)
@@ -246,10 +219,10 @@ def fault_reset(app, args, now):
     # Named in the answer: the fault's own event may have been lost (a link
     # drop shorter than the link timeout is not "the host was away").
     cleared = ({"code": code, "name": app.fault_name(code), "message": app.fault_message}
-               if prev == controller.FAULT else None)
+               if prev == codes.FAULT else None)
     app.ctl.fault_reset()
     app.state_changed(prev, now)
-    return {"state": controller.STATE_NAMES[app.ctl.state], "cleared": cleared}
+    return {"state": codes.STATE_NAMES[app.ctl.state], "cleared": cleared}
 
 
 def self_test(app, args, now):
@@ -289,9 +262,9 @@ def dark_frames(app, args, now):
     _only(args, ("frames",))
     n = _int_arg(args, "frames", None, 1, MAX_DARK_FRAMES)
     _not_exposing(app)
-    if app.ctl.state != controller.IDLE:
-        raise Refused(wire.ERR_BAD_STATE, "dark frames only while disarmed (IDLE), not " +
-                      controller.STATE_NAMES[app.ctl.state])
+    if app.ctl.state != codes.IDLE:
+        raise Refused(codes.ERR_BAD_STATE, "dark frames only while disarmed (IDLE), not " +
+                      codes.STATE_NAMES[app.ctl.state])
     app.start_dark(n, now)
     return {"frames": n, "first_frame": app.frame_id + 1}
 
@@ -306,9 +279,10 @@ def _after_exit(app, now):
 
 
 HANDLERS = {
-    OP_HELLO: hello, OP_GET_CONFIG: get_config, OP_SET_CONFIG: set_config, OP_ARM: arm, OP_DISARM: disarm,
-    OP_NEW_EXAM: new_exam, OP_STATUS: status, OP_DOSE_REPORT: dose_report, OP_READ_JOURNAL: read_journal,
-    OP_FAULT_RESET: fault_reset, OP_SELF_TEST: self_test, OP_REBOOT: reboot, OP_EXIT_TO_REPL: exit_to_repl,
-    OP_PING: ping, OP_ALARM_RESET: alarm_reset, OP_DARK_FRAMES: dark_frames,
+    codes.OP_HELLO: hello, codes.OP_GET_CONFIG: get_config, codes.OP_SET_CONFIG: set_config, codes.OP_ARM: arm,
+    codes.OP_DISARM: disarm, codes.OP_NEW_EXAM: new_exam, codes.OP_STATUS: status,
+    codes.OP_DOSE_REPORT: dose_report, codes.OP_READ_JOURNAL: read_journal, codes.OP_FAULT_RESET: fault_reset,
+    codes.OP_SELF_TEST: self_test, codes.OP_REBOOT: reboot, codes.OP_EXIT_TO_REPL: exit_to_repl,
+    codes.OP_PING: ping, codes.OP_ALARM_RESET: alarm_reset, codes.OP_DARK_FRAMES: dark_frames,
 }
-AFTER = {OP_REBOOT: _after_reboot, OP_EXIT_TO_REPL: _after_exit}
+AFTER = {codes.OP_REBOOT: _after_reboot, codes.OP_EXIT_TO_REPL: _after_exit}

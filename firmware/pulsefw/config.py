@@ -2,7 +2,7 @@
 # brightness control, high-level control, the host's filter setting, and
 # the checks that keep every combination safe and within the link. A change
 # is validated as a whole and applied only when all of it is good.
-from . import controller, wire
+from . import codes, controller, wire
 
 FIELDS = {
     # name: (type, minimum, maximum); None bounds are checked elsewhere
@@ -61,20 +61,20 @@ def _coerce(name, value):
     kind, lo, hi = FIELDS[name]
     if kind is bool:
         if value is not True and value is not False:
-            raise ValueError((wire.ERR_BAD_ARGUMENT, name + " must be true or false"))
+            raise ValueError((codes.ERR_BAD_ARGUMENT, name + " must be true or false"))
         return value
     # JSON numbers; a bool is not a number here.
     if value is True or value is False or not isinstance(value, (int, float)):
-        raise ValueError((wire.ERR_BAD_ARGUMENT, name + " must be a number"))
+        raise ValueError((codes.ERR_BAD_ARGUMENT, name + " must be a number"))
     if kind is int:
         if isinstance(value, float):
             if value != int(value):
-                raise ValueError((wire.ERR_BAD_ARGUMENT, name + " must be a whole number"))
+                raise ValueError((codes.ERR_BAD_ARGUMENT, name + " must be a whole number"))
             value = int(value)
     else:
         value = float(value)
     if lo is not None and not lo <= value <= hi:
-        raise ValueError((wire.ERR_OUT_OF_RANGE, "%s must be %s..%s (got %s)" % (name, lo, hi, value)))
+        raise ValueError((codes.ERR_OUT_OF_RANGE, "%s must be %s..%s (got %s)" % (name, lo, hi, value)))
     return value
 
 
@@ -82,21 +82,21 @@ def updated(config, changes, link_bytes_per_s, max_frame_bytes):
     """A new Config with `changes` (a dict from the host) applied, or raise
     ValueError((code, message)). `config` itself is never modified."""
     if not isinstance(changes, dict):
-        raise ValueError((wire.ERR_BAD_ARGUMENT, "arguments must be a JSON object"))
+        raise ValueError((codes.ERR_BAD_ARGUMENT, "arguments must be a JSON object"))
     new = config.copy()
     for name in changes:
         if name not in FIELDS:
-            raise ValueError((wire.ERR_BAD_ARGUMENT, "unknown setting " + str(name)))
+            raise ValueError((codes.ERR_BAD_ARGUMENT, "unknown setting " + str(name)))
         setattr(new, name, _coerce(name, changes[name]))
     reason = new.technique().check()
     if reason:
-        raise ValueError((wire.ERR_OUT_OF_RANGE, reason))
+        raise ValueError((codes.ERR_OUT_OF_RANGE, reason))
     frame_bytes = new.lines_per_frame * wire.pixel_bytes(new.pixels_per_line, new.pixel_format)
     if frame_bytes > max_frame_bytes:
-        raise ValueError((wire.ERR_OUT_OF_RANGE, "a %d x %d frame needs %d bytes; this board holds %d" % (
+        raise ValueError((codes.ERR_OUT_OF_RANGE, "a %d x %d frame needs %d bytes; this board holds %d" % (
             new.pixels_per_line, new.lines_per_frame, frame_bytes, max_frame_bytes)))
     rate = new.data_rate_bytes_per_s()
     if rate > link_bytes_per_s:
-        raise ValueError((wire.ERR_LINK_BUDGET, "%d x %d px at %s pps needs %d bytes/s; the link carries %d" % (
+        raise ValueError((codes.ERR_LINK_BUDGET, "%d x %d px at %s pps needs %d bytes/s; the link carries %d" % (
             new.pixels_per_line, new.lines_per_frame, new.pulses_per_s, int(rate), int(link_bytes_per_s))))
     return new

@@ -4,15 +4,7 @@
 # docs/safety.md lists the rules this enforces and the tests that show it.
 from micropython import const
 
-from . import dose, ticks
-
-BOOT = const(0)
-IDLE = const(1)  # disarmed
-READY = const(2)  # armed, waiting for a fresh press of the exposure switch
-EXPOSING = const(3)
-HOLD = const(4)  # switch released after exposing: last image hold; armed
-FAULT = const(5)  # latched until fault reset
-STATE_NAMES = ("BOOT", "IDLE", "READY", "EXPOSING", "HOLD", "FAULT")
+from . import codes, dose, ticks
 
 LINK_TIMEOUT_US = const(200_000)  # host silent this long: emission stops
 LEAD_MARGIN_US = const(1_000)  # on top of the last set-up: the loop's own step
@@ -25,15 +17,6 @@ WIDTH_MIN_MS, WIDTH_MAX_MS = 2.0, 20.0
 # pulse over it.
 GUARD_MARGIN = 0.98
 
-# Why a press is not allowed to expose (for status and events).
-BLOCK_NONE = const(0)
-BLOCK_DOOR = const(1)
-BLOCK_KEY = const(2)
-BLOCK_GENERATOR = const(3)
-BLOCK_LINK = const(4)
-BLOCK_FAULT = const(5)
-BLOCK_NOT_ARMED = const(6)
-BLOCK_NEEDS_RELEASE = const(7)
 
 
 class Inputs:
@@ -106,34 +89,34 @@ class Controller:
         # no pulse may come sooner than a period after the one before.
         self.lead_us = 0
         self.pulse_id = 0
-        self.block = BLOCK_NOT_ARMED
+        self.block = codes.BLOCK_NOT_ARMED
         self._pulse = Pulse(0, 0.0, 0.0, 0.0, False, False)  # reused: no allocation per pulse
-        self.state = IDLE
+        self.state = codes.IDLE
 
     # -- commands (the protocol layer validates arguments first) ------------
 
     def arm(self):
-        if self.state == FAULT:
+        if self.state == codes.FAULT:
             return "a fault is latched: reset it first"
-        if self.state == IDLE:
-            self.state = READY
+        if self.state == codes.IDLE:
+            self.state = codes.READY
             # A pedal already down when arming does not expose.
             self.released_seen = False
         return None
 
     def disarm(self):
-        if self.state != FAULT:
-            self.state = IDLE
+        if self.state != codes.FAULT:
+            self.state = codes.IDLE
 
     def latch_fault(self, code):
         self.fault_code = code
-        self.state = FAULT
+        self.state = codes.FAULT
 
     def fault_reset(self):
-        if self.state == FAULT:
+        if self.state == codes.FAULT:
             self.fault_code = 0
             self.released_seen = False
-            self.state = IDLE
+            self.state = codes.IDLE
 
     def host_seen(self, now_us):
         """Any good packet from the host keeps the link alive."""
@@ -156,19 +139,19 @@ class Controller:
     def blocked_by(self, now_us, inputs):
         """The first permissive that is not met (BLOCK_NONE if all are)."""
         self._keep_fresh(now_us)
-        if self.state == FAULT:
-            return BLOCK_FAULT
+        if self.state == codes.FAULT:
+            return codes.BLOCK_FAULT
         if not inputs.door_closed:
-            return BLOCK_DOOR
+            return codes.BLOCK_DOOR
         if not inputs.key_on:
-            return BLOCK_KEY
+            return codes.BLOCK_KEY
         if not inputs.generator_ready:
-            return BLOCK_GENERATOR
+            return codes.BLOCK_GENERATOR
         if ticks.diff(now_us, self.last_host_us) > LINK_TIMEOUT_US:
-            return BLOCK_LINK
-        if self.state == IDLE:
-            return BLOCK_NOT_ARMED
-        return BLOCK_NONE
+            return codes.BLOCK_LINK
+        if self.state == codes.IDLE:
+            return codes.BLOCK_NOT_ARMED
+        return codes.BLOCK_NONE
 
     def fired(self, t_us, setup_us=0):
         """The pulse step() asked for went out at t_us (read just before the
@@ -190,36 +173,38 @@ class Controller:
         frame)."""
         block = self.blocked_by(now_us, inputs)
         self.block = block
-        if self.state in (READY, EXPOSING, HOLD) and ticks.diff(now_us, self.last_host_us) > LINK_TIMEOUT_US:
+        s = self.state  # (compared one by one: a tuple of codes.* would be built, allocated, each pass)
+        armed = s == codes.READY or s == codes.EXPOSING or s == codes.HOLD
+        if armed and ticks.diff(now_us, self.last_host_us) > LINK_TIMEOUT_US:
             # The session that armed the board is gone: disarm, so that a
             # later press never exposes for nobody (whatever else blocks).
-            self.state = IDLE
+            self.state = codes.IDLE
             self.released_seen = False
             return None
         if not inputs.switch:
             self.released_seen = True
-        if self.state == EXPOSING:
+        if self.state == codes.EXPOSING:
             if not inputs.switch:
-                self.state = HOLD
+                self.state = codes.HOLD
                 return None
-            if block != BLOCK_NONE:
+            if block != codes.BLOCK_NONE:
                 # A trip latches: back to armed, and only a fresh release
                 # and press can expose again, whatever re-closes.
-                self.state = READY
+                self.state = codes.READY
                 self.released_seen = False
                 return None
-        elif self.state in (READY, HOLD):
-            if inputs.switch and block != BLOCK_NONE:
+        elif self.state == codes.READY or self.state == codes.HOLD:
+            if inputs.switch and block != codes.BLOCK_NONE:
                 # A press made while a permissive is missing is spoiled:
                 # closing the door (or the like) must not start X-rays.
                 self.released_seen = False
-            if not (inputs.switch and self.released_seen and block == BLOCK_NONE):
-                if inputs.switch and not self.released_seen and block == BLOCK_NONE:
+            if not (inputs.switch and self.released_seen and block == codes.BLOCK_NONE):
+                if inputs.switch and not self.released_seen and block == codes.BLOCK_NONE:
                     # Only when nothing else stands in the way: the operator
                     # is told the first real reason (door open, ...) first.
-                    self.block = BLOCK_NEEDS_RELEASE
+                    self.block = codes.BLOCK_NEEDS_RELEASE
                 return None
-            self.state = EXPOSING
+            self.state = codes.EXPOSING
             # The period holds across presses too (next_pulse_us is kept,
             # _keep_fresh): a chattering switch must not fire faster than the
             # pulse rate (the cap assumes it).

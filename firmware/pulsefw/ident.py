@@ -7,6 +7,8 @@ import binascii
 import hashlib
 import os
 
+FIRMWARE_VERSION = "0.2.0"
+
 _S_IFDIR = 0x4000
 
 

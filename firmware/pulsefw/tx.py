@@ -5,30 +5,7 @@ import struct
 
 from micropython import const
 
-from . import wire
-
-# Event codes (EVENT payload: code u16, timestamp_us u64, JSON body).
-EV_BOOT = const(1)  # firmware started: version, reset cause
-EV_STATE = const(2)  # controller state changed
-EV_FAULT = const(3)  # a fault latched: code, name, message
-EV_ALARM = const(4)  # alarm on/off: 5-minute timer, high-level control tone, dose notification
-EV_DOSE = const(5)  # dose displays, at least once a second while exposing
-EV_BLOCKED = const(6)  # a press did not expose: why
-EV_EXAM = const(7)  # a new exam started
-EV_IRRADIATION = const(8)  # an irradiation event (one press) was committed to the journal
-EV_STOPPED = const(9)  # the firmware stops running (to the REPL, or for a reset): why
-
-EVENT_NAMES = {
-    EV_BOOT: "boot",
-    EV_STATE: "state",
-    EV_FAULT: "fault",
-    EV_ALARM: "alarm",
-    EV_DOSE: "dose",
-    EV_BLOCKED: "blocked",
-    EV_EXAM: "exam",
-    EV_IRRADIATION: "irradiation",
-    EV_STOPPED: "stopped",
-}
+from . import codes, wire
 
 # Log levels (LOG payload: level u8, timestamp_us u64, text).
 LOG_DEBUG = const(10)
@@ -53,7 +30,7 @@ class Tx:
         self.write(wire.encode(ptype, self.next_seq(), payload))
 
     def response(self, command_seq, status, body):
-        if status == wire.ERR_OK:
+        if status == codes.ERR_OK:
             body = json.dumps(body).encode()
         else:
             body = str(body).encode()

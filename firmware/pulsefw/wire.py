@@ -37,34 +37,6 @@ PKT_LOG = const(6)  # board -> host, firmware log text
 FMT_MONO16 = const(1)  # 16-bit little-endian, 2 bytes per pixel
 FMT_MONO12P = const(2)  # GenICam Mono12p: 2 pixels in 3 bytes, LSB first
 
-# Response status / error codes.
-ERR_OK = const(0)
-ERR_UNKNOWN_COMMAND = const(1)
-ERR_MALFORMED = const(2)  # payload could not be parsed
-ERR_BAD_ARGUMENT = const(3)  # unknown or wrongly typed argument
-ERR_OUT_OF_RANGE = const(4)  # value outside the permitted range
-ERR_BAD_STATE = const(5)  # not allowed in the current controller state
-ERR_INTERLOCK = const(6)  # a permissive is not met
-ERR_LINK_BUDGET = const(7)  # data rate exceeds the link
-ERR_VERSION = const(8)  # incompatible protocol version
-ERR_BUSY = const(9)
-ERR_STORAGE = const(10)  # journal / filesystem failure
-ERR_INTERNAL = const(11)
-
-ERROR_NAMES = {
-    ERR_OK: "ok",
-    ERR_UNKNOWN_COMMAND: "unknown command",
-    ERR_MALFORMED: "malformed command",
-    ERR_BAD_ARGUMENT: "bad argument",
-    ERR_OUT_OF_RANGE: "out of range",
-    ERR_BAD_STATE: "not allowed in this state",
-    ERR_INTERLOCK: "interlock",
-    ERR_LINK_BUDGET: "link budget exceeded",
-    ERR_VERSION: "incompatible protocol version",
-    ERR_BUSY: "busy",
-    ERR_STORAGE: "storage failure",
-    ERR_INTERNAL: "internal error",
-}
 
 # Line data payload header (little-endian), followed by the pixels.
 #   frame_id u32, line_index u16, lines_per_frame u16, pixels_per_line u16,

@@ -27,8 +27,7 @@ import numpy as np
 
 from .errors import PulselineError
 from .frames import Frame
-from .mpcompat import import_firmware
-from .protocol import PACKET_TYPE_NAMES, Trailer, wire
+from .protocol import PACKET_TYPE_NAMES, Trailer, codes, wire
 
 MAGIC = b"PLTRANS1"
 TO_HOST = 0
@@ -181,8 +180,6 @@ def _packets(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
 def entries(records: list[tuple[int, float, bytes]]) -> list[Entry]:
     """Every good packet of a transcript, decoded, in the order the host
     wrote or read it; a packet is dated by the chunk it completed in."""
-    commands = import_firmware("pulsefw.commands")
-    tx = import_firmware("pulsefw.tx")
     out: list[tuple[int, Entry]] = []
     for direction in (TO_BOARD, TO_HOST):
         parts: list[bytes] = []
@@ -204,7 +201,7 @@ def entries(records: list[tuple[int, float, bytes]]) -> list[Entry]:
             while chunk < len(ends) - 1 and ends[chunk][0] < end:
                 chunk += 1
             _, k, t_s = ends[chunk]
-            out.append((k, _entry(t_s, direction, ptype, seq, payload, commands, tx)))
+            out.append((k, _entry(t_s, direction, ptype, seq, payload)))
     out.sort(key=lambda ke: ke[0])  # in the order the host saw the chunks (stable within one)
     return [e for _, e in out]
 
@@ -234,21 +231,21 @@ def _json(raw: bytes) -> Any:
     return value if _depth(value) <= MAX_BODY_DEPTH else raw.decode(errors="replace")
 
 
-def _entry(t_s: float, direction: int, ptype: int, seq: int, payload: bytes, commands: Any, tx: Any) -> Entry:
+def _entry(t_s: float, direction: int, ptype: int, seq: int, payload: bytes) -> Entry:
     kind = PACKET_TYPE_NAMES.get(ptype, f"type{ptype}")
     if ptype == wire.PKT_COMMAND and payload:
-        name = commands.OP_NAMES.get(payload[0], f"op{payload[0]}")
+        name = codes.OP_NAMES.get(payload[0], f"op{payload[0]}")
         body = _json(payload[1:]) if len(payload) > 1 else {}
         return Entry(t_s, direction, kind, seq, f"{name} {json.dumps(body)}", {"command": name, "args": body})
     if ptype == wire.PKT_RESPONSE and len(payload) >= 3:
         cseq, status = struct.unpack_from("<HB", payload)
         body = _json(payload[3:])
-        status_name = wire.ERROR_NAMES.get(status, str(status))
+        status_name = codes.ERROR_NAMES.get(status, str(status))
         return Entry(t_s, direction, kind, seq, f"to #{cseq}: {status_name} {json.dumps(body)}",
                      {"to": cseq, "status": status_name, "body": body})
     if ptype == wire.PKT_EVENT and len(payload) >= 10:
         code, board_us = struct.unpack_from("<HQ", payload)
-        name = str(tx.EVENT_NAMES.get(code, f"event{code}"))
+        name = str(codes.EVENT_NAMES.get(code, f"event{code}"))
         body = _json(payload[10:])
         return Entry(t_s, direction, kind, seq, f"{name} {json.dumps(body)} (board {board_us} us)",
                      {"event": name, "board_us": board_us, "body": body})

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .mpcompat import import_firmware
 
 wire = import_firmware("pulsefw.wire")
+codes = import_firmware("pulsefw.codes")  # every opcode, status, event, state, block and fault code
 
 __all__ = ["Packet", "Trailer", "wire"]
 

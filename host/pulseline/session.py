@@ -38,16 +38,12 @@ from .assembler import FrameAssembler
 from .errors import PulselineError
 from .evidence import TO_BOARD, TO_HOST, Recorder
 from .frames import Frame
-from .mpcompat import import_firmware
-from .protocol import Packet, wire
+from .protocol import Packet, codes, wire
 
 if "pulseline.sim" not in serial.protocol_handler_packages:
     serial.protocol_handler_packages.append("pulseline.sim")  # fastsim:// (sim/protocol_fastsim.py)
 
-commands = import_firmware("pulsefw.commands")
-tx = import_firmware("pulsefw.tx")
-
-OPCODES = {name: op for op, name in commands.OP_NAMES.items()}
+OPCODES = {name: op for op, name in codes.OP_NAMES.items()}
 # The board stops emission after 200 ms without a word from the host. A
 # loaded host is late now and then (its scheduler, other threads holding the
 # GIL: 110 ms measured beside a browser), so the heartbeat comes every 50 ms,
@@ -82,7 +78,7 @@ class BoardError(SessionError):
     """The board refused a command: an error code and its one-line message."""
 
     def __init__(self, command: str, status: int, message: str) -> None:
-        super().__init__(f"{command}: {wire.ERROR_NAMES.get(status, status)}: {message}")
+        super().__init__(f"{command}: {codes.ERROR_NAMES.get(status, status)}: {message}")
         self.command = command
         self.status = status
         self.message = message
@@ -273,7 +269,7 @@ class Session:
             cseq, status = struct.unpack_from("<HB", p.payload)
             text = p.payload[3:].decode(errors="replace")
             body: Any = text
-            if status == wire.ERR_OK:
+            if status == codes.ERR_OK:
                 try:
                     body = json.loads(text)
                 except ValueError:
@@ -296,7 +292,7 @@ class Session:
                 body = json.loads(p.payload[10:])
             except ValueError:
                 body = {"raw": p.payload[10:].decode(errors="replace")}
-            ev = Event(ts, str(tx.EVENT_NAMES.get(code, f"event{code}")), body)
+            ev = Event(ts, str(codes.EVENT_NAMES.get(code, f"event{code}")), body)
             with self._cond:
                 self.events.append(ev)
                 if ev.name == "stopped" and body.get("then") == "REPL":
@@ -404,7 +400,7 @@ class Session:
 
     def _command_once(self, name: str, args: dict[str, Any] | None, timeout_s: float) -> Any:
         status, body = self._answer(self._send(name, args), name, timeout_s)
-        if status != wire.ERR_OK:
+        if status != codes.ERR_OK:
             raise BoardError(name, status, str(body))
         return body
 
@@ -422,7 +418,7 @@ class Session:
         deadline = self.now() + timeout_s
         while True:
             status, body = self._answer(seq, "hello", max(0.0, deadline - self.now()))
-            if status != wire.ERR_OK:
+            if status != codes.ERR_OK:
                 raise BoardError("hello", status, str(body))
             if isinstance(body, dict) and body.get("session") == self.session_id:
                 return body
@@ -471,7 +467,7 @@ class Session:
                     if k == attempts - 1 or self.error:
                         raise
         except BoardError as exc:
-            if exc.status == wire.ERR_VERSION:
+            if exc.status == codes.ERR_VERSION:
                 raise SessionError(f"{self.port}: incompatible firmware: {exc.message}; "
                                    "flash a firmware that speaks this host's protocol") from None
             raise

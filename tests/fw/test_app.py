@@ -5,7 +5,7 @@
 import json
 import struct
 
-from pulsefw import app, commands, controller, crc, dose, ticks, tx, wire
+from pulsefw import app, codes, commands, crc, dose, ident, ticks, wire
 
 
 class Disk:
@@ -168,8 +168,8 @@ class Board:
 
     def send(self, name, args=None, raw=None):
         op = 0
-        for k in commands.OP_NAMES:
-            if commands.OP_NAMES[k] == name:
+        for k in codes.OP_NAMES:
+            if codes.OP_NAMES[k] == name:
                 op = k
         payload = raw if raw is not None else wire.command_payload(op, json.dumps(args or {}).encode())
         self.seq += 1
@@ -186,7 +186,7 @@ class Board:
 
     def ok(self, name, args=None):
         status, body = self.send(name, args)
-        assert status == wire.ERR_OK, body
+        assert status == codes.ERR_OK, body
         return body
 
     def new_packets(self):
@@ -204,45 +204,45 @@ class Board:
 
 def test_boot_announces_itself_and_comes_up_disarmed():
     b = Board()
-    assert b.events(tx.EV_BOOT)[0]["firmware"] == app.FIRMWARE_VERSION
-    assert b.events(tx.EV_STATE)[-1]["state"] == "IDLE"
+    assert b.events(codes.EV_BOOT)[0]["firmware"] == ident.FIRMWARE_VERSION
+    assert b.events(codes.EV_STATE)[-1]["state"] == "IDLE"
     assert b.ok("status")["state"] == "IDLE"
 
 
 def test_handshake_checks_the_protocol_version():
     b = Board()
     body = b.ok("hello", {"protocol": wire.PROTOCOL_VERSION})
-    assert body["firmware"] == app.FIRMWARE_VERSION and body["config"]["kv"] == 80.0
+    assert body["firmware"] == ident.FIRMWARE_VERSION and body["config"]["kv"] == 80.0
     status, msg = b.send("hello", {"protocol": wire.PROTOCOL_VERSION + 1})
-    assert status == wire.ERR_VERSION and "protocol" in msg
-    assert b.send("hello", {})[0] == wire.ERR_BAD_ARGUMENT
+    assert status == codes.ERR_VERSION and "protocol" in msg
+    assert b.send("hello", {})[0] == codes.ERR_BAD_ARGUMENT
 
 
 def test_bad_commands_get_an_error_and_change_nothing():
     b = Board()
     before = b.ok("get_config")
     bad = [
-        ({"kv": 130}, wire.ERR_OUT_OF_RANGE),
-        ({"kv": "80"}, wire.ERR_BAD_ARGUMENT),
-        ({"kv": True}, wire.ERR_BAD_ARGUMENT),
-        ({"pulses_per_s": 10}, wire.ERR_OUT_OF_RANGE),
-        ({"pulse_width_ms": 20, "pulses_per_s": 30}, wire.ERR_OUT_OF_RANGE),  # over half the period
-        ({"kv": 90, "ma": 0.5}, wire.ERR_OUT_OF_RANGE),  # all or nothing: kV is not taken either
-        ({"colour": 1}, wire.ERR_BAD_ARGUMENT),
+        ({"kv": 130}, codes.ERR_OUT_OF_RANGE),
+        ({"kv": "80"}, codes.ERR_BAD_ARGUMENT),
+        ({"kv": True}, codes.ERR_BAD_ARGUMENT),
+        ({"pulses_per_s": 10}, codes.ERR_OUT_OF_RANGE),
+        ({"pulse_width_ms": 20, "pulses_per_s": 30}, codes.ERR_OUT_OF_RANGE),  # over half the period
+        ({"kv": 90, "ma": 0.5}, codes.ERR_OUT_OF_RANGE),  # all or nothing: kV is not taken either
+        ({"colour": 1}, codes.ERR_BAD_ARGUMENT),
         ({"pixels_per_line": 1024, "lines_per_frame": 256, "pixel_format": 1, "pulses_per_s": 30},
-         wire.ERR_LINK_BUDGET),
-        ({"lines_per_frame": 12.5}, wire.ERR_BAD_ARGUMENT),
+         codes.ERR_LINK_BUDGET),
+        ({"lines_per_frame": 12.5}, codes.ERR_BAD_ARGUMENT),
     ]
     for args, code in bad:
         status, msg = b.send("set_config", args)
         assert status == code, (args, status, msg)
         assert "\n" not in msg and msg
-    assert b.send("set_config", raw=b"\x03not json")[0] == wire.ERR_MALFORMED
-    assert b.send("set_config", raw=b"\x03[1, 2]")[0] == wire.ERR_MALFORMED
-    assert b.send("x", raw=b"\xee{}")[0] == wire.ERR_UNKNOWN_COMMAND
-    assert b.send("x", raw=b"")[0] == wire.ERR_MALFORMED
-    assert b.send("read_journal", {"max": 0})[0] == wire.ERR_OUT_OF_RANGE
-    assert b.send("arm", {"now": True})[0] == wire.ERR_BAD_ARGUMENT
+    assert b.send("set_config", raw=b"\x03not json")[0] == codes.ERR_MALFORMED
+    assert b.send("set_config", raw=b"\x03[1, 2]")[0] == codes.ERR_MALFORMED
+    assert b.send("x", raw=b"\xee{}")[0] == codes.ERR_UNKNOWN_COMMAND
+    assert b.send("x", raw=b"")[0] == codes.ERR_MALFORMED
+    assert b.send("read_journal", {"max": 0})[0] == codes.ERR_OUT_OF_RANGE
+    assert b.send("arm", {"now": True})[0] == codes.ERR_BAD_ARGUMENT
     assert b.ok("get_config") == before
     assert b.ok("status")["state"] == "IDLE"
     # The link budget message carries the numbers.
@@ -272,9 +272,9 @@ def test_a_press_gives_frames_with_trailers_and_accounts_every_pulse():
     assert report["pulses"] == n
     assert abs(report["kerma_mgy"] - n * per_pulse / 1000) < 1e-6 * n * per_pulse
     assert len(report["events"]) == 1 and report["events"][0]["pulses"] == n
-    assert b.events(tx.EV_IRRADIATION)[0]["pulses"] == n
-    assert b.events(tx.EV_DOSE)  # displays while exposing
-    assert [e["state"] for e in b.events(tx.EV_STATE)][-3:] == ["READY", "EXPOSING", "HOLD"]
+    assert b.events(codes.EV_IRRADIATION)[0]["pulses"] == n
+    assert b.events(codes.EV_DOSE)  # displays while exposing
+    assert [e["state"] for e in b.events(codes.EV_STATE)][-3:] == ["READY", "EXPOSING", "HOLD"]
 
 
 def test_a_press_across_the_ticks_wrap_keeps_the_cadence_and_board_time():
@@ -337,8 +337,8 @@ def test_configuration_is_refused_while_exposing():
     b.hal.switch = True
     b.run(50_000)
     assert b.ok("status")["state"] == "EXPOSING"
-    assert b.send("set_config", {"kv": 90})[0] == wire.ERR_BAD_STATE
-    assert b.send("new_exam")[0] == wire.ERR_BAD_STATE
+    assert b.send("set_config", {"kv": 90})[0] == codes.ERR_BAD_STATE
+    assert b.send("new_exam")[0] == codes.ERR_BAD_STATE
     assert b.ok("get_config")["kv"] == 80.0
 
 
@@ -351,13 +351,13 @@ def test_a_pulse_the_hardware_refuses_latches_a_fault():
     b.hal.read_inputs = lambda inputs: ScriptedHal.read_inputs(b.hal, inputs) or setattr(inputs, "door_closed", True)
     b.hal.switch = True  # ...while the firmware still reads the door closed
     b.run(100_000)
-    assert b.app.ctl.state == controller.FAULT
-    assert b.events(tx.EV_FAULT)[0]["code"] == app.FAULT_PULSE_REFUSED
+    assert b.app.ctl.state == codes.FAULT
+    assert b.events(codes.EV_FAULT)[0]["code"] == codes.FAULT_PULSE_REFUSED
     assert b.ok("status")["pulses_refused"] == 1
     # The reset's answer names the fault it cleared (its event may have been
     # lost on a link drop shorter than the link timeout); a second clears none.
     cleared = b.ok("fault_reset")["cleared"]
-    assert cleared["code"] == app.FAULT_PULSE_REFUSED and cleared["name"] == "hardware interlock refused a pulse"
+    assert cleared["code"] == codes.FAULT_PULSE_REFUSED and cleared["name"] == "hardware interlock refused a pulse"
     assert "refused by the hardware interlocks" in cleared["message"]
     assert b.ok("fault_reset") == {"state": "IDLE", "cleared": None}
 
@@ -366,7 +366,7 @@ def test_watchdog_reset_comes_up_with_a_fault():
     hal = ScriptedHal()
     hal.cause = "watchdog"
     a = app.App(hal)
-    assert a.ctl.state == controller.FAULT and a.ctl.fault_code == app.FAULT_WATCHDOG_RESET
+    assert a.ctl.state == codes.FAULT and a.ctl.fault_code == codes.FAULT_WATCHDOG_RESET
 
 
 def test_read_journal_pages_through_records():
@@ -391,7 +391,7 @@ class FullDisk(Disk):
 def test_a_board_that_cannot_record_dose_refuses_to_arm():
     b = Board(FullDisk())
     status, msg = b.send("arm")
-    assert status == wire.ERR_STORAGE and "cannot be written" in msg
+    assert status == codes.ERR_STORAGE and "cannot be written" in msg
     assert b.ok("status")["state"] == "IDLE"
     b.hal.switch = True
     b.run(500_000)
@@ -403,21 +403,21 @@ def test_a_defect_in_a_command_is_answered_and_the_board_runs_on():
         raise TypeError("a firmware defect")
 
     b = Board()
-    saved = commands.HANDLERS[commands.OP_SELF_TEST]
-    commands.HANDLERS[commands.OP_SELF_TEST] = broken
+    saved = commands.HANDLERS[codes.OP_SELF_TEST]
+    commands.HANDLERS[codes.OP_SELF_TEST] = broken
     try:
         status, msg = b.send("self_test")
     finally:
-        commands.HANDLERS[commands.OP_SELF_TEST] = saved
-    assert status == wire.ERR_INTERNAL and "TypeError" in msg
+        commands.HANDLERS[codes.OP_SELF_TEST] = saved
+    assert status == codes.ERR_INTERNAL and "TypeError" in msg
     assert b.ok("status")["state"] == "IDLE" and b.ok("status")["commands_bad"] == 1
 
 
 def test_a_configuration_over_the_board_s_ram_is_refused_at_boot_with_the_reason():
     # The default 256 x 256 Mono12p frame is 98,304 bytes; this board holds 50,000.
     b = Board(max_frame_bytes=50_000)
-    faults = b.events(tx.EV_FAULT)
-    assert faults and faults[0]["code"] == app.FAULT_CONFIG
+    faults = b.events(codes.EV_FAULT)
+    assert faults and faults[0]["code"] == codes.FAULT_CONFIG
     assert "256 x 256" in faults[0]["message"] and "98304 bytes" in faults[0]["message"], faults
     assert len(b.app.readout.frame_buf) < 50_000  # the frame buffer it cannot hold was never asked for
     status = b.ok("status")
@@ -425,7 +425,7 @@ def test_a_configuration_over_the_board_s_ram_is_refused_at_boot_with_the_reason
     # Nothing exposes: arming is refused with the reason, even after a fault reset.
     b.ok("fault_reset")
     status, msg = b.send("arm")
-    assert status == wire.ERR_OUT_OF_RANGE and "98304 bytes" in msg
+    assert status == codes.ERR_OUT_OF_RANGE and "98304 bytes" in msg
     # A configuration that fits brings the board back.
     b.ok("set_config", {"pixels_per_line": 128, "lines_per_frame": 128})
     assert len(b.app.readout.frame_buf) == 128 * 192
@@ -436,7 +436,7 @@ def test_a_configuration_the_board_cannot_run_is_refused_and_changes_nothing():
     b = Board()
     before = b.ok("get_config")
     status, msg = b.send("set_config", {"pixels_per_line": 100})
-    assert status == wire.ERR_OUT_OF_RANGE and "multiple of 8" in msg
+    assert status == codes.ERR_OUT_OF_RANGE and "multiple of 8" in msg
     assert b.ok("get_config") == before
 
 
@@ -629,16 +629,16 @@ def test_ctrl_c_mid_exposure_stops_emission_and_commits_the_event_marked_interru
     assert hal.emission_is_off and hal.watchdog_stopped
     fired = len(hal.fired)
     assert fired == 20 and hal.fired[-1][0] == 200_000 + 19 * 66_666
-    stopped = b.events(tx.EV_STOPPED)
+    stopped = b.events(codes.EV_STOPPED)
     assert stopped and stopped[-1]["then"] == "REPL" and "Ctrl-C" in stopped[-1]["reason"]
-    irr = b.events(tx.EV_IRRADIATION)
+    irr = b.events(codes.EV_IRRADIATION)
     assert len(irr) == 1 and irr[0]["pulses"] == fired and irr[0]["interrupted"] == "ctrl-c"
     # In the journal, every pulse fired: a new firmware on the same disk reads it.
     again = Board(disk)
     report = again.ok("dose_report")
     assert report["pulses"] == fired and report["events"][0]["pulses"] == fired
     assert report["events"][0]["interrupted"] == "ctrl-c" and report["events"][0]["final"]
-    assert again.events(tx.EV_IRRADIATION) == []  # nothing left to recover
+    assert again.events(codes.EV_IRRADIATION) == []  # nothing left to recover
 
 
 def _press_then_cut(disk, press_us, pps=15):
@@ -657,7 +657,7 @@ def test_a_power_cut_mid_press_loses_under_a_second_and_the_event_comes_back_int
         disk = Disk()
         fired = _press_then_cut(disk, press_us)
         again = Board(disk)  # power back on: the same filesystem, a new firmware
-        recovered = again.events(tx.EV_IRRADIATION)
+        recovered = again.events(codes.EV_IRRADIATION)
         report = again.ok("dose_report")
         kept = report["pulses"]
         assert fired - 15 <= kept <= fired, (press_us, fired, kept)  # at most 1 s of 15 pps missing
@@ -667,7 +667,7 @@ def test_a_power_cut_mid_press_loses_under_a_second_and_the_event_comes_back_int
             assert ev["interrupted"] == "power" and ev["final"] and ev["pulses"] == kept
         # Counted once: a second boot recovers nothing more.
         third = Board(disk)
-        assert third.events(tx.EV_IRRADIATION) == [] and third.ok("dose_report")["pulses"] == kept
+        assert third.events(codes.EV_IRRADIATION) == [] and third.ok("dose_report")["pulses"] == kept
 
 
 def test_an_event_committed_before_the_cut_is_not_recovered_twice():
@@ -681,7 +681,7 @@ def test_an_event_committed_before_the_cut_is_not_recovered_twice():
     b.run(100_000)
     total = b.ok("dose_report")["pulses"]
     again = Board(disk)
-    assert again.events(tx.EV_IRRADIATION) == []
+    assert again.events(codes.EV_IRRADIATION) == []
     report = again.ok("dose_report")
     assert report["pulses"] == total and len(report["events"]) == 1 and "interrupted" not in report["events"][0]
 
@@ -703,7 +703,7 @@ def test_a_packet_cut_short_does_not_hold_the_next_ones():
     b.app.poll()
     # The next session's command is answered at once, not after 1 kB more.
     status, body = b.send("status")
-    assert status == wire.ERR_OK and body["state"] == "IDLE"
+    assert status == codes.ERR_OK and body["state"] == "IDLE"
     assert body["rx_partial_dropped"] == 1
     # Alone, a partial packet is dropped after a gap in the traffic.
     b.hal.rx += cut
@@ -729,7 +729,7 @@ def test_a_packet_of_another_protocol_version_is_refused_and_changes_nothing():
     b.hal.rx += wire.stuff(bytes(pkt))
     b.app.poll()
     answers = [p for t, p in b.new_packets() if t == wire.PKT_RESPONSE]
-    assert len(answers) == 1 and struct.unpack("<HB", answers[0][:3]) == (9, wire.ERR_VERSION)
+    assert len(answers) == 1 and struct.unpack("<HB", answers[0][:3]) == (9, codes.ERR_VERSION)
     status = b.ok("status")
     assert status["state"] == "IDLE" and status["rx_bad_version"] == 1
 
@@ -742,8 +742,8 @@ def test_a_hello_from_another_session_disarms_a_board_armed_by_the_last():
     assert b.ok("status")["state"] == "READY"  # the same session again (a retried hello)
     b.ok("hello", {"protocol": wire.PROTOCOL_VERSION, "session": "b"})
     assert b.ok("status")["state"] == "IDLE"
-    assert b.send("hello", {"protocol": wire.PROTOCOL_VERSION, "session": 7})[0] == wire.ERR_BAD_ARGUMENT
-    assert b.send("hello", {"protocol": wire.PROTOCOL_VERSION, "session": "x" * 65})[0] == wire.ERR_BAD_ARGUMENT
+    assert b.send("hello", {"protocol": wire.PROTOCOL_VERSION, "session": 7})[0] == codes.ERR_BAD_ARGUMENT
+    assert b.send("hello", {"protocol": wire.PROTOCOL_VERSION, "session": "x" * 65})[0] == codes.ERR_BAD_ARGUMENT
 
 
 def test_a_host_that_goes_silent_leaves_the_board_disarmed():
@@ -757,13 +757,13 @@ def test_a_host_that_goes_silent_leaves_the_board_disarmed():
     end = b.hal.now + 500_000
     while b.hal.now < end:  # no heartbeat
         b.app.poll()
-    assert b.app.ctl.state == controller.IDLE
+    assert b.app.ctl.state == codes.IDLE
     assert len(b.hal.fired) <= fired + 2  # within the link timeout (7.5 pps)
     b.hal.switch = False
     b.run(100_000)
     b.hal.switch = True
     b.run(500_000)  # the host is back, a fresh press: nobody armed for it
-    assert b.app.ctl.state == controller.IDLE and b.events(tx.EV_IRRADIATION)[0]["pulses"] == len(b.hal.fired)
+    assert b.app.ctl.state == codes.IDLE and b.events(codes.EV_IRRADIATION)[0]["pulses"] == len(b.hal.fired)
 
 
 def test_a_release_as_a_pulse_is_due_is_no_fault():

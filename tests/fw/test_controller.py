@@ -1,7 +1,7 @@
 # Controller safety rules, scenario by scenario (docs/safety.md). Runs under
 # pytest and on the real MicroPython binary; the hypothesis stateful test of
 # the same rules is tests/test_controller_rules.py.
-from pulsefw import controller, dose, ticks
+from pulsefw import codes, controller, dose, ticks
 
 
 def test_worked_technique_exposes_at_the_expected_rate_and_holds_on_release():
@@ -16,10 +16,10 @@ def test_worked_technique_exposes_at_the_expected_rate_and_holds_on_release():
         ctl.host_seen(ms * 1000)
         if ctl.step(ms * 1000, inputs):
             pulses.append(ms)
-    assert ctl.state == controller.EXPOSING
+    assert ctl.state == codes.EXPOSING
     assert len(pulses) == 29  # 1.9 s at 15 pps: a pulse at the press, then every 66.7 ms
     inputs.switch = False
-    assert ctl.step(2_001_000, inputs) is None and ctl.state == controller.HOLD
+    assert ctl.step(2_001_000, inputs) is None and ctl.state == codes.HOLD
 
 
 def test_cap_clamps_a_technique_over_it():
@@ -56,7 +56,7 @@ def test_switch_held_at_boot_does_not_expose():
     ctl, inputs = armed_controller(switch=True)
     ctl.arm()
     assert drive(ctl, inputs, 1, 500) == []
-    assert ctl.block == controller.BLOCK_NEEDS_RELEASE
+    assert ctl.block == codes.BLOCK_NEEDS_RELEASE
     inputs.switch = False
     drive(ctl, inputs, 500, 510)
     inputs.switch = True
@@ -101,7 +101,7 @@ def test_host_link_loss_stops_emission_within_200_ms():
     fired = drive(ctl, inputs, 1000, 3000, host=False)  # host silent from 1.0 s
     assert fired and max(fired) <= 1000 + controller.LINK_TIMEOUT_US // 1000
     # The session that armed it is gone: disarmed, not merely stopped.
-    assert ctl.state == controller.IDLE and ctl.block == controller.BLOCK_LINK
+    assert ctl.state == codes.IDLE and ctl.block == codes.BLOCK_LINK
     # The link coming back does not restart X-rays either, nor does a fresh
     # press: the next session must arm first.
     assert drive(ctl, inputs, 3000, 4000) == []
@@ -122,10 +122,10 @@ def test_a_board_armed_by_a_host_that_went_away_is_disarmed_whatever_else_blocks
     drive(ctl, inputs, 1, 10)
     inputs.door_closed = False  # the door's block comes first, the link is lost too
     drive(ctl, inputs, 10, 1000, host=False)
-    assert ctl.state == controller.IDLE
+    assert ctl.state == codes.IDLE
     inputs.door_closed = True
     inputs.switch = True  # the host back, a press: nobody armed for it
-    assert drive(ctl, inputs, 1000, 2000) == [] and ctl.state == controller.IDLE
+    assert drive(ctl, inputs, 1000, 2000) == [] and ctl.state == codes.IDLE
 
 
 def test_fault_latches_until_reset_and_a_fresh_press():
@@ -135,10 +135,10 @@ def test_fault_latches_until_reset_and_a_fresh_press():
     inputs.switch = True
     drive(ctl, inputs, 10, 100)
     ctl.latch_fault(3)
-    assert drive(ctl, inputs, 100, 1000) == [] and ctl.state == controller.FAULT
+    assert drive(ctl, inputs, 100, 1000) == [] and ctl.state == codes.FAULT
     assert ctl.arm() is not None  # cannot arm over a latched fault
     ctl.fault_reset()
-    assert ctl.state == controller.IDLE
+    assert ctl.state == codes.IDLE
     ctl.arm()
     assert drive(ctl, inputs, 1000, 2000) == []  # pedal still down since before the reset
     inputs.switch = False
@@ -155,7 +155,7 @@ def test_release_stops_emission_at_once():
     fired = drive(ctl, inputs, 10, 1010)
     assert fired[0] == 10 and 1010 - fired[-1] <= 67  # the next pulse is due at 1010 ms exactly
     inputs.switch = False  # ... and the switch is released at that very sample
-    assert drive(ctl, inputs, 1010, 3000) == [] and ctl.state == controller.HOLD
+    assert drive(ctl, inputs, 1010, 3000) == [] and ctl.state == codes.HOLD
 
 
 def test_press_made_with_the_door_open_does_not_expose_when_it_closes():
@@ -239,14 +239,14 @@ def test_minutes_of_host_silence_and_of_idling_go_stale_nowhere():
     for _ in range(15 * 60 * 20):  # 15 minutes, the loop waking every 50 ms; the host silent
         t = ticks.add(t, 50_000)
         assert ctl.step(t, inputs) is None
-        assert ctl.block == controller.BLOCK_DOOR  # (the first reason, but not the only one kept)
+        assert ctl.block == codes.BLOCK_DOOR  # (the first reason, but not the only one kept)
     inputs.door_closed = True
     inputs.switch = True
     for _ in range(100):
         t = ticks.add(t, 1000)
         assert ctl.step(t, inputs) is None  # the link is still lost
-    assert ctl.block == controller.BLOCK_LINK
-    assert ctl.state == controller.IDLE  # the silence disarmed the board
+    assert ctl.block == codes.BLOCK_LINK
+    assert ctl.state == codes.IDLE  # the silence disarmed the board
     # The host comes back after 15 minutes, arms, and a fresh press: the
     # first pulse comes at once, not a stale period later.
     inputs.switch = False

@@ -27,6 +27,7 @@ from ..mpcompat import import_firmware
 from ..plant import Plant, PlantConfig, Timeline
 
 wire = import_firmware("pulsefw.wire")
+codes = import_firmware("pulsefw.codes")
 app_module = import_firmware("pulsefw.app")
 commands = import_firmware("pulsefw.commands")
 hal_sim = import_firmware("pulsefw.boards.sim.hal")
@@ -220,7 +221,7 @@ class HostLog:
             if ptype == wire.PKT_RESPONSE:
                 cseq, status = struct.unpack_from("<HB", payload)
                 body_raw = payload[3:].decode()
-                body = json.loads(body_raw) if status == wire.ERR_OK else body_raw
+                body = json.loads(body_raw) if status == codes.ERR_OK else body_raw
                 self.responses[cseq] = Response(cseq, status, body)
             elif ptype == wire.PKT_EVENT:
                 code, ts = struct.unpack_from("<HQ", payload)
@@ -373,7 +374,7 @@ class FastSim:
 
     def send_command(self, name: str, args: dict[str, Any] | None = None) -> int:
         """Queue a command to the board; returns its seq."""
-        op = {v: k for k, v in commands.OP_NAMES.items()}[name]
+        op = {v: k for k, v in codes.OP_NAMES.items()}[name]
         seq = self.host_seq
         # Sequence numbers cycle within [host_seq_base, 0xFFFF]: a host
         # sharing the link keeps the numbers below the base.
@@ -393,7 +394,7 @@ class FastSim:
             self.parse_output()
             r = self.host.responses.pop(seq, None)
             if r is not None:
-                if r.status != wire.ERR_OK:
+                if r.status != codes.ERR_OK:
                     raise CommandError(r.status, r.body)
                 return r.body
         raise TimeoutError(f"no answer to {name} within {timeout_us} us")
@@ -420,14 +421,13 @@ class CommandError(PulselineError):
     """The simulated board refused a command (its status and message)."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{wire.ERROR_NAMES.get(status, status)}: {message}")
+        super().__init__(f"{codes.ERROR_NAMES.get(status, status)}: {message}")
         self.status = status
         self.message = message
 
 
 def _event_name(code: int) -> str:
-    tx = import_firmware("pulsefw.tx")
-    return str(tx.EVENT_NAMES.get(code, f"event{code}"))
+    return str(codes.EVENT_NAMES.get(code, f"event{code}"))
 
 
 __all__ = ["BoardReset", "CommandError", "FastSim", "MemoryStore", "Plant", "PlantConfig", "Timeline", "np"]
