@@ -44,3 +44,10 @@ def test_layouts_agree():
     assert ffi.sizeof(ffi.typeof("pl_output").fields[[f[0] for f in ffi.typeof("pl_output").fields].index(
         "trailer")][1].type) == wire.TRAILER_SIZE
     assert set(codes.ERROR_NAMES) == {getattr(codes, n) for n in dir(codes) if n.startswith("ERR_")}
+
+
+def test_each_payload_head_is_its_size():
+    # The board's encoders and the host's decoders take these; the sizes are what a decoder skips.
+    for kind in ("COMMAND", "RESPONSE", "EVENT", "LOG"):
+        assert struct.calcsize(getattr(wire, f"{kind}_HEAD_FORMAT")) == getattr(wire, f"{kind}_HEAD_SIZE"), kind
+    assert struct.calcsize(wire.PACKET_HEADER_FORMAT) + 4 + 2 == wire.HEADER_SIZE  # sync marker, header check

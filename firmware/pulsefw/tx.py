@@ -38,10 +38,11 @@ class Tx:
 
     def event(self, code, now_us, body):
         """An event at the tick now_us."""
-        self.send(wire.PKT_EVENT, struct.pack("<HQ", code, self.clock.us(now_us)) + json.dumps(body).encode())
+        head = struct.pack(wire.EVENT_HEAD_FORMAT, code, self.clock.us(now_us))
+        self.send(wire.PKT_EVENT, head + json.dumps(body).encode())
 
     def log(self, level, now_us, text):
-        self.send(wire.PKT_LOG, struct.pack("<BQ", level, self.clock.us(now_us)) + str(text).encode())
+        self.send(wire.PKT_LOG, struct.pack(wire.LOG_HEAD_FORMAT, level, self.clock.us(now_us)) + str(text).encode())
 
     def trailer(self, frame_id, pulse_id, t_us, lines_per_frame, lines_sent, kv, ma, pulse_width_ms,
                 air_kerma_ugy, kap_ugy_m2):

@@ -38,6 +38,22 @@ FMT_MONO16 = const(1)  # 16-bit little-endian, 2 bytes per pixel
 FMT_MONO12P = const(2)  # GenICam Mono12p: 2 pixels in 3 bytes, LSB first
 
 
+# Packet header after the sync marker (little-endian): version u8, type u8,
+# seq u16, payload length u16 (then the header check u16).
+PACKET_HEADER_FORMAT = "<BBHH"
+
+# The head of each message payload (little-endian); what follows it is JSON
+# (commands, responses, events) or text (logs). Encoders and decoders, on the
+# board and on the host, take these, never a format of their own.
+COMMAND_HEAD_FORMAT = "<B"  # opcode u8
+COMMAND_HEAD_SIZE = const(1)
+RESPONSE_HEAD_FORMAT = "<HB"  # command seq u16, status u8 (ERR_*)
+RESPONSE_HEAD_SIZE = const(3)
+EVENT_HEAD_FORMAT = "<HQ"  # event code u16 (EV_*), board time us u64
+EVENT_HEAD_SIZE = const(10)
+LOG_HEAD_FORMAT = "<BQ"  # level u8, board time us u64
+LOG_HEAD_SIZE = const(9)
+
 # Line data payload header (little-endian), followed by the pixels.
 #   frame_id u32, line_index u16, lines_per_frame u16, pixels_per_line u16,
 #   pixel_format u8, flags u8, pulse_id u32, timestamp_us u64
@@ -80,7 +96,7 @@ def encode(ptype, seq, payload):
     n = len(payload)
     if n > MAX_PAYLOAD:
         raise ValueError("payload too long")
-    head = struct.pack("<BBHH", PROTOCOL_VERSION, ptype, seq & 0xFFFF, n)
+    head = struct.pack(PACKET_HEADER_FORMAT, PROTOCOL_VERSION, ptype, seq & 0xFFFF, n)
     head += struct.pack("<H", header_check(head))
     crc = crc32(payload, crc32(head))
     return SYNC + head + payload + struct.pack("<I", crc & 0xFFFFFFFF)
@@ -131,7 +147,7 @@ class LineEncoder:
         self.payload_size = LINE_HEADER_SIZE + self.pixel_bytes
         self.head = bytearray(HEADER_SIZE + LINE_HEADER_SIZE)
         self.head[0:4] = SYNC
-        struct.pack_into("<BBHH", self.head, 4, PROTOCOL_VERSION, PKT_LINE, 0, self.payload_size)
+        struct.pack_into(PACKET_HEADER_FORMAT, self.head, 4, PROTOCOL_VERSION, PKT_LINE, 0, self.payload_size)
         struct.pack_into("<HHB", self.head, HEADER_SIZE + 6, lines_per_frame, pixels_per_line, pixel_format)
         self.crc = bytearray(CRC_SIZE)
         self._check = bytearray(CRC_SIZE)
@@ -168,7 +184,7 @@ class TrailerEncoder:
         self.packet = bytearray(HEADER_SIZE + TRAILER_SIZE + CRC_SIZE)
         p = self.packet
         p[0:4] = SYNC
-        struct.pack_into("<BBHH", p, 4, PROTOCOL_VERSION, PKT_TRAILER, 0, TRAILER_SIZE)
+        struct.pack_into(PACKET_HEADER_FORMAT, p, 4, PROTOCOL_VERSION, PKT_TRAILER, 0, TRAILER_SIZE)
         mv = memoryview(p)
         self._check_part = mv[4:10]
         self._crc_part = mv[4:HEADER_SIZE + TRAILER_SIZE]
@@ -194,11 +210,11 @@ def trailer_payload(frame_id, pulse_id, timestamp_us, lines_per_frame, lines_sen
 
 def response_payload(command_seq, status, body):
     # body: JSON text (status ERR_OK) or a one-line message (errors), as bytes.
-    return struct.pack("<HB", command_seq & 0xFFFF, status) + body
+    return struct.pack(RESPONSE_HEAD_FORMAT, command_seq & 0xFFFF, status) + body
 
 
 def command_payload(opcode, args_json):
-    return struct.pack("<B", opcode) + args_json
+    return struct.pack(COMMAND_HEAD_FORMAT, opcode) + args_json
 
 
 def stuff(packet):

@@ -129,7 +129,7 @@ class ReferenceAssembler:
 
     def _dispatch(self, pkt: bytes, out: list[Output]) -> None:
         c, cfg = self.counters, self.config
-        version, ptype, seq, n = struct.unpack_from("<BBHH", pkt, 4)
+        version, ptype, seq, n = struct.unpack_from(wire.PACKET_HEADER_FORMAT, pkt, 4)
         payload = pkt[wire.HEADER_SIZE: wire.HEADER_SIZE + n]
         if version != wire.PROTOCOL_VERSION:
             c["bad_version"] += 1

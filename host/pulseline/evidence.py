@@ -162,7 +162,7 @@ def _packets(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
         if i < 0 or i + wire.HEADER_SIZE > len(data):
             return
         head = data[i + 4:i + 10]
-        _version, ptype, seq, n = struct.unpack("<BBHH", head)
+        _version, ptype, seq, n = struct.unpack(wire.PACKET_HEADER_FORMAT, head)
         check = struct.unpack_from("<H", data, i + 10)[0]
         end = i + wire.HEADER_SIZE + n + wire.CRC_SIZE
         if zlib.crc32(head) & 0xFFFF != check or end > len(data):
@@ -235,18 +235,18 @@ def _entry(t_s: float, direction: int, ptype: int, seq: int, payload: bytes) -> 
     kind = PACKET_TYPE_NAMES.get(ptype, f"type{ptype}")
     if ptype == wire.PKT_COMMAND and payload:
         name = codes.OP_NAMES.get(payload[0], f"op{payload[0]}")
-        body = _json(payload[1:]) if len(payload) > 1 else {}
+        body = _json(payload[wire.COMMAND_HEAD_SIZE:]) if len(payload) > wire.COMMAND_HEAD_SIZE else {}
         return Entry(t_s, direction, kind, seq, f"{name} {json.dumps(body)}", {"command": name, "args": body})
-    if ptype == wire.PKT_RESPONSE and len(payload) >= 3:
-        cseq, status = struct.unpack_from("<HB", payload)
-        body = _json(payload[3:])
+    if ptype == wire.PKT_RESPONSE and len(payload) >= wire.RESPONSE_HEAD_SIZE:
+        cseq, status = struct.unpack_from(wire.RESPONSE_HEAD_FORMAT, payload)
+        body = _json(payload[wire.RESPONSE_HEAD_SIZE:])
         status_name = codes.ERROR_NAMES.get(status, str(status))
         return Entry(t_s, direction, kind, seq, f"to #{cseq}: {status_name} {json.dumps(body)}",
                      {"to": cseq, "status": status_name, "body": body})
-    if ptype == wire.PKT_EVENT and len(payload) >= 10:
-        code, board_us = struct.unpack_from("<HQ", payload)
+    if ptype == wire.PKT_EVENT and len(payload) >= wire.EVENT_HEAD_SIZE:
+        code, board_us = struct.unpack_from(wire.EVENT_HEAD_FORMAT, payload)
         name = str(codes.EVENT_NAMES.get(code, f"event{code}"))
-        body = _json(payload[10:])
+        body = _json(payload[wire.EVENT_HEAD_SIZE:])
         return Entry(t_s, direction, kind, seq, f"{name} {json.dumps(body)} (board {board_us} us)",
                      {"event": name, "board_us": board_us, "body": body})
     if ptype == wire.PKT_LINE and len(payload) >= wire.LINE_HEADER_SIZE:
@@ -259,9 +259,9 @@ def _entry(t_s: float, direction: int, ptype: int, seq: int, payload: bytes) -> 
         return Entry(t_s, direction, kind, seq,
                      f"frame {tr.frame_id}: {tr.lines_sent}/{tr.lines_per_frame} lines, {tr.kv:.1f} kV "
                      f"{tr.ma:.1f} mA {tr.pulse_width_ms:g} ms, {tr.air_kerma_ugy:.2f} uGy", tr.__dict__)
-    if ptype == wire.PKT_LOG and len(payload) >= 9:
-        level, board_us = struct.unpack_from("<BQ", payload)
-        return Entry(t_s, direction, kind, seq, f"[{level}] {payload[9:].decode(errors='replace')}",
+    if ptype == wire.PKT_LOG and len(payload) >= wire.LOG_HEAD_SIZE:
+        level, board_us = struct.unpack_from(wire.LOG_HEAD_FORMAT, payload)
+        return Entry(t_s, direction, kind, seq, f"[{level}] {payload[wire.LOG_HEAD_SIZE:].decode(errors='replace')}",
                      {"level": level, "board_us": board_us})
     return Entry(t_s, direction, kind, seq, f"{len(payload)} bytes")
 

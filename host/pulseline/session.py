@@ -265,9 +265,9 @@ class Session:
             v.advance(min(v.step_us, end_us - v.now_us))  # the virtual board's own step
 
     def _packet(self, p: Packet) -> None:
-        if p.type == wire.PKT_RESPONSE and len(p.payload) >= 3:
-            cseq, status = struct.unpack_from("<HB", p.payload)
-            text = p.payload[3:].decode(errors="replace")
+        if p.type == wire.PKT_RESPONSE and len(p.payload) >= wire.RESPONSE_HEAD_SIZE:
+            cseq, status = struct.unpack_from(wire.RESPONSE_HEAD_FORMAT, p.payload)
+            text = p.payload[wire.RESPONSE_HEAD_SIZE:].decode(errors="replace")
             body: Any = text
             if status == codes.ERR_OK:
                 try:
@@ -286,12 +286,12 @@ class Session:
                 self._pending.discard(cseq)
                 self._responses[cseq] = (status, body)
                 self._cond.notify_all()
-        elif p.type == wire.PKT_EVENT and len(p.payload) >= 10:
-            code, ts = struct.unpack_from("<HQ", p.payload)
+        elif p.type == wire.PKT_EVENT and len(p.payload) >= wire.EVENT_HEAD_SIZE:
+            code, ts = struct.unpack_from(wire.EVENT_HEAD_FORMAT, p.payload)
             try:
-                body = json.loads(p.payload[10:])
+                body = json.loads(p.payload[wire.EVENT_HEAD_SIZE:])
             except ValueError:
-                body = {"raw": p.payload[10:].decode(errors="replace")}
+                body = {"raw": p.payload[wire.EVENT_HEAD_SIZE:].decode(errors="replace")}
             ev = Event(ts, str(codes.EVENT_NAMES.get(code, f"event{code}")), body)
             with self._cond:
                 self.events.append(ev)
@@ -300,9 +300,9 @@ class Session:
                 elif ev.name == "boot":
                     self.stopped = None
                 self._cond.notify_all()
-        elif p.type == wire.PKT_LOG and len(p.payload) >= 9:
-            level, ts = struct.unpack_from("<BQ", p.payload)
-            self.logs.append((ts, level, p.payload[9:].decode(errors="replace")))
+        elif p.type == wire.PKT_LOG and len(p.payload) >= wire.LOG_HEAD_SIZE:
+            level, ts = struct.unpack_from(wire.LOG_HEAD_FORMAT, p.payload)
+            self.logs.append((ts, level, p.payload[wire.LOG_HEAD_SIZE:].decode(errors="replace")))
 
     def _send(self, name: str, args: dict[str, Any] | None, ignore_answer: bool = False) -> int:
         op = OPCODES.get(name)

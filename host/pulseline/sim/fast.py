@@ -213,21 +213,21 @@ class HostLog:
                 nxt = data.find(wire.SYNC, pos + 1)
                 pos = nxt if nxt >= 0 else n
                 continue
-            _, ptype, _, length = struct.unpack_from("<BBHH", data, pos + 4)
+            _, ptype, _, length = struct.unpack_from(wire.PACKET_HEADER_FORMAT, data, pos + 4)
             end = pos + wire.HEADER_SIZE + length + wire.CRC_SIZE
             if end > n:
                 break
             payload = bytes(data[pos + wire.HEADER_SIZE:end - wire.CRC_SIZE])
             if ptype == wire.PKT_RESPONSE:
-                cseq, status = struct.unpack_from("<HB", payload)
-                body_raw = payload[3:].decode()
+                cseq, status = struct.unpack_from(wire.RESPONSE_HEAD_FORMAT, payload)
+                body_raw = payload[wire.RESPONSE_HEAD_SIZE:].decode()
                 body = json.loads(body_raw) if status == codes.ERR_OK else body_raw
                 self.responses[cseq] = Response(cseq, status, body)
             elif ptype == wire.PKT_EVENT:
-                code, ts = struct.unpack_from("<HQ", payload)
-                self.events.append((ts, _event_name(code), json.loads(payload[10:])))
+                code, ts = struct.unpack_from(wire.EVENT_HEAD_FORMAT, payload)
+                self.events.append((ts, _event_name(code), json.loads(payload[wire.EVENT_HEAD_SIZE:])))
             elif ptype == wire.PKT_LOG:
-                self.logs.append((now_us, payload[9:].decode(errors="replace")))
+                self.logs.append((now_us, payload[wire.LOG_HEAD_SIZE:].decode(errors="replace")))
             pos = end
         return pos
 
