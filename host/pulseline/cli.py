@@ -1257,9 +1257,15 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
-    p = command("version", "versions of the host, its protocol and its CRC backend")
-    _json_arg(p)
-    p.set_defaults(func=cmd_version)
+    def plain_command(name: str, help_text: str, func: Callable[[argparse.Namespace], int], *, port: bool) -> None:
+        """A command with no options but --json (and --port, for a board's)."""
+        p = command(name, help_text)
+        if port:
+            _port_arg(p)
+        _json_arg(p)
+        p.set_defaults(func=func)
+
+    plain_command("version", "versions of the host, its protocol and its CRC backend", cmd_version, port=False)
     p = command("decode", "assemble frames from a recorded board->host byte stream (or a test's transcript)")
     p.add_argument("stream", type=Path)
     p.add_argument("--pixels", type=Number(1, native.PL_MAX_PIXELS_PER_LINE, whole=True), default=256,
@@ -1323,9 +1329,7 @@ def build_parser() -> argparse.ArgumentParser:
     _json_arg(p)
     p.set_defaults(func=cmd_sim)
 
-    p = command("ports", "serial ports (with USB ids) and running simulated boards")
-    _json_arg(p)
-    p.set_defaults(func=cmd_ports)
+    plain_command("ports", "serial ports (with USB ids) and running simulated boards", cmd_ports, port=False)
 
     p = command("flash", "compile, copy what differs, verify by hash, restart, handshake")
     p.add_argument("--port", help="device path, pyserial URL, or sim[:NAME] (not needed for --dry-run --board)")
@@ -1344,20 +1348,12 @@ def build_parser() -> argparse.ArgumentParser:
     _json_arg(p)
     p.set_defaults(func=cmd_exam)
 
-    p = command("fault-reset", "clear a latched fault (the board comes back disarmed; arm again to expose)")
-    _port_arg(p)
-    _json_arg(p)
-    p.set_defaults(func=cmd_fault_reset)
+    plain_command("fault-reset", "clear a latched fault (the board comes back disarmed; arm again to expose)",
+                  cmd_fault_reset, port=True)
 
-    p = command("disarm", "disarm the board: no press exposes until it is armed again")
-    _port_arg(p)
-    _json_arg(p)
-    p.set_defaults(func=cmd_disarm)
+    plain_command("disarm", "disarm the board: no press exposes until it is armed again", cmd_disarm, port=True)
 
-    p = command("info", "firmware, serials, state and configuration of a board")
-    _port_arg(p)
-    _json_arg(p)
-    p.set_defaults(func=cmd_info)
+    plain_command("info", "firmware, serials, state and configuration of a board", cmd_info, port=True)
 
     p = command("calibrate", "dark and flat frames -> offset, gain and defective-pixel maps for the detector")
     _port_arg(p)

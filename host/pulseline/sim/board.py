@@ -49,6 +49,7 @@ from ..errors import PulselineError
 from ..mpcompat import import_firmware
 from ..plant import Plant, PlantConfig, Timeline
 from . import peer
+from .controls import PlantControls
 from .link import FaultSpec, LinkClass, LinkDirection, parse_faults, parse_link
 from .plantserver import PlantServer
 
@@ -378,7 +379,7 @@ class _Client:
     out: bytearray = field(default_factory=bytearray)  # to send: the socket is non-blocking
 
 
-class SimBoard:
+class SimBoard(PlantControls):
     """One simulated board. start() returns once its endpoints exist."""
 
     def __init__(self, fs_dir: str | Path | None = None, *, name: str | None = None, link: str = "usb-fs",
@@ -1008,12 +1009,6 @@ class SimBoard:
             self.plant.timeline.add(t, name, value)
         return t
 
-    def press(self) -> int:
-        return self.set_input("switch", True)
-
-    def release(self) -> int:
-        return self.set_input("switch", False)
-
     def plant_status(self) -> dict[str, Any]:
         with self.server.lock:
             return {**self.plant.status(self.server.now_us()), "resets": [k for _, k in self.resets],
@@ -1093,7 +1088,7 @@ def load_timeline(path: str | Path | None) -> Timeline | None:
         raise ValueError(f"timeline {path}: nested too deeply to be a timeline") from None
 
 
-class SimControl:
+class SimControl(PlantControls):
     """The simulated hardware of a running board, from another process."""
 
     def __init__(self, name: str | None = None, state_dir: str | Path = STATE_DIR) -> None:
@@ -1117,12 +1112,6 @@ class SimControl:
 
     def set_input(self, name: str, value: float | bool) -> int:
         return int(self._ask({"op": "set", "name": name, "value": value})["t_us"])
-
-    def press(self) -> int:
-        return self.set_input("switch", True)
-
-    def release(self) -> int:
-        return self.set_input("switch", False)
 
     def status(self) -> dict[str, Any]:
         return self._ask({"op": "status"})

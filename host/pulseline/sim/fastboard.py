@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..plant import Plant, PlantConfig, Timeline
+from .controls import PlantControls
 from .fast import FastSim
 
 # The stand-in host's heartbeat (pings every 100 ms of virtual time) uses
@@ -32,7 +33,7 @@ _LOCK = threading.Lock()
 _NAMES = itertools.count()
 
 
-class FastBoard:
+class FastBoard(PlantControls):
     step_us = STEP_US  # a session waiting on this board advances it this far at a time
 
     def __init__(self, plant: Plant | None = None, *, seed: int = 0, name: str | None = None,
@@ -104,12 +105,6 @@ class FastBoard:
         t = max(self.sim.now_us + 1, at_us or 0)
         self.plant.timeline.add(t, name, value)
         return t
-
-    def press(self) -> int:
-        return self.set_input("switch", True)
-
-    def release(self) -> int:
-        return self.set_input("switch", False)
 
     def plant_status(self) -> dict[str, Any]:
         return {**self.plant.status(self.sim.now_us), "resets": [k for _, k in self.sim.resets]}
