@@ -17,6 +17,9 @@ def test_demo_deploys_captures_and_saves_an_exam(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "mpremote connect" in res.stdout and "fs cp -r boot.py main.py pulsefw :" in res.stdout
     summary = json.loads((tmp_path / "demo-exam" / "summary.json").read_text())
+    # The board got what a simulated board runs: its own folder, no rp2 file.
+    boards = tmp_path / ".pulseline" / "demo.fs" / "pulsefw" / "boards"
+    assert (boards / "sim" / "hal.py").exists() and not (boards / "rp2").exists()
     assert summary["frames"] >= 16 and summary["lines_lost"] == 0 and summary["error"] is None
     # Calibrated first, then a new exam: the exam's dose is the capture's.
     assert summary["calibration"]["detector_serial"] == "SIMDET-00000000"

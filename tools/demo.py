@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -47,15 +48,19 @@ def main() -> int:
     except BoardInUse as exc:
         raise SystemExit(f"demo: {exc}") from None
     if fs.exists():
-        import shutil
-
         shutil.rmtree(fs)  # a fresh board: nothing on its filesystem
     # The demo's calibrations stay with the demo, not in the user's data directory.
     os.environ.setdefault("PULSELINE_CALIBRATION_DIR", str(Path(".pulseline") / "calibration"))
     desc = json.loads(run([pulseline, "sim", "--detach", "--name", NAME, "--json"]))
     try:
         pty = desc["pty"]
-        firmware = ROOT / "firmware"
+        # What this board runs (no other board's folder), staged, then copied as one would to a Pico.
+        from pulseline.flash import copy_source
+
+        firmware = Path(".pulseline") / f"{NAME}.firmware"
+        if firmware.exists():
+            shutil.rmtree(firmware)
+        copy_source(firmware, "linux", ROOT / "firmware")
         run([mpremote, "connect", pty, "fs", "cp", "-r", "boot.py", "main.py", "pulsefw", ":"], cwd=firmware)
         run([mpremote, "connect", pty, "reset"])
         time.sleep(0.5)  # the board boots: boot.py, then main.py
