@@ -59,6 +59,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,7 +383,7 @@ class _Guard:
             await send({"type": "websocket.close", "code": 1008})
 
 
-class PageServer:
+class PageServer(ABC):
     """One of pulseline's pages served on this machine, behind _Guard: at
     http://HOST:PORT/?token=TOKEN (`url`), the token made anew for each
     launch. Subclasses name themselves (`what`, `risk`: what anyone with the
@@ -410,8 +411,9 @@ class PageServer:
         self.url = ""
         self.error: str | None = None
 
+    @abstractmethod
     def _routes(self) -> list[BaseRoute]:
-        raise NotImplementedError
+        """The page's own routes (its page, scripts and API): each kind of page says them."""
 
     def _page_routes(self, page: Path, *files: Path) -> list[BaseRoute]:
         """`page` at / (the token put in where it says __TOKEN__: for its

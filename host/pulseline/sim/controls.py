@@ -5,14 +5,16 @@ exposure switch is one of its inputs."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 
-class PlantControls:
+
+class PlantControls(ABC):
     """Inputs of the plant a test, the CLI or the demo works."""
 
+    @abstractmethod
     def set_input(self, name: str, value: float | bool) -> int:
         """Set a plant input (switch, door_closed, key_on, water_cm, a
         fault...); returns the plant time at which it takes effect."""
-        raise NotImplementedError
 
     def press(self) -> int:
         """Press and hold the exposure switch."""
