@@ -248,11 +248,12 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
 def _events_of_frames(frames: list[Frame], events: list[Any]) -> list[Any]:
     """The irradiation events whose pulses the frames are from (a frame's
     time is its pulse's, on the board's clock, as the events' times)."""
+    from .exams import pulse_span
+
     out = []
     for e in events:
-        lo = e.record.get("pulse_start_us") or e.record.get("start_us", 0)
-        hi = e.record.get("pulse_end_us") or e.record.get("end_us", 0)
-        if any(lo <= f.timestamp_us <= hi for f in frames):
+        span = pulse_span(e.record)
+        if span is not None and any(span[0] <= f.timestamp_us <= span[1] for f in frames):
             out.append(e)
     return out
 

@@ -23,6 +23,7 @@ from pydicom.uid import UID
 from . import __version__
 from . import sr_templates as T
 from .dicom_rf import MANUFACTURER, PROCEDURE_CODE, Identity, dicom_datetime, new_dataset, new_uid
+from .exams import pulse_span
 
 RDSR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.88.67")
 
@@ -159,8 +160,7 @@ def irradiations(report: dict[str, Any], device_serial: str, when: dt.datetime |
     for e in report.get("events", []):
         if e.get("pulses", 0) <= 0:
             continue
-        start_us = e.get("pulse_start_us") or e.get("start_us")
-        end_us = e.get("pulse_end_us") or e.get("end_us")
+        start_us, end_us = pulse_span(e) or (None, None)
         out.append(Irradiation(e, event_uid(device_serial, e.get("exam"), e.get("event"), e.get("start_us")),
                                place(start_us), place(end_us)))
     return out

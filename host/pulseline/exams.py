@@ -11,11 +11,21 @@ running totals). The report of an exam has the same keys as `dose_report`."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .session import Session
+if TYPE_CHECKING:
+    from .session import Session
 
 PAGE = 32  # records per read_journal answer (the firmware's maximum)
+
+
+def pulse_span(event: dict[str, Any]) -> tuple[int, int] | None:
+    """An event record's irradiation in board time (us): its first pulse's
+    start to its last pulse's trailing edge (a record of older firmware has
+    only the switch time: that), or None if the record has neither."""
+    lo = event.get("pulse_start_us") or event.get("start_us")
+    hi = event.get("pulse_end_us") or event.get("end_us")
+    return (lo, hi) if isinstance(lo, int) and isinstance(hi, int) else None
 
 
 def read_journal(session: Session) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .exam_dir import Exam, display_window
-from .exams import how_it_ended
+from .exams import how_it_ended, pulse_span
 from .view import DISPLAY_SCRIPT, PAGE, PageServer, display_pixels
 
 REVIEW_PAGE = PAGE.with_name("review_page.html")
@@ -62,11 +62,9 @@ def _json_safe(value: Any) -> Any:
 
 
 def _holds(event: dict[str, Any], t_us: int) -> bool:
-    """Whether a frame of this (board) time is of this irradiation event: its
-    pulses' span when the record has it, else the event's."""
-    lo = event.get("pulse_start_us") or event.get("start_us")
-    hi = event.get("pulse_end_us") or event.get("end_us")
-    return isinstance(lo, int) and isinstance(hi, int) and lo <= t_us <= hi
+    """Whether a frame of this (board) time is of this irradiation event."""
+    span = pulse_span(event)
+    return span is not None and span[0] <= t_us <= span[1]
 
 
 def describe(exam: Exam) -> dict[str, Any]:
