@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pulseline.capture import capture
+from pulseline.exam.capture import capture
 
 
 @pytest.mark.needs_plant
@@ -20,7 +20,7 @@ def test_the_dose_report_agrees_with_the_reference_meter(session, plant):
 
 @pytest.mark.needs_plant
 def test_the_journal_survives_a_reset(board, plant):
-    from pulseline.session import Session
+    from pulseline.link.session import Session
 
     with Session(board.port) as s:
         cap = capture(s, 4, press=plant.press, release=plant.release)

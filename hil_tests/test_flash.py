@@ -3,7 +3,7 @@ second flash changes nothing, and the firmware names the build it runs."""
 
 from __future__ import annotations
 
-from pulseline.flash import flash, handshake
+from pulseline.targets.flash import flash, handshake
 
 
 def test_flash_verifies_restarts_and_names_the_build(board, tmp_path):

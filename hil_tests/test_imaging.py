@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from pulseline.capture import capture, save
+from pulseline.exam.capture import capture, save
 
 
 @pytest.mark.needs_plant
@@ -86,8 +86,8 @@ def test_frames_keep_their_cadence_in_board_time_across_a_wrap_of_the_ticks(sess
 def test_an_exam_of_two_presses_files_as_fluoroscopy_with_its_times(session, plant, clock, tmp_path):
     import pydicom
 
-    from pulseline import sr_templates as T
-    from pulseline.dicom_rf import Identity
+    from pulseline.exam import sr_templates as T
+    from pulseline.exam.dicom_rf import Identity
 
     session.command("new_exam")
     presses = []

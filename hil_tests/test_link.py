@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pulseline.capture import capture
+from pulseline.exam.capture import capture
 
 
 @pytest.mark.needs_plant

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pulseline.view import LiveView
+from pulseline.ui.view import LiveView
 
 pytestmark = [pytest.mark.needs_plant, pytest.mark.browser]
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from pulseline.protocol import codes, wire
-from pulseline.session import OPCODES, BoardAtRepl, BoardError, Session, SessionError
+from pulseline.link.protocol import codes, wire
+from pulseline.link.session import OPCODES, BoardAtRepl, BoardError, Session, SessionError
 
 COMMANDS_WITHOUT_ARGUMENTS = ["get_config", "status", "dose_report", "ping", "self_test", "alarm_reset",
                               "disarm", "fault_reset"]
@@ -132,9 +132,9 @@ def test_exit_to_repl_stops_the_firmware_and_a_soft_reset_brings_it_back(board, 
         pytest.skip("the fast target has no REPL to exit to")
     from mpremote.transport_serial import SerialTransport
 
-    from pulseline.flash import flash
-    from pulseline.ports import resolve
-    from pulseline.session import wait_for_firmware
+    from pulseline.link.ports import resolve
+    from pulseline.link.session import wait_for_firmware
+    from pulseline.targets.flash import flash
 
     session.command("exit_to_repl")
     assert session.wait_event("stopped", 5, then="REPL") is not None  # the firmware says it is going

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from pulseline.capture import capture, save
+from pulseline.exam.capture import capture, save
 
 pytestmark = [pytest.mark.needs_plant, pytest.mark.browser]
 

@@ -104,7 +104,7 @@ def test_a_board_whose_session_is_gone_is_disarmed_and_a_later_press_exposes_nob
                                                                                    clock):
     """The terminal closed mid-exposure (the host process killed): the
     board must not stay armed for whoever connects next."""
-    from pulseline.session import Session
+    from pulseline.link.session import Session
 
     session.arm()
     plant.press()

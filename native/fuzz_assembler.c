@@ -11,7 +11,7 @@
  *                    the fuzzer gets past the CRC to placement, eviction and
  *                    trailers, then applies the corruption ops.
  *
- * The stream is fed in chunks and drained the way host/pulseline/assembler.py
+ * The stream is fed in chunks and drained the way host/pulseline/link/assembler.py
  * does. Every output is read in full and checked against what the API
  * contract (pulseline_asm.h) and the counter definitions imply. In structured
  * mode the content of every good packet is a function of its identity (frame

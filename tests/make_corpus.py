@@ -1,7 +1,7 @@
 """Seed corpus for native/fuzz_assembler.c (make fuzz): python tests/make_corpus.py OUTDIR.
 
 Each seed is the harness's input: 14 configuration bytes, a mode byte, then either a raw byte stream made by
-pulseline.streamgen (the firmware's encoder) or packet descriptions the harness builds into packets. The
+pulseline.link.streamgen (the firmware's encoder) or packet descriptions the harness builds into packets. The
 layout is documented at the top of fuzz_assembler.c. Fixed seeds and names: the output is deterministic.
 """
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pulseline.protocol import wire
-from pulseline.streamgen import StreamWriter, WirePacket, random_frames
+from pulseline.link.protocol import wire
+from pulseline.link.streamgen import StreamWriter, WirePacket, random_frames
 
 BIG_WIDTHS = [300, 2048, 65, 127, 128, 255, 1000, 513]  # width byte 0xF0 | index
 MAP_BITS = {"dark": 0x08, "gain": 0x10, "defect": 0x20}

@@ -4,8 +4,8 @@ tests/test_cli_fuzz.py)."""
 
 from __future__ import annotations
 
-from pulseline import evidence
-from pulseline.session import Session
+from pulseline.link import evidence
+from pulseline.link.session import Session
 from pulseline.sim.fastboard import FastBoard
 
 

@@ -7,10 +7,10 @@ import gc
 import numpy as np
 import pytest
 
-from pulseline.assembler import FrameAssembler
-from pulseline.frames import DEFECT_PIXEL, LOST_LINE, UNREPLACED, Frame
-from pulseline.protocol import Packet, wire
-from pulseline.streamgen import StreamWriter, clean_stream, random_frames
+from pulseline.link.assembler import FrameAssembler
+from pulseline.link.frames import DEFECT_PIXEL, LOST_LINE, UNREPLACED, Frame
+from pulseline.link.protocol import Packet, wire
+from pulseline.link.streamgen import StreamWriter, clean_stream, random_frames
 
 
 def frames_of(items: list[Frame | Packet]) -> list[Frame]:

@@ -15,11 +15,11 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pulseline.assembler import FrameAssembler
-from pulseline.assembler_ref import ReferenceAssembler
-from pulseline.frames import Frame, nan_equal
-from pulseline.protocol import Packet, wire
-from pulseline.streamgen import StreamWriter, WirePacket, random_frames
+from pulseline.link.assembler import FrameAssembler
+from pulseline.link.assembler_ref import ReferenceAssembler
+from pulseline.link.frames import Frame, nan_equal
+from pulseline.link.protocol import Packet, wire
+from pulseline.link.streamgen import StreamWriter, WirePacket, random_frames
 
 FORMATS = st.sampled_from([wire.FMT_MONO16, wire.FMT_MONO12P])
 ACTIONS = ["keep"] * 6 + ["drop", "flip", "cut", "dup", "garbage", "swap"]

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pulseline.flash import copy_source
-from pulseline.session import BoardAtRepl, Session, SessionError, wait_for_firmware
+from pulseline.link.session import BoardAtRepl, Session, SessionError, wait_for_firmware
 from pulseline.sim.board import SimBoard
+from pulseline.targets.flash import copy_source
 
 pytestmark = pytest.mark.micropython
 

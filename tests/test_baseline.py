@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from pulseline.assembler import FrameAssembler
-from pulseline.assembler_numpy import decode_numpy
-from pulseline.frames import Frame
-from pulseline.protocol import wire
-from pulseline.streamgen import clean_stream, random_frames
+from pulseline.link.assembler import FrameAssembler
+from pulseline.link.assembler_numpy import decode_numpy
+from pulseline.link.frames import Frame
+from pulseline.link.protocol import wire
+from pulseline.link.streamgen import clean_stream, random_frames
 
 
 @pytest.mark.parametrize("fmt", [wire.FMT_MONO16, wire.FMT_MONO12P])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pulseline.flash import BOARD_FOLDER, BOARDS_DIR, NATIVE_SOURCE, PACKAGE, build_bundle, copy_source
+from pulseline.targets.flash import BOARD_FOLDER, BOARDS_DIR, NATIVE_SOURCE, PACKAGE, build_bundle, copy_source
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware"
 BOARDS = FIRMWARE / PACKAGE / BOARDS_DIR

@@ -9,18 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pulseline import calibration
-from pulseline.assembler import FrameAssembler
-from pulseline.calibration import Calibration, CalibrationError, build
-from pulseline.capture import capture
-from pulseline.flash import copy_source
-from pulseline.frames import Frame
+from pulseline.exam import calibration
+from pulseline.exam.calibration import Calibration, CalibrationError, build
+from pulseline.exam.capture import capture
+from pulseline.link.assembler import FrameAssembler
+from pulseline.link.frames import Frame
+from pulseline.link.session import BoardError, Session
 from pulseline.plant import Plant, PlantConfig
 from pulseline.plant.detector import Detector, DetectorSpec
 from pulseline.plant.plant import STREAM_MAPS
-from pulseline.session import BoardError, Session
 from pulseline.sim.board import SimBoard
 from pulseline.sim.fast import CommandError, FastSim
+from pulseline.targets.flash import copy_source
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"

@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from pulseline.protocol import wire
-from pulseline.streamgen import clean_stream, random_frames
+from pulseline.link.protocol import wire
+from pulseline.link.streamgen import clean_stream, random_frames
 
 
 def run(*args: str, cwd=None) -> subprocess.CompletedProcess[str]:

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from recording_board import RecordingBoard  # tests/
 
-from pulseline import cli, evidence
-from pulseline.presets import BUILTIN, PresetError, _from_dict
-from pulseline.protocol import wire
-from pulseline.session import Session
+from pulseline import cli
+from pulseline.exam.presets import BUILTIN, PresetError, _from_dict
+from pulseline.link import evidence
+from pulseline.link.protocol import wire
+from pulseline.link.session import Session
+from pulseline.link.streamgen import clean_stream, random_frames
 from pulseline.sim.fastboard import FastBoard
-from pulseline.streamgen import clean_stream, random_frames
 
 
 def run(*argv: str) -> tuple[int, str, str]:
@@ -283,7 +284,7 @@ def test_a_capture_ends_the_exposure_itself_when_the_switch_is_never_released():
     """An operator still on the pedal when the frames asked for are in (or a
     simulated switch that nobody releases): the capture disarms the board,
     which stops emission at once, instead of collecting frames for ever."""
-    from pulseline.capture import capture
+    from pulseline.exam.capture import capture
     from pulseline.plant import Plant, PlantConfig, Timeline
 
     board = FastBoard(Plant(PlantConfig(seed=1), Timeline().add(200_000, "switch", True)), pixels=False)

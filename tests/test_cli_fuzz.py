@@ -24,10 +24,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from recording_board import RecordingBoard  # tests/
 
-from pulseline import cli, evidence
-from pulseline.protocol import wire
-from pulseline.session import Session
-from pulseline.streamgen import clean_stream, random_frames
+from pulseline import cli
+from pulseline.link import evidence
+from pulseline.link.protocol import wire
+from pulseline.link.session import Session
+from pulseline.link.streamgen import clean_stream, random_frames
 
 PARSER = cli.build_parser()
 COMMANDS: dict[str, argparse.ArgumentParser] = PARSER._subparsers._group_actions[0].choices  # type: ignore[union-attr]

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import tifffile
 
-from pulseline.pytest_plugin import _deploy
-from pulseline.session import wait_for_firmware
+from pulseline.link.session import wait_for_firmware
 from pulseline.sim.board import SimBoard
+from pulseline.testing.plugin import _deploy
 
 pytestmark = pytest.mark.micropython
 

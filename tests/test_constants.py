@@ -5,7 +5,7 @@ import struct
 from pathlib import Path
 
 from pulseline._native import ffi, lib
-from pulseline.protocol import codes, wire
+from pulseline.link.protocol import codes, wire
 
 HEADER = (Path(__file__).resolve().parents[1] / "native" / "pulseline_asm.h").read_text()
 # Assembler-only limits and statuses that the firmware has no reason to know.

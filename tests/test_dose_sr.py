@@ -17,9 +17,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from pulseline import sr_templates as T
-from pulseline.dicom_rdsr import ImageRef, irradiations, write_rdsr
-from pulseline.dicom_rf import Identity, write_rf
+from pulseline.exam import sr_templates as T
+from pulseline.exam.dicom_rdsr import ImageRef, irradiations, write_rdsr
+from pulseline.exam.dicom_rf import Identity, write_rf
 
 SERIAL = "PL-TEST-0001"
 BOARD_NOW_US = 60_000_000

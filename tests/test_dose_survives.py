@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from pulseline.link.session import BoardAtRepl, Session, wait_for_firmware
 from pulseline.mpcompat import import_firmware
-from pulseline.pytest_plugin import _deploy
-from pulseline.session import BoardAtRepl, Session, wait_for_firmware
 from pulseline.sim.board import SimBoard
+from pulseline.testing.plugin import _deploy
 
 journal = import_firmware("pulsefw.journal")
 

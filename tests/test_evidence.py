@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulseline import evidence
-from pulseline.protocol import codes, wire
+from pulseline.link import evidence
+from pulseline.link.protocol import codes, wire
 
 OPS = sorted(codes.OP_NAMES)
 
@@ -124,8 +124,8 @@ def test_describe_folds_lines_and_the_heartbeat(tmp_path):
 
 
 def test_frames_round_trip_through_frames_npz(tmp_path):
-    from pulseline.assembler import FrameAssembler
-    from pulseline.frames import Frame
+    from pulseline.link.assembler import FrameAssembler
+    from pulseline.link.frames import Frame
 
     rng = np.random.default_rng(3)
     stream = b""

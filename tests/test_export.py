@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from pulseline.capture import Capture, as_stored_pixels, save
 from pulseline.cli import main
-from pulseline.exam_dir import ExamDirError, frame_rate, read_exam
-from pulseline.export import sheet_layout
-from pulseline.frames import Frame
-from pulseline.protocol import Trailer
+from pulseline.exam.capture import Capture, as_stored_pixels, save
+from pulseline.exam.exam_dir import ExamDirError, frame_rate, read_exam
+from pulseline.exam.export import sheet_layout
+from pulseline.link.frames import Frame
+from pulseline.link.protocol import Trailer
 
 LINES, PIXELS = 45, 62  # odd lines: H.264 needs even dimensions, so the video is padded to 46
 PPS = 7.5
@@ -108,7 +108,7 @@ def test_burn_in_writes_time_and_dose_into_the_picture(exam, tmp_path, capsys):
 
 
 def test_burn_in_lines_say_time_technique_and_cumulative_dose():
-    from pulseline.export import burn_in_lines
+    from pulseline.exam.export import burn_in_lines
 
     top, bottom = burn_in_lines({"frame_id": 66, "kv": 80.139, "ma": 19.9882, "air_kerma_ugy": 39.0906,
                                  "lines_lost": 2}, 1.6, 626.18)
@@ -119,7 +119,7 @@ def test_burn_in_lines_say_time_technique_and_cumulative_dose():
 def test_a_frame_lost_on_the_link_keeps_real_time(tmp_path):
     import av
 
-    from pulseline.export import export_mp4
+    from pulseline.exam.export import export_mp4
 
     save(synthetic_capture(6, lost_pulse=23), tmp_path / "gap", "test")
     e = read_exam(tmp_path / "gap")
@@ -228,7 +228,7 @@ def test_bad_inputs_are_refused_in_one_line(exam, tmp_path, capsys):
 def test_a_write_that_fails_midway_leaves_no_file(exam, tmp_path, capsys, monkeypatch):
     import errno
 
-    import pulseline.export as export
+    import pulseline.exam.export as export
 
     def full_disk(exam, path, **kw):
         Path(path).write_bytes(b"\0" * 1000)

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pulseline.capture import capture
-from pulseline.faultproxy import FaultProxy
-from pulseline.frames import Frame
-from pulseline.pytest_plugin import _deploy
-from pulseline.session import Session, wait_for_firmware
+from pulseline.exam.capture import capture
+from pulseline.link.frames import Frame
+from pulseline.link.session import Session, wait_for_firmware
 from pulseline.sim.board import SimBoard
+from pulseline.targets.faultproxy import FaultProxy
+from pulseline.testing.plugin import _deploy
 
 pytestmark = pytest.mark.micropython
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pulseline.flash import NATIVE_SOURCE
+from pulseline.targets.flash import NATIVE_SOURCE
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRMWARE = ROOT / "firmware"

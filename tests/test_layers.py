@@ -8,14 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-SESSION = Path(__file__).resolve().parents[1] / "host" / "pulseline" / "session.py"
+SESSION = Path(__file__).resolve().parents[1] / "host" / "pulseline" / "link" / "session.py"
 
 
 def test_importing_the_session_loads_no_simulator_or_plant() -> None:
-    out = subprocess.run([sys.executable, "-c", "import sys, pulseline.session; "
+    out = subprocess.run([sys.executable, "-c", "import sys, pulseline.link.session; "
                           "print(' '.join(m for m in sys.modules if m.startswith('pulseline.')))"],
                          capture_output=True, text=True, check=True).stdout.split()
-    assert "pulseline.session" in out
+    assert "pulseline.link.session" in out
     assert [m for m in out if m.startswith(("pulseline.sim", "pulseline.plant"))] == []
 
 

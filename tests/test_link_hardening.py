@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pulseline.protocol import codes, wire
-from pulseline.pytest_plugin import _deploy
-from pulseline.session import Session, wait_for_firmware
+from pulseline.link.protocol import codes, wire
+from pulseline.link.session import Session, wait_for_firmware
 from pulseline.sim.board import SimBoard
+from pulseline.testing.plugin import _deploy
 
 
 def _answer(seq: int, body: dict) -> bytes:

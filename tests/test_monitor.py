@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from pulseline.flash import copy_source
-from pulseline.monitor import MonitorError, format_event, format_log, monitor
+from pulseline.link.session import Event, Session, wait_for_firmware
 from pulseline.plant import Plant, PlantConfig, Timeline
-from pulseline.session import Event, Session, wait_for_firmware
 from pulseline.sim.board import SimBoard
+from pulseline.targets.flash import copy_source
+from pulseline.ui.monitor import MonitorError, format_event, format_log, monitor
 
 pytestmark = pytest.mark.micropython
 

@@ -23,10 +23,10 @@ import pytest
 from pydicom.dataset import FileDataset
 from pydicom.uid import generate_uid
 
-from pulseline.dicom_rdsr import RDSR_STORAGE, write_rdsr
-from pulseline.dicom_rf import RF_IMAGE_STORAGE, Identity, new_dataset, write_rf
-from pulseline.flash import copy_source
-from pulseline.pacs import PacsError, parse_destination, send
+from pulseline.exam.dicom_rdsr import RDSR_STORAGE, write_rdsr
+from pulseline.exam.dicom_rf import RF_IMAGE_STORAGE, Identity, new_dataset, write_rf
+from pulseline.exam.pacs import PacsError, parse_destination, send
+from pulseline.targets.flash import copy_source
 
 ORTHANC_AET = "ORTHANC"
 LOOPBACK = "127.0.0.1"

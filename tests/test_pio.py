@@ -15,8 +15,8 @@ import pio_dsl  # tests/: the asm_pio DSL for CPython
 import pytest
 from pioemu import State, emulate
 
+from pulseline.link.streamgen import pack_pixels
 from pulseline.mpcompat import import_firmware
-from pulseline.streamgen import pack_pixels
 
 pio_dsl.install()
 pio_rp2 = import_firmware("pulsefw.boards.rp2.pio")

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulseline.assembler_ref import unpack_line
+from pulseline.link.assembler_ref import unpack_line
+from pulseline.link.protocol import wire
 from pulseline.mpcompat import import_firmware
 from pulseline.plant import EVENT_NAMES, Event, Plant, PlantConfig, Timeline
 from pulseline.plant.detector import DETECTED_PHOTONS_PER_UGY, photon_counts
 from pulseline.plant.generator import BIAS_LIMIT, FEEDBACK_NOISE, tube_output_ugy_per_mas
 from pulseline.plant.phantom import iodine_mu_cm2_per_g, water_mu_per_cm, water_transmission
 from pulseline.plant.timeline import BOOL_SIGNALS, LEVEL_DEFAULTS, LEVEL_SIGNALS
-from pulseline.protocol import wire
 
 fwdose = import_firmware("pulsefw.dose")
 

@@ -83,8 +83,8 @@ def _failed_transcripts(evidence: Path) -> str:
 
 
 def test_a_hardware_target_skips_the_plant(tmp_path):
-    from pulseline.pytest_plugin import _deploy
     from pulseline.sim.board import SimBoard
+    from pulseline.testing.plugin import _deploy
 
     _deploy(tmp_path / "fs", None)
     with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st") as b:
@@ -138,9 +138,9 @@ def test_two_runs_on_fast_with_the_same_seed_are_identical(tmp_path):
 
     import numpy as np
 
-    from pulseline import evidence
-    from pulseline.assembler import FrameAssembler
-    from pulseline.frames import Frame
+    from pulseline.link import evidence
+    from pulseline.link.assembler import FrameAssembler
+    from pulseline.link.frames import Frame
 
     root = Path(__file__).resolve().parents[1]
     runs = []

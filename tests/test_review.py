@@ -31,12 +31,12 @@ from test_security import EVIL, SECURITY_HEADERS, what_the_browser_saw  # tests/
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from pulseline.capture import capture, save
 from pulseline.cli import main
-from pulseline.exam_dir import read_exam
-from pulseline.review import CHUNK_FRAMES, ReviewView
-from pulseline.session import Session
+from pulseline.exam.capture import capture, save
+from pulseline.exam.exam_dir import read_exam
+from pulseline.link.session import Session
 from pulseline.sim.fastboard import FastBoard
+from pulseline.ui.review import CHUNK_FRAMES, ReviewView
 
 FRAMES = 12
 

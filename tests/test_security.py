@@ -49,12 +49,12 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from pulseline.link.session import Session, wait_for_firmware
 from pulseline.plant import Plant, PlantConfig, Timeline
-from pulseline.pytest_plugin import _deploy
-from pulseline.session import Session, wait_for_firmware
 from pulseline.sim.board import BoardInUse, SimBoard, SimControl, running_boards
 from pulseline.sim.plantserver import PlantServer, hal_sim
-from pulseline.view import LiveView
+from pulseline.testing.plugin import _deploy
+from pulseline.ui.view import LiveView
 
 # -- the live view -----------------------------------------------------------------------------
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pulseline.capture import capture
-from pulseline.flash import copy_source
-from pulseline.frames import Frame
+from pulseline.exam.capture import capture
+from pulseline.link.frames import Frame
+from pulseline.link.session import Session, SessionError, wait_for_firmware
 from pulseline.plant import Plant, PlantConfig, Timeline
-from pulseline.session import Session, SessionError, wait_for_firmware
 from pulseline.sim.board import SimBoard
+from pulseline.targets.flash import copy_source
 
 pytestmark = pytest.mark.micropython
 
@@ -167,7 +167,7 @@ def test_two_simulated_boards_side_by_side(tmp_path):
 
 def _line_packets(stream: bytes) -> list[tuple[int, int, bytes]]:
     """(frame_id, line_index, packet bytes) of every LINE packet in a clean stream."""
-    from pulseline.protocol import wire
+    from pulseline.link.protocol import wire
 
     out = []
     pos = stream.find(wire.SYNC)
@@ -190,7 +190,7 @@ def _bad_candidates(stream: bytes, start: int) -> int:
     not lie inside one (a receiver skips over packets it accepts)."""
     import zlib
 
-    from pulseline.protocol import wire
+    from pulseline.link.protocol import wire
 
     bad = 0
     pos = start
@@ -270,7 +270,7 @@ def test_a_disconnect_mid_capture_is_reported_and_what_came_is_kept(tmp_path):
 
 
 def test_flash_deploys_changes_only_what_differs_and_catches_a_corrupted_file(tmp_path):
-    from pulseline.flash import flash, handshake
+    from pulseline.targets.flash import flash, handshake
 
     fs = tmp_path / "fs"
     fs.mkdir()
@@ -304,7 +304,7 @@ def test_flash_deploys_changes_only_what_differs_and_catches_a_corrupted_file(tm
 def test_a_capture_saves_a_valid_dicom_rf_image(board, tmp_path):
     import pydicom
 
-    from pulseline.capture import save
+    from pulseline.exam.capture import save
 
     with Session(board.pty_path) as s:
         cap = capture(s, 5, press=board.press, release=board.release)
@@ -324,7 +324,7 @@ def test_a_capture_saves_a_valid_dicom_rf_image(board, tmp_path):
     assert "Error" not in res.stdout + res.stderr, res.stdout + res.stderr
     sr = pydicom.dcmread(sr_path)
     assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.67" and sr.StudyInstanceUID == ds.StudyInstanceUID
-    from pulseline.sr_templates import walk
+    from pulseline.exam.sr_templates import walk
 
 
     def num(container, meaning):
@@ -369,7 +369,7 @@ def test_flash_dry_run_for_the_pico_lists_its_exact_bundle_and_a_board_of_anothe
     import subprocess
     import sys
 
-    from pulseline.flash import FlashError, build_bundle, bundle_hash, flash
+    from pulseline.targets.flash import FlashError, build_bundle, bundle_hash, flash
 
     res = subprocess.run([sys.executable, "-m", "pulseline", "flash", "--dry-run", "--board", "rp2", "--json"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from pulseline.pytest_plugin import _deploy
-from pulseline.session import Session, wait_for_firmware
+from pulseline.link.session import Session, wait_for_firmware
 from pulseline.sim.board import MAX_CLIENT_BACKLOG, MAX_CONTROL_LINE, SimControl
+from pulseline.testing.plugin import _deploy
 
 pytestmark = pytest.mark.micropython
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pulseline.assembler import FrameAssembler
+from pulseline.link.assembler import FrameAssembler
 from pulseline.plant import Plant, PlantConfig, Timeline
 from pulseline.sim.fast import FastSim
 

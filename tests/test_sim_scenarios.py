@@ -158,8 +158,8 @@ def test_lost_detector_lines_are_counted_by_the_host_exactly_and_never_filled():
     sim = FastSim(plant)
     sim.command("arm")
     sim.run_until(1200 * MS)
-    from pulseline.assembler import FrameAssembler
-    from pulseline.frames import Frame
+    from pulseline.link.assembler import FrameAssembler
+    from pulseline.link.frames import Frame
 
     asm = FrameAssembler(256, 256, "mono12p")
     frames = [f for f in asm.feed(sim.take_output()) if isinstance(f, Frame)]

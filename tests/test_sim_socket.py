@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pulseline.assembler import FrameAssembler
-from pulseline.frames import Frame
+from pulseline.link.assembler import FrameAssembler
+from pulseline.link.frames import Frame
 from pulseline.mpcompat import import_firmware
 from pulseline.plant import Plant, PlantConfig, Timeline
 from pulseline.sim.fast import HostLog, Response

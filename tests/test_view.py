@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from pulseline.pytest_plugin import _deploy
-from pulseline.session import Session, wait_for_firmware
+from pulseline.link.session import Session, wait_for_firmware
 from pulseline.sim.board import SimBoard
-from pulseline.view import LiveView, encode_frame
+from pulseline.testing.plugin import _deploy
+from pulseline.ui.view import LiveView, encode_frame
 
 pytestmark = pytest.mark.micropython
 
@@ -180,7 +180,7 @@ def test_controls_are_checked_and_refused_without_a_simulated_board(live, tmp_pa
 
 
 def test_encode_frame_clips_corrected_frames_to_the_display_range():
-    from pulseline.frames import Frame
+    from pulseline.link.frames import Frame
 
     px = np.array([[-5.0, np.nan], [70000.0, 1234.4]], np.float32)
     f = Frame(7, px, np.ones(2, bool), "trailer", None, 3, 99, 0.0, 0.0, 0.0, 0.0)

@@ -8,10 +8,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pulseline.assembler import crc32
-from pulseline.assembler_ref import pack_line, unpack_line
-from pulseline.protocol import Trailer, wire
-from pulseline.streamgen import pack_pixels
+from pulseline.link.assembler import crc32
+from pulseline.link.assembler_ref import pack_line, unpack_line
+from pulseline.link.protocol import Trailer, wire
+from pulseline.link.streamgen import pack_pixels
 
 
 def test_mono12p_is_genicam_order():

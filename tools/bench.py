@@ -37,12 +37,12 @@ import bench_view
 import numpy as np
 
 from pulseline._native import ffi
-from pulseline.assembler import FrameAssembler, crc32, crc_backend
-from pulseline.assembler_numpy import NumpyFrame, decode_numpy
-from pulseline.assembler_ref import ReferenceAssembler
-from pulseline.frames import AssemblerConfig
-from pulseline.protocol import wire
-from pulseline.streamgen import clean_stream, random_frames
+from pulseline.link.assembler import FrameAssembler, crc32, crc_backend
+from pulseline.link.assembler_numpy import NumpyFrame, decode_numpy
+from pulseline.link.assembler_ref import ReferenceAssembler
+from pulseline.link.frames import AssemblerConfig
+from pulseline.link.protocol import wire
+from pulseline.link.streamgen import clean_stream, random_frames
 
 CHUNK = 1 << 20
 MEMCPY_BAR = 0.5
@@ -155,7 +155,7 @@ def section_a(r: Report) -> None:
     view = memoryview(stream)
     t_crc = best_of(lambda: crc32(view), 7)
     r.figure(f"crc32 alone GB/s ({crc_backend()})", f"{gbps(n, t_crc):.2f}",
-             f"pulseline.assembler.crc32 over the whole stream: {t_crc * 1e3:.1f} ms, best of 7")
+             f"pulseline.link.assembler.crc32 over the whole stream: {t_crc * 1e3:.1f} ms, best of 7")
 
     def make() -> FrameAssembler:
         return FrameAssembler(ppl, lpf, fmt)

@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 import serial
 
-from pulseline.assembler import FrameAssembler
+from pulseline.link.assembler import FrameAssembler
+from pulseline.link.protocol import wire
+from pulseline.link.streamgen import StreamWriter, random_frames
 from pulseline.plant import Plant, PlantConfig, Timeline
-from pulseline.protocol import wire
 from pulseline.sim.fast import FastSim
 from pulseline.sim.link import LinkDirection, parse_faults, parse_link
-from pulseline.streamgen import StreamWriter, random_frames
 
 PIXELS_BAR = 20.0
 HS_BAR = 0.95

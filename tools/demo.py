@@ -55,7 +55,7 @@ def main() -> int:
     try:
         pty = desc["pty"]
         # What this board runs (no other board's folder), staged, then copied as one would to a Pico.
-        from pulseline.flash import copy_source
+        from pulseline.targets.flash import copy_source
 
         firmware = Path(".pulseline") / f"{NAME}.firmware"
         if firmware.exists():

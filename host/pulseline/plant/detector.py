@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ..link.protocol import wire
+from ..link.streamgen import pack_pixels
 from ..mpcompat import import_firmware
-from ..protocol import wire
-from ..streamgen import pack_pixels
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import __version__
-from .errors import PulselineError
-from .frames import Frame
-from .session import Session, SessionError
+from .. import __version__
+from ..errors import PulselineError
+from ..link.frames import Frame
+from ..link.session import Session, SessionError
 
 SILENCE_S = 2.0  # the board answers a heartbeat every 50 ms: this much silence is a dead link
 

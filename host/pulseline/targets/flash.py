@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import PulselineError
+from ..errors import PulselineError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FIRMWARE = ROOT / "firmware"
 PACKAGE = "pulsefw"
 SOURCE_FILES = ("boot.py", "main.py")
@@ -122,7 +122,7 @@ class FlashPlan:
 
 
 def bundle_hash(files: list[BundleFile]) -> str:
-    from .mpcompat import import_firmware
+    from ..mpcompat import import_firmware
 
     return str(import_firmware("pulsefw.ident").digest([(f.path, f.sha256) for f in files]))
 
@@ -196,7 +196,7 @@ def _transport(port: str) -> Any:
     from mpremote.transport import TransportError
     from mpremote.transport_serial import SerialTransport
 
-    from .ports import resolve
+    from ..link.ports import resolve
 
     try:
         t = SerialTransport(resolve(port), baudrate=115200)
@@ -309,7 +309,7 @@ def _write(t: Any, plan: FlashPlan, log: Any) -> None:
 def handshake(port: str, timeout_s: float = 30.0, expect_hash: str | None = None) -> dict[str, Any]:
     """The firmware's version handshake after a restart; with expect_hash,
     the firmware must also report that it runs exactly that bundle."""
-    from .session import SessionError, wait_for_firmware
+    from ..link.session import SessionError, wait_for_firmware
 
     try:
         board = wait_for_firmware(port, timeout_s)

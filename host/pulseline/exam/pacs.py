@@ -25,7 +25,7 @@ from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
-from .errors import PulselineError
+from ..errors import PulselineError
 
 DEFAULT_CALLED_AE = "ANY-SCP"
 DEFAULT_CALLING_AE = "PULSELINE"

@@ -33,9 +33,9 @@ from typing import Any
 
 import serial
 
+from ..errors import PulselineError
 from . import ports
 from .assembler import FrameAssembler
-from .errors import PulselineError
 from .evidence import TO_BOARD, TO_HOST, Recorder
 from .frames import Frame
 from .protocol import Packet, codes, wire
@@ -105,7 +105,7 @@ class Session:
                  handshake: bool = True, record: bool = False) -> None:
         self.port = port
         # With record: every byte both ways and the last frames, for a test's
-        # evidence (pulseline.evidence).
+        # evidence (pulseline.link.evidence).
         self.recorder: Recorder | None = Recorder() if record else None
         self.answer_timeout_s = answer_timeout_s
         target = ports.resolve(port)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import PulselineError
+from ..errors import PulselineError
 from .frames import Frame
 from .protocol import PACKET_TYPE_NAMES, Trailer, codes, wire
 

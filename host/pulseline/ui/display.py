@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from .frames import Frame
-from .session import Session
+from ..link.frames import Frame
+from ..link.session import Session
 
 ALARM_NAMES = {"fluoro_5min": "5-MIN ALARM", "hlc_tone": "HIGH-LEVEL", "dose_notify": "DOSE LEVEL"}
 

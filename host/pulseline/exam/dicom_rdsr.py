@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset, FileDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-from . import __version__
+from .. import __version__
 from . import sr_templates as T
 from .dicom_rf import MANUFACTURER, PROCEDURE_CODE, Identity, dicom_datetime, new_dataset, new_uid
 from .exams import pulse_span

@@ -74,7 +74,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from .frames import Frame
+from ..link.frames import Frame
 
 PAGE = Path(__file__).with_name("view_page.html")
 SCRIPT = PAGE.with_name("view_page.js")  # served as /view_page.js, STYLE as /view_page.css
@@ -584,7 +584,7 @@ class LiveView(PageServer):
             if name not in PAGE_COMMANDS:
                 return JSONResponse({"ok": False, "error": f"not a command of the page: {name!r} "
                                      f"(one of {', '.join(PAGE_COMMANDS)})"}, status_code=400)
-            from .session import SessionError
+            from ..link.session import SessionError
 
             session = self.session
             if session is None:

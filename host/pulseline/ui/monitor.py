@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .errors import PulselineError
-from .session import Event, Session, SessionError
+from ..errors import PulselineError
+from ..link.session import Event, Session, SessionError
 
 POLL_S = 0.05
 SILENCE_S = 2.0  # the board answers a heartbeat every 50 ms: this much silence is a dead link

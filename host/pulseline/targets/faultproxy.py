@@ -27,15 +27,15 @@ from typing import Any
 import numpy as np
 import serial
 
-from . import ports
-from .sim.link import LinkDirection, parse_link
+from ..link import ports
+from ..sim.link import LinkDirection, parse_link
 
 POLL_S = 0.001
 
 
 class FaultProxy:
     def __init__(self, port: str, faults: str, *, seed: int = 0) -> None:
-        from .sim.board import parse_board_faults
+        from ..sim.board import parse_board_faults
 
         self.port = port
         self.spec, self.both_ways = parse_board_faults(faults)

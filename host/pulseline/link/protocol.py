@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from .mpcompat import import_firmware
+from ..mpcompat import import_firmware
 
 wire = import_firmware("pulsefw.wire")
 codes = import_firmware("pulsefw.codes")  # every opcode, status, event, state, block and fault code

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import PulselineError
+from ..errors import PulselineError
 
 STACK = "frames.tif"
 SUMMARY = "summary.json"

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import PulselineError
 from .capture import write_atomic
-from .errors import PulselineError
 from .exam_dir import Exam, display_window, to_display
 
 CODEC = "libx264"  # H.264; PyAV's wheels bundle FFmpeg with libx264

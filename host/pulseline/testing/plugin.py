@@ -104,7 +104,7 @@ class Board:
         the flash plan (what was copied and removed)."""
         import tempfile
 
-        from .flash import FIRMWARE, flash, handshake
+        from ..targets.flash import FIRMWARE, flash, handshake
 
         if self.target == FAST:
             pytest.skip("the fast target runs the firmware in process: nothing to flash")
@@ -115,7 +115,7 @@ class Board:
 
     def reset(self) -> dict[str, Any]:
         """Restart the board and wait for its handshake (the reboot command)."""
-        from .session import Session, wait_for_firmware
+        from ..link.session import Session, wait_for_firmware
 
         with Session(self.port, heartbeat=False) as s:
             s.command("reboot")
@@ -194,7 +194,7 @@ def pulseline_bundle(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pyt
     deploys: compiled with mpy-cross), or None for source (--no-flash)."""
     if pytestconfig.getoption("--flash") is False:
         return None
-    from .flash import build_bundle
+    from ..targets.flash import build_bundle
 
     out = tmp_path_factory.mktemp("bundle")
     build_bundle("linux", out, source=_firmware(pytestconfig))
@@ -202,7 +202,7 @@ def pulseline_bundle(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pyt
 
 
 def _firmware(config: pytest.Config) -> Path:
-    from .flash import FIRMWARE
+    from ..targets.flash import FIRMWARE
 
     chosen: Path | None = config.getoption("--firmware")
     return chosen if chosen is not None else FIRMWARE
@@ -211,7 +211,7 @@ def _firmware(config: pytest.Config) -> Path:
 def _deploy(fs: Path, bundle: Path | None, source: Path | None = None) -> None:
     """The simulated board's filesystem: a bundle built for it, or the
     source tree's files for its platform (no other board's folder)."""
-    from .flash import FIRMWARE, copy_source
+    from ..targets.flash import FIRMWARE, copy_source
 
     if bundle is None:
         copy_source(fs, "linux", source or FIRMWARE)
@@ -227,7 +227,7 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
     """A fresh board per test. On sim: a new simulated board (own pty, own
     filesystem, the seeded plant), so tests never see each other's state and
     run in parallel under xdist. On hardware: the board on --target, reset."""
-    from .session import wait_for_firmware
+    from ..link.session import wait_for_firmware
 
     cfg = request.config
     target, seed = cfg.getoption("--target"), int(cfg.getoption("--seed"))
@@ -236,7 +236,7 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
     if target == FAST:
         if faults:
             pytest.skip("link faults: the fast target has no link (use sim or a board)")
-        from .sim.fastboard import FastBoard
+        from ..sim.fastboard import FastBoard
 
         fast = FastBoard(seed=seed, start_us=BOARD_START_US)
         try:
@@ -247,7 +247,7 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
             fast.close()
         return
     if target == SIM:
-        from .sim.board import SimBoard
+        from ..sim.board import SimBoard
 
         fs = tmp_path / "board-fs"
         _deploy(fs, pulseline_bundle, _firmware(cfg))
@@ -273,7 +273,7 @@ def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path
     proxy = None
     port = target
     if faults:
-        from .faultproxy import FaultProxy
+        from ..targets.faultproxy import FaultProxy
 
         proxy = FaultProxy(target, faults, seed=seed).start()
         port = proxy.url
@@ -294,7 +294,7 @@ def _pulseline_flashed(pytestconfig: pytest.Config) -> bool:
     """--flash on a board on a port: `pulseline flash`, once per run."""
     if not pytestconfig.getoption("--flash"):
         return False
-    from .flash import FlashError
+    from ..targets.flash import FlashError
 
     target = pytestconfig.getoption("--target")
     try:
@@ -306,7 +306,7 @@ def _pulseline_flashed(pytestconfig: pytest.Config) -> bool:
 
 @pytest.fixture
 def session(board: Board, request: pytest.FixtureRequest) -> Iterator[Any]:
-    from .session import Session
+    from ..link.session import Session
 
     # The suite judges what the board answers, not how fast: a simulated
     # board on a loaded CI machine can be starved of a CPU or a disk for

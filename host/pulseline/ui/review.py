@@ -37,8 +37,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .exam_dir import Exam, display_window
-from .exams import how_it_ended, pulse_span
+from ..exam.exam_dir import Exam, display_window
+from ..exam.exams import how_it_ended, pulse_span
 from .view import DISPLAY_SCRIPT, PAGE, PageServer, display_pixels
 
 REVIEW_PAGE = PAGE.with_name("review_page.html")

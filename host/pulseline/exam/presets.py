@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import PulselineError
-from .mpcompat import import_firmware
-from .plant.timeline import WATER_CM_MAX, WATER_CM_MIN
+from ..errors import PulselineError
+from ..mpcompat import import_firmware
+from ..plant.timeline import WATER_CM_MAX, WATER_CM_MIN
 
 _controller = import_firmware("pulsefw.controller")
 _config = import_firmware("pulsefw.config")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .session import Session
+    from ..link.session import Session
 
 PAGE = 32  # records per read_journal answer (the firmware's maximum)
 

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from . import __version__
+from .. import __version__
 from .sr_templates import ANATOMIC_REGIONS
 
 RF_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.12.2")
@@ -173,7 +173,7 @@ class Geometry:
 
     @classmethod
     def of_firmware(cls) -> Geometry:
-        from .mpcompat import import_firmware
+        from ..mpcompat import import_firmware
 
         dose = import_firmware("pulsefw.dose")
         return cls(dose.SOURCE_IMAGE_DISTANCE_M * 1000.0, dose.SOURCE_ISOCENTRE_M * 1000.0, dose.PIXEL_PITCH_MM)

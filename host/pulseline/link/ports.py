@@ -21,7 +21,7 @@ def resolve(port: str, state_dir: Path | None = None) -> str:
     if port == "sim" or port.startswith("sim:"):
         # Only a simulated board's name needs the simulator's registry: a
         # session on anything else imports no simulator.
-        from .sim.board import STATE_DIR, find_board
+        from ..sim.board import STATE_DIR, find_board
 
         name = port[4:] or None
         return str(find_board(name, state_dir or STATE_DIR)["pty"])

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .errors import PulselineError
-from .frames import Frame
-from .session import Session, SessionError
+from ..errors import PulselineError
+from ..link.frames import Frame
+from ..link.session import Session, SessionError
 
 F32 = npt.NDArray[np.float32]
 
@@ -291,7 +291,7 @@ def calibrate(session: Session, *, dark_count: int = 16, flat_count: int = 32, k
     frames with the beam on at the session's technique (it presses and
     releases the switch, or asks the operator to). The board's technique is
     restored afterwards."""
-    from .mpcompat import import_firmware
+    from ..mpcompat import import_firmware
 
     controller = import_firmware("pulsefw.controller")
     if dark_count < 2 or flat_count < 2:

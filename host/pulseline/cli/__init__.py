@@ -17,10 +17,10 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import __version__
-from .errors import PulselineError
-from .protocol import PIXEL_FORMATS, wire
-from .sr_templates import ANATOMIC_REGIONS
+from .. import __version__
+from ..errors import PulselineError
+from ..exam.sr_templates import ANATOMIC_REGIONS
+from ..link.protocol import PIXEL_FORMATS, wire
 
 EXAMPLES = {
     "sim": """examples:
@@ -231,7 +231,7 @@ class _IntermixedParser(Parser):
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    from .assembler import crc_backend
+    from ..link.assembler import crc_backend
 
     info = {"pulseline": __version__, "protocol": wire.PROTOCOL_VERSION, "crc": crc_backend()}
     print(json.dumps(info) if args.json else "  ".join(f"{k} {v}" for k, v in info.items()))
@@ -239,7 +239,7 @@ def cmd_version(args: argparse.Namespace) -> int:
 
 
 def cmd_transcript(args: argparse.Namespace) -> int:
-    from . import evidence
+    from ..link import evidence
 
     records = evidence.read_transcript(args.transcript)
     if args.json:
@@ -256,9 +256,9 @@ def cmd_transcript(args: argparse.Namespace) -> int:
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from . import evidence
-    from .assembler import FrameAssembler
-    from .frames import Frame
+    from ..link import evidence
+    from ..link.assembler import FrameAssembler
+    from ..link.frames import Frame
 
     if args.output is not None:
         _check_can_write(args.output, directory=False)  # said before the work, not after it
@@ -318,7 +318,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def _sim_of_port(port: str) -> str | None:
     """The name of the running simulated board behind `port`, if any."""
-    from .sim.board import running_boards
+    from ..sim.board import running_boards
 
     for b in running_boards():
         if port in ("sim", f"sim:{b['name']}", b["pty"], b["url"], b["link_path"]):
@@ -327,7 +327,7 @@ def _sim_of_port(port: str) -> str | None:
 
 
 def _session(port: str) -> Any:
-    from .session import Session
+    from ..link.session import Session
 
     try:
         return Session(port)
@@ -336,7 +336,7 @@ def _session(port: str) -> Any:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from .sim import board as simboard
+    from ..sim import board as simboard
 
     if args.values and args.action != "set":
         raise CliError(f"sim {args.action} takes no {' '.join(args.values)!r} "
@@ -378,7 +378,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         raise CliError(str(exc)) from None
     # start: check the options here, so that a detached start fails at once
-    from .sim.link import parse_link
+    from ..sim.link import parse_link
 
     try:
         parse_link(args.link)
@@ -411,7 +411,7 @@ def _sim_detach(args: argparse.Namespace) -> int:
     import subprocess
     import time
 
-    from .sim import board as simboard
+    from ..sim import board as simboard
 
     try:
         name = simboard.check_name(args.name) if args.name else simboard.next_free_name()
@@ -467,7 +467,7 @@ def _sim_detach(args: argparse.Namespace) -> int:
 def cmd_ports(args: argparse.Namespace) -> int:
     from serial.tools import list_ports
 
-    from .sim.board import running_boards
+    from ..sim.board import running_boards
 
     real = []
     for p in sorted(list_ports.comports(), key=lambda p: p.device):
@@ -489,7 +489,7 @@ def cmd_ports(args: argparse.Namespace) -> int:
 
 
 def cmd_exam(args: argparse.Namespace) -> int:
-    from . import exams
+    from ..exam import exams
 
     if args.new and args.exam is not None:
         raise CliError("give --new or --exam, not both")
@@ -619,7 +619,7 @@ def _check_can_write(path: Path, *, directory: bool) -> None:
 
 
 def _identity(args: argparse.Namespace) -> Any:
-    from .dicom_rf import Identity
+    from ..exam.dicom_rf import Identity
 
     if args.study_uid and not re.fullmatch(r"[0-9]+(\.[0-9]+)*", args.study_uid or ""):
         raise CliError(f"--study-uid {args.study_uid!r} is not a DICOM UID (digits and dots)")
@@ -660,7 +660,7 @@ def _identity(args: argparse.Namespace) -> Any:
 
 def _capture_plan(args: argparse.Namespace) -> tuple[Any, dict[str, Any], float | None, float | None]:
     """(preset, settings, filter_alpha, water_cm) from the preset and the options (options win)."""
-    from .presets import get, load
+    from ..exam.presets import get, load
 
     preset = None
     settings: dict[str, Any] = {}
@@ -712,9 +712,10 @@ def _frame_count(args: argparse.Namespace, preset: Any, pps: float) -> int:
 def cmd_capture(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from . import calibration, display
-    from .capture import SaveError, capture, save, write_atomic
-    from .sim import board as simboard
+    from ..exam import calibration
+    from ..exam.capture import SaveError, capture, save, write_atomic
+    from ..sim import board as simboard
+    from ..ui import display
 
     preset, settings, _, water = _capture_plan(args)
     identity = _identity(args)
@@ -722,7 +723,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
         identity.protocol_name = str(getattr(preset, "name", preset))[:64]
     destination = None
     if args.send:
-        from .pacs import parse_destination
+        from ..exam.pacs import parse_destination
 
         try:
             destination = parse_destination(args.send)
@@ -836,7 +837,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def _print_capture(args: argparse.Namespace, cap: Any, summary: dict[str, Any], err: Any) -> None:
     from rich.console import Console
 
-    from . import display
+    from ..ui import display
 
     if args.json:
         print(json.dumps(summary))
@@ -856,7 +857,7 @@ def _print_capture(args: argparse.Namespace, cap: Any, summary: dict[str, Any], 
 def _capture_view(args: argparse.Namespace, s: Any, controls: Any) -> Any:
     """`capture --view`: the live view of this capture, marked as recording;
     the capture loop hands it each frame (it reads none itself)."""
-    from .view import LiveView, check_listen
+    from ..ui.view import LiveView, check_listen
 
     try:
         check_listen(args.listen, args.allow_remote)
@@ -877,7 +878,7 @@ def _listen_checked(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argpa
     """`cmd`, refusing first (before any board is opened) a live view's
     --listen beyond this machine without --allow-remote."""
     def checked(args: argparse.Namespace) -> int:
-        from .view import check_listen
+        from ..ui.view import check_listen
 
         # capture: only with --view; view EXAM (a review) says its own
         if getattr(args, "view", True) and getattr(args, "exam", None) is None:
@@ -912,7 +913,7 @@ def _rescue(cap: Any) -> str:
 
     if not cap.frames:
         return ""
-    from .capture import write_atomic
+    from ..exam.capture import write_atomic
 
     stack = np.stack([f.pixels for f in cap.frames])
     for where in (Path.cwd(), Path(tempfile.gettempdir())):
@@ -926,7 +927,7 @@ def _rescue(cap: Any) -> str:
 
 
 def _send(args: argparse.Namespace, summary: dict[str, Any], destination: tuple[str, int]) -> dict[str, Any]:
-    from .pacs import PacsError, send
+    from ..exam.pacs import PacsError, send
 
     host, port = destination
     files = [args.output / summary["files"][k] for k in ("dicom_rf", "dose_sr") if summary["files"].get(k)]
@@ -942,9 +943,9 @@ def _send(args: argparse.Namespace, summary: dict[str, Any], destination: tuple[
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from . import calibration
-    from .capture import capture
-    from .sim import board as simboard
+    from ..exam import calibration
+    from ..exam.capture import capture
+    from ..sim import board as simboard
 
     _check_can_write(args.dir or calibration.calibration_dir(), directory=True)  # before the board hears anything
     s = _session(args.port)
@@ -1004,7 +1005,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from .monitor import monitor
+    from ..ui.monitor import monitor
 
     s = _session(args.port)  # (--duration is checked by its type)
 
@@ -1023,7 +1024,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 def _sim_controls(port: str) -> Any:
     """The simulated hardware behind `port`, if it is a running simulated
     board (by name, pty, link or URL); None for anything else."""
-    from .sim.board import SimControl, running_boards
+    from ..sim.board import SimControl, running_boards
 
     name = None
     if port == "sim" or port.startswith("sim:"):
@@ -1071,9 +1072,9 @@ def _serve_page(view: Any, args: argparse.Namespace, log: Callable[[str], None],
 
 def cmd_review(args: argparse.Namespace) -> int:
     """A recorded run (an exam directory) in the browser: the review."""
-    from .exam_dir import read_exam
-    from .review import RISK, WHAT, ReviewView
-    from .view import check_listen
+    from ..exam.exam_dir import read_exam
+    from ..ui.review import RISK, WHAT, ReviewView
+    from ..ui.view import check_listen
 
     try:
         check_listen(args.listen, args.allow_remote, what=WHAT, risk=RISK)
@@ -1093,9 +1094,9 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from . import ports
-    from .session import Session
-    from .view import LiveView
+    from ..link import ports
+    from ..link.session import Session
+    from ..ui.view import LiveView
 
     if args.exam is not None:  # an exam directory, not a board: its review
         if args.port is not None:
@@ -1128,7 +1129,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from .presets import load
+    from ..exam.presets import load
 
     presets = load(args.presets)
     if args.json:
@@ -1146,7 +1147,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_flash(args: argparse.Namespace) -> int:
-    from .flash import flash, handshake, mpy_cross_version, plan_offline
+    from ..targets.flash import flash, handshake, mpy_cross_version, plan_offline
 
     if args.port is None:
         if not (args.dry_run and args.board):
@@ -1194,8 +1195,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise CliError("export needs --mp4 FILE, --contact-sheet FILE.png, or both")
     if args.burn_in and not args.mp4:
         raise CliError("--burn-in goes with --mp4 (it burns the time and dose into the video's frames)")
-    from .exam_dir import read_exam
-    from .export import ExportError, export_contact_sheet, export_mp4
+    from ..exam.exam_dir import read_exam
+    from ..exam.export import ExportError, export_contact_sheet, export_mp4
 
     for out in (args.mp4, args.contact_sheet):
         if out is not None:
@@ -1236,10 +1237,10 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._native import lib as native
-    from .mpcompat import import_firmware
-    from .plant.timeline import WATER_CM_MAX, WATER_CM_MIN
-    from .presets import MAX_DURATION_S, MAX_FRAMES
+    from .._native import lib as native
+    from ..exam.presets import MAX_DURATION_S, MAX_FRAMES
+    from ..mpcompat import import_firmware
+    from ..plant.timeline import WATER_CM_MAX, WATER_CM_MIN
 
     # The limits are the firmware's, the native assembler's and the plant's
     # own: the host refuses what they would, before anything is sent.
@@ -1468,7 +1469,3 @@ def main(argv: list[str] | None = None) -> int:
         except BrokenPipeError:  # the reader of our output went away (e.g. | head)
             sys.stderr.close()
             return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._native import ffi, lib
+from .._native import ffi, lib
 from .frames import COUNTER_NAMES, REASONS, AssemblerConfig, Frame
 from .protocol import Packet, Trailer
 

@@ -1,0 +1,7 @@
+"""python -m pulseline.cli: the pulseline command."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -1,0 +1,4 @@
+"""The pytest plugin for the hil suite (registered as a pytest11 entry point).
+
+Top layer, beside cli: may import every layer below.
+"""
