@@ -222,7 +222,7 @@ def test_with_seeded_link_faults_lost_lines_are_exactly_the_damaged_ones(tmp_pat
             cap = capture(s, 12, press=board.press, release=board.release)
             time.sleep(0.3)
         sent, got = bytes(board.sent_to_host), bytes(board.delivered_to_host)
-        log = board._to_host.faults_log if board._to_host is not None else []
+        log = board.link_faults()
     assert cap.error is None, cap.error
     assert log, "the seed injected no fault: choose another"
     frames = {f.frame_id: f for f in cap.frames}

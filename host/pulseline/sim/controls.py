@@ -6,6 +6,7 @@ exposure switch is one of its inputs."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Any
 
 
 class PlantControls(ABC):
@@ -15,6 +16,10 @@ class PlantControls(ABC):
     def set_input(self, name: str, value: float | bool) -> int:
         """Set a plant input (switch, door_closed, key_on, water_cm, a
         fault...); returns the plant time at which it takes effect."""
+
+    @abstractmethod
+    def plant_status(self) -> dict[str, Any]:
+        """The plant's state now: its time (t_us), inputs, dose meter..."""
 
     def press(self) -> int:
         """Press and hold the exposure switch."""
