@@ -33,30 +33,11 @@ class FrameAssembler:
     >>> asm.counters["lines_lost"]
     """
 
-    def __init__(
-        self,
-        pixels_per_line: int,
-        lines_per_frame: int,
-        pixel_format: str | int = "mono12p",
-        *,
-        max_frames_in_flight: int = 4,
-        dark: Any = None,
-        flat: Any = None,
-        defect_map: Any = None,
-        filter_alpha: float | None = None,
-        centre_fraction: float = 0.5,
-    ) -> None:
-        cfg = AssemblerConfig.build(
-            pixels_per_line,
-            lines_per_frame,
-            pixel_format,
-            max_frames_in_flight=max_frames_in_flight,
-            dark=dark,
-            flat=flat,
-            defect_map=defect_map,
-            filter_alpha=filter_alpha,
-            centre_fraction=centre_fraction,
-        )
+    def __init__(self, pixels_per_line: int, lines_per_frame: int, pixel_format: str | int = "mono12p",
+                 **options: Any) -> None:
+        # The keyword options are AssemblerConfig.build's: named, defaulted
+        # and checked there only (ReferenceAssembler takes them the same way).
+        cfg = AssemblerConfig.build(pixels_per_line, lines_per_frame, pixel_format, **options)
         self.config = cfg
         c = ffi.new("pl_config *")
         c.pixels_per_line = cfg.pixels_per_line

@@ -94,6 +94,22 @@ REDIRECT_PAGE = """<!doctype html>
 <title>pulseline {what}</title></head>
 <body><a href="{url}">the {what}</a></body></html>
 """
+# What is around each page's own markup (view_page.html, review_page.html:
+# the body), written once for both: the title names the page, the token (put
+# in where it says __TOKEN__) is in a meta element for the page's script's
+# requests and in the address of each style and script it is served with.
+# No inline script or style: the CSP allows none.
+PAGE_FRAME = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>pulseline {what}</title>
+<meta name="pulseline-token" content="__TOKEN__">
+{styles}</head>
+<body>
+{body}{scripts}</body>
+</html>
+"""
 STATUS_EVERY_S = 1.0  # the displays refresh at least this often, exposing or not
 RETRY_S = 2.0  # how often a view without a board tries to open it
 ACK_TIMEOUT_S = 1.0  # a tab that has not said it drew a frame gets the next one after this long anyway
@@ -383,6 +399,15 @@ class _Guard:
             await send({"type": "websocket.close", "code": 1008})
 
 
+def page_html(page: Path, files: tuple[Path, ...], what: str) -> str:
+    """A page as served, but for the token: `page`'s markup in PAGE_FRAME,
+    with the styles among `files` in its head and the scripts after the
+    markup, each in the order given."""
+    styles = "".join(f'<link rel="stylesheet" href="/{f.name}?token=__TOKEN__">\n' for f in files if f.suffix == ".css")
+    scripts = "".join(f'<script src="/{f.name}?token=__TOKEN__"></script>\n' for f in files if f.suffix == ".js")
+    return PAGE_FRAME.format(what=html.escape(what), styles=styles, body=page.read_text(), scripts=scripts)
+
+
 class PageServer(ABC):
     """One of pulseline's pages served on this machine, behind _Guard: at
     http://HOST:PORT/?token=TOKEN (`url`), the token made anew for each
@@ -416,11 +441,11 @@ class PageServer(ABC):
         """The page's own routes (its page, scripts and API): each kind of page says them."""
 
     def _page_routes(self, page: Path, *files: Path) -> list[BaseRoute]:
-        """`page` at / (the token put in where it says __TOKEN__: for its
-        script's requests, and its script's and style's addresses), and each
-        of `files` (scripts, styles) at /NAME."""
+        """`page` at / (its markup in PAGE_FRAME, which links `files`' styles
+        and scripts in their order, the token put in where it says
+        __TOKEN__), and each of `files` (scripts, styles) at /NAME."""
         async def serve_page(request: Request) -> HTMLResponse:
-            return HTMLResponse(page.read_text().replace("__TOKEN__", self.token))
+            return HTMLResponse(page_html(page, files, self.what).replace("__TOKEN__", self.token))
 
         def serve_file(path: Path) -> Callable[[Request], Any]:
             media_type = {".js": "text/javascript", ".css": "text/css"}[path.suffix]

@@ -314,16 +314,20 @@ class SimStorage:
         return self.store.read(name)
 
     def append(self, name, data):
-        self.port.storage_writing(True)
-        try:
-            self.store.append(name, data)
-        finally:
-            self.port.storage_writing(False)
+        self._write(name, data, True)
 
     def replace(self, name, data):
+        self._write(name, data, False)
+
+    def _write(self, name, data, append):
+        # A flag, not the store's bound method passed in: that would be an
+        # object made on every write.
         self.port.storage_writing(True)
         try:
-            self.store.replace(name, data)
+            if append:
+                self.store.append(name, data)
+            else:
+                self.store.replace(name, data)
         finally:
             self.port.storage_writing(False)
 
