@@ -132,8 +132,8 @@ def test_exit_to_repl_stops_the_firmware_and_a_soft_reset_brings_it_back(board, 
         pytest.skip("the fast target has no REPL to exit to")
     from mpremote.transport_serial import SerialTransport
 
-    from pulseline.link.ports import resolve
     from pulseline.link.session import wait_for_firmware
+    from pulseline.targets import resolve_port as resolve
     from pulseline.targets.flash import flash
 
     session.command("exit_to_repl")

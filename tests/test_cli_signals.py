@@ -22,7 +22,7 @@ import tifffile
 
 from pulseline.link.session import wait_for_firmware
 from pulseline.sim.board import SimBoard
-from pulseline.testing.plugin import _deploy
+from pulseline.targets.simboard import deploy_files as _deploy
 
 pytestmark = pytest.mark.micropython
 

@@ -26,7 +26,7 @@ import pytest
 from pulseline.link.session import BoardAtRepl, Session, wait_for_firmware
 from pulseline.mpcompat import import_firmware
 from pulseline.sim.board import SimBoard
-from pulseline.testing.plugin import _deploy
+from pulseline.targets.simboard import deploy_files as _deploy
 
 journal = import_firmware("pulsefw.journal")
 

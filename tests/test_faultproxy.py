@@ -12,7 +12,7 @@ from pulseline.link.frames import Frame
 from pulseline.link.session import Session, wait_for_firmware
 from pulseline.sim.board import SimBoard
 from pulseline.targets.faultproxy import FaultProxy
-from pulseline.testing.plugin import _deploy
+from pulseline.targets.simboard import deploy_files as _deploy
 
 pytestmark = pytest.mark.micropython
 

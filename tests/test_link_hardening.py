@@ -19,7 +19,7 @@ import pytest
 from pulseline.link.protocol import codes, wire
 from pulseline.link.session import Session, wait_for_firmware
 from pulseline.sim.board import SimBoard
-from pulseline.testing.plugin import _deploy
+from pulseline.targets.simboard import deploy_files as _deploy
 
 
 def _answer(seq: int, body: dict) -> bytes:

@@ -84,7 +84,7 @@ def _failed_transcripts(evidence: Path) -> str:
 
 def test_a_hardware_target_skips_the_plant(tmp_path):
     from pulseline.sim.board import SimBoard
-    from pulseline.testing.plugin import _deploy
+    from pulseline.targets.simboard import deploy_files as _deploy
 
     _deploy(tmp_path / "fs", None)
     with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st") as b:

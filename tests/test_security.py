@@ -53,7 +53,7 @@ from pulseline.link.session import Session, wait_for_firmware
 from pulseline.plant import Plant, PlantConfig, Timeline
 from pulseline.sim.board import BoardInUse, SimBoard, SimControl, running_boards
 from pulseline.sim.plantserver import PlantServer, hal_sim
-from pulseline.testing.plugin import _deploy
+from pulseline.targets.simboard import deploy_files as _deploy
 from pulseline.ui.view import LiveView
 
 # -- the live view -----------------------------------------------------------------------------

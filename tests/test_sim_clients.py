@@ -22,7 +22,7 @@ import pytest
 
 from pulseline.link.session import Session, wait_for_firmware
 from pulseline.sim.board import MAX_CLIENT_BACKLOG, MAX_CONTROL_LINE, SimControl
-from pulseline.testing.plugin import _deploy
+from pulseline.targets.simboard import deploy_files as _deploy
 
 pytestmark = pytest.mark.micropython
 

@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 from pulseline.link.session import Session, wait_for_firmware
 from pulseline.sim.board import SimBoard
-from pulseline.testing.plugin import _deploy
+from pulseline.targets.simboard import deploy_files as _deploy
 from pulseline.ui.view import LiveView, encode_frame
 
 pytestmark = pytest.mark.micropython

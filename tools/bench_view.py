@@ -66,7 +66,7 @@ def _measure(session: Any, board: Any, view: Any, page: Any, pps: float) -> dict
 def run(r: Any) -> None:
     from pulseline.link.session import Session, wait_for_firmware
     from pulseline.sim.board import SimControl, find_board, wait_stopped
-    from pulseline.testing.plugin import _deploy
+    from pulseline.targets.simboard import deploy_files as _deploy
     from pulseline.ui.view import LiveView
 
     print("(G) live view in headless Chromium: 256x256 Mono12p over usb-hs, "

@@ -2,7 +2,7 @@
 protocol, configure, arm, and receive frames (assembled by the native
 assembler), their trailers, and the board's events.
 
-    with Session("sim") as s:            # or "/dev/ttyACM0", "socket://..."
+    with Session("/dev/ttyACM0") as s:   # or "socket://...", or a target's open_session()
         s.configure(pulses_per_s=7.5)
         s.arm()
         ...                              # the operator presses the switch
@@ -12,9 +12,14 @@ A reader thread takes the bytes off the port and feeds the assembler; a
 heartbeat keeps the board's link alive (it stops exposure after 200 ms of
 silence). Responses are matched to commands by sequence number.
 
-On a board in virtual time (`fastsim://`, the fast simulator) there are no
-threads: every wait (an answer, an event, a frame, `sleep`) advances the
-board and takes its bytes in the waiting thread, and times are the board's.
+The session is given a port (a device path or pyserial URL: a simulated
+board's name is resolved by pulseline.targets) and a clock (or takes the one
+its transport offers). On a board in virtual time (link.clock.VirtualClock:
+the fast simulator) there are no threads: every wait (an answer, an event,
+a frame, `sleep`) advances the board and takes its bytes in the waiting
+thread, and times are the board's.
+
+May import only the base and the link layer: no simulator, no plant.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import json
 import math
 import os
 import queue
-import secrets
 import struct
 import threading
 import time
@@ -34,14 +38,11 @@ from typing import Any
 import serial
 
 from ..errors import PulselineError
-from . import ports
 from .assembler import FrameAssembler
+from .clock import WALL, Clock
 from .evidence import TO_BOARD, TO_HOST, Recorder
 from .frames import Frame
 from .protocol import Packet, codes, wire
-
-if "pulseline.sim" not in serial.protocol_handler_packages:
-    serial.protocol_handler_packages.append("pulseline.sim")  # fastsim:// (sim/protocol_fastsim.py)
 
 OPCODES = {name: op for op, name in codes.OP_NAMES.items()}
 # The board stops emission after 200 ms without a word from the host. A
@@ -102,28 +103,34 @@ class Event:
 
 class Session:
     def __init__(self, port: str, *, answer_timeout_s: float = 2.0, heartbeat: bool = True,
-                 handshake: bool = True, record: bool = False) -> None:
-        self.port = port
+                 handshake: bool = True, record: bool = False, clock: Clock | None = None,
+                 label: str | None = None) -> None:
+        # What messages call the board (what the user gave: "sim:a", say),
+        # and the device or URL opened.
+        self.port = label or port
+        self.device = port
         # With record: every byte both ways and the last frames, for a test's
         # evidence (pulseline.link.evidence).
         self.recorder: Recorder | None = Recorder() if record else None
         self.answer_timeout_s = answer_timeout_s
-        target = ports.resolve(port)
+        if not port:
+            raise SessionError("no port given (a device path, a pyserial URL, or 'sim')")
         try:
             # Exclusive on a device: a second program on the same board would
             # steal its bytes (pyserial takes a lock on POSIX).
-            kwargs: dict[str, Any] = {} if "://" in target else {"exclusive": True}
-            self.serial = serial.serial_for_url(target, baudrate=115200, timeout=0.02, write_timeout=2, **kwargs)
+            kwargs: dict[str, Any] = {} if "://" in port else {"exclusive": True}
+            self.serial = serial.serial_for_url(port, baudrate=115200, timeout=0.02, write_timeout=2, **kwargs)
         except (serial.SerialException, ValueError) as exc:
             text = str(exc)
             if "exclusively lock" in text or "Resource temporarily unavailable" in text:
-                raise SessionError(f"port {port} is busy: another program has it open") from None
+                raise SessionError(f"port {self.port} is busy: another program has it open") from None
             code = getattr(exc, "errno", None)
             if isinstance(code, int) and code > 0:  # pyserial repeats the port and errno: say it once
-                raise SessionError(f"cannot open port {port}: {os.strerror(code)}") from None
-            raise SessionError(f"cannot open port {port}: {exc}") from None
-        # A board in virtual time (the fast simulator), or None for real time.
-        self.virtual: Any = getattr(self.serial, "virtual", None)
+                raise SessionError(f"cannot open port {self.port}: {os.strerror(code)}") from None
+            raise SessionError(f"cannot open port {self.port}: {exc}") from None
+        # The board's time: given, or the transport's own (a board in virtual
+        # time offers one), or the wall clock.
+        self.clock: Clock = clock or getattr(self.serial, "clock", None) or WALL
         self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self._responses: dict[int, tuple[int, Any]] = {}
@@ -131,14 +138,10 @@ class Session:
         # waits for (an answer meant for an earlier command, or for an
         # earlier session's, is never taken for the current one), and the
         # handshake's answer must carry this session's id. Sequence numbers
-        # start anywhere (on a virtual board at 0: its runs are a function
-        # of the seed, so their ids are counted).
-        if self.virtual is not None:
-            self.session_id = self.virtual.next_session_id()
-            self._seq = 0
-        else:
-            self.session_id = secrets.token_hex(8)
-            self._seq = secrets.randbelow(0x10000)
+        # start anywhere (in virtual time at 0: its runs are a function of
+        # the seed, so their ids are counted).
+        self.session_id = self.clock.session_id()
+        self._seq = self.clock.first_seq()
         self._pending: set[int] = set()
         self._ignore: set[int] = set()
         self.stale_answers = 0
@@ -169,10 +172,10 @@ class Session:
         self._closed = threading.Event()
         self._reader: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
-        if self.virtual is not None:
+        if self.clock.virtual:
             # The board's own stand-in host sends the heartbeat in virtual time.
             heartbeat = False
-            self.virtual.on_output(self._pump)
+            self.clock.attach(self._pump)
         else:
             self._reader = threading.Thread(target=self._read_loop, name="session-reader", daemon=True)
             self._reader.start()
@@ -229,40 +232,19 @@ class Session:
         if data:
             self._receive(data)
 
-    # -- time: the board's own on a virtual board, the wall clock otherwise --------------
+    # -- time: the board's clock -----------------------------------------------------------
 
     def now(self) -> float:
         """Seconds on the target's clock."""
-        v = self.virtual
-        return v.now_us / 1e6 if v is not None else time.monotonic()
+        return self.clock.now()
 
     def sleep(self, seconds: float) -> None:
-        if self.virtual is not None:
-            self.virtual.sleep(seconds)
-        else:
-            time.sleep(seconds)
+        self.clock.sleep(seconds)
 
     def _wait(self, ready: Any, timeout_s: float) -> bool:
         """Until ready() (checked under the session's lock) or timeout_s of
-        target time; whether it became ready."""
-        v = self.virtual
-        if v is None:
-            deadline = time.monotonic() + timeout_s
-            with self._cond:
-                while not ready():
-                    left = deadline - time.monotonic()
-                    if left <= 0 or self.error:
-                        return bool(ready())
-                    self._cond.wait(left)
-                return True
-        end_us = v.now_us + round(timeout_s * 1e6)
-        while True:
-            with self._cond:
-                if ready():
-                    return True
-            if v.now_us >= end_us or self.error:
-                return False
-            v.advance(min(v.step_us, end_us - v.now_us))  # the virtual board's own step
+        target time, or the link is lost; whether it became ready."""
+        return self.clock.wait(self._cond, ready, timeout_s, lambda: self.error)
 
     def _packet(self, p: Packet) -> None:
         if p.type == wire.PKT_RESPONSE and len(p.payload) >= wire.RESPONSE_HEAD_SIZE:
@@ -274,7 +256,7 @@ class Session:
                     body = json.loads(text)
                 except ValueError:
                     body = text
-            if self.virtual is not None and cseq >= 0x8000:
+            if cseq >= self.clock.board_seq_base:
                 return  # the virtual board's own heartbeat, answered
             with self._cond:
                 if cseq in self._ignore:
@@ -320,7 +302,7 @@ class Session:
         with self._write_lock:
             seq = self._seq
             # On a virtual board the stand-in host's heartbeat has the upper half.
-            self._seq = (self._seq + 1) & (0x7FFF if self.virtual is not None else 0xFFFF)
+            self._seq = (self._seq + 1) % self.clock.board_seq_base
             with self._cond:
                 if ignore_answer:
                     self._ignore.add(seq)
@@ -386,11 +368,7 @@ class Session:
 
     def restart_hint(self) -> str:
         """How to start the firmware again on this board."""
-        try:
-            device = ports.resolve(self.port)
-        except ValueError:
-            device = self.port
-        return (f"restart it with: mpremote connect {device} reset (or flash it, if it has no firmware yet: "
+        return (f"restart it with: mpremote connect {self.device} reset (or flash it, if it has no firmware yet: "
                 f"pulseline flash --port {self.port})")
 
     def stopped_message(self) -> str:
@@ -533,7 +511,7 @@ class Session:
 
     def next_frame(self, timeout_s: float) -> Frame | None:
         try:
-            if self.virtual is not None:
+            if self.clock.virtual:
                 self._wait(lambda: not self.frames.empty(), timeout_s)
                 return self.frames.get_nowait()
             return self.frames.get(timeout=timeout_s)
@@ -586,8 +564,7 @@ class Session:
             self._heartbeat.join(timeout=1)
         if self._reader is not None:
             self._reader.join(timeout=1)
-        if self.virtual is not None:
-            self.virtual.off_output(self._pump)
+        self.clock.detach(self._pump)
         self.serial.close()
 
     def __enter__(self) -> Session:

@@ -18,6 +18,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import serial
+
+from ..link.clock import VirtualClock
 from ..plant import Plant, PlantConfig, Timeline
 from .controls import PlantControls
 from .fast import FastSim
@@ -27,6 +30,11 @@ from .fast import FastSim
 HEARTBEAT_SEQ_BASE = 0x8000
 STEP_US = 2_000  # how far a waiting host advances the board at a time
 HEARTBEAT_US = 100_000  # a ping every 100 ms: a host in virtual time is never late (the session's: 50 ms)
+
+# A fast board opens as `fastsim://NAME` (protocol_fastsim.py) in the process
+# that made it.
+if "pulseline.sim" not in serial.protocol_handler_packages:
+    serial.protocol_handler_packages.append("pulseline.sim")
 
 _BOARDS: dict[str, FastBoard] = {}
 _LOCK = threading.Lock()
@@ -48,6 +56,7 @@ class FastBoard(PlantControls):
         self.opened = False
         self._pumps: list[Callable[[], None]] = []
         self._sessions = itertools.count(1)
+        self.clock = VirtualClock(self)  # the board's time, for its sessions and tests
         with _LOCK:
             if self.name in _BOARDS:
                 raise ValueError(f"a fast board called {self.name} exists already")

@@ -3,8 +3,8 @@ process, in virtual time) opened like any port. Found by pyserial through
 `serial.protocol_handler_packages` (the session registers this package).
 
 The port does not run the board by itself: reads return what the board
-has sent so far, and `virtual` is the FastBoard, whose `advance` the
-session calls when it waits."""
+has sent so far, and `clock` is the FastBoard's virtual clock, which the
+session moves when it waits."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from serial import SerialBase, SerialException
 
 
 class Serial(SerialBase):
-    virtual: Any = None
+    virtual: Any = None  # the FastBoard
+    clock: Any = None  # its VirtualClock: the session's clock
 
     def open(self) -> None:
         from .fastboard import find
@@ -32,6 +33,7 @@ class Serial(SerialBase):
             raise SerialException(f"could not exclusively lock port {url}: Resource temporarily unavailable")
         board.opened = True
         self.virtual = board
+        self.clock = board.clock
         self.is_open = True
 
     def close(self) -> None:

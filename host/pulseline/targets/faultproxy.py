@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import serial
 
-from ..link import ports
 from ..sim.link import LinkDirection, parse_link
 
 POLL_S = 0.001
@@ -61,7 +60,9 @@ class FaultProxy:
         return list(self.to_host.faults_log)
 
     def start(self) -> FaultProxy:
-        target = ports.resolve(self.port)
+        from . import resolve_port
+
+        target = resolve_port(self.port)
         kwargs: dict[str, Any] = {} if "://" in target else {"exclusive": True}
         try:
             self._board = serial.serial_for_url(target, baudrate=115200, timeout=0, **kwargs)

@@ -196,10 +196,10 @@ def _transport(port: str) -> Any:
     from mpremote.transport import TransportError
     from mpremote.transport_serial import SerialTransport
 
-    from ..link.ports import resolve
+    from . import resolve_port
 
     try:
-        t = SerialTransport(resolve(port), baudrate=115200)
+        t = SerialTransport(resolve_port(port), baudrate=115200)
     except Exception as exc:  # mpremote raises its own and pyserial's errors
         raise FlashError(f"cannot open port {port}: {exc}") from None
     # mpremote reads a pty without a timeout; with one, a board that never

@@ -7,6 +7,10 @@ pulseline is installed; its fixtures only start anything when a test asks).
     pytest hil_tests --target /dev/ttyACM0             a real board (or any pyserial URL)
     pytest hil_tests --target sim --seed 7 --evidence out/
 
+The board comes from pulseline.targets (`create`: one Target per kind), and
+the fixtures ask the Target (its clock, controls, link faults, evidence),
+never which kind it is.
+
 Fixtures: `board` (the device under test), `session` (an open host session),
 `plant` (the simulated hardware; a test that takes it is skipped on
 hardware), `clock` (the target's time), `evidence_dir` (where a test keeps
@@ -19,14 +23,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ..sim.controls import PlantControls
 
 SIM = "sim"
 FAST = "fast"
@@ -76,68 +80,71 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @dataclass
 class Board:
-    """The device under test: its port, its firmware, and how to reset it."""
+    """The device under test, as a test sees it: its port, its firmware, how
+    to reset and flash it; `dut` is its Target (pulseline.targets)."""
 
-    target: str
+    target: str  # the --target given: sim, fast, or a port
     port: str
     seed: int
     firmware: dict[str, Any] = field(default_factory=dict)  # hello: firmware, firmware_hash, serial, ...
-    sim: Any = None  # the SimBoard or FastBoard, on a simulated target
-    proxy: Any = None  # the FaultProxy in front of a real board, with link_faults
+    dut: Any = None  # the Target
     flashed: bool = False  # whether the plugin deployed the compiled bundle (what `pulseline flash` copies)
 
     def link_faults(self) -> list[Any]:
         """Every fault injected on the board->host link so far (ground truth)."""
-        if self.proxy is not None:
-            return list(self.proxy.faults_log)
-        to_host = getattr(self.sim, "_to_host", None)
-        return list(to_host.faults_log) if to_host is not None else []
+        return list(self.dut.link_faults())
 
     @property
     def simulated(self) -> bool:
-        return self.sim is not None
+        return bool(self.dut.simulated)
+
+    @property
+    def sim(self) -> Any:
+        """The simulated hardware's controls (None on hardware)."""
+        return self.dut.controls
 
     def flash(self, source: Path | None = None) -> Any:
         """`pulseline flash` on this board: compile the firmware (the
         package's, or the tree `source`), copy what differs, verify by hash,
         restart, and wait for the handshake of exactly that bundle. Returns
         the flash plan (what was copied and removed)."""
-        import tempfile
+        from ..targets import TargetError
 
-        from ..targets.flash import FIRMWARE, flash, handshake
-
-        if self.target == FAST:
-            pytest.skip("the fast target runs the firmware in process: nothing to flash")
-        with tempfile.TemporaryDirectory(prefix="pulseline-flash-") as build:
-            plan = flash(self.port, build_dir=Path(build), log=lambda m: None, source=source or FIRMWARE)
-        self.firmware = handshake(self.port, expect_hash=plan.firmware_hash)
+        try:
+            plan, self.firmware = _flash(self.dut, source)
+        except TargetError as exc:
+            pytest.skip(str(exc))
         return plan
 
     def reset(self) -> dict[str, Any]:
         """Restart the board and wait for its handshake (the reboot command)."""
-        from ..link.session import Session, wait_for_firmware
-
-        with Session(self.port, heartbeat=False) as s:
-            s.command("reboot")
-        self.firmware = wait_for_firmware(self.port, timeout_s=60)
+        self.firmware = self.dut.reset()
         return self.firmware
 
 
-class Plant:
-    """The simulated hardware of a sim target, in one API."""
+def _flash(dut: Any, source: Path | None) -> tuple[Any, dict[str, Any]]:
+    import tempfile
+
+    from ..targets.flash import FIRMWARE, handshake
+
+    with tempfile.TemporaryDirectory(prefix="pulseline-flash-") as build:
+        plan = dut.flash(source or FIRMWARE, build_dir=Path(build), log=lambda m: None)
+    return plan, handshake(dut.port, expect_hash=plan.firmware_hash)
+
+
+class Plant(PlantControls):
+    """The simulated hardware of a simulated target, as a test works it:
+    the target's controls, with scripting ahead of time and the model."""
 
     def __init__(self, sim: Any) -> None:
         self._sim = sim
         self.model = sim.plant  # the plant model itself: pulses, meter, detector maps
 
-    def press(self) -> int:
-        return int(self._sim.press())
-
-    def release(self) -> int:
-        return int(self._sim.release())
+    def set_input(self, name: str, value: float | bool, at_us: int | None = None) -> int:
+        return int(self._sim.set_input(name, value) if at_us is None else self._sim.set_input(name, value, at_us=at_us))
 
     def set(self, name: str, value: float | bool) -> int:
-        return int(self._sim.set_input(name, value))
+        return self.set_input(name, value)
 
     def at(self, seconds_from_now: float, name: str, value: float | bool) -> int:
         """Script an input or a fault ahead of time (a timeline entry: door,
@@ -145,7 +152,7 @@ class Plant:
         happens at an exact moment whatever the test is doing; returns its
         plant time."""
         t = int(self.status()["t_us"]) + max(1, round(seconds_from_now * 1e6))
-        return int(self._sim.set_input(name, value, at_us=t))
+        return self.set_input(name, value, at_us=t)
 
     def stall(self, seconds: float) -> int:
         """Freeze the firmware for this long, as a hung control loop (the
@@ -156,36 +163,10 @@ class Plant:
         """Plant time at which each stall actually froze the firmware."""
         return list(self._sim.stalls)
 
-    def status(self) -> dict[str, Any]:
+    def plant_status(self) -> dict[str, Any]:
         return dict(self._sim.plant_status())
 
-
-class Clock:
-    """The target's time: virtual time on the fast target, wall time on the
-    others. Every wait in a test goes through here, so one test file means
-    the same on both."""
-
-    def __init__(self, virtual: Any = None) -> None:
-        self.virtual = virtual  # a FastBoard, or None
-
-    def now(self) -> float:
-        return self.virtual.now_us / 1e6 if self.virtual is not None else time.monotonic()
-
-    def sleep(self, seconds: float) -> None:
-        if self.virtual is not None:
-            self.virtual.sleep(seconds)  # the board runs, the sessions take its output
-        else:
-            time.sleep(seconds)
-
-    def wait_for(self, predicate: Callable[[], Any], timeout_s: float, what: str = "the condition") -> Any:
-        deadline = self.now() + timeout_s
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if self.now() >= deadline:
-                raise AssertionError(f"{what} did not hold within {timeout_s:g} s of target time")
-            self.sleep(0.02)
+    status = plant_status  # (what tests call it)
 
 
 @pytest.fixture(scope="session")
@@ -208,85 +189,41 @@ def _firmware(config: pytest.Config) -> Path:
     return chosen if chosen is not None else FIRMWARE
 
 
-def _deploy(fs: Path, bundle: Path | None, source: Path | None = None) -> None:
-    """The simulated board's filesystem: a bundle built for it, or the
-    source tree's files for its platform (no other board's folder)."""
-    from ..targets.flash import FIRMWARE, copy_source
-
-    if bundle is None:
-        copy_source(fs, "linux", source or FIRMWARE)
-        return
-    fs.mkdir(parents=True, exist_ok=True)
-    for name in ("boot.py", "main.py"):
-        shutil.copy(bundle / name, fs)
-    shutil.copytree(bundle / "pulsefw", fs / "pulsefw", ignore=shutil.ignore_patterns("__pycache__"))
-
-
 @pytest.fixture
 def board(request: pytest.FixtureRequest, tmp_path: Path, pulseline_bundle: Path | None) -> Iterator[Board]:
     """A fresh board per test. On sim: a new simulated board (own pty, own
     filesystem, the seeded plant), so tests never see each other's state and
-    run in parallel under xdist. On hardware: the board on --target, reset."""
-    from ..link.session import wait_for_firmware
+    run in parallel under xdist. On fast: a new board in this process. On
+    hardware: the board on --target, reset."""
+    from .. import targets
 
     cfg = request.config
-    target, seed = cfg.getoption("--target"), int(cfg.getoption("--seed"))
+    spec, seed = cfg.getoption("--target"), int(cfg.getoption("--seed"))
     marker = request.node.get_closest_marker("link_faults")
     faults = str(marker.args[0]) if marker is not None else ""
-    if target == FAST:
-        if faults:
-            pytest.skip("link faults: the fast target has no link (use sim or a board)")
-        from ..sim.fastboard import FastBoard
-
-        fast = FastBoard(seed=seed, start_us=BOARD_START_US)
+    flashed = pulseline_bundle is not None if spec == SIM else spec != FAST and bool(cfg.getoption("--flash"))
+    if spec not in SIMULATED:
+        # A board on a port: flashed once per run (with --flash), then
+        # restarted before each test, so that every test starts from a
+        # booted board, as on the simulated targets (its journal, like a
+        # board's, stays).
+        request.getfixturevalue("_pulseline_flashed")
         try:
-            b = Board(target, fast.url, seed, wait_for_firmware(fast.url, timeout_s=5), fast)
-            yield b
-        finally:
-            _evidence(request, b if "b" in locals() else None)
-            fast.close()
-        return
-    if target == SIM:
-        from ..sim.board import SimBoard
-
-        fs = tmp_path / "board-fs"
-        _deploy(fs, pulseline_bundle, _firmware(cfg))
-        sim = SimBoard(fs, state_dir=tmp_path / ".pulseline", seed=seed, record=True, faults=faults,
-                       start_us=BOARD_START_US).start()
-        try:
-            b = Board(target, sim.pty_path, seed, wait_for_firmware(sim.pty_path, timeout_s=60), sim,
-                      flashed=pulseline_bundle is not None)
-            yield b
-        finally:
-            _evidence(request, b if "b" in locals() else None)
-            sim.stop()
-        return
-    # A board on a port: flashed once per run (with --flash), then restarted
-    # before each test, so that every test starts from a booted board, as on
-    # the simulated targets (its journal, like a board's, stays).
-    request.getfixturevalue("_pulseline_flashed")
+            targets.HardwareTarget(spec).reset()
+        except Exception as exc:  # SessionError, with its one-line reason
+            pytest.fail(f"the board on {spec} did not restart: {exc}", pytrace=False)
     try:
-        first = Board(target, target, seed)
-        first.reset()
-    except Exception as exc:  # SessionError, with its one-line reason
-        pytest.fail(f"the board on {target} did not restart: {exc}", pytrace=False)
-    proxy = None
-    port = target
-    if faults:
-        from ..targets.faultproxy import FaultProxy
-
-        proxy = FaultProxy(target, faults, seed=seed).start()
-        port = proxy.url
+        dut = targets.create(spec, seed=seed, faults=faults, workdir=tmp_path, bundle=pulseline_bundle,
+                             source=_firmware(cfg), start_us=BOARD_START_US)
+    except targets.TargetError as exc:
+        pytest.skip(str(exc))
+    b = None
     try:
-        b = Board(target, port, seed, wait_for_firmware(port, timeout_s=60), proxy=proxy,
-                  flashed=bool(cfg.getoption("--flash")))
-        try:
-            yield b
-        finally:
-            _evidence(request, b)
+        b = Board(spec, dut.port, seed, dut.wait_for_firmware(), dut, flashed=flashed)
+        yield b
     finally:
-        if proxy is not None:
-            proxy.close()
+        _evidence(request, b)
+        dut.close()
 
 
 @pytest.fixture(scope="session")
@@ -294,11 +231,11 @@ def _pulseline_flashed(pytestconfig: pytest.Config) -> bool:
     """--flash on a board on a port: `pulseline flash`, once per run."""
     if not pytestconfig.getoption("--flash"):
         return False
+    from .. import targets
     from ..targets.flash import FlashError
 
-    target = pytestconfig.getoption("--target")
     try:
-        Board(target, target, int(pytestconfig.getoption("--seed"))).flash(_firmware(pytestconfig))
+        _flash(targets.HardwareTarget(pytestconfig.getoption("--target")), _firmware(pytestconfig))
     except FlashError as exc:
         pytest.fail(f"--flash: {exc}", pytrace=False)
     return True
@@ -306,13 +243,11 @@ def _pulseline_flashed(pytestconfig: pytest.Config) -> bool:
 
 @pytest.fixture
 def session(board: Board, request: pytest.FixtureRequest) -> Iterator[Any]:
-    from ..link.session import Session
-
     # The suite judges what the board answers, not how fast: a simulated
     # board on a loaded CI machine can be starved of a CPU or a disk for
     # seconds, so a test's session waits longer than an operator's.
-    s = Session(board.port, record=request.config.getoption("--evidence") is not None,
-                answer_timeout_s=TEST_ANSWER_TIMEOUT_S)
+    s = board.dut.open_session(record=request.config.getoption("--evidence") is not None,
+                               answer_timeout_s=TEST_ANSWER_TIMEOUT_S)
     request.node.stash[_SESSION] = s
     try:
         yield s
@@ -328,8 +263,11 @@ def plant(board: Board) -> Plant:
 
 
 @pytest.fixture
-def clock(board: Board) -> Clock:
-    return Clock(board.sim if board.target == FAST else None)
+def clock(board: Board) -> Any:
+    """The target's time (pulseline.link.clock): virtual time on the fast
+    target, wall time on the others. Every wait in a test goes through it
+    (now, sleep, wait_for), so one test file means the same on both."""
+    return board.dut.clock
 
 
 @pytest.fixture
@@ -392,7 +330,5 @@ def _evidence(request: pytest.FixtureRequest, board: Board | None) -> None:
                 meta["frames_kept"] = s.recorder.write_frames(out / "frames.npz")
                 meta["frames_assembled"] = s.recorder.frames_seen
             (out / "evidence.json").write_text(json.dumps(meta, indent=1))
-    if board.sim is not None:
-        (out / "board_to_host.bin").write_bytes(bytes(board.sim.sent_to_host))
-        (out / "timeline.json").write_text(json.dumps(board.sim.plant.timeline.to_json()))
+    board.dut.write_evidence(out)
     node.user_properties.append(("evidence", str(out)))
