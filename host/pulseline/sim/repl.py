@@ -23,10 +23,14 @@ SOFT_REBOOT = b"MPY: soft reboot\r\n"
 READY_MARK = b"\x00PLSIM\x00"  # printed by the launcher between boot.py and the REPL banner (raw mode)
 INTERRUPT_GRACE_S = 0.5  # a firmware that ignores Ctrl-C this long gets SIGINT
 
-# Runs in the interpreter: boot.py, then main.py unless a soft reset came
-# from the raw REPL; -i then leaves it at the REPL, as a board.
+# Runs in the interpreter: the board's filesystem becomes its whole "/"
+# (the shims are imported first: their directory is then out of reach),
+# boot.py, then main.py unless a soft reset came from the raw REPL; -i then
+# leaves it at the REPL, as a board.
 LAUNCHER = """
-import os
+import os, machine, _boardfs
+_boardfs.mount_root(%r, %r)
+del _boardfs
 def _pl_run(name):
     try:
         os.stat(name)
@@ -52,27 +56,123 @@ def reset_cause():
     return 1
 """
 
+# A board's filesystem is its whole world: the unix port's "/" is the host's
+# (VfsPosix follows "..", even from a root of its own), so the board's
+# directory is mounted as "/" through a VFS that makes every path absolute
+# and normal first: none leaves the directory. Its size is a Pico's
+# (1408 KiB of littlefs in 4 kB blocks); the board's sys.path a board's.
+BOARDFS_SHIM = """
+import os, sys, vfs
 
-# The unix port's os is POSIX's: stat("") fails and ilistdir gives no sizes.
-# A board's VFS does both, and mpremote relies on them ("cp x :", "ls").
+BLOCK = 4096
+BLOCKS = 352  # a Pico's filesystem: 1408 KiB
+
+
+class BoardFS:
+    def __init__(self, root):
+        self._fs = vfs.VfsPosix(root)
+        self._host = vfs.VfsPosix()  # (not mounted: rename's whole host paths)
+        self._root = root.rstrip("/")
+        self._cwd = "/"
+
+    def _path(self, path):
+        if not path.startswith("/"):
+            path = self._cwd + "/" + path
+        parts = []
+        for p in path.split("/"):
+            if p == "..":
+                if parts:
+                    parts.pop()
+            elif p and p != ".":
+                parts.append(p)
+        return "/" + "/".join(parts)
+
+    def __repr__(self):
+        return "<BoardFS>"
+
+    def mount(self, readonly, mkfs):
+        pass
+
+    def umount(self):
+        pass
+
+    def chdir(self, path):
+        p = self._path(path)
+        if not self._fs.stat(p)[0] & 0x4000:
+            raise OSError(20)  # ENOTDIR
+        self._cwd = p
+
+    def getcwd(self):
+        return self._cwd
+
+    def ilistdir(self, path):
+        # With each file's size, as a board's VFS gives it (mpremote's ls).
+        base = self._path(path)
+        for e in self._fs.ilistdir(base):
+            size = 0
+            if e[1] == 0x8000:
+                try:
+                    size = self._fs.stat(base + "/" + e[0])[6]
+                except OSError:
+                    pass
+            yield (e[0], e[1], e[2], size)
+
+    def stat(self, path):
+        return self._fs.stat(self._path(path))
+
+    def open(self, path, mode):
+        return self._fs.open(self._path(path), mode)
+
+    def mkdir(self, path):
+        self._fs.mkdir(self._path(path))
+
+    def rmdir(self, path):
+        self._fs.rmdir(self._path(path))
+
+    def remove(self, path):
+        self._fs.remove(self._path(path))
+
+    def rename(self, old, new):
+        # (The rooted VfsPosix builds both paths in one buffer: the second
+        # overwrites the first. Whole host paths, normal already, instead.)
+        self._host.rename(self._root + self._path(old), self._root + self._path(new))
+
+    def _used(self, path):
+        n = 1
+        for e in self._fs.ilistdir(path):
+            full = path.rstrip("/") + "/" + e[0]
+            n += self._used(full) if e[1] == 0x4000 else (self._fs.stat(full)[6] + BLOCK - 1) // BLOCK
+        return n
+
+    def statvfs(self, path):
+        free = max(0, BLOCKS - 2 - self._used("/"))  # (littlefs keeps two blocks for itself)
+        return (BLOCK, BLOCK, BLOCKS, free, free, 0, 0, 0, 0, 255)
+
+
+def mount_root(root, name):
+    vfs.umount("/")
+    vfs.mount(BoardFS(root), "/")
+    os.chdir("/")
+    sys.path[:] = ["", ".frozen", "/lib"]
+    os.NODENAME = name
+"""
+
+# The unix port's os, and uname() as a board has it, naming this board.
 OS_SHIM = """
 from uos import *
-import uos
 
-def stat(path):
-    return uos.stat(path or ".")
+NODENAME = "sim"
 
-def ilistdir(path="."):
-    base = path or "."
-    for e in uos.ilistdir(base):
-        name, kind, inode = e[0], e[1], e[2]
-        size = 0
-        if kind == 0x8000:
-            try:
-                size = uos.stat(base + "/" + name)[6]
-            except OSError:
-                pass
-        yield (name, kind, inode, size)
+
+def uname():
+    import sys
+    from collections import namedtuple
+
+    v = sys.implementation.version
+    release = "%d.%d.%d" % (v[0], v[1], v[2])
+    result = namedtuple("uname_result", ("sysname", "nodename", "release", "version", "machine"))
+    return result("linux", NODENAME, release, "v" + release + " on the MicroPython unix port",
+                  "pulseline simulated board")
 """
 
 
@@ -81,12 +181,14 @@ def write_shims(directory: Path) -> None:
     the board's filesystem)."""
     (directory / "machine.py").write_text(MACHINE_SHIM)
     (directory / "os.py").write_text(OS_SHIM)
+    (directory / "_boardfs.py").write_text(BOARDFS_SHIM)
 
 
-def launcher(*, main: bool) -> str:
-    """The interpreter's -c program: boot.py, then main.py or (main=False)
-    the mark after which the supervisor enters the raw REPL."""
-    return LAUNCHER % (main, READY_MARK.decode())
+def launcher(*, main: bool, fs_dir: Path, name: str) -> str:
+    """The interpreter's -c program: the board's filesystem as "/", boot.py,
+    then main.py or (main=False) the mark after which the supervisor enters
+    the raw REPL."""
+    return LAUNCHER % (str(fs_dir), name, main, READY_MARK.decode())
 
 
 class Repl:

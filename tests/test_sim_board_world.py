@@ -1,0 +1,78 @@
+"""The simulated board's filesystem is its whole world, as a board's is:
+`/` is the board's directory (no path leaves it, `..` included), `df`
+shows a Pico-sized filesystem, and the modules a board has import (the
+frozen asyncio, os.uname naming the board). Judged by mpremote, unmodified."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pulseline.sim.board import SimBoard
+
+pytestmark = pytest.mark.micropython
+
+MPREMOTE = str(Path(sys.executable).parent / "mpremote")
+PICO_FS_BYTES = 1408 * 1024
+
+
+def mpremote(board: SimBoard, *args: str, cwd: Path | None = None) -> str:
+    res = subprocess.run([MPREMOTE, "connect", board.pty_path, *args], capture_output=True, text=True, timeout=60,
+                         cwd=cwd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+@pytest.fixture
+def board(tmp_path: Path):
+    fs = tmp_path / "outside" / "fs"
+    fs.mkdir(parents=True)
+    (fs / "on_board.txt").write_text("mine\n")
+    (tmp_path / "outside" / "secret.txt").write_text("not the board's\n")
+    with SimBoard(fs, name="world", state_dir=tmp_path / "state") as b:
+        yield b
+
+
+def test_the_root_is_the_boards_directory_and_nothing_leaves_it(board: SimBoard, tmp_path: Path) -> None:
+    listing = mpremote(board, "fs", "ls", ":/")
+    assert "on_board.txt" in listing
+    assert not any(name in listing for name in ("proc", "etc", "usr", "secret.txt")), listing
+    # Every way up stays at the board's root, for reading and for writing.
+    out = mpremote(board, "exec", "import os\n"
+                   "print(sorted(os.listdir('/')) == sorted(os.listdir('/..')) == sorted(os.listdir('../../..')))\n"
+                   "os.chdir('..'); print(os.getcwd())\n"
+                   "try:\n open('/../secret.txt')\nexcept OSError as e:\n print('refused', e.errno)\n"
+                   "open('/../../escaped.txt', 'w').write('x')\n"
+                   "os.mkdir('/d'); os.rename('/d/../escaped.txt', '../d/moved.txt')\n")
+    assert out.split() == ["True", "/", "refused", "2"], out
+    outside = tmp_path / "outside"
+    assert sorted(p.name for p in outside.iterdir()) == ["fs", "secret.txt"]
+    assert (outside / "fs" / "d" / "moved.txt").read_text() == "x"
+    # mpremote's own copy lands on the board, whatever path it is given.
+    (tmp_path / "up.txt").write_text("up\n")
+    mpremote(board, "fs", "cp", str(tmp_path / "up.txt"), ":/../up.txt", cwd=tmp_path)
+    assert (outside / "fs" / "up.txt").read_text() == "up\n" and not (outside / "up.txt").exists()
+
+
+def test_df_and_statvfs_show_a_pico_sized_filesystem(board: SimBoard) -> None:
+    out = mpremote(board, "df")
+    row = next(line.split() for line in out.splitlines() if line.split()[-1:] == ["/"])
+    size, used, free = int(row[-5]), int(row[-4]), int(row[-3])  # (the first column may hold spaces)
+    assert size == PICO_FS_BYTES and used > 0 and used + free == size, out
+    # Writing a file takes its blocks.
+    mpremote(board, "exec", "open('/big.bin', 'wb').write(bytes(40000))")
+    row2 = next(line.split() for line in mpremote(board, "df").splitlines() if line.split()[-1:] == ["/"])
+    assert int(row2[-4]) - used == 10 * 4096, (row, row2)
+
+
+def test_a_boards_modules_import(board: SimBoard) -> None:
+    out = mpremote(board, "exec", "import asyncio, sys, os\n"
+                   "print(asyncio.__name__, os.uname().nodename, os.uname().sysname, sys.path)\n"
+                   "async def f():\n    await asyncio.sleep_ms(1)\n    return 7\n"
+                   "print(asyncio.run(f()))\n")
+    first, second = out.strip().splitlines()
+    assert first.split(" ", 3)[:3] == ["asyncio", "world", "linux"], out
+    assert "['', '.frozen', '/lib']" in first and second == "7", out
