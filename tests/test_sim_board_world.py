@@ -76,3 +76,20 @@ def test_a_boards_modules_import(board: SimBoard) -> None:
     first, second = out.strip().splitlines()
     assert first.split(" ", 3)[:3] == ["asyncio", "world", "linux"], out
     assert "['', '.frozen', '/lib']" in first and second == "7", out
+
+
+def test_output_is_never_dropped_a_slow_reader_slows_the_board(board: SimBoard, tmp_path: Path) -> None:
+    # 2 MB printed at the REPL, taken by mpremote as it comes.
+    out = mpremote(board, "exec", "for i in range(20000):\n    print('%07d' % i + 'x' * 92)")
+    lines = out.splitlines()
+    assert len(lines) == 20000 and lines == [f"{i:07d}" + "x" * 92 for i in range(20000)]
+    # A 1 MB file as text (cat), and every byte value through cp (mpremote's
+    # cp from a board takes a raw-REPL round trip per 256 bytes: 128 kB).
+    text = "".join(f"{i:06d} " + "abcdefghij" * 5 + "\n" for i in range(18000))  # 1.04 MB
+    (Path(board.fs_dir) / "big.txt").write_text(text)
+    blob = bytes(range(256)) * 512
+    (Path(board.fs_dir) / "big.bin").write_bytes(blob)
+    assert mpremote(board, "fs", "cat", ":big.txt").replace("\r\n", "\n") == text
+    mpremote(board, "fs", "cp", ":big.bin", str(tmp_path / "back.bin"), cwd=tmp_path)
+    assert (tmp_path / "back.bin").read_bytes() == blob
+    assert board.dropped_out == 0

@@ -94,6 +94,7 @@ __all__ = [
 ]
 
 PIPE_BYTES = 1 << 20  # the interpreter's stdout pipe: see _launch
+LINK_HOLD_S = 0.1  # the board's output waits while the link has this much queued
 HEAP = "16M"
 
 
@@ -385,7 +386,13 @@ class SimBoard(PlantControls):
         watched: list[tuple[Any, int]] = [(self.host.master, self.host.master), (self.host.tcp, self.host.tcp.fileno()),
                                           (self.ctl.sock, self.ctl.sock.fileno())]
         watched += [(c.sock, c.sock.fileno()) for _, c in clients]
-        if p is not None and p.stdout is not None:
+        assert self._to_board is not None and self._to_host is not None
+        now = time.monotonic()
+        # The board's output waits while the host side is full (a slow
+        # reader slows the board, as USB CDC does): it stays in the
+        # interpreter's pipe, whose writes block once that is full too.
+        holding = self.host.holding(now) or self._to_host.backlog_s(now) > LINK_HOLD_S
+        if p is not None and p.stdout is not None and not holding:
             watched.append((p.stdout.fileno(), p.stdout.fileno()))
         sending = {id(c.sock) for _, c in clients if c.out}
         for obj, fileno in watched:
@@ -397,12 +404,11 @@ class SimBoard(PlantControls):
             objs[fileno] = obj
             poller.register(fileno, select.POLLIN | (select.POLLOUT if id(obj) in sending else 0))
         timeout = 0.01
-        assert self._to_board is not None and self._to_host is not None
         for d in (self._to_board, self._to_host):
             t = d.next_ready_s()
             if t is not None:
                 timeout = min(timeout, max(0.0, t - time.monotonic()))
-        if self.host.pending_out or self._pending_in:
+        if self.host.pending_out or self._pending_in or holding:
             timeout = min(timeout, 0.001)
         if 0 < timeout < 0.001:
             # poll counts whole milliseconds: a link chunk due sooner (USB

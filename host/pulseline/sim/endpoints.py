@@ -25,7 +25,15 @@ from typing import Any
 
 from . import peer
 
-MAX_PENDING_OUT = 256 * 1024  # bytes queued for a host that is not reading: beyond, output is dropped (as USB CDC does)
+# Output is never dropped for a host that reads, however slowly: while a
+# host's queue holds more than this, the board's output waits (the
+# interpreter's pipe fills, then its writes block), as USB CDC slows a board
+# to its reader. A queue that takes nothing for CDC_TIMEOUT_S no longer holds
+# the board: the pty's is dropped then, as a Pico's USB stack drops a write
+# that waited 500 ms for a host that never reads (MICROPY_HW_USB_CDC_TX_TIMEOUT).
+HIGH_WATER = 64 * 1024
+CDC_TIMEOUT_S = 0.5
+MAX_PENDING_OUT = HIGH_WATER  # (the name others know)
 BUSY_MESSAGE = b"port busy: another program has it open\r\n"
 # Output a socket:// client has not taken: beyond this it is disconnected,
 # as a serial server (ser2net) drops a TCP client that stopped reading,
@@ -38,6 +46,7 @@ class Client:
     sock: socket.socket
     buf: bytearray = field(default_factory=bytearray)  # received, not yet handled (control lines)
     out: bytearray = field(default_factory=bytearray)  # to send: the socket is non-blocking
+    progress_s: float = field(default_factory=time.monotonic)  # when it last took output (or had little queued)
 
 
 class Clients(ABC):
@@ -88,6 +97,8 @@ class Clients(ABC):
             self.drop(c, f"{exc.strerror or exc}")
             return
         del c.out[:n]
+        if n:
+            c.progress_s = time.monotonic()
 
     def close_clients(self) -> None:
         for c in self.clients:
@@ -111,6 +122,7 @@ class HostEndpoints(Clients):
         super().__init__(log_error)
         self._from_host = from_host
         self.pending_out = bytearray()  # for the pty, not yet taken
+        self.pty_progress_s = time.monotonic()  # when the pty last took output (or had little queued)
         self.dropped_out = 0
         # Refused clients: [when the next step is due, connection, step (0 say busy, 1 hang up, 2 close)]
         self._refused: list[list[Any]] = []
@@ -185,10 +197,6 @@ class HostEndpoints(Clients):
         the pty can take of what is queued for it."""
         if out:
             self.pending_out += out
-            if len(self.pending_out) > MAX_PENDING_OUT:
-                excess = len(self.pending_out) - MAX_PENDING_OUT
-                self.dropped_out += excess
-                del self.pending_out[:excess]
             for c in list(self.clients):
                 c.out += out
                 if len(c.out) > MAX_CLIENT_BACKLOG:
@@ -199,10 +207,32 @@ class HostEndpoints(Clients):
             try:
                 n = os.write(self.master, self.pending_out)
                 del self.pending_out[:n]
+                if n:
+                    self.pty_progress_s = time.monotonic()
             except BlockingIOError:
                 pass
             except OSError:
                 self.pending_out.clear()
+
+    def holding(self, now_s: float) -> bool:
+        """Whether the board's output must wait: a host that reads has more
+        than HIGH_WATER queued. The pty's queue, stuck for CDC_TIMEOUT_S
+        (nobody reading), is dropped instead; a stuck socket:// client holds
+        nothing (it is disconnected at MAX_CLIENT_BACKLOG)."""
+        if len(self.pending_out) <= HIGH_WATER:
+            self.pty_progress_s = now_s
+        elif now_s - self.pty_progress_s >= CDC_TIMEOUT_S:
+            self.dropped_out += len(self.pending_out)
+            self.pending_out.clear()
+            self.pty_progress_s = now_s
+        else:
+            return True
+        for c in self.clients:
+            if len(c.out) <= HIGH_WATER:
+                c.progress_s = now_s
+            elif now_s - c.progress_s < CDC_TIMEOUT_S:
+                return True
+        return False
 
     def refused_clients(self) -> None:
         """Refused clients: told the port is busy, then hung up on. What they

@@ -236,6 +236,10 @@ class LinkDirection:
         self._apply_disconnect()
         return True
 
+    def backlog_s(self, now_s: float) -> float:
+        """How long the wire needs for what was pushed and not yet sent."""
+        return max(0.0, self._busy_until - now_s)
+
     def next_ready_s(self) -> float | None:
         """The earliest time at which pop_ready would return more bytes (it may
         be in the past when a max_bytes limit left ready bytes behind); None if
