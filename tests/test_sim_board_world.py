@@ -93,3 +93,9 @@ def test_output_is_never_dropped_a_slow_reader_slows_the_board(board: SimBoard, 
     mpremote(board, "fs", "cp", ":big.bin", str(tmp_path / "back.bin"), cwd=tmp_path)
     assert (tmp_path / "back.bin").read_bytes() == blob
     assert board.dropped_out == 0
+
+
+def test_the_repl_ends_lines_with_crlf_as_a_board_does(board: SimBoard) -> None:
+    res = subprocess.run([MPREMOTE, "connect", board.pty_path, "exec", "print('a'); print('b\\nc')"],
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0 and res.stdout == b"a\r\nb\r\nc\r\n", res.stdout

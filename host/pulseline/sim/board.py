@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from ..plant import Plant, PlantConfig, Timeline
+from .cdc import CdcOutput
 from .control_channel import MAX_CONTROL_BACKLOG, MAX_CONTROL_LINE, ControlServer, SimControl, load_timeline
 from .controls import PlantControls
 from .endpoints import BUSY_MESSAGE, MAX_CLIENT_BACKLOG, MAX_PENDING_OUT, Client, Clients, HostEndpoints
@@ -139,6 +140,7 @@ class SimBoard(PlantControls):
         self._lock = threading.Lock()
         self.resets: list[tuple[float, str]] = []
         self.repl = Repl()
+        self.cdc = CdcOutput()  # the interpreter's stdout as a board's USB sends it
         self._pending_in = bytearray()
         self.host = HostEndpoints(self._from_host, self._log_error)
         self.ctl = ControlServer(self, self._stop, self._log_error)
@@ -285,6 +287,7 @@ class SimBoard(PlantControls):
             fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._pending_in.clear()  # bytes for the old interpreter die with it, as on a reset board
         self.repl.launched(main=main)
+        self.cdc = CdcOutput()  # (a frame cut by the old interpreter's end dies with it)
         self._stall_until = None  # a stall ends with the interpreter it froze
 
     def _kill(self) -> None:
@@ -325,7 +328,7 @@ class SimBoard(PlantControls):
         os.write(self.proc.stdin.fileno(), data)
 
     def _from_process(self, data: bytes) -> None:
-        self.repl.from_process(data, self._emit, self._to_interpreter)
+        self.repl.from_process(self.cdc.feed(data), self._emit, self._to_interpreter)
 
     def _from_host(self, data: bytes) -> None:
         self.repl.host_sent(data)
