@@ -99,3 +99,11 @@ def test_the_repl_ends_lines_with_crlf_as_a_board_does(board: SimBoard) -> None:
     res = subprocess.run([MPREMOTE, "connect", board.pty_path, "exec", "print('a'); print('b\\nc')"],
                          capture_output=True, timeout=60)
     assert res.returncode == 0 and res.stdout == b"a\r\nb\r\nc\r\n", res.stdout
+
+
+def test_a_program_with_crlf_line_ends_reaches_the_lexer_as_a_boards_does(board: SimBoard, tmp_path: Path) -> None:
+    # MicroPython's basics/string_crlf_conversion, through mpremote run (raw paste).
+    script = tmp_path / "crlf.py"
+    script.write_bytes(b'x = 1\r\nprint(repr("""abc\r\ndef"""))\r\nprint(x)\r\n')
+    res = subprocess.run([MPREMOTE, "connect", board.pty_path, "run", str(script)], capture_output=True, timeout=60)
+    assert res.returncode == 0 and res.stdout == b"'abc\\ndef'\r\n1\r\n", res.stdout

@@ -332,6 +332,7 @@ class SimBoard(PlantControls):
 
     def _from_host(self, data: bytes) -> None:
         self.repl.host_sent(data)
+        data = self.repl.host_input(data)
         assert self._to_board is not None
         self._to_board.push(data, time.monotonic())
 

@@ -202,6 +202,10 @@ class Repl:
         self._swallow = False  # relaunching into the raw REPL: hide the interpreter's banner
         self._swallow_buf = bytearray()
         self._sent_ctrl_a = False  # raw-REPL relaunch: Ctrl-A sent to the new interpreter
+        # The raw REPL is reading a program (from its prompt to the Ctrl-D
+        # that ends the program), and the last byte of it was a CR.
+        self.reading_program = False
+        self._cr = False
 
     def launched(self, *, main: bool) -> None:
         """A new interpreter: without main.py it is a relaunch into the raw REPL."""
@@ -218,7 +222,34 @@ class Repl:
             self.raw_mode = r > f
             self.prompt_seen = time.monotonic()
             self.interrupt_at = None
+        # Its prompt, or a program's end (stdout, Ctrl-D, stderr, Ctrl-D): it
+        # reads the next (until the host's Ctrl-D; raw-paste's answers between).
+        if scan.endswith(RAW_PROMPT) or (self.raw_mode and scan.endswith(b"\x04>")):
+            self.reading_program = True
+        elif not self.raw_mode:
+            self.reading_program = False
         self._tail = scan[-32:]
+
+    def host_input(self, data: bytes) -> bytes:
+        """Host input as the board's REPL must get it. The unix port reads
+        the REPL's input with LF turned into CR, so a program's CRLF would
+        reach its lexer as CR CR (two line ends, in a string too) where a
+        board's gets CRLF: the LF of each CRLF is left out while the raw
+        REPL reads a program (CR alone is a line end to the lexer). Bytes a
+        running program reads (sys.stdin) pass as they are."""
+        if not self.reading_program:
+            return data
+        end = data.find(b"\x04")
+        program = data if end < 0 else data[:end + 1]
+        if self._cr and program[:1] == b"\n":
+            program = program[1:]
+        self._cr = program[-1:] == b"\r"
+        program = program.replace(b"\r\n", b"\r")
+        if end >= 0:
+            self.reading_program = False
+            self._cr = False
+            return program + data[end + 1:]
+        return program
 
     def host_sent(self, data: bytes) -> None:
         """Host input on its way to the board: a Ctrl-C starts the grace time."""
