@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import serial
 
 from pulseline.sim.board import SimBoard
 
@@ -107,3 +109,41 @@ def test_a_program_with_crlf_line_ends_reaches_the_lexer_as_a_boards_does(board:
     script.write_bytes(b'x = 1\r\nprint(repr("""abc\r\ndef"""))\r\nprint(x)\r\n')
     res = subprocess.run([MPREMOTE, "connect", board.pty_path, "run", str(script)], capture_output=True, timeout=60)
     assert res.returncode == 0 and res.stdout == b"'abc\\ndef'\r\n1\r\n", res.stdout
+
+
+def _raw_exec_no_follow(port: serial.Serial, program: bytes) -> None:
+    """pyboard's way: Ctrl-C, raw REPL, the program, Ctrl-D; its OK read."""
+    port.write(b"\r\x03\x03\r\x01")
+    _read_until(port, b"raw REPL; CTRL-B to exit\r\n>")
+    port.write(program + b"\x04")
+    _read_until(port, b"OK")
+
+
+def _read_until(port: serial.Serial, end: bytes, timeout_s: float = 20.0) -> bytes:
+    got = b""
+    deadline = time.monotonic() + timeout_s
+    while not got.endswith(end):
+        assert time.monotonic() < deadline, got
+        got += port.read(1)
+    return got
+
+
+def test_ctrl_c_raises_in_a_busy_program_at_once_and_once(board: SimBoard) -> None:
+    with serial.Serial(board.pty_path, timeout=0.1) as port:
+        _raw_exec_no_follow(port, b"n = 0\nwhile True:\n    n += 1\n")
+        port.write(b"\x03")  # as a board's USB stack: KeyboardInterrupt in the program
+        out = _read_until(port, b"\x04>")
+        # One traceback, one prompt (the raw REPL's: stdout, Ctrl-D, stderr, Ctrl-D, >).
+        assert out.count(b"KeyboardInterrupt") == 1 and out.count(b"\x04>") == 1, out
+        assert out.startswith(b"\x04Traceback") and out.endswith(b"KeyboardInterrupt: \r\n\x04>"), out
+    assert board.resets == []  # interrupted, not killed
+
+
+def test_with_kbd_intr_off_ctrl_c_is_a_byte_the_program_reads(board: SimBoard) -> None:
+    with serial.Serial(board.pty_path, timeout=0.1) as port:
+        _raw_exec_no_follow(port, b"import micropython, sys\nmicropython.kbd_intr(-1)\n"
+                                  b"b = sys.stdin.buffer.read(2)\nmicropython.kbd_intr(3)\nprint('got', b)\n")
+        port.write(b"\x03x")
+        out = _read_until(port, b"\x04>")
+        assert b"got b'\\x03x'" in out and b"KeyboardInterrupt" not in out, out
+    assert board.resets == []  # (the unix port dies of a SIGINT under kbd_intr(-1): none was sent)

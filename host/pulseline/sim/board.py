@@ -73,7 +73,6 @@ from .registry import (
 )
 from .repl import (
     FRIENDLY_PROMPT,
-    INTERRUPT_GRACE_S,
     LAUNCHER,
     MACHINE_SHIM,
     OS_SHIM,
@@ -87,7 +86,7 @@ from .repl import (
 )
 
 __all__ = [
-    "BUSY_MESSAGE", "FRIENDLY_PROMPT", "HEAP", "INTERRUPT_GRACE_S", "LAUNCHER", "MACHINE_SHIM",
+    "BUSY_MESSAGE", "FRIENDLY_PROMPT", "HEAP", "LAUNCHER", "MACHINE_SHIM",
     "MAX_CLIENT_BACKLOG", "MAX_CONTROL_BACKLOG", "MAX_CONTROL_LINE", "MAX_PENDING_OUT", "OS_SHIM", "PIPE_BYTES",
     "RAW_PROMPT", "READY_MARK", "SOFT_REBOOT", "STATE_DIR", "BoardFiles", "BoardInUse", "SimBoard", "SimControl",
     "check_free", "check_name", "find_board", "load_timeline", "next_free_name", "parse_board_faults",
@@ -97,6 +96,15 @@ __all__ = [
 PIPE_BYTES = 1 << 20  # the interpreter's stdout pipe: see _launch
 LINK_HOLD_S = 0.1  # the board's output waits while the link has this much queued
 HEAP = "16M"
+
+
+def sigint_caught(pid: int) -> bool:
+    """Whether the process has a handler for SIGINT (/proc: SigCgt)."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGINT - 1) & 1)
+    return False
 
 
 def parse_board_faults(spec: str) -> tuple[FaultSpec, bool]:
@@ -331,15 +339,58 @@ class SimBoard(PlantControls):
         self.repl.from_process(self.cdc.feed(data), self._emit, self._to_interpreter)
 
     def _from_host(self, data: bytes) -> None:
-        self.repl.host_sent(data)
         data = self.repl.host_input(data)
         assert self._to_board is not None
         self._to_board.push(data, time.monotonic())
 
+    def _usb_rx(self, data: bytes) -> bytes:
+        """Host bytes as they reach the board, through its USB stack: a Ctrl-C
+        while the interpreter takes Ctrl-C (kbd_intr(3)) raises
+        KeyboardInterrupt in it at once and is not passed on; with
+        kbd_intr(-1) it is a byte like any other (the firmware's link, or
+        mpremote mount's program, reads it)."""
+        if b"\x03" not in data:
+            return data
+        pieces = data.split(b"\x03")
+        out = bytearray(pieces[0])
+        for piece in pieces[1:]:
+            if not self._interrupt():
+                out += b"\x03"
+            out += piece
+        return bytes(out)
+
+    def _interrupt(self) -> bool:
+        """KeyboardInterrupt in the interpreter, if it takes Ctrl-C now: the
+        unix port catches SIGINT then, and leaves it to its default (death)
+        under kbd_intr(-1). The interpreter is stopped while its handler is
+        read, so it cannot change before the signal arrives: no SIGINT ever
+        meets the default."""
+        p = self.proc
+        if p is None or p.poll() is not None:
+            return False
+        frozen = self._stall_until is not None  # (a scripted stall holds it stopped already)
+        try:
+            if not frozen:
+                os.kill(p.pid, signal.SIGSTOP)
+                # (WEXITED too: one that ends meanwhile must not hang this loop)
+                got = os.waitid(os.P_PID, p.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
+                if got is None or got.si_code not in (os.CLD_STOPPED, os.CLD_TRAPPED):
+                    return False
+            try:
+                caught = sigint_caught(p.pid)
+                if caught:
+                    os.kill(p.pid, signal.SIGINT)
+            finally:
+                if not frozen:
+                    os.kill(p.pid, signal.SIGCONT)
+        except (ProcessLookupError, ChildProcessError, OSError):
+            return False
+        return caught
+
     def _deliver(self) -> None:
         now = time.monotonic()
         assert self._to_board is not None and self._to_host is not None
-        self._pending_in += self._to_board.pop_ready(now)
+        self._pending_in += self._usb_rx(self._to_board.pop_ready(now))
         p = self.proc
         if self._pending_in and p is not None and p.poll() is None and p.stdin is not None:
             # Non-blocking: a firmware that does not read (stalled, or busy)
@@ -516,11 +567,6 @@ class SimBoard(PlantControls):
                     self._emit(f"\r\n[simulated board: interpreter exited with status {code}; reset]\r\n".encode())
                 self._restart("hard" if code == hal_sim.EXIT_HARD_RESET else "power")
             return
-        if self.repl.interrupt_due(time.monotonic()):
-            # The firmware did not answer Ctrl-C from its link: as a board's
-            # USB stack would, interrupt it.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGINT)
         with self.server.lock:
             now = self.server.now_us()
             # Asked after `now` was read, under the lock: a request that came

@@ -21,7 +21,6 @@ RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
 FRIENDLY_PROMPT = b">>> "
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 READY_MARK = b"\x00PLSIM\x00"  # printed by the launcher between boot.py and the REPL banner (raw mode)
-INTERRUPT_GRACE_S = 0.5  # a firmware that ignores Ctrl-C this long gets SIGINT
 
 # Runs in the interpreter: the board's filesystem becomes its whole "/"
 # (the shims are imported first: their directory is then out of reach),
@@ -197,7 +196,6 @@ class Repl:
     def __init__(self) -> None:
         self.raw_mode = False
         self.prompt_seen = 0.0
-        self.interrupt_at: float | None = None  # when a Ctrl-C not answered by a prompt gets SIGINT
         self._tail = b""
         self._swallow = False  # relaunching into the raw REPL: hide the interpreter's banner
         self._swallow_buf = bytearray()
@@ -211,7 +209,6 @@ class Repl:
         """A new interpreter: without main.py it is a relaunch into the raw REPL."""
         self._swallow = not main
         self._swallow_buf.clear()
-        self.interrupt_at = None
 
     def track_prompts(self, data: bytes) -> None:
         """Board output on its way to the host: the last prompt says the mode."""
@@ -221,7 +218,6 @@ class Repl:
         if r >= 0 or f >= 0:
             self.raw_mode = r > f
             self.prompt_seen = time.monotonic()
-            self.interrupt_at = None
         # Its prompt, or a program's end (stdout, Ctrl-D, stderr, Ctrl-D): it
         # reads the next (until the host's Ctrl-D; raw-paste's answers between).
         if scan.endswith(RAW_PROMPT) or (self.raw_mode and scan.endswith(b"\x04>")):
@@ -250,18 +246,6 @@ class Repl:
             self._cr = False
             return program + data[end + 1:]
         return program
-
-    def host_sent(self, data: bytes) -> None:
-        """Host input on its way to the board: a Ctrl-C starts the grace time."""
-        if b"\x03" in data and self.interrupt_at is None:
-            self.interrupt_at = time.monotonic() + INTERRUPT_GRACE_S
-
-    def interrupt_due(self, now: float) -> bool:
-        """The firmware did not answer Ctrl-C in time (said once)."""
-        if self.interrupt_at is not None and now >= self.interrupt_at:
-            self.interrupt_at = None
-            return True
-        return False
 
     def from_process(self, data: bytes, emit: Callable[[bytes], None], to_interpreter: Callable[[bytes], None]) -> None:
         """The interpreter's output: emitted toward the host, but for what a
