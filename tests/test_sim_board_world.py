@@ -147,3 +147,23 @@ def test_with_kbd_intr_off_ctrl_c_is_a_byte_the_program_reads(board: SimBoard) -
         out = _read_until(port, b"\x04>")
         assert b"got b'\\x03x'" in out and b"KeyboardInterrupt" not in out, out
     assert board.resets == []  # (the unix port dies of a SIGINT under kbd_intr(-1): none was sent)
+
+
+def test_machine_has_what_code_and_tools_expect_of_a_board(board: SimBoard) -> None:
+    # mpremote rtc reads and sets the board's clock.
+    assert mpremote(board, "rtc").strip().startswith("(")
+    mpremote(board, "rtc", "--set")
+    date = eval(mpremote(board, "rtc").strip())  # (year, month, day, weekday, h, m, s, subseconds)
+    assert len(date) == 8 and date[0] >= 2026 and 0 <= date[3] <= 6
+    out = mpremote(board, "exec", "import machine\n"
+                   "print(machine.reset_cause() == machine.PWRON_RESET, len(machine.unique_id()), machine.freq())\n"
+                   "led = machine.Pin('LED', machine.Pin.OUT, value=0); led.toggle()\n"
+                   "print(led.value(), machine.Pin(2, machine.Pin.IN, machine.Pin.PULL_UP).value())\n")
+    assert out.split() == ["True", "8", "125000000", "1", "1"], out
+    # machine.reset() is a chip reset (through the watchdog, as on a Pico); a soft reset keeps the cause.
+    mpremote(board, "exec", "import machine; machine.reset()")
+    assert mpremote(board, "exec", "import machine; print(machine.reset_cause() == machine.WDT_RESET)").split() \
+        == ["True"]
+    mpremote(board, "soft-reset")
+    assert mpremote(board, "exec", "import machine; print(machine.reset_cause())").split() == ["3"]
+    assert [kind for _, kind in board.resets].count("hard") == 1

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import select
 import shutil
@@ -148,6 +149,10 @@ class SimBoard(PlantControls):
         self._lock = threading.Lock()
         self.resets: list[tuple[float, str]] = []
         self.repl = Repl()
+        self._relaunch_kind = "power"  # what brought up the interpreter being launched
+        self._chip_reset = "power"  # machine.reset_cause(): the last reset that was not soft
+        # machine.unique_id(): the board's own, from its seed (a Pico's flash id has 8 bytes).
+        self.unique_id = hashlib.blake2b(f"pulseline-sim-{seed}".encode(), digest_size=8).digest()
         self.cdc = CdcOutput()  # the interpreter's stdout as a board's USB sends it
         self._pending_in = bytearray()
         self.host = HostEndpoints(self._from_host, self._log_error)
@@ -275,7 +280,10 @@ class SimBoard(PlantControls):
         env = {"PATH": os.environ.get("PATH", ""), "MICROPYPATH": f"{self._tmp}:.frozen",
                "PULSELINE_PLANT": self.server.address,
                "PULSELINE_LINK_BYTES_PER_S": str(int(self.link_class.bytes_per_s))}
-        code = launcher(main=main, fs_dir=self.fs_dir.resolve(), name=self.name)
+        if self._relaunch_kind != "soft":  # (a soft reset is no chip reset: the cause stays)
+            self._chip_reset = self._relaunch_kind
+        code = launcher(main=main, fs_dir=self.fs_dir.resolve(), name=self.name, reset_kind=self._chip_reset,
+                        unique_id=self.unique_id)
         self.proc = subprocess.Popen([str(exe), "-X", f"heapsize={HEAP}", "-i", "-c", code], cwd=self.fs_dir,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=env, bufsize=0, start_new_session=True)
@@ -306,6 +314,7 @@ class SimBoard(PlantControls):
 
     def _restart(self, kind: str) -> None:
         """After the interpreter exited (soft or hard reset) or a watchdog reset."""
+        self._relaunch_kind = kind
         self._kill()
         self.resets.append((time.monotonic(), kind))
         if kind == "soft":

@@ -29,6 +29,7 @@ READY_MARK = b"\x00PLSIM\x00"  # printed by the launcher between boot.py and the
 LAUNCHER = """
 import os, machine, _boardfs
 _boardfs.mount_root(%r, %r)
+machine._boot(%r, %r)
 del _boardfs
 def _pl_run(name):
     try:
@@ -43,16 +44,123 @@ else:
     print(%r, end="")
 """
 
-# machine.reset() for the unix port: the builtin `machine` has none.
+# The unix port's `machine`, with what code and tools expect of a board:
+# reset, soft_reset, reset_cause (a Pico's codes: machine.reset() goes
+# through the watchdog there too), bootloader (none here: it says so and
+# resets), freq, unique_id, RTC (mpremote rtc), and Pin holding its level.
+# The launcher sets the reset kind and the board's id.
 MACHINE_SHIM = f"""
 from umachine import *
 import sys
+import time
+
+PWRON_RESET = 1
+WDT_RESET = 3
+_cause = PWRON_RESET
+_id = b"\\x00" * 8
+_freq = 125_000_000
+
+
+def _boot(kind, uid):
+    global _cause, _id
+    _cause = WDT_RESET if kind in ("hard", "watchdog") else PWRON_RESET
+    _id = uid
+
+
 def reset():
     sys.exit({hal_sim.EXIT_HARD_RESET})
+
+
 def soft_reset():
     raise SystemExit
+
+
 def reset_cause():
-    return 1
+    return _cause
+
+
+def bootloader(*args):
+    print("machine.bootloader: a simulated board has no USB bootloader (BOOTSEL); "
+          "it takes firmware with pulseline flash. Resetting instead.")
+    reset()
+
+
+def freq(hz=None):
+    global _freq
+    if hz is None:
+        return _freq
+    _freq = int(hz)
+
+
+def unique_id():
+    return _id
+
+
+class RTC:
+    # (year, month, day, weekday, hours, minutes, seconds, subseconds), as
+    # a board's; it runs from the host's clock, offset by what was set.
+    _offset = 0
+
+    def __init__(self, id=0):
+        pass
+
+    def datetime(self, dt=None):
+        if dt is None:
+            t = time.localtime(time.time() + RTC._offset)
+            return (t[0], t[1], t[2], t[6], t[3], t[4], t[5], 0)
+        set_s = time.mktime((dt[0], dt[1], dt[2], dt[4], dt[5], dt[6], 0, 0))
+        RTC._offset = set_s - time.time()
+
+
+class Pin:
+    IN = 0
+    OUT = 1
+    OPEN_DRAIN = 2
+    ALT = 3
+    PULL_UP = 1
+    PULL_DOWN = 2
+    IRQ_FALLING = 4
+    IRQ_RISING = 8
+    _levels = {{}}
+
+    def __init__(self, id, mode=-1, pull=-1, value=None):
+        self.id = id
+        self.mode = self.IN
+        self.pull = None
+        self.init(mode, pull, value)
+
+    def init(self, mode=-1, pull=-1, value=None):
+        if mode != -1:
+            self.mode = mode
+        if pull != -1:
+            self.pull = pull
+        if value is not None:
+            Pin._levels[self.id] = 1 if value else 0
+
+    def value(self, v=None):
+        if v is None:
+            if self.mode == self.IN:
+                # Nothing drives a simulated board's free pins: the pull decides.
+                return 1 if self.pull == self.PULL_UP else 0
+            return Pin._levels.get(self.id, 0)
+        Pin._levels[self.id] = 1 if v else 0
+
+    __call__ = value
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def toggle(self):
+        self.value(1 - Pin._levels.get(self.id, 0))
+
+    def irq(self, handler=None, trigger=IRQ_FALLING | IRQ_RISING):
+        return None
+
+    def __repr__(self):
+        return "Pin(%s)" % (self.id,)
 """
 
 # A board's filesystem is its whole world: the unix port's "/" is the host's
@@ -183,11 +291,11 @@ def write_shims(directory: Path) -> None:
     (directory / "_boardfs.py").write_text(BOARDFS_SHIM)
 
 
-def launcher(*, main: bool, fs_dir: Path, name: str) -> str:
-    """The interpreter's -c program: the board's filesystem as "/", boot.py,
-    then main.py or (main=False) the mark after which the supervisor enters
-    the raw REPL."""
-    return LAUNCHER % (str(fs_dir), name, main, READY_MARK.decode())
+def launcher(*, main: bool, fs_dir: Path, name: str, reset_kind: str, unique_id: bytes) -> str:
+    """The interpreter's -c program: the board's filesystem as "/", machine's
+    reset cause and id, boot.py, then main.py or (main=False) the mark after
+    which the supervisor enters the raw REPL."""
+    return LAUNCHER % (str(fs_dir), name, reset_kind, unique_id, main, READY_MARK.decode())
 
 
 class Repl:
