@@ -130,12 +130,14 @@ def _read_until(port: serial.Serial, end: bytes, timeout_s: float = 20.0) -> byt
 
 def test_ctrl_c_raises_in_a_busy_program_at_once_and_once(board: SimBoard) -> None:
     with serial.Serial(board.pty_path, timeout=0.1) as port:
-        _raw_exec_no_follow(port, b"n = 0\nwhile True:\n    n += 1\n")
+        _raw_exec_no_follow(port, b"print('go')\nn = 0\nwhile True:\n    n += 1\n")
+        _read_until(port, b"go\r\n")  # running (a Ctrl-C before that, on a board too, is a byte in stdin)
         port.write(b"\x03")  # as a board's USB stack: KeyboardInterrupt in the program
         out = _read_until(port, b"\x04>")
         # One traceback, one prompt (the raw REPL's: stdout, Ctrl-D, stderr, Ctrl-D, >).
         assert out.count(b"KeyboardInterrupt") == 1 and out.count(b"\x04>") == 1, out
-        assert out.startswith(b"\x04Traceback") and out.endswith(b"KeyboardInterrupt: \r\n\x04>"), out
+        text = out.replace(b"\r\n", b"\n")
+        assert text.startswith(b"\x04Traceback") and text.endswith(b"KeyboardInterrupt: \n\x04>"), out
     assert board.resets == []  # interrupted, not killed
 
 
@@ -167,3 +169,19 @@ def test_machine_has_what_code_and_tools_expect_of_a_board(board: SimBoard) -> N
     mpremote(board, "soft-reset")
     assert mpremote(board, "exec", "import machine; print(machine.reset_cause())").split() == ["3"]
     assert [kind for _, kind in board.resets].count("hard") == 1
+
+
+def test_mpremote_mount_moves_binary_both_ways_whole(board: SimBoard, tmp_path: Path) -> None:
+    # Every byte value (LF and CR included) through mpremote mount's binary
+    # protocol, host to board and back, then a program keeps running.
+    local = tmp_path / "mnt"
+    local.mkdir()
+    blob = bytes(range(256)) * 1024  # 256 kB
+    (local / "in.bin").write_bytes(blob)
+    out = mpremote(board, "mount", str(local), "exec",
+                   "d = open('in.bin', 'rb').read()\n"
+                   "print(len(d), d == bytes(range(256)) * 1024)\n"
+                   "open('out.bin', 'wb').write(d[1:] + d[:1])\n"
+                   "print('after', sum(range(10)))\n", cwd=tmp_path)
+    assert "262144 True" in out and "after 45" in out, out
+    assert (local / "out.bin").read_bytes() == blob[1:] + blob[:1]

@@ -33,7 +33,6 @@ from pulseline.link.assembler import FrameAssembler
 from pulseline.link.frames import Frame
 from pulseline.mpcompat import import_firmware
 from pulseline.plant import Plant, PlantConfig, Timeline
-from pulseline.sim.cdc import CdcOutput
 from pulseline.sim.fast import HostLog, Response
 from pulseline.sim.plantserver import PlantServer
 
@@ -130,15 +129,12 @@ class Board:
         self.heartbeat = threading.Thread(target=self._ping, daemon=True)
 
     def _collect(self, pipe: Any, buf: bytearray) -> None:
-        # As the board's USB sends it: the link's framed writes as they are
-        # (stderr has none), text around them with CRLF.
-        cdc = CdcOutput()
         while True:
             chunk = pipe.read1(1 << 16)
             if not chunk:
                 return
             with self.out_lock:
-                buf += cdc.feed(chunk)
+                buf += chunk
 
     def _ping(self) -> None:
         while not self.stop.wait(PING_S):

@@ -48,7 +48,6 @@ from typing import Any
 import numpy as np
 
 from ..plant import Plant, PlantConfig, Timeline
-from .cdc import CdcOutput
 from .control_channel import MAX_CONTROL_BACKLOG, MAX_CONTROL_LINE, ControlServer, SimControl, load_timeline
 from .controls import PlantControls
 from .endpoints import BUSY_MESSAGE, MAX_CLIENT_BACKLOG, MAX_PENDING_OUT, Client, Clients, HostEndpoints
@@ -153,7 +152,6 @@ class SimBoard(PlantControls):
         self._chip_reset = "power"  # machine.reset_cause(): the last reset that was not soft
         # machine.unique_id(): the board's own, from its seed (a Pico's flash id has 8 bytes).
         self.unique_id = hashlib.blake2b(f"pulseline-sim-{seed}".encode(), digest_size=8).digest()
-        self.cdc = CdcOutput()  # the interpreter's stdout as a board's USB sends it
         self._pending_in = bytearray()
         self.host = HostEndpoints(self._from_host, self._log_error)
         self.ctl = ControlServer(self, self._stop, self._log_error)
@@ -282,8 +280,12 @@ class SimBoard(PlantControls):
                "PULSELINE_LINK_BYTES_PER_S": str(int(self.link_class.bytes_per_s))}
         if self._relaunch_kind != "soft":  # (a soft reset is no chip reset: the cause stays)
             self._chip_reset = self._relaunch_kind
+        # The interpreter is MicroPython inside a CPython host process, which
+        # a SIGINT during its start-up kills: Ctrl-C waits for this file.
+        self._up_file = self._tmp / "up"
+        self._up_file.unlink(missing_ok=True)
         code = launcher(main=main, fs_dir=self.fs_dir.resolve(), name=self.name, reset_kind=self._chip_reset,
-                        unique_id=self.unique_id)
+                        unique_id=self.unique_id, up_file=self._up_file)
         self.proc = subprocess.Popen([str(exe), "-X", f"heapsize={HEAP}", "-i", "-c", code], cwd=self.fs_dir,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      env=env, bufsize=0, start_new_session=True)
@@ -303,7 +305,6 @@ class SimBoard(PlantControls):
             fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._pending_in.clear()  # bytes for the old interpreter die with it, as on a reset board
         self.repl.launched(main=main)
-        self.cdc = CdcOutput()  # (a frame cut by the old interpreter's end dies with it)
         self._stall_until = None  # a stall ends with the interpreter it froze
 
     def _kill(self) -> None:
@@ -345,7 +346,7 @@ class SimBoard(PlantControls):
         os.write(self.proc.stdin.fileno(), data)
 
     def _from_process(self, data: bytes) -> None:
-        self.repl.from_process(self.cdc.feed(data), self._emit, self._to_interpreter)
+        self.repl.from_process(data, self._emit, self._to_interpreter)
 
     def _from_host(self, data: bytes) -> None:
         data = self.repl.host_input(data)
@@ -375,8 +376,8 @@ class SimBoard(PlantControls):
         read, so it cannot change before the signal arrives: no SIGINT ever
         meets the default."""
         p = self.proc
-        if p is None or p.poll() is not None:
-            return False
+        if p is None or p.poll() is not None or not self._up_file.exists():
+            return False  # (still starting: the byte waits in its input, as on a board that boots)
         frozen = self._stall_until is not None  # (a scripted stall holds it stopped already)
         try:
             if not frozen:

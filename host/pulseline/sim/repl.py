@@ -27,8 +27,10 @@ READY_MARK = b"\x00PLSIM\x00"  # printed by the launcher between boot.py and the
 # boot.py, then main.py unless a soft reset came from the raw REPL; -i then
 # leaves it at the REPL, as a board.
 LAUNCHER = """
+open(%r, "w").close()
 import os, machine, _boardfs
 _boardfs.mount_root(%r, %r)
+_boardfs.cook_print()
 machine._boot(%r, %r)
 del _boardfs
 def _pl_run(name):
@@ -256,6 +258,27 @@ class BoardFS:
         return (BLOCK, BLOCK, BLOCKS, free, free, 0, 0, 0, 0, 255)
 
 
+def cook_print():
+    # A board's USB stack sends print's text with CRLF line ends; the unix
+    # port's print writes LF, to the same descriptor as sys.stdout.buffer's
+    # bytes, so only print can be told apart: it goes out cooked, binary as
+    # it is. (Calling this allocates: under micropython.heap_lock() it
+    # fails where a board's print does not: tests/test_micropython_suite.py.)
+    import builtins
+
+    plain = builtins.print
+
+    def print(*args, sep=" ", end="\\n", file=None):
+        if file is not None and file is not sys.stdout:
+            plain(*args, sep=sep, end=end, file=file)
+            return
+        # (No try here: a handler would clear the caller's sys.exc_info().)
+        text = (" " if sep is None else sep).join([str(a) for a in args]) + ("\\n" if end is None else end)
+        sys.stdout.write(text.replace("\\r\\n", "\\n").replace("\\n", "\\r\\n"))
+
+    builtins.print = print
+
+
 def mount_root(root, name):
     vfs.umount("/")
     vfs.mount(BoardFS(root), "/")
@@ -291,11 +314,12 @@ def write_shims(directory: Path) -> None:
     (directory / "_boardfs.py").write_text(BOARDFS_SHIM)
 
 
-def launcher(*, main: bool, fs_dir: Path, name: str, reset_kind: str, unique_id: bytes) -> str:
-    """The interpreter's -c program: the board's filesystem as "/", machine's
-    reset cause and id, boot.py, then main.py or (main=False) the mark after
-    which the supervisor enters the raw REPL."""
-    return LAUNCHER % (str(fs_dir), name, reset_kind, unique_id, main, READY_MARK.decode())
+def launcher(*, main: bool, fs_dir: Path, name: str, reset_kind: str, unique_id: bytes, up_file: Path) -> str:
+    """The interpreter's -c program: up_file made (MicroPython runs: Ctrl-C
+    can reach it), the board's filesystem as "/", machine's reset cause and
+    id, boot.py, then main.py or (main=False) the mark after which the
+    supervisor enters the raw REPL."""
+    return LAUNCHER % (str(up_file), str(fs_dir), name, reset_kind, unique_id, main, READY_MARK.decode())
 
 
 class Repl:

@@ -332,15 +332,6 @@ class SimStorage:
             self.port.storage_writing(False)
 
 
-# The interpreter's stdout carries text (the REPL, print, tracebacks), which
-# a board's USB stack sends with CRLF line endings, and this link's binary
-# writes, which it sends as they are. The unix port cooks nothing, so each
-# binary write goes out framed (RAW_MARK, its length, little-endian u32)
-# and the simulated board's supervisor cooks only the text around frames.
-RAW_MARK = b"\x00PLRAW"
-RAW_HEAD_SIZE = 10
-
-
 class StdioLink:
     """The host link on stdin/stdout (the USB CDC port of a board)."""
 
@@ -353,8 +344,6 @@ class StdioLink:
         self.poller = select.poll()
         self.poller.register(self.rx, select.POLLIN)
         self.one = bytearray(1)
-        self.head = bytearray(RAW_HEAD_SIZE)
-        self.head[0:6] = RAW_MARK
 
     def wait_readable(self, timeout_us):
         self.poller.poll((timeout_us + 999) // 1000)
@@ -377,13 +366,6 @@ class StdioLink:
         return n
 
     def write(self, data):
-        n = len(data)
-        head = self.head
-        head[6] = n & 0xFF
-        head[7] = (n >> 8) & 0xFF
-        head[8] = (n >> 16) & 0xFF
-        head[9] = n >> 24
-        self.txs.write(head)
         self.txs.write(data)
 
 
