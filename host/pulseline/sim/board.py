@@ -50,7 +50,7 @@ import numpy as np
 from ..plant import Plant, PlantConfig, Timeline
 from .control_channel import MAX_CONTROL_BACKLOG, MAX_CONTROL_LINE, ControlServer, SimControl, load_timeline
 from .controls import PlantControls
-from .endpoints import BUSY_MESSAGE, MAX_CLIENT_BACKLOG, MAX_PENDING_OUT, Client, Clients, HostEndpoints
+from .endpoints import BUSY_MESSAGE, MAX_CLIENT_BACKLOG, Client, Clients, HostEndpoints
 from .link import FaultSpec, LinkClass, LinkDirection, parse_faults, parse_link
 from .plantserver import PlantServer
 from .registry import (
@@ -87,7 +87,7 @@ from .repl import (
 
 __all__ = [
     "BUSY_MESSAGE", "FRIENDLY_PROMPT", "HEAP", "LAUNCHER", "MACHINE_SHIM",
-    "MAX_CLIENT_BACKLOG", "MAX_CONTROL_BACKLOG", "MAX_CONTROL_LINE", "MAX_PENDING_OUT", "OS_SHIM", "PIPE_BYTES",
+    "MAX_CLIENT_BACKLOG", "MAX_CONTROL_BACKLOG", "MAX_CONTROL_LINE", "OS_SHIM", "PIPE_BYTES",
     "RAW_PROMPT", "READY_MARK", "SOFT_REBOOT", "STATE_DIR", "BoardFiles", "BoardInUse", "SimBoard", "SimControl",
     "check_free", "check_name", "find_board", "load_timeline", "next_free_name", "parse_board_faults",
     "private_dir", "running_boards", "serve", "wait_stopped",
@@ -367,7 +367,7 @@ class SimBoard(PlantControls):
             self._interrupt_at = time.monotonic() + INTERRUPT_GRACE_S
         return data
 
-    def _interrupt(self) -> bool:
+    def _interrupt(self) -> None:
         """KeyboardInterrupt in the interpreter, if it takes Ctrl-C now: the
         unix port catches SIGINT then, and leaves it to its default (death)
         under kbd_intr(-1). The interpreter is stopped while its handler is
@@ -375,7 +375,7 @@ class SimBoard(PlantControls):
         meets the default."""
         p = self.proc
         if p is None or p.poll() is not None or not self._up_file.exists():
-            return False  # (still starting: the byte waits in its input, as on a board that boots)
+            return  # (MicroPython not running yet: a SIGINT would kill its CPython host's start-up)
         frozen = self._stall_until is not None  # (a scripted stall holds it stopped already)
         try:
             if not frozen:
@@ -383,17 +383,15 @@ class SimBoard(PlantControls):
                 # (WEXITED too: one that ends meanwhile must not hang this loop)
                 got = os.waitid(os.P_PID, p.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
                 if got is None or got.si_code not in (os.CLD_STOPPED, os.CLD_TRAPPED):
-                    return False
+                    return  # (it ended meanwhile)
             try:
-                caught = sigint_caught(p.pid)
-                if caught:
+                if sigint_caught(p.pid):
                     os.kill(p.pid, signal.SIGINT)
             finally:
                 if not frozen:
                     os.kill(p.pid, signal.SIGCONT)
-        except (ProcessLookupError, ChildProcessError, OSError):
-            return False
-        return caught
+        except OSError:  # (ProcessLookupError, ChildProcessError: it is gone)
+            return
 
     def _deliver(self) -> None:
         now = time.monotonic()

@@ -33,7 +33,6 @@ from . import peer
 # that waited 500 ms for a host that never reads (MICROPY_HW_USB_CDC_TX_TIMEOUT).
 HIGH_WATER = 64 * 1024
 CDC_TIMEOUT_S = 0.5
-MAX_PENDING_OUT = HIGH_WATER  # (the name others know)
 BUSY_MESSAGE = b"port busy: another program has it open\r\n"
 # Output a socket:// client has not taken: beyond this it is disconnected,
 # as a serial server (ser2net) drops a TCP client that stopped reading,
