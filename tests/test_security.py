@@ -603,7 +603,7 @@ def test_another_user_is_refused_by_the_plant_server_and_its_owner_served():
         assert server.connections == 0
         host, _, port = server.address.rpartition(":")
         with socket.create_connection((host, int(port)), timeout=30) as own:
-            own.sendall(bytes([hal_sim.OP_HELLO]))
+            own.sendall(bytes([hal_sim.OP_HELLO]) + bytes(8))  # (op, the board's time)
             answer = b""
             while len(answer) < 8:  # the plant's time, 8 bytes
                 chunk = own.recv(8 - len(answer))

@@ -203,13 +203,6 @@ class Plant:
         is off, expiry cleared, until the firmware starts it again."""
         self._wd = _Watchdog()
 
-    def watchdog_credit(self, dt_us: int) -> None:
-        """Time the board spent waiting on the model (a plant server's
-        request) does not count against its watchdog."""
-        wd = self._wd
-        if dt_us > 0 and wd.started and not wd.expired:
-            wd.fed_us += dt_us
-
     def watchdog_feed(self, t_us: int) -> None:
         # A late feed cannot revive an expired watchdog.
         if self._wd.started and not self.watchdog_expired(t_us):

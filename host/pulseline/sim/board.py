@@ -147,7 +147,7 @@ class SimBoard(PlantControls):
         self.proc: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self.resets: list[tuple[float, str]] = []
+        self.resets: list[tuple[int, str]] = []  # (plant time, kind) of each reset
         self.repl = Repl()
         self._interrupt_at: float | None = None  # when a Ctrl-C that got no prompt is raised
         self._relaunch_kind = "power"  # what brought up the interpreter being launched
@@ -157,9 +157,8 @@ class SimBoard(PlantControls):
         self._pending_in = bytearray()
         self.host = HostEndpoints(self._from_host, self._log_error)
         self.ctl = ControlServer(self, self._stop, self._log_error)
-        self._stall_checked_us = 0  # plant time up to which scripted stalls were applied
-        self._stall_until: float | None = None  # monotonic time a frozen interpreter resumes
-        self.stalls: list[int] = []  # plant time at which each scripted stall froze the interpreter
+        self._last_set_us = 0  # plant time of the latest change set_input made
+        self._cpu_mark = (-1, 0)  # (plant requests served, the interpreter's CPU ns then)
         self._resets_seen = 0  # the plant server's count of resets the firmware requested
         self._to_board: LinkDirection | None = None
         self._to_host: LinkDirection | None = None
@@ -294,7 +293,6 @@ class SimBoard(PlantControls):
                                      env=env, bufsize=0, start_new_session=True)
         assert self.proc.stdout is not None and self.proc.stdin is not None
         with self.server.lock:
-            self.server.board_pid = self.proc.pid
             self.plant.board_started()  # the generator's enable comes up with the board
         os.set_blocking(self.proc.stdout.fileno(), False)
         os.set_blocking(self.proc.stdin.fileno(), False)
@@ -308,7 +306,6 @@ class SimBoard(PlantControls):
             fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._pending_in.clear()  # bytes for the old interpreter die with it, as on a reset board
         self.repl.launched(main=main)
-        self._stall_until = None  # a stall ends with the interpreter it froze
 
     def _kill(self) -> None:
         p = self.proc
@@ -316,11 +313,12 @@ class SimBoard(PlantControls):
             p.kill()
             p.wait(timeout=5)
 
-    def _restart(self, kind: str) -> None:
-        """After the interpreter exited (soft or hard reset) or a watchdog reset."""
+    def _restart(self, kind: str, at_us: int | None = None) -> None:
+        """After the interpreter exited (soft or hard reset) or a watchdog
+        reset (at plant time at_us)."""
         self._relaunch_kind = kind
         self._kill()
-        self.resets.append((time.monotonic(), kind))
+        self.resets.append((self.server.now_us() if at_us is None else at_us, kind))
         if kind == "soft":
             self._emit(SOFT_REBOOT)
             self._launch(main=not self.repl.raw_mode, cause="soft")
@@ -376,20 +374,17 @@ class SimBoard(PlantControls):
         p = self.proc
         if p is None or p.poll() is not None or not self._up_file.exists():
             return  # (MicroPython not running yet: a SIGINT would kill its CPython host's start-up)
-        frozen = self._stall_until is not None  # (a scripted stall holds it stopped already)
         try:
-            if not frozen:
-                os.kill(p.pid, signal.SIGSTOP)
-                # (WEXITED too: one that ends meanwhile must not hang this loop)
-                got = os.waitid(os.P_PID, p.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
-                if got is None or got.si_code not in (os.CLD_STOPPED, os.CLD_TRAPPED):
-                    return  # (it ended meanwhile)
+            os.kill(p.pid, signal.SIGSTOP)
+            # (WEXITED too: one that ends meanwhile must not hang this loop)
+            got = os.waitid(os.P_PID, p.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
+            if got is None or got.si_code not in (os.CLD_STOPPED, os.CLD_TRAPPED):
+                return  # (it ended meanwhile)
             try:
                 if sigint_caught(p.pid):
                     os.kill(p.pid, signal.SIGINT)
             finally:
-                if not frozen:
-                    os.kill(p.pid, signal.SIGCONT)
+                os.kill(p.pid, signal.SIGCONT)
         except OSError:  # (ProcessLookupError, ChildProcessError: it is gone)
             return
 
@@ -514,24 +509,6 @@ class SimBoard(PlantControls):
                 if c.sock is fd:
                     group.read(c)
 
-    def _scripted_stalls(self, p: subprocess.Popen[bytes]) -> None:
-        """A `stall` on the plant's timeline freezes the interpreter (SIGSTOP)
-        for its duration, as a hung control loop would: no code runs, no
-        watchdog is fed, and the plant's watchdog decides what follows."""
-        now_us = self.server.now_us()
-        with self.server.lock:
-            stalls = self.plant.timeline.impulses_between("stall", self._stall_checked_us, now_us)
-        self._stall_checked_us = now_us
-        if stalls and self._stall_until is None and p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGSTOP)
-            self.stalls.append(self.server.now_us())
-            self._stall_until = time.monotonic() + sum(stalls) / 1e6
-        if self._stall_until is not None and time.monotonic() >= self._stall_until:
-            self._stall_until = None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGCONT)
-
     def _drain(self, p: subprocess.Popen[bytes]) -> None:
         if p.stdout is None:
             return
@@ -549,7 +526,6 @@ class SimBoard(PlantControls):
         p = self.proc
         if p is None:
             return
-        self._scripted_stalls(p)
         if self._interrupt_at is not None:
             if self.repl.prompt_seen >= self._interrupt_at - INTERRUPT_GRACE_S:
                 self._interrupt_at = None  # answered
@@ -580,22 +556,39 @@ class SimBoard(PlantControls):
                 self._restart("hard" if code == hal_sim.EXIT_HARD_RESET else "power")
             return
         with self.server.lock:
-            now = self.server.now_us()
-            # Asked after `now` was read, under the lock: a request that came
-            # while this thread waited for the lock (held by the host side, or
-            # by this thread starved of its GIL) waits for it too, so the board
-            # was alive then. It is judged when the answer and its credit are out.
-            if self.server.board_waiting():
-                return
-            self.server.credit_host_starvation()
-            expired = self.plant.watchdog_expired(now)
+            # The watchdog is judged on the board's time: as its last request
+            # gave it, plus the CPU its interpreter has run since without
+            # asking the hardware anything (a firmware spinning in a loop).
+            # Time it waited for the host is in neither.
+            board_us = self.server.now_us() + self._cpu_since_request_us(p.pid)
+            expired = self.plant.watchdog_expired(board_us)
         if expired:
             # Clear the expiry before the new interpreter starts its own
             # watchdog (watchdog_stop would keep an expired one: the board
             # would be reset again and again).
             with self.server.lock:
                 self.plant.watchdog_reset()
-            self._restart("watchdog")
+            self._restart("watchdog", board_us)
+
+    def _cpu_since_request_us(self, pid: int) -> int:
+        """CPU time the interpreter ran since the plant last heard from its
+        firmware (0 while no firmware keeps the plant's time)."""
+        if not self.server.board_clocked():
+            return 0
+        try:
+            with open(f"/proc/{pid}/schedstat", "rb") as fh:
+                cpu_ns = int(fh.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            return 0
+        requests = self.server.requests
+        if requests != self._cpu_mark[0]:
+            self._cpu_mark = (requests, cpu_ns)
+        return (cpu_ns - self._cpu_mark[1]) // 1000
+
+    @property
+    def stalls(self) -> list[int]:
+        """Plant time at which each scripted stall hung the control loop."""
+        return list(self.server.stalls)
 
     # -- the simulated hardware, from the host ---------------------------------------
 
@@ -603,13 +596,21 @@ class SimBoard(PlantControls):
         """Change a plant input now (switch, door_closed, key_on, ...), or at
         plant time at_us; returns the plant time at which it takes effect."""
         with self.server.lock:
-            t = max(self.server.now_us() + 1, at_us or 0)
+            t = max(self._host_now_us() + 1, at_us or 0)
+            self._last_set_us = max(self._last_set_us, t)
             self.plant.timeline.add(t, name, value)
         return t
 
+    def _host_now_us(self) -> int:
+        """Plant time as the host sees it: the board's, or the latest change
+        the host made if later (plant time stands while the board's firmware
+        is between requests: changes keep their order, and a status read
+        after a change shows it)."""
+        return max(self.server.now_us(), self._last_set_us)
+
     def plant_status(self) -> dict[str, Any]:
         with self.server.lock:
-            return {**self.plant.status(self.server.now_us()), "resets": [k for _, k in self.resets],
+            return {**self.plant.status(self._host_now_us()), "resets": [k for _, k in self.resets],
                     "link": self.link_counters()}
 
     def link_faults(self) -> list[Any]:

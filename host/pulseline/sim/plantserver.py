@@ -1,16 +1,19 @@
 """The plant on a local socket, for a board running on the MicroPython unix
 port (firmware/pulsefw/boards/sim/hal.py, PlantClient, is the other side).
 
-Plant time is the host's monotonic clock since the server started (plus
-start_us): the
-firmware reads the same clock (time.ticks_us on the unix port), offset once
-at connection, so both sides agree on "now" without a round trip.
+Plant time is the board's time. Each request carries the board's own clock
+(BoardClock: what its interpreter ran and what it asked to wait), and the
+plant acts at that time: inputs are read, pulses fired, lines landed and
+the watchdog judged on it. A host that starves the board of CPU, disk or
+attention slows the board's time down; it never makes the board look
+stalled. While no firmware runs (before its hello, after it stops its
+watchdog for the REPL, between interpreters) plant time runs on the wall
+clock from where the board left it, so the plant never goes back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import select
 import socket
 import struct
 import threading
@@ -29,17 +32,9 @@ _ARG_SIZES = {
     hal_sim.OP_HELLO: 0, hal_sim.OP_INPUTS: 0, hal_sim.OP_SET: 8, hal_sim.OP_FIRE: 4, hal_sim.OP_FEEDBACK: 0,
     hal_sim.OP_ARM: 5, hal_sim.OP_POLL: 0, hal_sim.OP_WDT_START: 4, hal_sim.OP_WDT_FEED: 0, hal_sim.OP_CAUSE: 0,
     hal_sim.OP_RESET: 0, hal_sim.OP_WDT_STOP: 0, hal_sim.OP_DARK: 4, hal_sim.OP_IDENT: 0,
-    hal_sim.OP_EMISSION_OFF: 0, hal_sim.OP_STORAGE: 1,
+    hal_sim.OP_EMISSION_OFF: 0,
 }
-# A board writing its filesystem (the host's disk) this long is judged by its
-# watchdog again: a write that never ends is the board's hang.
-STORAGE_GRACE_US = 5_000_000
 _CAUSE_CODES = {"power": 0, "watchdog": 1, "soft": 2}
-# Linux: the kernel's receive time of a request (SO_TIMESTAMPNS, which
-# Python's socket module does not name), so the time a request waited for
-# this server's thread is known too.
-_SO_TIMESTAMPNS = 35
-_SCM_TIMESTAMPNS = _SO_TIMESTAMPNS
 
 
 class PlantServer:
@@ -49,35 +44,46 @@ class PlantServer:
         self.plant = plant
         self.lock = threading.Lock()  # the plant is shared with the host side (tests, CLI)
         # Plant time starts at start_us (a start just before 2**30 us has the
-        # board's ticks wrap early on).
-        self._t0_ns = time.monotonic_ns() - start_us * 1000
+        # board's ticks wrap early on), on the wall clock until a board says.
+        self._wall_from = (start_us, time.monotonic_ns())
+        self._board_us: int | None = None  # the board's time, while its firmware runs
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Receive times on the listener, inherited by the board's connection:
-        # the kernel turns timestamping on a moment after it is first asked.
-        with contextlib.suppress(OSError):
-            self._sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         self._sock.bind((host, port))
         self._sock.listen(1)
         bound_host, bound_port = self._sock.getsockname()
         self.address = f"{bound_host}:{bound_port}"
         self.reset_cause = "power"
         self.resets_requested = 0
-        # The interpreter running the firmware (set by the simulated board):
-        # the time it waits for a host CPU is credited to its watchdog.
-        self.board_pid: int | None = None
-        self._run_delay: tuple[int, int] = (0, 0)  # (pid, its run-queue wait so far, ns)
+        self.requests = 0  # every request served: the board's sign of life
+        self.stalls: list[int] = []  # plant time at which each scripted stall hung the control loop
+        self._stall_checked_us = start_us
         self.connections = 0
-        self._conn: socket.socket | None = None
-        self._busy = False  # a request is taken and not yet answered
-        self._storage_since: int | None = None  # plant time a write of the board's filesystem began
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="plant-server", daemon=True)
         self._thread.start()
 
+    # -- the clock -------------------------------------------------------------
+
     def now_us(self) -> int:
-        return (time.monotonic_ns() - self._t0_ns) // 1000
+        """Plant time: the board's as its last request gave it while its
+        firmware runs, else the wall clock's from where it left off."""
+        board = self._board_us
+        if board is not None:
+            return board
+        base_us, since_ns = self._wall_from
+        return base_us + (time.monotonic_ns() - since_ns) // 1000
+
+    def board_clocked(self) -> bool:
+        """A board's firmware runs and keeps plant time."""
+        return self._board_us is not None
+
+    def _to_wall(self) -> None:
+        board = self._board_us
+        if board is not None:
+            self._wall_from = (board, time.monotonic_ns())
+            self._board_us = None
 
     def close(self) -> None:
         self._stop.set()
@@ -107,7 +113,6 @@ class PlantServer:
                 continue
             self.connections += 1
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._conn = conn
             try:
                 self._session(conn)
             except (OSError, ConnectionError):
@@ -115,58 +120,9 @@ class PlantServer:
             except Exception as exc:  # keep the reason for the test that started us
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             finally:
-                self._conn, self._busy, self._storage_since = None, False, None
+                with self.lock:
+                    self._to_wall()
                 conn.close()
-
-    def credit_host_starvation(self) -> None:
-        """A board's CPU is its own; the host's is shared. Time the
-        interpreter was ready to run but waited for a host CPU (its run-queue
-        delay, /proc/PID/schedstat) does not run down its watchdog, so a busy
-        host cannot make a healthy firmware look stalled. Call under lock."""
-        pid = self.board_pid
-        if pid is None:
-            return
-        try:
-            with open(f"/proc/{pid}/schedstat") as fh:
-                delay_ns = int(fh.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            return
-        last_pid, last_ns = self._run_delay
-        self._run_delay = (pid, delay_ns)
-        if last_pid == pid and delay_ns > last_ns:
-            self.plant.watchdog_credit((delay_ns - last_ns) // 1000)
-
-    def board_waiting(self) -> bool:
-        """The board is inside a hardware call: a request of its is unread
-        or being served. Its control loop is not stalled, whatever the
-        watchdog's clock says, until the answer (and the credit) is out."""
-        conn = self._conn
-        if self._busy:
-            return True
-        since = self._storage_since
-        if since is not None and self.now_us() - since < STORAGE_GRACE_US:
-            return True  # writing the host's disk: its time, not the board's
-        if conn is None:
-            return False
-        try:
-            return bool(select.select([conn], [], [], 0)[0])
-        except (OSError, ValueError):
-            return False
-
-    def _recv_op(self, conn: socket.socket) -> tuple[int, int]:
-        """A request's opcode and when it reached the host (plant us; now,
-        if the kernel gave no receive time)."""
-        data, anc, _, _ = conn.recvmsg(1, 64)
-        if not data:
-            raise ConnectionError("board disconnected")
-        self._busy = True
-        now_us = self.now_us()
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(payload) >= 16:
-                sec, nsec = struct.unpack_from("<qq", payload)
-                waited_ns = time.time_ns() - (sec * 1_000_000_000 + nsec)  # wall clock, both
-                return data[0], now_us - max(0, min(waited_ns // 1000, 10_000_000))
-        return data[0], now_us
 
     @staticmethod
     def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -183,41 +139,45 @@ class PlantServer:
         frame: bytes = b""
         line_bytes = 0
         while not self._stop.is_set():
-            op, asked_us = self._recv_op(conn)
+            head = self._recv_exact(conn, hal_sim.REQUEST_HEAD)
+            op = head[0]
             if op not in _ARG_SIZES:
                 raise ValueError(f"unknown plant request {op:#x}")
+            (board_us,) = struct.unpack_from("<Q", head, 1)
             args = self._recv_exact(conn, _ARG_SIZES[op]) if _ARG_SIZES[op] else b""
             with self.lock:
-                now = self.now_us()
+                self.requests += 1
                 p = self.plant
-                # The board has waited since it asked (for this thread, the
-                # lock, a CPU): hardware answers at once, so that wait is not
-                # the board's and must not run down its watchdog, a feed included.
-                p.watchdog_credit(now - asked_us)
-                # The hardware acts when the board asks, not when this thread
-                # gets to it: an input is read, a setpoint taken and a pulse
-                # fired at the request's arrival (so a loaded host, late to
-                # one fire and not the next, does not move the pulses the
-                # plant records closer together than the board fired them).
-                at = asked_us
+                if op == hal_sim.OP_HELLO:
+                    # A firmware starts: its clock starts at plant time and
+                    # keeps it from now on.
+                    now = self.now_us()
+                    self._board_us = now
+                elif self._board_us is not None:
+                    self._board_us = now = max(self._board_us, board_us)
+                else:
+                    now = self.now_us()  # (a request after the firmware left: the REPL's reset)
                 if op == hal_sim.OP_HELLO:
                     out = struct.pack("<Q", now)
                 elif op == hal_sim.OP_INPUTS:
-                    s = p.inputs_at(at)
+                    s = p.inputs_at(now)
                     bits = ((hal_sim.INPUT_SWITCH if s.switch else 0)
                             | (hal_sim.INPUT_DOOR_CLOSED if s.door_closed else 0)
                             | (hal_sim.INPUT_KEY_ON if s.key_on else 0)
                             | (hal_sim.INPUT_GENERATOR_READY if s.generator_ready else 0)
                             | (hal_sim.INPUT_HLC_SWITCH if s.hlc_switch else 0))
-                    out = bytes([bits])
+                    stalls = p.timeline.impulses_between("stall", self._stall_checked_us, now)
+                    self._stall_checked_us = now
+                    if stalls:
+                        self.stalls.append(now)
+                    out = struct.pack("<BI", bits, min(int(sum(stalls)), 0xFFFFFFFF))
                 elif op == hal_sim.OP_SET:
                     kv, ma = struct.unpack("<ff", args)
-                    p.generator_set(at, float(kv), float(ma))
+                    p.generator_set(now, float(kv), float(ma))
                     out = b"\x01"
                 elif op == hal_sim.OP_FIRE:
                     (width_us,) = struct.unpack("<I", args)
-                    self.credit_host_starvation()
-                    ok = p.generator_fire(at, int(width_us)) is not None
+                    ok = p.generator_fire(now, int(width_us)) is not None
                     if ok:
                         copied = 0
                         frame = b""
@@ -227,16 +187,6 @@ class PlantServer:
                     out = struct.pack("<ff", kv, ma)
                 elif op == hal_sim.OP_EMISSION_OFF:
                     p.emission_off(now)
-                    out = b"\x01"
-                elif op == hal_sim.OP_STORAGE:
-                    # The write's time (the host's disk) is credited, as a
-                    # hardware call's is: from the request saying it began
-                    # to the one saying it is over.
-                    if args[0]:
-                        self._storage_since = asked_us
-                    elif self._storage_since is not None:
-                        p.watchdog_credit(asked_us - self._storage_since)
-                        self._storage_since = None
                     out = b"\x01"
                 elif op == hal_sim.OP_ARM:
                     lines, pixels, fmt = struct.unpack("<HHB", args)
@@ -261,15 +211,15 @@ class PlantServer:
                     p.watchdog_start(now, int(timeout_ms) * 1000)
                     out = b"\x01"
                 elif op == hal_sim.OP_WDT_FEED:
-                    self.credit_host_starvation()
                     p.watchdog_feed(now)
                     out = b"\x01"
                 elif op == hal_sim.OP_WDT_STOP:
                     p.watchdog_stop(now)
+                    self._to_wall()  # the firmware leaves: the board's clock is no longer kept
                     out = b"\x01"
                 elif op == hal_sim.OP_DARK:
                     (width_us,) = struct.unpack("<I", args)
-                    p.detector_dark(at, int(width_us))
+                    p.detector_dark(now, int(width_us))
                     copied = 0
                     frame = b""
                     out = b"\x01"
@@ -281,7 +231,4 @@ class PlantServer:
                     self.resets_requested += 1
                     self.reset_cause = "soft"
                     out = b"\x01"
-                # Likewise the time the model took (rendering a frame, say).
-                p.watchdog_credit(self.now_us() - now)
             conn.sendall(out)
-            self._busy = False

@@ -155,12 +155,13 @@ class Plant(PlantControls):
         return self.set_input(name, value, at_us=t)
 
     def stall(self, seconds: float) -> int:
-        """Freeze the firmware for this long, as a hung control loop (the
-        watchdog is not fed); returns the plant time it was asked for."""
+        """Hang the control loop for this long of the board's time (it spins
+        in its next input read; the watchdog is not fed); returns the plant
+        time it was asked for."""
         return self.set("stall", round(seconds * 1e6))
 
     def stalls(self) -> list[int]:
-        """Plant time at which each stall actually froze the firmware."""
+        """Plant time at which each stall actually hung the control loop."""
         return list(self._sim.stalls)
 
     def plant_status(self) -> dict[str, Any]:

@@ -17,10 +17,11 @@ from pulsefw import ticks
 from pulsefw.hal import Hal
 from pulsefw.journal import FileStore
 
-# Plant socket protocol: request = op u8 + fixed arguments; every request
-# gets an answer, so the two sides stay in lock step.
-OP_HELLO = const(0x48)  # -> now_us u64
-OP_INPUTS = const(0x49)  # -> bits u8
+# Plant socket protocol: request = op u8 + the board's time u64 (us, its
+# own clock: BoardClock) + fixed arguments; every request gets an answer, so
+# the two sides stay in lock step, and the plant acts at the board's time.
+OP_HELLO = const(0x48)  # -> now_us u64 (the plant's time: the board's clock starts there)
+OP_INPUTS = const(0x49)  # -> bits u8, stall_us u32 (the control loop hangs that long: a scripted fault)
 OP_SET = const(0x53)  # kv f32, ma f32 -> ack
 OP_FIRE = const(0x46)  # width_us u32 -> ok u8
 OP_FEEDBACK = const(0x42)  # -> kv f32, ma f32
@@ -34,7 +35,7 @@ OP_WDT_STOP = const(0x57)  # -> ack
 OP_DARK = const(0x52)  # width_us u32 -> ack: read the armed frame with the beam off
 OP_IDENT = const(0x4E)  # -> seed u32 (the simulated hardware's identity)
 OP_EMISSION_OFF = const(0x4F)  # -> ack: the generator's enable dropped until the board restarts
-OP_STORAGE = const(0x54)  # writing u8 (1 a write begins, 0 it is over) -> ack
+REQUEST_HEAD = const(9)  # op + board time
 
 INPUT_SWITCH = const(1)
 INPUT_DOOR_CLOSED = const(2)
@@ -143,10 +144,109 @@ class SimHal(Hal):
         self.link.write(data)
 
 
+class BoardClock:
+    """The simulated board's own time, in us: what its interpreter ran and
+    the time it asked to wait, never the time the host took from it.
+
+    The interpreter is a process on a shared host. Its wall time is its
+    running time, plus the time it waited for a host CPU (its run-queue
+    delay, which the kernel keeps exactly: /proc/self/schedstat), plus the
+    time it was blocked. Of the blocked time the board counts what it asked
+    for (a wait, up to what it asked plus WAIT_SLACK_US) and nothing of a
+    host call (`hold`): the plant's answer (hardware answers at once), a
+    link write the host is slow to take, a write of its filesystem (the
+    host's disk). So a starved host slows the board down and never makes
+    it look stalled, and a firmware that spins is still a spinning board."""
+
+    REFRESH_US = 200  # a wall step this long re-reads the run-queue delay
+    WAIT_SLACK_US = 1000  # a wait woken up to this late is still the board's
+    HOLD_EXACT_US = 20  # a host call this long re-reads the run-queue delay (a short one: a pipe write)
+
+    def __init__(self, time_mod):
+        self._time = time_mod
+        self._last_raw = time_mod.ticks_us()
+        self._wall = 0  # local monotonic us, summed from ticks_diff (ticks_us wraps)
+        self._taken = 0  # us the host took, run-queue delay apart
+        self._buf = bytearray(64)
+        try:
+            self._stat = open("/proc/self/schedstat", "rb")
+        except OSError:  # no such kernel table: wall time, less the host calls
+            self._stat = None
+        self._queued0 = self._run_delay_us()
+        self._queued = 0  # run-queue delay since the clock started, as last read
+        self._read_at = 0  # wall us of that read
+        self._given = 0  # the last time given: the clock never goes back
+        self._hold_wall = 0
+        self._hold_queued = 0
+        self.offset = 0  # board time = local time + offset (set from the plant at hello)
+
+    def _wall_us(self):
+        raw = self._time.ticks_us()
+        self._wall += self._time.ticks_diff(raw, self._last_raw)
+        self._last_raw = raw
+        return self._wall
+
+    def _run_delay_us(self):
+        # Second field of "sum_exec_runtime run_delay pcount", in ns.
+        f = self._stat
+        if f is None:
+            return 0
+        f.seek(0)
+        n = f.readinto(self._buf)
+        buf = self._buf
+        i = 0
+        while i < n and buf[i] != 32:
+            i += 1
+        v = 0
+        i += 1
+        while i < n:
+            c = buf[i]
+            if c < 48 or c > 57:
+                break
+            v = v * 10 + c - 48
+            i += 1
+        return v // 1000
+
+    def _refresh(self, wall):
+        self._queued = self._run_delay_us() - self._queued0
+        self._read_at = wall
+
+    def now(self):
+        wall = self._wall_us()
+        if wall - self._read_at >= self.REFRESH_US:
+            self._refresh(wall)
+        t = wall - self._queued - self._taken
+        if t > self._given:
+            self._given = t
+        return self._given + self.offset
+
+    def hold(self):
+        """A host call begins: until `release`, the board's time stands."""
+        self._hold_wall = self._wall_us()
+        self._hold_queued = self._queued
+
+    def release(self):
+        wall = self._wall_us()
+        if wall - self._hold_wall >= self.HOLD_EXACT_US:
+            self._refresh(wall)
+        # The call's time, less what of it the run-queue delay takes anyway
+        # (the board's time just after is the time just before, whatever
+        # the delay read then and now).
+        self._taken += (wall - self._hold_wall) - (self._queued - self._hold_queued)
+
+    def waited(self, since, asked_us):
+        """A wait the board asked for (asked_us long) began at board time
+        `since` and is over: past what was asked, it was the host's."""
+        over = self.now() - since - asked_us - self.WAIT_SLACK_US
+        if over > 0:
+            self._taken += over
+            self._given -= over
+
+
 class PlantClient:
     """The plant port over a local socket (MicroPython unix port)."""
 
-    def __init__(self, host, tcp_port, link):
+    def __init__(self, host, tcp_port, link, clock):
         import socket
         import time
 
@@ -155,25 +255,20 @@ class PlantClient:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.connect(socket.getaddrinfo(host, tcp_port)[0][-1])
         self.sock = s
-        self.req = bytearray(16)
+        self.req = bytearray(REQUEST_HEAD + 8)
         self.ans = bytearray(16)
         self.ans_mv = memoryview(self.ans)
         # Views made once: a request allocates nothing.
         req_mv = memoryview(self.req)
-        self.req_views = [req_mv[:1 + n] for n in range(9)]
+        self.req_views = [req_mv[:REQUEST_HEAD + n] for n in range(9)]
         self.ans_views = [self.ans_mv[:n] for n in range(9)]
-        # Local monotonic us, summed from ticks_diff: time.ticks_us wraps at the
-        # port's small-int range (2**30 on a 32-bit build, 2**62 on the 64-bit
-        # unix port), and ticks_diff handles the wrap on any port.
-        self._local = 0
-        self._last_raw = time.ticks_us()
+        self.clock = clock
         self.frame_views = []  # type: list
         self.landed = bytearray(0)
         self._index = bytearray(2 * 4096)
         self.ask(OP_HELLO, 0, 8)
-        # Board time = plant time: offset the local monotonic clock (the same
-        # clock the plant server paces itself by) to the plant's.
-        self._offset = struct.unpack_from("<Q", self.ans)[0] - self._local_us()
+        # The board's clock starts at the plant's time.
+        self.clock.offset = struct.unpack_from("<Q", self.ans)[0] - (self.clock.now() - self.clock.offset)
 
     # -- socket plumbing ------------------------------------------------------
     def _recv_into(self, mv):
@@ -191,20 +286,21 @@ class PlantClient:
             got += k
 
     def ask(self, op, nargs, nans):
+        # The request carries the board's time; the answer is the
+        # hardware's, at once: the round trip is the host's time.
         self.req[0] = op
-        self.sock.write(self.req_views[nargs])
-        if nans:
-            self._recv_into(self.ans_views[nans])
+        struct.pack_into("<Q", self.req, 1, self.clock.now())
+        self.clock.hold()
+        try:
+            self.sock.write(self.req_views[nargs])
+            if nans:
+                self._recv_into(self.ans_views[nans])
+        finally:
+            self.clock.release()
 
     # -- clock ----------------------------------------------------------------
-    def _local_us(self):
-        raw = self._time.ticks_us()
-        self._local += self._time.ticks_diff(raw, self._last_raw)
-        self._last_raw = raw
-        return self._local
-
     def ticks_us(self):
-        return self._local_us() + self._offset
+        return self.clock.now()
 
     def wait_exactly(self, deadline_us):
         while self.ticks_us() < deadline_us:
@@ -213,23 +309,33 @@ class PlantClient:
     def wait_until(self, deadline_us):
         # As a board with a 1 ms loop: sleep at most 1 ms, less if host
         # bytes are already waiting.
-        dt = deadline_us - self.ticks_us()
+        now = self.ticks_us()
+        dt = deadline_us - now
         if dt > 1000:
             dt = 1000
         if dt > 0:
-            self.link.wait_readable(dt)
+            ms = (dt + 999) // 1000
+            self.link.wait_readable_ms(ms)
+            self.clock.waited(now, ms * 1000)
 
     # -- hardware -------------------------------------------------------------
     def read_inputs(self, inputs):
-        self.ask(OP_INPUTS, 0, 1)
+        self.ask(OP_INPUTS, 0, 5)
         fill_inputs(inputs, self.ans[0])
+        stall_us = struct.unpack_from("<I", self.ans, 1)[0]
+        if stall_us:
+            # A scripted fault: the control loop hangs here, spinning, that
+            # long of its own time (no code of the firmware runs meanwhile).
+            end = self.ticks_us() + stall_us
+            while self.ticks_us() < end:
+                pass
 
     def generator_set(self, kv, ma):
-        struct.pack_into("<ff", self.req, 1, kv, ma)
+        struct.pack_into("<ff", self.req, REQUEST_HEAD, kv, ma)
         self.ask(OP_SET, 8, 1)
 
     def generator_fire(self, width_us):
-        struct.pack_into("<I", self.req, 1, width_us)
+        struct.pack_into("<I", self.req, REQUEST_HEAD, width_us)
         self.ask(OP_FIRE, 4, 1)
         return self.ans[0] == 1
 
@@ -248,11 +354,11 @@ class PlantClient:
             mv = memoryview(frame_buf)
             self.frame_views = [mv[i * line_bytes:(i + 1) * line_bytes] for i in range(lines)]
         self.landed = landed
-        struct.pack_into("<HHB", self.req, 1, lines, pixels, pixel_format)
+        struct.pack_into("<HHB", self.req, REQUEST_HEAD, lines, pixels, pixel_format)
         self.ask(OP_ARM, 5, 1)
 
     def detector_dark(self, width_us):
-        struct.pack_into("<I", self.req, 1, width_us)
+        struct.pack_into("<I", self.req, REQUEST_HEAD, width_us)
         self.ask(OP_DARK, 4, 1)
 
     def identity(self):
@@ -264,16 +370,20 @@ class PlantClient:
         done = self.ans[0]
         count = self.ans[1] | (self.ans[2] << 8)
         if count:
-            idx = memoryview(self._index)[:2 * count]
-            self._recv_into(idx)
-            for k in range(count):
-                i = idx[2 * k] | (idx[2 * k + 1] << 8)
-                self._recv_into(self.frame_views[i])
-                self.landed[i] = 1
+            self.clock.hold()  # the lines' bytes: still the hardware's answer
+            try:
+                idx = memoryview(self._index)[:2 * count]
+                self._recv_into(idx)
+                for k in range(count):
+                    i = idx[2 * k] | (idx[2 * k + 1] << 8)
+                    self._recv_into(self.frame_views[i])
+                    self.landed[i] = 1
+            finally:
+                self.clock.release()
         return done == 1
 
     def watchdog_start(self, timeout_ms):
-        struct.pack_into("<I", self.req, 1, timeout_ms)
+        struct.pack_into("<I", self.req, REQUEST_HEAD, timeout_ms)
         self.ask(OP_WDT_START, 4, 1)
 
     def watchdog_feed(self):
@@ -294,48 +404,39 @@ class PlantClient:
         while True:
             self._time.sleep_ms(10)
 
-    def storage_writing(self, writing):
-        self.req[1] = 1 if writing else 0
-        self.ask(OP_STORAGE, 1, 1)
-
 
 class SimStorage:
     """The simulated board's filesystem is a directory on the host's disk,
     whose write can stall for the host's reasons (its writeback: 170 ms
-    seen for a 450-byte file) and whose time is not the board's. Each
-    write is told to the plant, which neither judges the watchdog during
-    it nor counts it (the journal's FileStore otherwise)."""
+    seen for a 450-byte file): a write is a host call, whose time is not
+    the board's (the journal's FileStore otherwise)."""
 
-    def __init__(self, store, port):
+    def __init__(self, store, clock):
         self.store = store
-        self.port = port
+        self.clock = clock
 
     def read(self, name):
         return self.store.read(name)
 
     def append(self, name, data):
-        self._write(name, data, True)
+        self.clock.hold()
+        try:
+            self.store.append(name, data)
+        finally:
+            self.clock.release()
 
     def replace(self, name, data):
-        self._write(name, data, False)
-
-    def _write(self, name, data, append):
-        # A flag, not the store's bound method passed in: that would be an
-        # object made on every write.
-        self.port.storage_writing(True)
+        self.clock.hold()
         try:
-            if append:
-                self.store.append(name, data)
-            else:
-                self.store.replace(name, data)
+            self.store.replace(name, data)
         finally:
-            self.port.storage_writing(False)
+            self.clock.release()
 
 
 class StdioLink:
     """The host link on stdin/stdout (the USB CDC port of a board)."""
 
-    def __init__(self):
+    def __init__(self, clock):
         import select
         import sys
 
@@ -344,9 +445,11 @@ class StdioLink:
         self.poller = select.poll()
         self.poller.register(self.rx, select.POLLIN)
         self.one = bytearray(1)
+        self.clock = clock  # the board's: a write the host is slow to take is not its time
 
-    def wait_readable(self, timeout_us):
-        self.poller.poll((timeout_us + 999) // 1000)
+
+    def wait_readable_ms(self, timeout_ms):
+        self.poller.poll(timeout_ms)
 
     def read(self, buf):
         n = 0
@@ -366,14 +469,22 @@ class StdioLink:
         return n
 
     def write(self, data):
-        self.txs.write(data)
+        clock = self.clock
+        clock.hold()
+        try:
+            self.txs.write(data)
+        finally:
+            clock.release()
 
 
 def connect(root, address, link_bytes_per_s=0):
     """The sim HAL of a MicroPython simulated board: plant at address
     ("host:port"), board filesystem at root, and the emulated link's
     capacity (0: USB full speed)."""
+    import time
+
     host, _, tcp_port = address.rpartition(":")
-    link = StdioLink()
-    port = PlantClient(host, int(tcp_port), link)
-    return SimHal(port, link, SimStorage(FileStore(root), port), link_bytes_per_s)
+    clock = BoardClock(time)
+    link = StdioLink(clock)
+    port = PlantClient(host, int(tcp_port), link, clock)
+    return SimHal(port, link, SimStorage(FileStore(root), clock), link_bytes_per_s)
