@@ -420,10 +420,18 @@ import sys, time
 sys.path.insert(0, %r)
 from pulsefw.boards.sim.hal import BoardClock
 c = BoardClock(time)
-def board_and_wall(fn):
+stat = open("/proc/self/schedstat")
+def cpu_us():
+    # (exact once the process has been switched out: the sleep before it)
+    time.sleep_ms(1)
+    stat.seek(0)
+    return int(stat.read().split()[0]) // 1000
+def measure(fn):
+    c0 = cpu_us()
     b0, w0 = c.now(), time.ticks_us()
     fn()
-    return c.now() - b0, time.ticks_diff(time.ticks_us(), w0)
+    b1, w1 = c.now(), time.ticks_us()
+    return b1 - b0, time.ticks_diff(w1, w0), cpu_us() - c0
 def spin():
     end = time.ticks_add(time.ticks_us(), 600000)
     while time.ticks_diff(end, time.ticks_us()) > 0:
@@ -432,36 +440,39 @@ def held():
     c.hold(); time.sleep_ms(200); c.release()
 def asked():
     since = c.now(); time.sleep_ms(100); c.waited(since, 20000)
-print("spin", *board_and_wall(spin))
-print("held", *board_and_wall(held))
-print("asked", *board_and_wall(asked))
+print("spin", *measure(spin))
+print("held", *measure(held))
+print("asked", *measure(asked))
 """
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/schedstat"), reason="the kernel keeps no run-queue delays")
 def test_the_boards_clock_counts_what_it_ran_and_asked_to_wait_not_what_the_host_took():
     """BoardClock on MicroPython, pinned to one CPU beside a busy process
-    pinned there too: the board spins 0.6 s of wall time but runs about
-    half of it (its run-queue delay is the host's); a host call (a 200 ms
-    hold) is none of its time; a wait it asked 20 ms of, that the host made
-    last 100 ms, is 20 ms (and the slack) of it."""
+    pinned there too (and whatever else the machine runs): a 0.6 s spin of
+    wall time is exactly the CPU time the kernel says the board had (its
+    run-queue delay is the host's); a host call (a 200 ms hold) is none of
+    its time; a wait it asked 20 ms of, that the host made last 100 ms, is
+    20 ms (and the slack) of it. Each figure is the kernel's, so a busier
+    machine changes the shares, never the verdict."""
     cpu = min(os.sched_getaffinity(0))
     hog = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
     try:
         time.sleep(0.2)  # (the hog is up)
         res = subprocess.run(["taskset", "-c", str(cpu), _micropython(), "-c", _CLOCK_SCRIPT % str(FIRMWARE)],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=120)
     finally:
         hog.kill()
         hog.wait()
     assert res.returncode == 0, res.stderr + res.stdout
     got = {line.split()[0]: tuple(int(v) for v in line.split()[1:]) for line in res.stdout.splitlines()}
-    board, wall = got["spin"]
-    assert wall >= 600_000 and board < 0.8 * wall, got  # the hog had its share, and the board does not count it
-    assert board > 0.2 * wall, got  # what it ran counts
-    board, wall = got["held"]
-    assert wall >= 200_000 and board < 5_000, got
-    board, wall = got["asked"]
+    board, wall, ran = got["spin"]
+    # The kernel's CPU figure moves in scheduler ticks (up to 10 ms): that close.
+    assert abs(board - ran) <= 12_000 + 0.02 * ran, got
+    assert wall - board >= 100_000, got  # the hog had its share, and the board does not count it
+    board, wall, _ = got["held"]
+    assert wall >= 190_000 and board < 5_000, got
+    board, wall, _ = got["asked"]
     assert wall >= 90_000 and 20_000 <= board <= 20_000 + BOARD_WAIT_SLACK_US + 5_000, got
 
 

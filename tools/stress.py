@@ -39,13 +39,17 @@ import os, sys, time
 where, end = sys.argv[1], time.monotonic() + float(sys.argv[2])
 block = os.urandom(1 << 20)
 while time.monotonic() < end:
-    path = os.path.join(where, "stress.bin")
-    with open(path, "wb") as fh:
-        for _ in range(16):
-            fh.write(block)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.remove(path)
+    try:  # (whatever happens to the directory, the load goes on)
+        os.makedirs(where, exist_ok=True)
+        path = os.path.join(where, "stress.bin")
+        with open(path, "wb") as fh:
+            for _ in range(16):
+                fh.write(block)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.remove(path)
+    except OSError:
+        time.sleep(0.1)
 """
 
 
@@ -98,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-s", type=float, default=1800, help="the load ends by itself after this (default 1800)")
     parser.add_argument("--evidence", type=Path, default=ROOT / "build" / "evidence",
                         help="where the command leaves its hil evidence (default build/evidence)")
+    parser.add_argument("--logs", type=Path, default=ROOT / "build" / "stress",
+                        help="each run's output goes to run-N.log here (default build/stress)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- the command (default: make test)")
     args = parser.parse_args(argv)
     command = [c for c in args.command if c != "--"] or ["make", "test"]
@@ -106,25 +112,27 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("timeout"):
         parser.error("coreutils' timeout is needed to bound the load")
     failures = 0
+    args.logs.mkdir(parents=True, exist_ok=True)
     print(f"stress: {' '.join(command)} x{args.runs} beside {args.hogs} CPU hogs and a disk writer "
           f"on {os.cpu_count()} CPUs", flush=True)
     for run in range(1, args.runs + 1):
-        with tempfile.TemporaryDirectory(prefix="pulseline-stress-") as scratch:
+        log = args.logs / f"run-{run}.log"
+        with tempfile.TemporaryDirectory(prefix="stress-load-") as scratch, log.open("w") as out:
             load = start_load(args.hogs, args.limit_s, scratch)
             t0 = time.monotonic()
             try:
-                res = subprocess.run(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     text=True)
+                res = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
             finally:
                 stop_load(load)
             took = time.monotonic() - t0
         faulty, stall = watchdog_faults(args.evidence)
         ok = res.returncode == 0 and not faulty and stall == "passed"
         failures += not ok
-        tail = res.stderr.strip().splitlines()[-1:] if res.returncode else []
+        failed = [line.split()[1] for line in log.read_text(errors="replace").splitlines()
+                  if line.startswith("FAILED ")]
         print(f"run {run}: {'pass' if ok else 'FAIL'}, exit {res.returncode}, {took / 60:.1f} min, "
               f"watchdog faults in {len(faulty)} bundles{': ' + ', '.join(faulty) if faulty else ''}, "
-              f"stall test {stall}{' | ' + tail[0] if tail else ''}", flush=True)
+              f"stall test {stall}{'; failed: ' + ', '.join(failed) if failed else ''} ({log})", flush=True)
     print(f"stress: {args.runs - failures} of {args.runs} runs passed", flush=True)
     return 0 if failures == 0 else 1
 
