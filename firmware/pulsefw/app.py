@@ -361,6 +361,13 @@ class App:
     # -- the loop -------------------------------------------------------------
 
     def run(self):
+        # Ctrl-C is taken where it is safe: the link reads it (a 0x03 never
+        # comes in ordinary traffic) at the top of a loop pass, and the HALs
+        # raise KeyboardInterrupt there. Raised anywhere else by a board's
+        # USB stack, it could land between a pulse leaving and its dose
+        # being accounted, or inside an event's commit: it is off while the
+        # firmware runs, and leave() turns it back on for the REPL.
+        micropython.kbd_intr(-1)
         try:
             while self.running:
                 self.poll()
@@ -512,12 +519,8 @@ class App:
         if ticks.diff(p.due_us, t_fire) > 0:  # decided ahead (ctl.lead_us): leave on time, never early
             hal.wait_exactly(p.due_us)
             t_fire = hal.ticks_us()
-        # From the pulse leaving to its being in flight (self.pend), a Ctrl-C
-        # (raised anywhere by a board's USB stack) would lose its dose: it
-        # waits (for the link's byte, the HALs raise it themselves).
-        micropython.kbd_intr(-1)
+        # (Ctrl-C is off while the firmware runs: see run().)
         if not hal.generator_fire(width_us, self.ctl.technique.period_us()):
-            micropython.kbd_intr(3)
             self.readout.cancel()
             # The hardware chain holds the exposure switch too: a release in
             # the moment between reading it and firing is no fault (the next
@@ -539,7 +542,6 @@ class App:
                      p.capped, p.hlc)
         self.pend_done = False
         self.pend_press = self.press
-        micropython.kbd_intr(3)
         if p.hlc and not self.hlc_tone:
             self.hlc_tone = True
             self.alarm("hlc_tone", True, now)

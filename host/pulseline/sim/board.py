@@ -94,7 +94,6 @@ __all__ = [
 ]
 
 PIPE_BYTES = 1 << 20  # the interpreter's stdout pipe: see _launch
-INTERRUPT_GRACE_S = 0.5  # a Ctrl-C no prompt answers this long is raised in the interpreter
 LINK_HOLD_S = 0.1  # the board's output waits while the link has this much queued
 HEAP = "16M"
 
@@ -149,7 +148,6 @@ class SimBoard(PlantControls):
         self._lock = threading.Lock()
         self.resets: list[tuple[int, str]] = []  # (plant time, kind) of each reset
         self.repl = Repl()
-        self._interrupt_at: float | None = None  # when a Ctrl-C that got no prompt is raised
         self._relaunch_kind = "power"  # what brought up the interpreter being launched
         self._chip_reset = "power"  # machine.reset_cause(): the last reset that was not soft
         # machine.unique_id(): the board's own, from its seed (a Pico's flash id has 8 bytes).
@@ -285,7 +283,6 @@ class SimBoard(PlantControls):
         # a SIGINT during its start-up kills: Ctrl-C waits for this file.
         self._up_file = self._tmp / "up"
         self._up_file.unlink(missing_ok=True)
-        self._interrupt_at = None  # (a Ctrl-C for the old interpreter died with it)
         code = launcher(main=main, fs_dir=self.fs_dir.resolve(), name=self.name, reset_kind=self._chip_reset,
                         unique_id=self.unique_id, up_file=self._up_file)
         self.proc = subprocess.Popen([str(exe), "-X", f"heapsize={HEAP}", "-i", "-c", code], cwd=self.fs_dir,
@@ -355,17 +352,26 @@ class SimBoard(PlantControls):
         self._to_board.push(data, time.monotonic())
 
     def _usb_rx(self, data: bytes) -> bytes:
-        """Host bytes as they reach the board. A Ctrl-C goes to the
-        interpreter's input: the firmware's link reads it and stops where
-        it is safe to (its sim HAL talks to the plant in request and answer:
-        a KeyboardInterrupt between the two would lose track of a pulse).
-        One that gets no prompt within INTERRUPT_GRACE_S (a program that
-        does not read its input) is raised in the interpreter (_interrupt)."""
-        if b"\x03" in data and self._interrupt_at is None:
-            self._interrupt_at = time.monotonic() + INTERRUPT_GRACE_S
-        return data
+        """Host bytes as they reach the board, through its USB stack: a Ctrl-C
+        while the interpreter takes Ctrl-C (kbd_intr(3)) raises
+        KeyboardInterrupt in it at once and is not passed on; under
+        kbd_intr(-1) it is a byte like any other (the firmware's link, or
+        mpremote mount's program, reads it). The firmware takes Ctrl-C
+        anywhere but from a pulse leaving to its being in flight, and its
+        sim HAL reads its clock, where a pending interrupt is taken, before
+        it writes a plant request: none lands between a request and its
+        answer."""
+        if b"\x03" not in data:
+            return data
+        pieces = data.split(b"\x03")
+        out = bytearray(pieces[0])
+        for piece in pieces[1:]:
+            if not self._interrupt():
+                out += b"\x03"
+            out += piece
+        return bytes(out)
 
-    def _interrupt(self) -> None:
+    def _interrupt(self) -> bool:
         """KeyboardInterrupt in the interpreter, if it takes Ctrl-C now: the
         unix port catches SIGINT then, and leaves it to its default (death)
         under kbd_intr(-1). The interpreter is stopped while its handler is
@@ -373,20 +379,22 @@ class SimBoard(PlantControls):
         meets the default."""
         p = self.proc
         if p is None or p.poll() is not None or not self._up_file.exists():
-            return  # (MicroPython not running yet: a SIGINT would kill its CPython host's start-up)
+            return False  # (MicroPython not running yet: a SIGINT would kill its CPython host's start-up)
         try:
             os.kill(p.pid, signal.SIGSTOP)
             # (WEXITED too: one that ends meanwhile must not hang this loop)
             got = os.waitid(os.P_PID, p.pid, os.WSTOPPED | os.WEXITED | os.WNOWAIT)
             if got is None or got.si_code not in (os.CLD_STOPPED, os.CLD_TRAPPED):
-                return  # (it ended meanwhile)
+                return False  # (it ended meanwhile)
             try:
-                if sigint_caught(p.pid):
+                caught = sigint_caught(p.pid)
+                if caught:
                     os.kill(p.pid, signal.SIGINT)
             finally:
                 os.kill(p.pid, signal.SIGCONT)
         except OSError:  # (ProcessLookupError, ChildProcessError: it is gone)
-            return
+            return False
+        return caught
 
     def _deliver(self) -> None:
         now = time.monotonic()
@@ -526,12 +534,6 @@ class SimBoard(PlantControls):
         p = self.proc
         if p is None:
             return
-        if self._interrupt_at is not None:
-            if self.repl.prompt_seen >= self._interrupt_at - INTERRUPT_GRACE_S:
-                self._interrupt_at = None  # answered
-            elif time.monotonic() >= self._interrupt_at:
-                self._interrupt_at = None
-                self._interrupt()
         if self.server.resets_requested != self._resets_seen:
             # The firmware asked the hardware for a reset (the reboot
             # command). Its interpreter cannot end itself from main.py (-i

@@ -9,7 +9,6 @@ May import link and plant; never targets or above.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -327,7 +326,6 @@ class Repl:
 
     def __init__(self) -> None:
         self.raw_mode = False
-        self.prompt_seen = 0.0
         self._tail = b""
         self._swallow = False  # relaunching into the raw REPL: hide the interpreter's banner
         self._swallow_buf = bytearray()
@@ -349,7 +347,6 @@ class Repl:
         f = scan.rfind(FRIENDLY_PROMPT)
         if r >= 0 or f >= 0:
             self.raw_mode = r > f
-            self.prompt_seen = time.monotonic()
         # Its prompt, or a program's end (stdout, Ctrl-D, stderr, Ctrl-D): it
         # reads the next (until the host's Ctrl-D; raw-paste's answers between).
         if scan.endswith(RAW_PROMPT) or (self.raw_mode and scan.endswith(b"\x04>")):

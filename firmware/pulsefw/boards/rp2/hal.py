@@ -235,9 +235,10 @@ class Rp2Hal(Hal):
             if self._stdin.readinto(one) != 1:
                 break
             if one[0] == 0x03:
-                # Ctrl-C read as data: the USB stack's own interrupt was off
-                # (kbd_intr(-1) while a pulse is being fired). Ordinary
-                # traffic never holds it (byte stuffing): the REPL is asked for.
+                # Ctrl-C read as data: the USB stack's own interrupt is off
+                # while the firmware runs (app.run). Ordinary traffic never
+                # holds it (byte stuffing): the REPL is asked for, here, where
+                # nothing is half done.
                 raise KeyboardInterrupt
             buf[n] = one[0]
             n += 1
