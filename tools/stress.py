@@ -57,15 +57,18 @@ def start_load(hogs: int, seconds: float, scratch: str) -> list[subprocess.Popen
     """The neighbours: `hogs` busy loops and one disk writer, each ending
     by itself after `seconds` if nobody stops it first."""
     bounded = ["timeout", "--signal=KILL", str(int(seconds))]
-    procs = [subprocess.Popen([*bounded, sys.executable, "-c", _HOG]) for _ in range(hogs)]
-    procs.append(subprocess.Popen([*bounded, sys.executable, "-c", _WRITER, scratch, str(seconds)]))
+    # Each in a session of its own: stop_load ends the whole group (the
+    # timeout wrapper killed alone would leave its child running).
+    procs = [subprocess.Popen([*bounded, sys.executable, "-c", _HOG], start_new_session=True) for _ in range(hogs)]
+    procs.append(subprocess.Popen([*bounded, sys.executable, "-c", _WRITER, scratch, str(seconds)],
+                                  start_new_session=True))
     return procs
 
 
 def stop_load(procs: list[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         with contextlib.suppress(ProcessLookupError):
-            p.send_signal(signal.SIGKILL)
+            os.killpg(p.pid, signal.SIGKILL)
     for p in procs:
         with contextlib.suppress(subprocess.TimeoutExpired):
             p.wait(timeout=10)
