@@ -77,6 +77,16 @@ def test_df_and_statvfs_show_a_pico_sized_filesystem(board: SimBoard) -> None:
     assert int(row2[-4]) - used == 10 * 4096, (row, row2)
 
 
+def test_the_repl_starts_with_nothing_of_the_launcher(board: SimBoard) -> None:
+    # As the bare interpreter running a file: the launcher's names are gone
+    # and its code collected (what stays in the heap is the board's machine,
+    # os and filesystem modules, which a Pico keeps in flash).
+    out = mpremote(board, "exec", "print(sorted(dir()))\nimport gc\ngc.collect()\nprint(gc.mem_alloc())")
+    names, used = out.strip().splitlines()
+    assert names == "['__file__', '__name__']", out
+    assert int(used) < 64_000, out
+
+
 def test_a_boards_modules_import(board: SimBoard) -> None:
     out = mpremote(board, "exec", "import asyncio, sys, os\n"
                    "print(asyncio.__name__, os.uname().nodename, os.uname().sysname, sys.path)\n"

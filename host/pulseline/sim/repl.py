@@ -24,7 +24,7 @@ READY_MARK = b"\x00PLSIM\x00"  # printed by the launcher between boot.py and the
 # Runs in the interpreter: the board's filesystem becomes its whole "/"
 # (the shims are imported first: their directory is then out of reach),
 # boot.py, then main.py unless a soft reset came from the raw REPL; -i then
-# leaves it at the REPL, as a board.
+# leaves it at the REPL, as a board, with nothing of the launcher left.
 LAUNCHER = """
 open(%r, "w").close()
 import os, machine, _boardfs
@@ -38,11 +38,18 @@ def _pl_run(name):
     except OSError:
         return
     exec(open(name).read(), {"__name__": "__main__"})
-_pl_run("boot.py")
-if %r:
-    _pl_run("main.py")
-else:
-    print(%r, end="")
+try:
+    _pl_run("boot.py")
+    if %r:
+        _pl_run("main.py")
+    else:
+        print(%r, end="")
+finally:
+    # A board's REPL starts with nothing of its boot in its namespace or heap.
+    del _pl_run, os, machine
+    import gc
+    gc.collect()
+    del gc
 """
 
 # The unix port's `machine`, with what code and tools expect of a board:
