@@ -116,3 +116,21 @@ def test_micropythons_own_suite_passes_on_the_board_what_it_passes_bare(tmp_path
     # The list stays true: each test in it still passes bare and not on the board.
     assert sorted(t for t in CANNOT if t in on_board["pass"] or t not in bare["pass"]) == []
     assert sum(len(v) for v in on_board.values()) > 800  # the whole suite ran
+
+
+def test_micropythons_serial_test_passes_on_the_board(tmp_path: Path) -> None:
+    """tests/serial_test.py, unmodified: the echo test (1 to 520 bytes at a
+    time, every byte back as sent) and the read and write throughput tests,
+    verified, through the board's pty as through a board's USB CDC."""
+    if not (SUITE / "tests" / "serial_test.py").exists():
+        pytest.fail(f"MicroPython's test suite is not at {SUITE}", pytrace=False)
+    suite = tmp_path / "suite"
+    shutil.copytree(SUITE, suite)
+    with SimBoard(tmp_path / "board-fs", state_dir=tmp_path / "state") as board:
+        res = subprocess.run([sys.executable, "serial_test.py", "-t", board.pty_path], cwd=suite / "tests",
+                             capture_output=True, text=True, timeout=900)
+    lines = [line.rsplit("\r", 1)[-1] for line in res.stdout.splitlines()]  # (progress is redrawn with CR)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
+    assert "DATA ECHO: OK for 1-520 bytes at a time" in lines, lines
+    verified = [line for line in lines if line.startswith("DATA OUT: verify=1")]
+    assert len([line for line in lines if line.startswith("DATA IN:")]) == 7 and len(verified) == 8, lines

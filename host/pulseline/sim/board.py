@@ -96,6 +96,9 @@ __all__ = [
 PIPE_BYTES = 1 << 20  # the interpreter's stdout pipe: see _launch
 LINK_HOLD_S = 0.1  # the board's output waits while the link has this much queued
 HEAP = "16M"
+# A started interpreter waiting for its launcher (one line: the launcher's
+# repr), binding no name of its own.
+SPARE_WAITS_FOR_LAUNCHER = "exec(eval(__import__('sys').stdin.readline()))"
 
 
 def sigint_caught(pid: int) -> bool:
@@ -153,6 +156,7 @@ class SimBoard(PlantControls):
         # machine.unique_id(): the board's own, from its seed (a Pico's flash id has 8 bytes).
         self.unique_id = hashlib.blake2b(f"pulseline-sim-{seed}".encode(), digest_size=8).digest()
         self._pending_in = bytearray()
+        self._spare: subprocess.Popen[bytes] | None = None  # the next reset's interpreter, started ahead
         self.host = HostEndpoints(self._from_host, self._log_error)
         self.ctl = ControlServer(self, self._stop, self._log_error)
         self._last_set_us = 0  # plant time of the latest change set_input made
@@ -243,6 +247,7 @@ class SimBoard(PlantControls):
         if getattr(self, "_thread", None) is not None:
             self._thread.join(timeout=3)
         self._kill()
+        self._kill_spare(self._spare)
         self.host.close()
         self.ctl.close()
         if getattr(self, "server", None) is not None:
@@ -264,7 +269,7 @@ class SimBoard(PlantControls):
 
     # -- the interpreter -----------------------------------------------------------
 
-    def _launch(self, *, main: bool, cause: str) -> None:
+    def _launch(self, *, main: bool, cause: str, keep_input: bool = False) -> None:
         exe = Path(sys.executable).parent / "micropython"
         if not exe.exists():
             found = shutil.which("micropython")
@@ -285,9 +290,25 @@ class SimBoard(PlantControls):
         self._up_file.unlink(missing_ok=True)
         code = launcher(main=main, fs_dir=self.fs_dir.resolve(), name=self.name, reset_kind=self._chip_reset,
                         unique_id=self.unique_id, up_file=self._up_file)
-        self.proc = subprocess.Popen([str(exe), "-X", f"heapsize={HEAP}", "-i", "-c", code], cwd=self.fs_dir,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=env, bufsize=0, start_new_session=True)
+
+        def spawn(program: str) -> subprocess.Popen[bytes]:
+            return subprocess.Popen([str(exe), "-X", f"heapsize={HEAP}", "-i", "-c", program], cwd=self.fs_dir,
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env=env, bufsize=0, start_new_session=True)
+
+        # A board is back from a reset in milliseconds; starting an
+        # interpreter takes a hundred or more (its CPython host first). So
+        # the next one is started ahead, waiting for its launcher on stdin,
+        # and a reset only hands it the launcher (tools such as
+        # serial_test.py give a soft reset 0.1 s before they talk again).
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.poll() is None and spare.stdin is not None:
+            self.proc = spare
+            os.write(spare.stdin.fileno(), repr(code).encode() + b"\n")
+        else:
+            self._kill_spare(spare)
+            self.proc = spawn(code)
+        self._spare = spawn(SPARE_WAITS_FOR_LAUNCHER)
         assert self.proc.stdout is not None and self.proc.stdin is not None
         with self.server.lock:
             self.plant.board_started()  # the generator's enable comes up with the board
@@ -301,8 +322,17 @@ class SimBoard(PlantControls):
         # stall, yet its watchdog would see one. 1 MB rides that out.
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-        self._pending_in.clear()  # bytes for the old interpreter die with it, as on a reset board
+        if not keep_input:
+            # A reset drops the USB connection, and what it held; a soft
+            # reset does not (a board's USB stack runs on, its buffer kept).
+            self._pending_in.clear()
         self.repl.launched(main=main)
+
+    @staticmethod
+    def _kill_spare(spare: subprocess.Popen[bytes] | None) -> None:
+        if spare is not None and spare.poll() is None:
+            spare.kill()
+            spare.wait(timeout=5)
 
     def _kill(self) -> None:
         p = self.proc
@@ -318,7 +348,7 @@ class SimBoard(PlantControls):
         self.resets.append((self.server.now_us() if at_us is None else at_us, kind))
         if kind == "soft":
             self._emit(SOFT_REBOOT)
-            self._launch(main=not self.repl.raw_mode, cause="soft")
+            self._launch(main=not self.repl.raw_mode, cause="soft", keep_input=True)
         else:  # hard (machine.reset, the reboot command), power, watchdog
             self.repl.raw_mode = False
             # A reset turns the hardware watchdog off until the new firmware
@@ -356,11 +386,8 @@ class SimBoard(PlantControls):
         while the interpreter takes Ctrl-C (kbd_intr(3)) raises
         KeyboardInterrupt in it at once and is not passed on; under
         kbd_intr(-1) it is a byte like any other (the firmware's link, or
-        mpremote mount's program, reads it). The firmware takes Ctrl-C
-        anywhere but from a pulse leaving to its being in flight, and its
-        sim HAL reads its clock, where a pending interrupt is taken, before
-        it writes a plant request: none lands between a request and its
-        answer."""
+        mpremote mount's program, reads it). The firmware runs with
+        kbd_intr(-1) and takes it from its link where it is safe to."""
         if b"\x03" not in data:
             return data
         pieces = data.split(b"\x03")
@@ -401,9 +428,12 @@ class SimBoard(PlantControls):
         assert self._to_board is not None and self._to_host is not None
         self._pending_in += self._usb_rx(self._to_board.pop_ready(now))
         p = self.proc
-        if self._pending_in and p is not None and p.poll() is None and p.stdin is not None:
+        if (self._pending_in and p is not None and p.poll() is None and p.stdin is not None
+                and not self.repl.relaunching):
             # Non-blocking: a firmware that does not read (stalled, or busy)
-            # must not stall the supervisor with it.
+            # must not stall the supervisor with it. (While a soft reset into
+            # the raw REPL is under way the bytes wait for its prompt: a
+            # board's would take that long to read them.)
             try:
                 n = os.write(p.stdin.fileno(), self._pending_in)
                 del self._pending_in[:n]

@@ -342,6 +342,12 @@ class Repl:
         self.reading_program = False
         self._cr = False
 
+    @property
+    def relaunching(self) -> bool:
+        """A soft reset into the raw REPL is under way (its prompt not yet
+        handed to the host)."""
+        return self._swallow
+
     def launched(self, *, main: bool) -> None:
         """A new interpreter: without main.py it is a relaunch into the raw REPL."""
         self._swallow = not main
