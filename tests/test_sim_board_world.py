@@ -195,12 +195,12 @@ def test_mpremote_mount_moves_binary_both_ways_whole(board: SimBoard, tmp_path: 
     # protocol, host to board and back, then a program keeps running.
     local = tmp_path / "mnt"
     local.mkdir()
-    blob = bytes(range(256)) * 1024  # 256 kB
+    blob = bytes(range(256)) * 4096  # 1 MB
     (local / "in.bin").write_bytes(blob)
     out = mpremote(board, "mount", str(local), "exec",
                    "d = open('in.bin', 'rb').read()\n"
-                   "print(len(d), d == bytes(range(256)) * 1024)\n"
+                   "print(len(d), d == bytes(range(256)) * 4096)\n"
                    "open('out.bin', 'wb').write(d[1:] + d[:1])\n"
                    "print('after', sum(range(10)))\n", cwd=tmp_path)
-    assert "262144 True" in out and "after 45" in out, out
+    assert "1048576 True" in out and "after 45" in out, out
     assert (local / "out.bin").read_bytes() == blob[1:] + blob[:1]
