@@ -25,12 +25,13 @@ from typing import Any
 
 from . import peer
 
-# Output is never dropped for a host that reads, however slowly: while a
-# host's queue holds more than this, the board's output waits (the
-# interpreter's pipe fills, then its writes block), as USB CDC slows a board
-# to its reader. A queue that takes nothing for CDC_TIMEOUT_S no longer holds
-# the board: the pty's is dropped then, as a Pico's USB stack drops a write
-# that waited 500 ms for a host that never reads (MICROPY_HW_USB_CDC_TX_TIMEOUT).
+# Output is never dropped for a host that has the port open, however slowly
+# it reads (on a busy machine it may not run for seconds): while a host's
+# queue holds more than this, the board's output waits (the interpreter's
+# pipe fills, then its writes block), as USB CDC slows a board to its
+# reader. A pty queue that takes nothing for CDC_TIMEOUT_S while no program
+# has the port open is dropped, as a Pico's USB stack drops output with no
+# host on the line (DTR low).
 HIGH_WATER = 64 * 1024
 CDC_TIMEOUT_S = 0.5
 BUSY_MESSAGE = b"port busy: another program has it open\r\n"
@@ -220,10 +221,13 @@ class HostEndpoints(Clients):
         nothing (it is disconnected at MAX_CLIENT_BACKLOG)."""
         if len(self.pending_out) <= HIGH_WATER:
             self.pty_progress_s = now_s
-        elif now_s - self.pty_progress_s >= CDC_TIMEOUT_S:
+        elif now_s - self.pty_progress_s >= CDC_TIMEOUT_S and not self._pty_open_elsewhere():
             self.dropped_out += len(self.pending_out)
             self.pending_out.clear()
             self.pty_progress_s = now_s
+        elif now_s - self.pty_progress_s >= CDC_TIMEOUT_S:
+            self.pty_progress_s = now_s  # a slow reader: it holds the board (asked again in CDC_TIMEOUT_S)
+            return True
         else:
             return True
         for c in self.clients:
@@ -231,6 +235,30 @@ class HostEndpoints(Clients):
                 c.progress_s = now_s
             elif now_s - c.progress_s < CDC_TIMEOUT_S:
                 return True
+        return False
+
+    def _pty_open_elsewhere(self) -> bool:
+        """Whether any descriptor but the board's own keeps its pty open (a
+        host on the line). The pty is its owner's alone, so the owner's
+        processes are all there is to look at (/proc/PID/fd)."""
+        try:
+            rdev = os.fstat(self._slave).st_rdev
+        except OSError:
+            return False
+        seen = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with os.scandir(f"/proc/{pid}/fd") as fds:
+                    for fd in fds:
+                        with contextlib.suppress(OSError):
+                            if os.stat(fd.path).st_rdev == rdev:
+                                seen += 1
+                                if seen > 1:  # (the board's own slave is one)
+                                    return True
+            except OSError:
+                continue
         return False
 
     def refused_clients(self) -> None:
