@@ -181,6 +181,19 @@ def test_machine_has_what_code_and_tools_expect_of_a_board(board: SimBoard) -> N
                    "led = machine.Pin('LED', machine.Pin.OUT, value=0); led.toggle()\n"
                    "print(led.value(), machine.Pin(2, machine.Pin.IN, machine.Pin.PULL_UP).value())\n")
     assert out.split() == ["True", "8", "125000000", "1", "1"], out
+    # A soft Timer: its callback scheduled between bytecodes, periodic and one-shot, stopped by deinit.
+    out = mpremote(board, "exec", "import machine, time\n"
+                   "n = [0, 0]\n"
+                   "def tick(t):\n    n[0] += 1\n"
+                   "def once(t):\n    n[1] += 1\n"
+                   "t = machine.Timer(period=10, callback=tick)\n"
+                   "o = machine.Timer(mode=machine.Timer.ONE_SHOT, period=5, callback=once)\n"
+                   "t0 = time.ticks_ms()\n"
+                   "while n[0] < 5 and time.ticks_diff(time.ticks_ms(), t0) < 10000:\n    time.sleep_ms(10)\n"
+                   "t.deinit()\nk = n[0]\ntime.sleep_ms(100)\n"
+                   "print(k >= 5, n[0] <= k + 1, n[1])\n"
+                   "u = machine.UART(0, 115200)\nprint(u.write(b'abc'), u.any(), u.read())\n")
+    assert out.split() == ["True", "True", "1", "3", "0", "None"], out
     # machine.reset() is a chip reset (through the watchdog, as on a Pico); a soft reset keeps the cause.
     mpremote(board, "exec", "import machine; machine.reset()")
     assert mpremote(board, "exec", "import machine; print(machine.reset_cause() == machine.WDT_RESET)").split() \

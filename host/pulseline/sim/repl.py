@@ -55,7 +55,8 @@ finally:
 # The unix port's `machine`, with what code and tools expect of a board:
 # reset, soft_reset, reset_cause (a Pico's codes: machine.reset() goes
 # through the watchdog there too), bootloader (none here: it says so and
-# resets), freq, unique_id, RTC (mpremote rtc), and Pin holding its level.
+# resets), freq, unique_id, RTC (mpremote rtc), Pin holding its level, a
+# soft Timer, and a UART nothing is wired to.
 # The launcher sets the reset kind and the board's id.
 MACHINE_SHIM = f"""
 from umachine import *
@@ -169,6 +170,92 @@ class Pin:
 
     def __repr__(self):
         return "Pin(%s)" % (self.id,)
+
+
+class Timer:
+    # A soft timer, as a board's machine.Timer without hard=True: its
+    # callback is scheduled (micropython.schedule) and runs in the main
+    # program between bytecodes. A thread keeps the period.
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id=-1, **kwargs):
+        self._gen = 0
+        if kwargs:
+            self.init(**kwargs)
+
+    def init(self, *, mode=PERIODIC, period=-1, freq=-1, tick_hz=1000, callback=None, hard=False):
+        import _thread
+        import micropython
+
+        if freq > 0:
+            period_us = int(1_000_000 / freq)
+        elif period >= 0:
+            period_us = int(period * 1_000_000 / tick_hz)
+        else:
+            raise ValueError("period or freq required")
+        self._gen += 1
+        gen = self._gen
+
+        def run():
+            due = time.ticks_add(time.ticks_us(), period_us)
+            while self._gen == gen:
+                wait = time.ticks_diff(due, time.ticks_us())
+                if wait > 0:
+                    time.sleep_us(wait)
+                if self._gen != gen:
+                    return
+                if callback is not None:
+                    try:
+                        micropython.schedule(callback, self)
+                    except RuntimeError:
+                        pass  # the schedule queue is full: this tick is missed, as on a board
+                if mode == Timer.ONE_SHOT:
+                    return
+                due = time.ticks_add(due, max(period_us, 1000))
+
+        _thread.start_new_thread(run, ())
+
+    def deinit(self):
+        self._gen += 1
+
+
+class UART:
+    # A UART nothing is wired to (the simulated board's only serial link is
+    # its USB CDC): what is written goes nowhere, nothing is ever read.
+    def __init__(self, id, baudrate=115200, **kwargs):
+        self.id = id
+        self.init(baudrate, **kwargs)
+
+    def init(self, baudrate=115200, **kwargs):
+        self.baudrate = baudrate
+
+    def deinit(self):
+        pass
+
+    def any(self):
+        return 0
+
+    def read(self, nbytes=-1):
+        return None
+
+    def readline(self):
+        return None
+
+    def readinto(self, buf, nbytes=-1):
+        return None
+
+    def write(self, buf):
+        return len(buf)
+
+    def flush(self):
+        pass
+
+    def txdone(self):
+        return True
+
+    def __repr__(self):
+        return "UART(%s, baudrate=%s) (not wired on a simulated board)" % (self.id, self.baudrate)
 """
 
 # A board's filesystem is its whole world: the unix port's "/" is the host's
