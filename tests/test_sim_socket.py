@@ -421,17 +421,19 @@ sys.path.insert(0, %r)
 from pulsefw.boards.sim.hal import BoardClock
 c = BoardClock(time)
 stat = open("/proc/self/schedstat")
+def sched_us(field):
+    stat.seek(0)
+    return int(stat.read().split()[field]) // 1000
 def cpu_us():
     # (exact once the process has been switched out: the sleep before it)
     time.sleep_ms(1)
-    stat.seek(0)
-    return int(stat.read().split()[0]) // 1000
+    return sched_us(0)
 def measure(fn):
     c0 = cpu_us()
-    b0, w0 = c.now(), time.ticks_us()
+    q0, b0, w0 = sched_us(1), c.now(), time.ticks_us()
     fn()
-    b1, w1 = c.now(), time.ticks_us()
-    return b1 - b0, time.ticks_diff(w1, w0), cpu_us() - c0
+    b1, w1, q1 = c.now(), time.ticks_us(), sched_us(1)
+    return b1 - b0, time.ticks_diff(w1, w0), cpu_us() - c0, q1 - q0
 def spin():
     end = time.ticks_add(time.ticks_us(), 600000)
     while time.ticks_diff(end, time.ticks_us()) > 0:
@@ -450,8 +452,8 @@ print("asked", *measure(asked))
 def test_the_boards_clock_counts_what_it_ran_and_asked_to_wait_not_what_the_host_took():
     """BoardClock on MicroPython, pinned to one CPU beside a busy process
     pinned there too (and whatever else the machine runs): a 0.6 s spin of
-    wall time is exactly the CPU time the kernel says the board had (its
-    run-queue delay is the host's); a host call (a 200 ms hold) is none of
+    wall time is its wall time less its run-queue delay (the host's), and at
+    least the CPU time the kernel says it ran; a host call (a 200 ms hold) is none of
     its time; a wait it asked 20 ms of, that the host made last 100 ms, is
     20 ms (and the slack) of it. Each figure is the kernel's, so a busier
     machine changes the shares, never the verdict."""
@@ -466,13 +468,16 @@ def test_the_boards_clock_counts_what_it_ran_and_asked_to_wait_not_what_the_host
         hog.wait()
     assert res.returncode == 0, res.stderr + res.stdout
     got = {line.split()[0]: tuple(int(v) for v in line.split()[1:]) for line in res.stdout.splitlines()}
-    board, wall, ran = got["spin"]
-    # The kernel's CPU figure moves in scheduler ticks (up to 10 ms): that close.
-    assert abs(board - ran) <= 12_000 + 0.02 * ran, got
-    assert wall - board >= 100_000, got  # the hog had its share, and the board does not count it
-    board, wall, _ = got["held"]
+    board, wall, ran, queued = got["spin"]
+    # Its wall time less its run-queue delay, to the clock's 200 us re-read;
+    # at least the CPU the kernel says it ran (which moves in scheduler
+    # ticks, and leaves out a hypervisor's steal, which the board counts).
+    assert abs(board - (wall - queued)) <= 2_000, got
+    assert board >= ran - 12_000, got
+    assert queued >= 100_000, got  # the hog had its share, and the board does not count it
+    board, wall, _, _ = got["held"]
     assert wall >= 190_000 and board < 5_000, got
-    board, wall, _ = got["asked"]
+    board, wall, _, _ = got["asked"]
     assert wall >= 90_000 and 20_000 <= board <= 20_000 + BOARD_WAIT_SLACK_US + 5_000, got
 
 
