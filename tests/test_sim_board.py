@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from pulseline.exam.capture import capture
+from pulseline.link.clock import OwnClock
 from pulseline.link.frames import Frame
 from pulseline.link.session import Session, SessionError, wait_for_firmware
 from pulseline.plant import Plant, PlantConfig, Timeline
@@ -385,8 +387,18 @@ def test_time_the_host_takes_from_the_board_is_not_the_boards(tmp_path):
         assert during - before < 50_000  # (what it ran before the stop took)
         assert after - before < (wall_after - wall) * 1e6 - 350_000
         assert b.resets == []
-        with Session(b.pty_path, answer_timeout_s=5) as s:
+        # A session that waits on the board's clock waits as long as the
+        # board took: stopped for 1.5 s of wall time, it answers within 0.5 s
+        # of its own.
+        with Session(b.pty_path, answer_timeout_s=0.5, clock=OwnClock(b.board_now_us)) as s:
             assert s.status()["state"] != "FAULT"
+            stopped_at = b.board_now_us()
+            os.kill(b.proc.pid, signal.SIGSTOP)
+            threading.Timer(1.5, os.kill, (b.proc.pid, signal.SIGCONT)).start()
+            wall = time.monotonic()
+            assert s.status()["state"] != "FAULT"
+            assert time.monotonic() - wall >= 1.5
+            assert b.board_now_us() - stopped_at < 500_000
 
 
 def test_flash_dry_run_for_the_pico_lists_its_exact_bundle_and_a_board_of_another_kind_is_refused(tmp_path):
@@ -419,3 +431,20 @@ def test_flash_dry_run_for_the_pico_lists_its_exact_bundle_and_a_board_of_anothe
     fs.mkdir()
     with SimBoard(fs, state_dir=tmp_path / "st") as board, pytest.raises(FlashError, match="a linux board, not rp2"):
         flash(board.pty_path, dry_run=True, board="rp2", build_dir=tmp_path / "build")
+
+
+def test_a_board_running_elsewhere_gives_its_own_time_over_its_control_channel(board):
+    from pulseline.targets.simboard import SimBoardTarget, running_board_of
+
+    record = running_board_of(board.pty_path, board.state_dir)
+    assert record is not None
+    target = SimBoardTarget.attach(board.pty_path, record, board.state_dir)
+    try:
+        assert isinstance(target.clock, OwnClock)
+        before = board.board_now_us()
+        seen = round(target.clock.now() * 1e6)
+        assert before <= seen <= board.board_now_us()  # the same clock, read through the channel
+        with target.open_session() as s:
+            assert s.clock is target.clock and s.status()["state"]
+    finally:
+        target.close()

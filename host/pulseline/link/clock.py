@@ -1,7 +1,9 @@
 """A board's time, as the host sees it: the wall clock for a board that runs
-by itself, or virtual time for a board that only moves when the host waits
-(the fast simulator). A session, a test and the CLI wait through a Clock,
-so the same code means the same on both.
+by itself, the board's own time for a board that keeps one (the simulated
+board: what its interpreter ran and asked to wait, slower than the wall
+clock on a busy host), or virtual time for a board that only moves when the
+host waits (the fast simulator). A session, a test and the CLI wait through
+a Clock, so the same code means the same on all three.
 
 The session is given its clock (or takes the one its transport offers) and
 knows no simulator: a virtual board is anything with the VirtualBoard
@@ -52,13 +54,21 @@ class Clock:
         """predicate()'s first true value, polled on this clock; AssertionError
         (for tests: it names what did not hold) after timeout_s."""
         deadline = self.now() + timeout_s
+        wall_end = time.monotonic() + self.wall_limit_s(timeout_s)
         while True:
             value = predicate()
             if value:
                 return value
             if self.now() >= deadline:
                 raise AssertionError(f"{what} did not hold within {timeout_s:g} s of target time")
+            if time.monotonic() >= wall_end:
+                raise AssertionError(f"{what} did not hold, and the target's clock stood still for "
+                                     f"{self.wall_limit_s(timeout_s):g} s of wall time")
             self.sleep(0.02)
+
+    def wall_limit_s(self, timeout_s: float) -> float:
+        """The most wall time a wait of timeout_s on this clock may take."""
+        return timeout_s
 
     def session_id(self) -> str:
         """A new host session's id: drawn, so that no two sessions share one."""
@@ -75,6 +85,54 @@ class Clock:
 
     def detach(self, pump: Callable[[], None]) -> None:
         pass
+
+
+class OwnClock(Clock):
+    """The time of a board that keeps its own: now_us() gives it. It never
+    runs faster than the wall clock (the board counts what it ran and what
+    it asked to wait, never what the host took from it), so waiting in wall
+    time for what is left of a deadline never passes it. A board whose clock
+    stands still (stopped, or blocked on a host that does not read) ends a
+    wait after WALL_FACTOR times its length of wall time, so no host hangs."""
+
+    WALL_FACTOR = 10.0
+    WALL_EXTRA_S = 5.0
+
+    def __init__(self, now_us: Callable[[], int]) -> None:
+        self._now_us = now_us
+
+    def now(self) -> float:
+        return self._now_us() / 1e6
+
+    def wall_limit_s(self, timeout_s: float) -> float:
+        return timeout_s * self.WALL_FACTOR + self.WALL_EXTRA_S
+
+    def sleep(self, seconds: float) -> None:
+        end = self.now() + seconds
+        wall_end = time.monotonic() + self.wall_limit_s(seconds)
+        while (left := end - self.now()) > 0 and time.monotonic() < wall_end:
+            time.sleep(max(left, 0.001))  # the board's clock moves in its loop's steps
+
+    def wait(self, cond: threading.Condition, ready: Callable[[], Any], timeout_s: float,
+             failed: Callable[[], Any] = lambda: False) -> bool:
+        # The board's time is read outside cond: reading it may ask the board
+        # (a round trip) while the reader thread needs cond to deliver.
+        end = self.now() + timeout_s
+        wall_end = time.monotonic() + self.wall_limit_s(timeout_s)
+        left = timeout_s
+        while True:
+            with cond:
+                if ready():
+                    return True
+                if failed():
+                    return False
+                cond.wait(max(0.0, min(left, wall_end - time.monotonic())))
+                if ready():
+                    return True
+            left = end - self.now()
+            if left <= 0 or time.monotonic() >= wall_end:
+                with cond:
+                    return bool(ready())
 
 
 class VirtualBoard(Protocol):

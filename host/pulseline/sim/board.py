@@ -161,6 +161,7 @@ class SimBoard(PlantControls):
         self.ctl = ControlServer(self, self._stop, self._log_error)
         self._last_set_us = 0  # plant time of the latest change set_input made
         self._cpu_mark = (-1, 0)  # (plant requests served, the interpreter's CPU ns then)
+        self._clock_read_us = 0  # the latest board time board_now_us gave
         self._resets_seen = 0  # the plant server's count of resets the firmware requested
         self._to_board: LinkDirection | None = None
         self._to_host: LinkDirection | None = None
@@ -617,6 +618,23 @@ class SimBoard(PlantControls):
             self._cpu_mark = (requests, cpu_ns)
         return (cpu_ns - self._cpu_mark[1]) // 1000
 
+    def board_now_us(self) -> int:
+        """The board's time now, as its watchdog is judged: the plant's, plus
+        the CPU its interpreter ran since its last request (read here, not
+        marked: the supervisor's thread keeps the mark). Never goes back."""
+        with self.server.lock:
+            now = self.server.now_us()
+            process = self.proc
+            requests, cpu_mark_ns = self._cpu_mark
+            if process is not None and self.server.board_clocked() and requests == self.server.requests:
+                try:
+                    with open(f"/proc/{process.pid}/schedstat", "rb") as fh:
+                        now += max(0, int(fh.read().split()[0]) - cpu_mark_ns) // 1000
+                except (OSError, ValueError, IndexError):
+                    pass
+            self._clock_read_us = now = max(now, self._clock_read_us)
+        return now
+
     @property
     def stalls(self) -> list[int]:
         """Plant time at which each scripted stall hung the control loop."""
@@ -628,8 +646,10 @@ class SimBoard(PlantControls):
         """Change a plant input now (switch, door_closed, key_on, ...), or at
         plant time at_us; returns the plant time at which it takes effect."""
         with self.server.lock:
-            t = max(self._host_now_us() + 1, at_us or 0)
-            self._last_set_us = max(self._last_set_us, t)
+            now = self._host_now_us() + 1
+            t = max(now, at_us or 0)
+            # A change scripted ahead does not move the host's now.
+            self._last_set_us = max(self._last_set_us, min(t, now))
             self.plant.timeline.add(t, name, value)
         return t
 

@@ -33,6 +33,8 @@ class ControlledBoard(Protocol):
 
     def plant_status(self) -> dict[str, Any]: ...
 
+    def board_now_us(self) -> int: ...
+
 
 class ControlServer(Clients):
     """The board's side of the control channel; `stop` is set by a 'stop' request."""
@@ -90,6 +92,8 @@ class ControlServer(Clients):
                     ans: dict[str, Any] = {"ok": True, "t_us": self._board.set_input(str(req["name"]), req["value"])}
                 elif op == "status":
                     ans = {"ok": True, **self._board.plant_status()}
+                elif op == "now":
+                    ans = {"ok": True, "t_us": self._board.board_now_us()}
                 elif op == "stop":
                     ans = {"ok": True}
                     self._stop.set()
@@ -128,8 +132,13 @@ class SimControl(PlantControls):
         host, _, port = self.state["control"].rpartition(":")
         self.sock = socket.create_connection((host, int(port)), timeout=5)
         self.buf = b""
+        self._lock = threading.Lock()  # a session's thread reads the board's time beside the test's requests
 
     def _ask(self, req: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            return self._ask_locked(req)
+
+    def _ask_locked(self, req: dict[str, Any]) -> dict[str, Any]:
         self.sock.sendall(json.dumps(req).encode() + b"\n")
         while b"\n" not in self.buf:
             chunk = self.sock.recv(65536)
@@ -149,6 +158,10 @@ class SimControl(PlantControls):
         return self._ask({"op": "status"})
 
     status = plant_status  # (the control channel's own word for it)
+
+    def board_now_us(self) -> int:
+        """The board's own time now (what its interpreter ran and asked to wait)."""
+        return int(self._ask({"op": "now"})["t_us"])
 
     def stop(self) -> None:
         self._ask({"op": "stop"})

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..link.clock import WALL, Clock, OwnClock
 from ..sim.board import STATE_DIR, SimBoard, SimControl, running_boards
 from .base import Target
 
@@ -54,6 +55,7 @@ class SimBoardTarget(Target):
         super().__init__(name, port, seed=seed, controls=board if board is not None else controls)
         self.board = board  # the board this target started (None: one running elsewhere)
         self._channel: SimControl | None = controls  # a running board's control channel
+        self._clock: Clock | None = None
 
     @classmethod
     def start(cls, fs: Path, *, bundle: Path | None = None, source: Path | None = None,
@@ -74,6 +76,19 @@ class SimBoardTarget(Target):
         except (OSError, ValueError):
             controls = None
         return cls(port, str(record["pty"]), controls=controls)
+
+    @property
+    def clock(self) -> Clock:
+        """The board's own time (what its interpreter ran and asked to wait):
+        a test waits as long as the board took, however busy the host."""
+        if self._clock is None:
+            if self.board is not None:
+                self._clock = OwnClock(self.board.board_now_us)
+            elif self._channel is not None:
+                self._clock = OwnClock(self._channel.board_now_us)
+            else:
+                self._clock = WALL
+        return self._clock
 
     def link_faults(self) -> list[Any]:
         return self.board.link_faults() if self.board is not None else []
