@@ -203,6 +203,23 @@ def test_machine_has_what_code_and_tools_expect_of_a_board(board: SimBoard) -> N
     assert [kind for _, kind in board.resets].count("hard") == 1
 
 
+def test_machine_wdt_resets_a_program_that_stops_feeding_it(board: SimBoard) -> None:
+    out = mpremote(board, "exec", "import machine, time\n"
+                   "w = machine.WDT(timeout=300)\n"
+                   "for i in range(8):\n    time.sleep_ms(100); w.feed()\n"
+                   "print('fed')\n"
+                   "try:\n    machine.WDT(timeout=9000)\nexcept ValueError as e:\n    print(e)\n")
+    assert out.splitlines() == ["fed", "timeout exceeds 8388"], out
+    # Fed for 0.8 s on a 300 ms watchdog: no reset then; once the program
+    # ends unfed, the watchdog resets the board (a soft reset does not stop it).
+    deadline = time.monotonic() + 60
+    while "watchdog" not in [k for _, k in board.resets] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [k for _, k in board.resets].count("watchdog") == 1, board.resets
+    assert mpremote(board, "exec", "import machine; print(machine.reset_cause() == machine.WDT_RESET)").split() \
+        == ["True"]
+
+
 def test_mpremote_mount_moves_binary_both_ways_whole(board: SimBoard, tmp_path: Path) -> None:
     # Every byte value (LF and CR included) through mpremote mount's binary
     # protocol, host to board and back, then a program keeps running.

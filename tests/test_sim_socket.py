@@ -397,6 +397,34 @@ def test_plant_time_runs_on_the_wall_clock_while_no_firmware_keeps_it():
     server.close()
 
 
+def test_a_programs_own_plant_connection_feeds_the_watchdog_but_never_keeps_board_time():
+    """machine.WDT in a program opens its own connection beside the
+    firmware's: its requests act at plant time, never move the board's
+    clock, and its leaving does not end the firmware's."""
+    import struct
+
+    plant = Plant(PlantConfig(seed=1), Timeline())
+    server = PlantServer(plant)
+    conn, ask, hal = _plant_board(server)
+    other, ask_other, _ = _plant_board(server)
+    try:
+        (t0,) = struct.unpack("<Q", ask(hal.OP_HELLO, 0, answer=8))
+        ask(hal.OP_WDT_START, t0 + 1_000, struct.pack("<I", 100))
+        ask_other(hal.OP_WDT_FEED, t0 + 10_000_000)  # (a time it has no say in)
+        assert server.board_clocked() and server.now_us() == t0 + 1_000
+        other.close()
+        deadline = time.monotonic() + 10
+        while server.open_connections > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.open_connections == 1 and server.board_clocked()  # the firmware's still keeps plant time
+        ask(hal.OP_WDT_FEED, t0 + 50_000)
+        with server.lock:
+            assert server.now_us() == t0 + 50_000 and not plant.watchdog_expired(t0 + 140_000)
+    finally:
+        conn.close()
+        server.close()
+
+
 def test_a_scripted_stall_hangs_the_control_loop_in_its_next_input_read():
     import struct
 

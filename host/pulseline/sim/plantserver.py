@@ -37,8 +37,11 @@ _ARG_SIZES = {
 _CAUSE_CODES = {"power": 0, "watchdog": 1, "soft": 2}
 
 
+MAX_CONNECTIONS = 4  # the firmware's, a program's machine.WDT, and a reset's overlap
+
+
 class PlantServer:
-    """Serves one board at a time; `address` is what the board connects to."""
+    """Serves one board; `address` is what the board connects to."""
 
     def __init__(self, plant: Plant, host: str = "127.0.0.1", port: int = 0, start_us: int = 0) -> None:
         self.plant = plant
@@ -58,7 +61,9 @@ class PlantServer:
         self.requests = 0  # every request served: the board's sign of life
         self.stalls: list[int] = []  # plant time at which each scripted stall hung the control loop
         self._stall_checked_us = start_us
-        self.connections = 0
+        self.connections = 0  # accepted so far
+        self._open = 0
+        self._firmware: socket.socket | None = None  # the connection of the firmware that keeps plant time
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="plant-server", daemon=True)
@@ -74,6 +79,10 @@ class PlantServer:
             return board
         base_us, since_ns = self._wall_from
         return base_us + (time.monotonic_ns() - since_ns) // 1000
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
 
     def board_clocked(self) -> bool:
         """A board's firmware runs and keeps plant time."""
@@ -111,18 +120,31 @@ class PlantServer:
             if not peer.is_own(conn):
                 conn.close()
                 continue
-            self.connections += 1
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                self._session(conn)
-            except (OSError, ConnectionError):
-                pass
-            except Exception as exc:  # keep the reason for the test that started us
-                self.errors.append(f"{type(exc).__name__}: {exc}")
-            finally:
-                with self.lock:
+            with self.lock:
+                if self._open >= MAX_CONNECTIONS:
+                    conn.close()
+                    continue
+                self._open += 1
+                self.connections += 1
+            # One thread per connection: the firmware's HAL holds one while it
+            # runs, and a program at the REPL (machine.WDT) opens its own.
+            threading.Thread(target=self._serve_one, args=(conn,), name="plant-board", daemon=True).start()
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            self._session(conn)
+        except (OSError, ConnectionError):
+            pass
+        except Exception as exc:  # keep the reason for the test that started us
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            with self.lock:
+                self._open -= 1
+                if self._firmware is conn:  # the firmware's link is gone: its clock is no longer kept
+                    self._firmware = None
                     self._to_wall()
-                conn.close()
+            conn.close()
 
     @staticmethod
     def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -153,10 +175,13 @@ class PlantServer:
                     # keeps it from now on.
                     now = self.now_us()
                     self._board_us = now
-                elif self._board_us is not None:
+                    self._firmware = conn
+                elif self._board_us is not None and conn is self._firmware:
                     self._board_us = now = max(self._board_us, board_us)
                 else:
-                    now = self.now_us()  # (a request after the firmware left: the REPL's reset)
+                    # A request after the firmware left (the REPL's reset), or
+                    # from a program's own connection (machine.WDT): at plant time.
+                    now = self.now_us()
                 if op == hal_sim.OP_HELLO:
                     out = struct.pack("<Q", now)
                 elif op == hal_sim.OP_INPUTS:
@@ -215,7 +240,9 @@ class PlantServer:
                     out = b"\x01"
                 elif op == hal_sim.OP_WDT_STOP:
                     p.watchdog_stop(now)
-                    self._to_wall()  # the firmware leaves: the board's clock is no longer kept
+                    if self._firmware is conn:
+                        self._firmware = None
+                        self._to_wall()  # the firmware leaves: the board's clock is no longer kept
                     out = b"\x01"
                 elif op == hal_sim.OP_DARK:
                     (width_us,) = struct.unpack("<I", args)

@@ -56,8 +56,9 @@ finally:
 # reset, soft_reset, reset_cause (a Pico's codes: machine.reset() goes
 # through the watchdog there too), bootloader (none here: it says so and
 # resets), freq, unique_id, RTC (mpremote rtc), Pin holding its level, a
-# soft Timer, and a UART nothing is wired to.
+# soft Timer, the chip's watchdog (WDT), and a UART nothing is wired to.
 # The launcher sets the reset kind and the board's id.
+WDT_MAX_TIMEOUT_MS = 8388  # an RP2040's watchdog counts 24 bits of microseconds
 MACHINE_SHIM = f"""
 from umachine import *
 import sys
@@ -218,6 +219,38 @@ class Timer:
 
     def deinit(self):
         self._gen += 1
+
+
+class WDT:
+    # The chip's watchdog, the one the firmware uses: started and fed over
+    # the program's own connection to the plant, and judged by the board's
+    # supervisor, which resets the board when it is not fed within its
+    # timeout. A reset stops it; a soft reset does not (as on a Pico).
+    _plant = None
+
+    def __init__(self, id=0, timeout=5000):
+        if id != 0:
+            raise ValueError("WDT id must be 0")
+        if not 1 <= timeout <= {WDT_MAX_TIMEOUT_MS}:
+            raise ValueError("timeout exceeds {WDT_MAX_TIMEOUT_MS}" if timeout > 0 else "timeout must be > 0")
+        if WDT._plant is None:
+            import os
+            import socket
+
+            host, _, port = os.getenv("PULSELINE_PLANT").rpartition(":")
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.connect(socket.getaddrinfo(host, int(port))[0][-1])
+            WDT._plant = s
+        # A request: op, the board's time (0: the plant's own), arguments.
+        self._ask(bytes([{hal_sim.OP_WDT_START}]) + bytes(8) + int(timeout).to_bytes(4, "little"))
+
+    def _ask(self, request):
+        WDT._plant.write(request)
+        if not WDT._plant.read(1):
+            raise OSError(5)  # EIO: the plant is gone
+
+    def feed(self):
+        self._ask(bytes([{hal_sim.OP_WDT_FEED}]) + bytes(8))
 
 
 class UART:
