@@ -62,7 +62,9 @@ def test_ports_lists_simulated_boards(tmp_path):
         res = run("ports", "--json", cwd=tmp_path)
         assert res.returncode == 0, res.stderr
         sims = json.loads(res.stdout)["simulated"]
-        assert {"port": "sim:ttyACM5", "device": b.pty_path, "url": b.url, "link": "usb-fs"} in sims
+        assert {"port": "sim:ttyACM5", "device": b.pty_path, "url": b.url, "link": "usb-fs",
+                "usb_cdc": str(b.device) if b.device else None} in sims
+        assert str(b.device) not in [r["port"] for r in json.loads(res.stdout)["serial"]]
         assert "sim:ttyACM5" in run("ports", cwd=tmp_path).stdout
 
 

@@ -5,6 +5,7 @@ frozen asyncio, os.uname naming the board). Judged by mpremote, unmodified."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -201,6 +202,20 @@ def test_machine_has_what_code_and_tools_expect_of_a_board(board: SimBoard) -> N
     mpremote(board, "soft-reset")
     assert mpremote(board, "exec", "import machine; print(machine.reset_cause())").split() == ["3"]
     assert [kind for _, kind in board.resets].count("hard") == 1
+
+
+@pytest.mark.skipif(not os.access("/dev", os.W_OK), reason="only a user who may write /dev (root, as in CI) "
+                    "can give a pty a /dev/ttyACM* name for serial tools to list")
+def test_mpremote_devs_lists_the_board_and_connects_by_that_name(board: SimBoard) -> None:
+    assert board.device is not None and board.device.name.startswith("ttyACM")
+    listed = subprocess.run([MPREMOTE, "devs"], capture_output=True, text=True, timeout=60).stdout
+    assert str(board.device) in listed.split(), listed
+    res = subprocess.run([MPREMOTE, "connect", str(board.device), "exec", "import os; print(os.uname().nodename)"],
+                         capture_output=True, text=True, timeout=MPREMOTE_HANG_S)
+    assert res.stdout.split() == ["world"], res
+    device = board.device
+    board.stop()
+    assert not device.is_symlink()  # gone with the board
 
 
 def test_machine_wdt_resets_a_program_that_stops_feeding_it(board: SimBoard) -> None:

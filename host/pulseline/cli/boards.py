@@ -27,20 +27,25 @@ def cmd_ports(args: argparse.Namespace) -> int:
 
     from ..sim.registry import running_boards
 
+    boards = running_boards()
+    sim_devices = {b.get("device") for b in boards}  # (a simulated board's /dev/ttyACMsim<N> is listed below)
     real = []
     for p in sorted(list_ports.comports(), key=lambda p: p.device):
+        if p.device in sim_devices:
+            continue
         usb = f"{p.vid:04x}:{p.pid:04x}" if p.vid is not None and p.pid is not None else None
         real.append({"port": p.device, "description": p.description, "usb": usb,
                      "serial_number": p.serial_number})
-    sims = [{"port": f"sim:{b['name']}", "device": b["pty"], "url": b["url"], "link": b["link"]}
-            for b in running_boards()]
+    sims = [{"port": f"sim:{b['name']}", "device": b["pty"], "url": b["url"], "link": b["link"],
+             "usb_cdc": b.get("device")} for b in boards]
     if args.json:
         print(json.dumps({"serial": real, "simulated": sims}))
         return 0
     for r in real:
         print(f"{r['port']:20} {r['description']}" + (f"  (USB {r['usb']})" if r["usb"] else ""))
     for b in sims:
-        print(f"{b['port']:20} simulated board on {b['device']}, {b['url']}, link {b['link']}")
+        also = f" ({b['usb_cdc']})" if b["usb_cdc"] else ""
+        print(f"{b['port']:20} simulated board on {b['device']}{also}, {b['url']}, link {b['link']}")
     if not real and not sims:
         print("no serial ports and no simulated boards (start one with: pulseline sim --detach)")
     return 0

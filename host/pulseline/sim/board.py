@@ -67,9 +67,11 @@ from .registry import (
     next_free_name,
     private_dir,
     publish,
+    publish_device,
     running_boards,
     wait_stopped,
     withdraw,
+    withdraw_device,
 )
 from .repl import (
     FRIENDLY_PROMPT,
@@ -124,8 +126,11 @@ class SimBoard(PlantControls):
     def __init__(self, fs_dir: str | Path | None = None, *, name: str | None = None, link: str = "usb-fs",
                  faults: str = "", seed: int = 0, plant: Plant | None = None, timeline: Timeline | None = None,
                  state_dir: str | Path = STATE_DIR, tcp_port: int = 0, record: bool = False,
-                 water_cm: float | None = None, start_us: int = 0) -> None:
+                 water_cm: float | None = None, start_us: int = 0, device_link: bool = True) -> None:
         self.state_dir = Path(state_dir)
+        # Its pty as /dev/ttyACMsim<N>, where serial tools list USB CDC ports (when /dev may be written).
+        self.device_link = device_link
+        self.device: Path | None = None
         self.start_us = start_us  # plant time (the board's) at power-on
         self._auto_name = name is None  # start() moves on to the next free ttyACM<n> if this one is taken
         self.name = check_name(name) if name is not None else next_free_name(self.state_dir)
@@ -234,6 +239,7 @@ class SimBoard(PlantControls):
         self._to_board = LinkDirection(self.link_class, to_board_faults, np.random.default_rng([self.seed, 1]), now)
         self._to_host = LinkDirection(self.link_class, self.fault_spec, np.random.default_rng([self.seed, 2]), now)
         self._launch(main=True, cause="power")
+        self.device = publish_device(self.pty_path) if self.device_link else None
         publish(self.files, self.pty_path, self.describe())
         self._thread = threading.Thread(target=self._io_loop, name=f"sim-{self.name}", daemon=True)
         self._thread.start()
@@ -241,7 +247,8 @@ class SimBoard(PlantControls):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "pid": os.getpid(), "pty": self.pty_path, "link_path": str(self.files.link),
                 "url": self.url, "control": self.control, "fs": str(self.fs_dir.resolve()),
-                "link": self.link_class.name, "faults": self.fault_spec.any, "seed": self.seed}
+                "link": self.link_class.name, "faults": self.fault_spec.any, "seed": self.seed,
+                "device": str(self.device) if self.device is not None else None}
 
     def stop(self) -> None:
         self._stop.set()
@@ -249,6 +256,7 @@ class SimBoard(PlantControls):
             self._thread.join(timeout=3)
         self._kill()
         self._kill_spare(self._spare)
+        withdraw_device(getattr(self, "device", None), getattr(self, "pty_path", ""))
         self.host.close()
         self.ctl.close()
         if getattr(self, "server", None) is not None:

@@ -105,6 +105,46 @@ def withdraw(files: BoardFiles) -> None:
         files.lock.unlink()  # under the lock: see lock_file
 
 
+DEVICE_DIR = Path("/dev")
+DEVICE_PREFIX = "ttyACMsim"  # where serial tools look for USB CDC ports (pyserial: /dev/ttyACM*)
+
+
+def publish_device(pty_path: str, device_dir: Path = DEVICE_DIR) -> Path | None:
+    """The board's pty as a USB CDC port serial tools list (`mpremote devs`,
+    pyserial's comports): /dev/ttyACMsim<N> for /dev/pts/<N>, unique while
+    the pty is open. Only where /dev may be written (root, as in CI);
+    elsewhere None, and the board is found through `pulseline ports`. Links
+    a killed board left (their pty gone) are cleared first."""
+    if not os.access(device_dir, os.W_OK):
+        return None
+    for old in device_dir.glob(DEVICE_PREFIX + "*"):
+        if old.is_symlink() and not old.exists():
+            with contextlib.suppress(OSError):
+                old.unlink()
+    pts = Path(pty_path).name
+    if not pts.isdigit():
+        return None
+    device = device_dir / f"{DEVICE_PREFIX}{pts}"
+    tmp = device_dir / f".{DEVICE_PREFIX}{pts}.{os.getpid()}"
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        tmp.symlink_to(pty_path)
+        os.replace(tmp, device)  # (a link a killed board left on this pty number is replaced)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return None
+    return device
+
+
+def withdraw_device(device: Path | None, pty_path: str) -> None:
+    """The board's /dev link gone, if it is still the board's."""
+    if device is not None and device.is_symlink() and os.readlink(device) == pty_path:
+        with contextlib.suppress(OSError):
+            device.unlink()
+
+
 def _flock_ex(fd: int) -> bool:
     """Take an exclusive flock, unless a board holds one. A board holds its
     locks exclusively; a check (_name_held, check_free) holds a shared one
