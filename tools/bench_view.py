@@ -139,6 +139,8 @@ def run(r: Any) -> None:
         if m["pps"] == BAR_RATE:
             r.check(f"no display frame dropped at {m['pps']:g} pps ({m['dropped']})", m["dropped"] == 0)
             r.check(f"95th percentile delay {p95:.1f} ms < one frame period ({period_ms:.1f} ms)", p95 < period_ms)
-            r.check(f"frames displayed at the pulse rate ({m['shown_per_s']:.1f}/s)",
-                    m["shown_per_s"] >= 0.95 * m["pps"])
+            # Both in wall time: the screen keeps up with the pulses the board fired
+            # (the board's own rate is the check above, in its time).
+            r.check(f"frames displayed keep up with the pulses ({m['shown_per_s']:.1f}/s shown, "
+                    f"{m['fired_per_s']:.1f}/s fired)", m["shown_per_s"] >= 0.95 * m["fired_per_s"])
             r.check(f"no line lost on the link ({m['lines_lost']})", m["lines_lost"] == 0)
