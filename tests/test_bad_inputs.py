@@ -171,6 +171,24 @@ def test_a_board_at_the_repl_is_not_taken_for_a_dead_link(boards):
     assert isinstance(err.value, BoardAtRepl)
 
 
+@pytest.mark.parametrize("mode", [b"\x05", b"\x01", b"if 1:\r"], ids=["paste", "raw", "continuation"])
+def test_a_board_at_the_repl_is_known_in_every_mode_our_packets_can_put_it_in(boards, mode):
+    # A host packet typed at a REPL is text with control characters in it:
+    # Ctrl-E (paste mode) and Ctrl-A (the raw REPL) among them.
+    import serial
+
+    with serial.Serial(boards["bare"].pty_path, timeout=0.2) as port:
+        port.write(b"\x03\x02" + mode)
+        port.read(4096)
+    try:
+        with pytest.raises(BoardAtRepl, match="the board is at the MicroPython REPL"):
+            Session(boards["bare"].pty_path, answer_timeout_s=0.5)
+    finally:
+        with serial.Serial(boards["bare"].pty_path, timeout=0.2) as port:
+            port.write(b"\x03\x02")  # back to the friendly prompt
+            port.read(4096)
+
+
 def test_ctrl_c_mid_capture_ends_the_exposure_and_keeps_the_frames(tmp_path):
     import json
     import signal

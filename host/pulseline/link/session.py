@@ -50,18 +50,22 @@ OPCODES = {name: op for op, name in codes.OP_NAMES.items()}
 # GIL: 110 ms measured beside a browser), so the heartbeat comes every 50 ms,
 # on a fixed schedule: the link survives a stall of 150 ms.
 HEARTBEAT_S = 0.05
-# What a MicroPython REPL prints (its banner, its prompts): a board that shows
-# these is not running the pulseline firmware.
-# Its line editor answers the probe below with "erase to the end of the
-# line" (ESC [ K): the firmware sends nothing but packets.
-REPL_MARKS = (b'Type "help()" for more information.', b">>> ", b"... ", b"raw REPL; CTRL-B to exit",
-              b"Traceback (most recent call last)", b"\x1b[K")
 # Asks a REPL to show itself without ever running code: End (twice: the
 # first may only end an escape sequence our packets left half typed), then
 # kill the line (what the REPL took our packets for), then Ctrl-B, which at
 # an empty friendly prompt (or anywhere in the raw REPL) prints the banner.
 # The firmware takes all of it for line noise.
 REPL_PROBE = b"\x1b[F\x1b[F\x15\x02"
+# What a MicroPython REPL prints (its banner, its prompts): a board that shows
+# these is not running the pulseline firmware.
+# Its line editor answers the probe with "erase to the end of the line"
+# (ESC [ K): the firmware sends nothing but packets. Our own packets, typed
+# at a REPL, can take it into any of its modes (0x05 is Ctrl-E, paste mode;
+# 0x01 Ctrl-A, the raw REPL): paste mode shows its banner and echoes what it
+# is sent, the probe included, as it is.
+REPL_MARKS = (b'Type "help()" for more information.', b">>> ", b"... ", b"raw REPL; CTRL-B to exit",
+              b"Traceback (most recent call last)", b"\x1b[K", b"paste mode; Ctrl-C to cancel", b"\r\n=== ",
+              REPL_PROBE)
 # Doing these twice is the same as once: safe to ask again on a lost answer.
 IDEMPOTENT = frozenset({"hello", "get_config", "set_config", "arm", "disarm", "status", "dose_report",
                         "read_journal", "fault_reset", "ping", "alarm_reset", "self_test"})
