@@ -4,9 +4,12 @@ lost."""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -187,6 +190,30 @@ def test_a_board_at_the_repl_is_known_in_every_mode_our_packets_can_put_it_in(bo
         with serial.Serial(boards["bare"].pty_path, timeout=0.2) as port:
             port.write(b"\x03\x02")  # back to the friendly prompt
             port.read(4096)
+
+
+def test_asking_a_board_at_the_repl_never_changes_it():
+    """A hello typed at a REPL: whatever its drawn session id and sequence
+    number, it never holds the bytes that would run what it typed, soft
+    reset the board or start paste mode (REPL_ACTS_ON)."""
+    from pulseline.link import session as session_module
+    from pulseline.link.session import OPCODES, REPL_ACTS_ON
+
+    class Wire:
+        def __init__(self) -> None:
+            self.sent = bytearray()
+
+        def write(self, data: bytes) -> None:
+            self.sent += data
+
+    for _ in range(300):
+        s = Session.__new__(Session)
+        s.__dict__.update(_write_lock=threading.Lock(), _cond=threading.Condition(), _pending=set(), _ignore=set(),
+                          _responses={}, recorder=None, serial=Wire(), clock=session_module.WALL,
+                          _seq=secrets.randbelow(0x10000))
+        args = {"protocol": 1, "session": secrets.token_hex(8)}
+        s._send_raw(OPCODES["hello"], json.dumps(args).encode(), repl_safe=True)
+        assert not REPL_ACTS_ON & set(s.serial.sent), bytes(s.serial.sent)
 
 
 def test_ctrl_c_mid_capture_ends_the_exposure_and_keeps_the_frames(tmp_path):

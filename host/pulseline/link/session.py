@@ -66,6 +66,12 @@ REPL_PROBE = b"\x1b[F\x1b[F\x15\x02"
 REPL_MARKS = (b'Type "help()" for more information.', b">>> ", b"... ", b"raw REPL; CTRL-B to exit",
               b"Traceback (most recent call last)", b"\x1b[K", b"paste mode; Ctrl-C to cancel", b"\r\n=== ",
               REPL_PROBE)
+# A hello may reach a board at its REPL, which takes it for typing. Its
+# version, type and opcode bytes are 0x01 (Ctrl-A: into the raw REPL, which
+# only collects what follows); the bytes that vary (sequence number, checks)
+# are kept clear of Ctrl-B (out of it), Ctrl-D (run what was collected, or a
+# soft reset) and Ctrl-E (paste mode), so asking never changes the board.
+REPL_ACTS_ON = frozenset(b"\x02\x04\x05")
 # Doing these twice is the same as once: safe to ask again on a lost answer.
 IDEMPOTENT = frozenset({"hello", "get_config", "set_config", "arm", "disarm", "status", "dose_report",
                         "read_journal", "fault_reset", "ping", "alarm_reset", "self_test"})
@@ -302,18 +308,23 @@ class Session:
                              "is not a finite number") from None
         return self._send_raw(op, text.encode(), ignore_answer)
 
-    def _send_raw(self, op: int, raw_args: bytes, ignore_answer: bool = False) -> int:
+    def _send_raw(self, op: int, raw_args: bytes, ignore_answer: bool = False, repl_safe: bool = False) -> int:
         with self._write_lock:
-            seq = self._seq
-            # On a virtual board the stand-in host's heartbeat has the upper half.
-            self._seq = (self._seq + 1) % self.clock.board_seq_base
+            while True:
+                seq = self._seq
+                # On a virtual board the stand-in host's heartbeat has the upper half.
+                self._seq = (self._seq + 1) % self.clock.board_seq_base
+                packet = wire.stuff(wire.encode(wire.PKT_COMMAND, seq, wire.command_payload(op, raw_args)))
+                # repl_safe: the next sequence number until the packet holds no
+                # byte a REPL acts on beyond the raw REPL's Ctrl-A (see REPL_ACTS_ON).
+                if not repl_safe or not any(b in REPL_ACTS_ON for b in packet):
+                    break
             with self._cond:
                 if ignore_answer:
                     self._ignore.add(seq)
                 else:
                     self._pending.add(seq)
                 self._responses.pop(seq, None)  # (one kept from 65536 commands ago)
-            packet = wire.stuff(wire.encode(wire.PKT_COMMAND, seq, wire.command_payload(op, raw_args)))
             if self.recorder is not None:
                 self.recorder.chunk(TO_BOARD, self.now(), packet)
             try:
@@ -396,7 +407,7 @@ class Session:
         """One handshake: the answer that carries this session's id (one
         meant for an earlier session's hello is passed over)."""
         args = {"protocol": wire.PROTOCOL_VERSION, "session": self.session_id}
-        seq = self._send("hello", args)
+        seq = self._send_raw(OPCODES["hello"], json.dumps(args).encode(), repl_safe=True)
         deadline = self.now() + timeout_s
         while True:
             status, body = self._answer(seq, "hello", max(0.0, deadline - self.now()))
