@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--runs must be >= 1, --hogs >= 0, --limit-s > 0")
     if not shutil.which("timeout"):
         parser.error("coreutils' timeout is needed to bound the load")
+    # Stopped (SIGTERM, SIGHUP): the finally below still stops the load.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     failures = 0
     args.logs.mkdir(parents=True, exist_ok=True)
     print(f"stress: {' '.join(command)} x{args.runs} beside {args.hogs} CPU hogs and a disk writer "
