@@ -296,7 +296,8 @@ class Session:
             level, ts = struct.unpack_from(wire.LOG_HEAD_FORMAT, p.payload)
             self.logs.append((ts, level, p.payload[wire.LOG_HEAD_SIZE:].decode(errors="replace")))
 
-    def _send(self, name: str, args: dict[str, Any] | None, ignore_answer: bool = False) -> int:
+    def _send(self, name: str, args: dict[str, Any] | None, ignore_answer: bool = False,
+              repl_safe: bool = False) -> int:
         op = OPCODES.get(name)
         if op is None:
             raise ValueError(f"unknown command {name!r}")
@@ -306,18 +307,20 @@ class Session:
             bad = {k: v for k, v in (args or {}).items() if isinstance(v, float) and not math.isfinite(v)}
             raise ValueError(f"{name}: {', '.join(f'{k} {v}' for k, v in bad.items()) or 'an argument'} "
                              "is not a finite number") from None
-        return self._send_raw(op, text.encode(), ignore_answer)
+        return self._send_raw(op, text.encode(), ignore_answer, repl_safe)
 
     def _send_raw(self, op: int, raw_args: bytes, ignore_answer: bool = False, repl_safe: bool = False) -> int:
         with self._write_lock:
-            while True:
+            # repl_safe: the next sequence number until the packet holds no
+            # byte a REPL acts on beyond the raw REPL's Ctrl-A (see
+            # REPL_ACTS_ON); arguments that hold one themselves go as they are
+            # after one pass over the sequence numbers.
+            for _ in range(self.clock.board_seq_base if repl_safe else 1):
                 seq = self._seq
                 # On a virtual board the stand-in host's heartbeat has the upper half.
                 self._seq = (self._seq + 1) % self.clock.board_seq_base
                 packet = wire.stuff(wire.encode(wire.PKT_COMMAND, seq, wire.command_payload(op, raw_args)))
-                # repl_safe: the next sequence number until the packet holds no
-                # byte a REPL acts on beyond the raw REPL's Ctrl-A (see REPL_ACTS_ON).
-                if not repl_safe or not any(b in REPL_ACTS_ON for b in packet):
+                if not any(b in REPL_ACTS_ON for b in packet):
                     break
             with self._cond:
                 if ignore_answer:
@@ -406,8 +409,7 @@ class Session:
     def _hello_once(self, timeout_s: float) -> Any:
         """One handshake: the answer that carries this session's id (one
         meant for an earlier session's hello is passed over)."""
-        args = {"protocol": wire.PROTOCOL_VERSION, "session": self.session_id}
-        seq = self._send_raw(OPCODES["hello"], json.dumps(args).encode(), repl_safe=True)
+        seq = self._send("hello", {"protocol": wire.PROTOCOL_VERSION, "session": self.session_id}, repl_safe=True)
         deadline = self.now() + timeout_s
         while True:
             status, body = self._answer(seq, "hello", max(0.0, deadline - self.now()))

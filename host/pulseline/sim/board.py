@@ -112,6 +112,16 @@ def sigint_caught(pid: int) -> bool:
     return False
 
 
+def _cpu_ran_ns(pid: int) -> int | None:
+    """CPU time the process has run, in ns (/proc schedstat: what the
+    scheduler gave it, not what it waited for); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/schedstat", "rb") as fh:
+            return int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def parse_board_faults(spec: str) -> tuple[FaultSpec, bool]:
     """A simulated board's --faults: the link faults, and whether they hit
     both directions ("dir=both"; by default only board->host, the image
@@ -616,10 +626,8 @@ class SimBoard(PlantControls):
         firmware (0 while no firmware keeps the plant's time)."""
         if not self.server.board_clocked():
             return 0
-        try:
-            with open(f"/proc/{pid}/schedstat", "rb") as fh:
-                cpu_ns = int(fh.read().split()[0])
-        except (OSError, ValueError, IndexError):
+        cpu_ns = _cpu_ran_ns(pid)
+        if cpu_ns is None:
             return 0
         requests = self.server.requests
         if requests != self._cpu_mark[0]:
@@ -635,11 +643,9 @@ class SimBoard(PlantControls):
             process = self.proc
             requests, cpu_mark_ns = self._cpu_mark
             if process is not None and self.server.board_clocked() and requests == self.server.requests:
-                try:
-                    with open(f"/proc/{process.pid}/schedstat", "rb") as fh:
-                        now += max(0, int(fh.read().split()[0]) - cpu_mark_ns) // 1000
-                except (OSError, ValueError, IndexError):
-                    pass
+                cpu_ns = _cpu_ran_ns(process.pid)
+                if cpu_ns is not None:
+                    now += max(0, cpu_ns - cpu_mark_ns) // 1000
             self._clock_read_us = now = max(now, self._clock_read_us)
         return now
 
