@@ -156,7 +156,8 @@ def test_calibrate_then_capture_gives_flat_frames_and_the_planted_dead_pixels(tm
     fs = tmp_path / "fs"
     deploy(fs)
     plant = Plant(PlantConfig(seed=seed))
-    with SimBoard(fs, state_dir=tmp_path / "st", plant=plant, seed=seed) as board, Session(board.pty_path) as s:
+    with SimBoard(fs, state_dir=tmp_path / "st", plant=plant, seed=seed) as board, \
+            Session(board.pty_path, clock=board.clock) as s:
 
         def expose(n):
             cap = capture(s, n, press=board.press, release=board.release)
@@ -215,7 +216,7 @@ def test_a_board_without_dark_readout_is_a_clear_error():
 def test_the_recursive_filter_is_applied_from_the_board_setting_and_off_for_calibration(tmp_path):
     fs = tmp_path / "fs"
     deploy(fs)
-    with SimBoard(fs, state_dir=tmp_path / "st", seed=2) as board, Session(board.pty_path) as s:
+    with SimBoard(fs, state_dir=tmp_path / "st", seed=2) as board, Session(board.pty_path, clock=board.clock) as s:
         s.configure(filter_alpha=0.25, pixels_per_line=64, lines_per_frame=64)
         assert s.asm.config.filter_alpha == 0.25
 

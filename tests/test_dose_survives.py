@@ -67,7 +67,7 @@ def test_a_power_cut_at_any_instant_loses_under_a_second_and_never_counts_twice(
     # Instants after the press: before the first pulse, around the first
     # checkpoint, and anywhere in a longer press.
     cuts = [0.02, 0.3, 0.55] + [rnd.uniform(0.05, 2.5) for _ in range(5)]
-    with Session(board.pty_path, answer_timeout_s=10) as s:
+    with Session(board.pty_path, clock=board.clock, answer_timeout_s=10) as s:
         exam = s.command("new_exam")["exam"]
         recorded = 0  # pulses the journal holds for this exam so far
         for k, cut_s in enumerate(cuts):
@@ -112,7 +112,7 @@ def _journal_events(board: SimBoard, exam: int) -> list[dict]:
 @pytest.mark.parametrize("line", ["ctrl-c", "noise"])
 def test_a_stray_ctrl_c_mid_exposure_stops_emission_and_commits_every_pulse(board, line):
     rnd = random.Random(SEED)
-    with Session(board.pty_path, answer_timeout_s=10) as s:
+    with Session(board.pty_path, clock=board.clock, answer_timeout_s=10) as s:
         s.configure(pulses_per_s=PPS, pixels_per_line=64, lines_per_frame=64)
         exam = s.command("new_exam")["exam"]
         s.arm()
@@ -146,4 +146,4 @@ def test_a_stray_ctrl_c_mid_exposure_stops_emission_and_commits_every_pulse(boar
     if line == "ctrl-c":  # (noise after the 0x03 goes on to the REPL, which does what it says)
         # A new session is told where the board is and how to restart it.
         with pytest.raises(BoardAtRepl, match=r"MicroPython REPL.*mpremote connect .* reset"):
-            Session(board.pty_path, answer_timeout_s=1)
+            Session(board.pty_path, clock=board.clock, answer_timeout_s=1)

@@ -88,7 +88,7 @@ def test_a_packet_cut_short_leaves_the_board_answering_the_next_session_at_once(
         assert res.returncode == 0, res.stderr
         info = json.loads(res.stdout)
         assert info["state"] == "IDLE"  # the cut arm never ran
-        with Session(b.pty_path) as s:
+        with Session(b.pty_path, clock=b.clock) as s:
             assert s.status()["rx_partial_dropped"] == 1
 
 
@@ -97,7 +97,7 @@ def test_the_board_refuses_a_packet_of_another_protocol_version(tmp_path: Path, 
     _deploy(tmp_path / "fs", None)
     with SimBoard(tmp_path / "fs", state_dir=tmp_path / "state") as b:
         wait_for_firmware(b.pty_path, timeout_s=60)
-        with Session(b.pty_path) as s:
+        with Session(b.pty_path, clock=b.clock) as s:
             pkt = bytearray(wire.encode(wire.PKT_COMMAND, 4242, wire.command_payload(4, b"{}")))  # arm
             pkt[4] = version
             pkt[10:12] = struct.pack("<H", wire.header_check(bytes(pkt[4:10])))

@@ -107,7 +107,7 @@ def board(tmp_path):
 
 def test_monitor_follows_an_exposure_and_a_refused_press(board):
     stop = threading.Event()
-    with Session(board.pty_path) as s:
+    with Session(board.pty_path, clock=board.clock) as s:
         human = Runner(s, stop)
         as_json = Runner(s, stop, as_json=True)
         assert wait_for(lambda: human.lines and as_json.lines)

@@ -122,7 +122,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     _deploy(tmp / "fs", None)
     with SimBoard(tmp / "fs", state_dir=tmp / "st", seed=4) as board:
         wait_for_firmware(board.pty_path, timeout_s=60)
-        with Session(board.pty_path) as s:
+        with Session(board.pty_path, clock=board.clock) as s:
             s.configure(pixels_per_line=64, lines_per_frame=64, pulses_per_s=15.0)
             s.arm()
             recorder = CommandRecorder(s)
@@ -581,7 +581,7 @@ def test_another_user_reaches_none_of_the_boards_endpoints_and_its_owner_all(tmp
         # (its Ctrl-C leaves the firmware for the REPL) unmodified mpremote.
         with Session(board.url) as s:
             assert s.status()["state"] == "IDLE"
-        with Session(board.pty_path) as s:
+        with Session(board.pty_path, clock=board.clock) as s:
             assert s.status()["state"] == "IDLE"
         ctl = SimControl(board.name, state)
         try:

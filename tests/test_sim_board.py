@@ -70,7 +70,7 @@ def test_mpremote_works_unmodified_against_the_simulated_board(tmp_path):
         # A hard reset reloads everything from the filesystem: boot.py, then
         # main.py, so the firmware answers.
         mpremote(board, "reset")
-        with Session(board.pty_path) as s:
+        with Session(board.pty_path, clock=board.clock) as s:
             assert s.board["firmware"] and s.status()["state"] == "IDLE"
         # Ctrl-C reaches the REPL from the running firmware (mpremote sends
         # it first), and a soft reset says "soft reboot" as a board does.
@@ -81,7 +81,7 @@ def test_mpremote_works_unmodified_against_the_simulated_board(tmp_path):
         # The firmware is not running after a raw-REPL soft reset (as on a
         # board), and a hard reset brings it back.
         mpremote(board, "reset")
-        with Session(board.pty_path) as s:
+        with Session(board.pty_path, clock=board.clock) as s:
             assert s.status()["state"] == "IDLE"
 
 
@@ -102,7 +102,7 @@ def board(tmp_path_factory):
 
 
 def test_capture_through_the_pty_matches_the_plant(board):
-    with Session(board.pty_path) as s:
+    with Session(board.pty_path, clock=board.clock) as s:
         before = len(board.plant.pulses)
         meter_before = board.plant.meter_kerma_ugy
         report_before = s.dose_report()["kerma_mgy"]
@@ -140,7 +140,7 @@ def test_capture_through_the_pty_matches_the_plant(board):
 
 
 def test_a_configuration_over_the_link_is_refused_with_the_numbers(board):
-    with Session(board.pty_path) as s:
+    with Session(board.pty_path, clock=board.clock) as s:
         with pytest.raises(SessionError, match=r"needs \d+ bytes/s; the link carries 1100000"):
             s.configure(pixels_per_line=1024, lines_per_frame=512, pixel_format=1, pulses_per_s=30)
         assert s.command("get_config")["pixels_per_line"] == 256
@@ -220,7 +220,7 @@ def test_with_seeded_link_faults_lost_lines_are_exactly_the_damaged_ones(tmp_pat
                   plant=Plant(PlantConfig(seed=seed), Timeline())) as board:
         wait_until_answering(board)
         time.sleep(0.3)
-        with Session(board.pty_path, record=True) as s:
+        with Session(board.pty_path, clock=board.clock, record=True) as s:
             cap = capture(s, 12, press=board.press, release=board.release)
             time.sleep(0.3)
         # Closed: its reader has fed the assembler all it recorded.
@@ -274,7 +274,7 @@ def test_a_disconnect_mid_capture_is_reported_and_what_came_is_kept(tmp_path):
     deploy(tmp_path / "fs")
     with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st", faults="disconnect=8", seed=2) as board:
         wait_until_answering(board)
-        with Session(board.pty_path) as s:
+        with Session(board.pty_path, clock=board.clock) as s:
             cap = capture(s, 1000, press=board.press, release=board.release)
     assert cap.error is not None and "link is down" in cap.error
     assert len(cap.frames) > 0
@@ -317,7 +317,7 @@ def test_a_capture_saves_a_valid_dicom_rf_image(board, tmp_path):
 
     from pulseline.exam.capture import save
 
-    with Session(board.pty_path) as s:
+    with Session(board.pty_path, clock=board.clock) as s:
         cap = capture(s, 5, press=board.press, release=board.release)
     assert cap.frames, (cap.error, [(e.name, e.body) for e in s.events])
     summary = save(cap, tmp_path / "exam", board.pty_path)
@@ -367,7 +367,7 @@ def test_a_stalled_firmware_is_reset_once_by_the_watchdog_within_its_timeout_of_
         ((reset_at, _),) = b.resets
         # The plant's 100 ms watchdog, judged on the board's own clock, from its last feed.
         assert 80_000 < reset_at - stalled_at < 150_000, (stalled_at, reset_at)  # (fed a loop pass before)
-        with Session(b.pty_path, answer_timeout_s=5) as s:
+        with Session(b.pty_path, clock=b.clock, answer_timeout_s=5) as s:
             status = s.status()
         assert status["state"] == "FAULT" and status["fault"] == 6  # FAULT_WATCHDOG_RESET, latched
         time.sleep(1.0)

@@ -108,7 +108,7 @@ def live(tmp_path: Path):
     _deploy(fs, None)
     with SimBoard(fs, state_dir=tmp_path / "st", seed=3) as board:
         wait_for_firmware(board.pty_path, timeout_s=60)
-        with Session(board.pty_path) as s:
+        with Session(board.pty_path, clock=board.clock) as s:
             s.configure(pixels_per_line=64, lines_per_frame=64, pulses_per_s=15.0)
             s.arm()
             with LiveView(s, controls=board) as view:
@@ -315,7 +315,7 @@ def test_losing_the_board_mid_exposure_is_said_and_the_last_image_stays(tmp_path
     board = SimBoard(fs, state_dir=tmp_path / "st", seed=5).start()
     try:
         wait_for_firmware(board.pty_path, timeout_s=60)
-        with Session(board.pty_path) as s:
+        with Session(board.pty_path, clock=board.clock) as s:
             s.configure(pixels_per_line=64, lines_per_frame=64)
             s.arm()
             with LiveView(s, controls=board) as view:

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from ..link.clock import OwnClock
 from ..plant import Plant, PlantConfig, Timeline
 from .control_channel import MAX_CONTROL_BACKLOG, MAX_CONTROL_LINE, ControlServer, SimControl, load_timeline
 from .controls import PlantControls
@@ -633,6 +634,12 @@ class SimBoard(PlantControls):
         if requests != self._cpu_mark[0]:
             self._cpu_mark = (requests, cpu_ns)
         return (cpu_ns - self._cpu_mark[1]) // 1000
+
+    @property
+    def clock(self) -> OwnClock:
+        """The board's own time, for a session or a test's waits: what its
+        interpreter ran and asked to wait, never what the host took."""
+        return OwnClock(self.board_now_us)
 
     def board_now_us(self) -> int:
         """The board's time now, as its watchdog is judged: the plant's, plus
