@@ -184,6 +184,17 @@ def test_a_board_at_the_repl_is_known_in_every_mode_our_packets_can_put_it_in(bo
     try:
         with pytest.raises(BoardAtRepl, match="the board is at the MicroPython REPL"):
             Session(boards["bare"].pty_path, answer_timeout_s=0.5)
+        # Out of the raw REPL, where it was found (which Ctrl-C cannot
+        # leave, and where a soft reset would not start the firmware): a
+        # Ctrl-C ends the rest, as mpremote sends it, and the REPL runs code.
+        with serial.Serial(boards["bare"].pty_path, timeout=0.2) as port:
+            port.read(4096)
+            port.write(b"\x03" + b"6*7\r")
+            seen = bytearray()
+            deadline = time.monotonic() + 10
+            while b"42" not in seen and time.monotonic() < deadline:
+                seen += port.read(4096)
+            assert b"\r\n42\r\n" in seen, bytes(seen)
     finally:
         with serial.Serial(boards["bare"].pty_path, timeout=0.2) as port:
             port.write(b"\x03\x02")  # back to the friendly prompt
@@ -212,6 +223,9 @@ def test_asking_a_board_at_the_repl_never_changes_it():
                           _seq=secrets.randbelow(0x10000))
         s._send("hello", {"protocol": 1, "session": secrets.token_hex(8)}, repl_safe=True)
         assert not REPL_ACTS_ON & set(s.serial.sent), bytes(s.serial.sent)
+        # (Not even CR or LF: a line run at the REPL, then 0x01 at the empty
+        # one, is the raw REPL, whose soft reset does not start the firmware.)
+        assert not set(b"\r\n") & set(s.serial.sent), bytes(s.serial.sent)
     # Arguments that hold such a byte themselves: no sequence number helps;
     # after one pass over them the packet goes as it is.
     s.serial = Wire()

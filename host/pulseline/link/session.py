@@ -66,12 +66,14 @@ REPL_PROBE = b"\x1b[F\x1b[F\x15\x02"
 REPL_MARKS = (b'Type "help()" for more information.', b">>> ", b"... ", b"raw REPL; CTRL-B to exit",
               b"Traceback (most recent call last)", b"\x1b[K", b"paste mode; Ctrl-C to cancel", b"\r\n=== ",
               REPL_PROBE)
-# A hello may reach a board at its REPL, which takes it for typing. Its
-# version, type and opcode bytes are 0x01 (Ctrl-A: into the raw REPL, which
-# only collects what follows); the bytes that vary (sequence number, checks)
-# are kept clear of Ctrl-B (out of it), Ctrl-D (run what was collected, or a
-# soft reset) and Ctrl-E (paste mode), so asking never changes the board.
-REPL_ACTS_ON = frozenset(b"\x02\x04\x05")
+# A hello may reach a board at its REPL, which takes it for typing. It
+# begins with printable bytes ("ZPL"), so its version, type and opcode bytes
+# (0x01, Ctrl-A) only move the cursor home. The bytes that vary (sequence
+# number, checks) are kept clear of CR and LF (they would run the line typed
+# so far, and leave an empty one, where the next 0x01 enters the raw REPL,
+# whose soft reset skips main.py), Ctrl-B, Ctrl-D (a soft reset at an empty
+# line) and Ctrl-E (paste mode), so asking never changes the board.
+REPL_ACTS_ON = frozenset(b"\x02\x04\x05\r\n")
 # Doing these twice is the same as once: safe to ask again on a lost answer.
 IDEMPOTENT = frozenset({"hello", "get_config", "set_config", "arm", "disarm", "status", "dose_report",
                         "read_journal", "fault_reset", "ping", "alarm_reset", "self_test"})
@@ -426,13 +428,14 @@ class Session:
         def shown() -> bool:
             return any(m in self._recent for m in REPL_MARKS)
 
-        if shown():
-            return True
+        seen = shown()
         with self._cond:
             self._recent.clear()
+        # Sent even to a REPL that has shown itself: it leaves the line our
+        # packets typed empty, at the friendly prompt, as it was found.
         with contextlib.suppress(serial.SerialException, OSError), self._write_lock:
             self.serial.write(REPL_PROBE)
-        return self._wait(shown, 1.0)
+        return seen or self._wait(shown, 1.0)
 
     def hello(self, attempts: int = 6) -> dict[str, Any]:
         """The version handshake. Asked again a few times: a board that has

@@ -402,7 +402,15 @@ def cook_print():
         text = (" " if sep is None else sep).join([str(a) for a in args]) + ("\\n" if end is None else end)
         sys.stdout.write(text.replace("\\r\\n", "\\n").replace("\\n", "\\r\\n"))
 
+    def __repl_print__(obj):
+        # What the REPL shows of an expression's value, cooked too (and
+        # kept as _, as the REPL's own does).
+        if obj is not None:
+            sys.stdout.write(repr(obj).replace("\\n", "\\r\\n") + "\\r\\n")
+            builtins._ = obj
+
     builtins.print = print
+    builtins.__repl_print__ = __repl_print__
 
 
 def mount_root(root, name):

@@ -156,11 +156,18 @@ class BoardClock:
     host call (`hold`): the plant's answer (hardware answers at once), a
     link write the host is slow to take, a write of its filesystem (the
     host's disk). So a starved host slows the board down and never makes
-    it look stalled, and a firmware that spins is still a spinning board."""
+    it look stalled, and a firmware that spins is still a spinning board.
+
+    Blocked outside a wait or a host call (stopped, a page fault from the
+    host's disk), the interpreter neither ran nor queued: a span of wall
+    time that its CPU time and run-queue delay do not explain, past
+    EXEC_SLACK_US (the kernel may count the running task's CPU time as
+    late as one scheduler tick), is the host's too."""
 
     REFRESH_US = 200  # a wall step this long re-reads the run-queue delay
     WAIT_SLACK_US = 1000  # a wait woken up to this late is still the board's
     HOLD_EXACT_US = 20  # a host call this long re-reads the run-queue delay (a short one: a pipe write)
+    EXEC_SLACK_US = 10_000  # a scheduler tick at HZ=100: CPU time read this late is not a block
 
     def __init__(self, time_mod):
         self._time = time_mod
@@ -172,6 +179,7 @@ class BoardClock:
             self._stat = open("/proc/self/schedstat", "rb")
         except OSError:  # no such kernel table: wall time, less the host calls
             self._stat = None
+        self._ran = 0  # CPU time run, as last read (us)
         self._queued0 = self._run_delay_us()
         self._queued = 0  # run-queue delay since the clock started, as last read
         self._read_at = 0  # wall us of that read
@@ -187,7 +195,8 @@ class BoardClock:
         return self._wall
 
     def _run_delay_us(self):
-        # Second field of "sum_exec_runtime run_delay pcount", in ns.
+        # "sum_exec_runtime run_delay pcount", in ns: the second field is
+        # returned, the first kept as self._ran (both in us).
         f = self._stat
         if f is None:
             return 0
@@ -195,10 +204,15 @@ class BoardClock:
         n = f.readinto(self._buf)
         buf = self._buf
         i = 0
-        while i < n and buf[i] != 32:
-            i += 1
         v = 0
-        i += 1
+        while i < n:
+            c = buf[i]
+            i += 1
+            if c < 48 or c > 57:
+                break
+            v = v * 10 + c - 48
+        self._ran = v // 1000
+        v = 0
         while i < n:
             c = buf[i]
             if c < 48 or c > 57:
@@ -207,14 +221,22 @@ class BoardClock:
             i += 1
         return v // 1000
 
-    def _refresh(self, wall):
+    def _refresh(self, wall, running=False):
+        # running: the board only ran since the last read (no wait, no host
+        # call), so what its CPU time and queueing leave unexplained was
+        # taken by the host.
+        ran, queued = self._ran, self._queued
         self._queued = self._run_delay_us() - self._queued0
+        if running and self._stat is not None:
+            blocked = (wall - self._read_at) - (self._queued - queued) - (self._ran - ran) - self.EXEC_SLACK_US
+            if blocked > 0:
+                self._taken += blocked
         self._read_at = wall
 
     def now(self):
         wall = self._wall_us()
         if wall - self._read_at >= self.REFRESH_US:
-            self._refresh(wall)
+            self._refresh(wall, True)
         t = wall - self._queued - self._taken
         if t > self._given:
             self._given = t
@@ -222,7 +244,10 @@ class BoardClock:
 
     def hold(self):
         """A host call begins: until `release`, the board's time stands."""
-        self._hold_wall = self._wall_us()
+        wall = self._wall_us()
+        if wall - self._read_at >= self.REFRESH_US:
+            self._refresh(wall, True)
+        self._hold_wall = wall
         self._hold_queued = self._queued
 
     def release(self):
@@ -237,6 +262,7 @@ class BoardClock:
     def waited(self, since, asked_us):
         """A wait the board asked for (asked_us long) began at board time
         `since` and is over: past what was asked, it was the host's."""
+        self._refresh(self._wall_us())  # a wait, not a running span
         over = self.now() - since - asked_us - self.WAIT_SLACK_US
         if over > 0:
             self._taken += over
