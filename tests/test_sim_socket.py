@@ -501,7 +501,7 @@ def test_the_boards_clock_counts_what_it_ran_and_asked_to_wait_not_what_the_host
     # Its wall time less its run-queue delay, to the clock's 200 us re-read;
     # at least the CPU the kernel says it ran (which moves in scheduler
     # ticks, and leaves out a hypervisor's steal, which the board counts
-    # unless a single steal outlasts a tick).
+    # unless a single steal is a stop: BoardClock.GAP_US).
     assert board <= wall - queued + 2_000, got
     assert board >= ran - 12_000, got
     assert queued >= 100_000, got  # the hog had its share, and the board does not count it

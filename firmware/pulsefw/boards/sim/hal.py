@@ -158,16 +158,20 @@ class BoardClock:
     host's disk). So a starved host slows the board down and never makes
     it look stalled, and a firmware that spins is still a spinning board.
 
-    Blocked outside a wait or a host call (stopped, a page fault from the
-    host's disk), the interpreter neither ran nor queued: a span of wall
-    time that its CPU time and run-queue delay do not explain, past
-    EXEC_SLACK_US (the kernel may count the running task's CPU time as
-    late as one scheduler tick), is the host's too."""
+    Stopped outside a wait or a host call (SIGSTOP, a long page fault, a
+    hypervisor's steal), the interpreter neither ran nor queued: a gap of
+    at least GAP_US between two of its clock readings, at least half of
+    which its CPU time and run-queue delay do not explain, is the host's
+    too, less EXEC_SLACK_US. Only long gaps: the kernel credits a run-queue
+    wait or CPU time up to tens of ms late (measured beside a CPU hog: 22
+    ms unexplained in one reading, credited in the next), so a shorter
+    one cannot be told from a late credit."""
 
     REFRESH_US = 200  # a wall step this long re-reads the run-queue delay
     WAIT_SLACK_US = 1000  # a wait woken up to this late is still the board's
     HOLD_EXACT_US = 20  # a host call this long re-reads the run-queue delay (a short one: a pipe write)
-    EXEC_SLACK_US = 10_000  # a scheduler tick at HZ=100: CPU time read this late is not a block
+    GAP_US = 200_000  # a gap between readings this long, half unexplained, is a stop
+    EXEC_SLACK_US = 10_000  # (what of it may still be a late credit)
 
     def __init__(self, time_mod):
         self._time = time_mod
@@ -223,14 +227,15 @@ class BoardClock:
 
     def _refresh(self, wall, running=False):
         # running: the board only ran since the last read (no wait, no host
-        # call), so what its CPU time and queueing leave unexplained was
-        # taken by the host.
+        # call), so a long gap its CPU time and queueing leave unexplained
+        # was taken by the host (a stop).
         ran, queued = self._ran, self._queued
         self._queued = self._run_delay_us() - self._queued0
-        if running and self._stat is not None:
-            blocked = (wall - self._read_at) - (self._queued - queued) - (self._ran - ran) - self.EXEC_SLACK_US
-            if blocked > 0:
-                self._taken += blocked
+        span = wall - self._read_at
+        if running and span >= self.GAP_US and self._stat is not None:
+            stopped = span - (self._queued - queued) - (self._ran - ran)
+            if stopped >= span // 2:
+                self._taken += stopped - self.EXEC_SLACK_US
         self._read_at = wall
 
     def now(self):
