@@ -146,6 +146,36 @@ def _read_until(port: serial.Serial, end: bytes, timeout_s: float = 20.0) -> byt
     return got
 
 
+def test_ctrl_c_while_the_board_comes_up_never_leaves_it_half_made(tmp_path: Path) -> None:
+    # Ctrl-C from the moment the board's port exists until it answers (a
+    # tool that connects at once and interrupts, as pyboard.py does). The
+    # board's own making (its root mounted, print cooked) is the hardware's
+    # and no Ctrl-C interrupts it: once up, print ends lines with CRLF and
+    # "/" is the board's directory. (A Ctrl-C in the launcher's set-up left
+    # the host's root at "/" and print uncooked.)
+    fs = tmp_path / "fs"
+    fs.mkdir()
+    (fs / "on_board.txt").write_text("mine\n")
+    with SimBoard(fs, name="early", state_dir=tmp_path / "state") as b, \
+            serial.Serial(b.pty_path, timeout=0) as port:
+        deadline = time.monotonic() + 60
+        while not b._board_up():
+            assert time.monotonic() < deadline, "the board never came up"
+            port.write(b"\x03")
+            time.sleep(0.001)
+        for _ in range(50):  # and on, past the moment it came up
+            port.write(b"\x03")
+            time.sleep(0.001)
+        port.timeout = 0.1
+        time.sleep(0.5)
+        port.reset_input_buffer()
+        port.write(b"\r\x03\x03")
+        _read_until(port, b">>> ")
+        port.write(b"import os; print(os.listdir('/'))\r")
+        out = _read_until(port, b"]\r\n>>> ")  # (an uncooked print's LF never ends it)
+        assert out.endswith(b"\r\n['on_board.txt']\r\n>>> "), out
+
+
 def test_ctrl_c_raises_in_a_busy_program_once_and_never_kills_it(board: SimBoard) -> None:
     with serial.Serial(board.pty_path, timeout=0.1) as port:
         _raw_exec_no_follow(port, b"print('go')\nn = 0\nwhile True:\n    n += 1\n")

@@ -425,8 +425,8 @@ class SimBoard(PlantControls):
         read, so it cannot change before the signal arrives: no SIGINT ever
         meets the default."""
         p = self.proc
-        if p is None or p.poll() is not None or not self._up_file.exists():
-            return False  # (MicroPython not running yet: a SIGINT would kill its CPython host's start-up)
+        if p is None or p.poll() is not None or not self._board_up():
+            return False  # (not up yet: a SIGINT would kill its CPython host's start-up, or cut the board's making)
         try:
             os.kill(p.pid, signal.SIGSTOP)
             # (WEXITED too: one that ends meanwhile must not hang this loop)
@@ -442,6 +442,14 @@ class SimBoard(PlantControls):
         except OSError:  # (ProcessLookupError, ChildProcessError: it is gone)
             return False
         return caught
+
+    def _board_up(self) -> bool:
+        """The launcher has made the board (its root, print, machine) and
+        wrote its up file: Ctrl-C may reach the interpreter."""
+        try:
+            return self._up_file.stat().st_size > 0
+        except OSError:
+            return False
 
     def _deliver(self) -> None:
         now = time.monotonic()

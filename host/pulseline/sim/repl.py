@@ -26,12 +26,20 @@ READY_MARK = b"\x00PLSIM\x00"  # printed by the launcher between boot.py and the
 # boot.py, then main.py unless a soft reset came from the raw REPL; -i then
 # leaves it at the REPL, as a board, with nothing of the launcher left.
 LAUNCHER = """
-open(%r, "w").close()
+_pl_up = open(%r, "w")
 import os, machine, _boardfs
 _boardfs.mount_root(%r, %r)
 _boardfs.cook_print()
 machine._boot(%r, %r)
 del _boardfs
+# The board is up: Ctrl-C may reach it from here (boot.py, main.py, the
+# REPL). Before, its own making (the root mounted, print cooked) is the
+# hardware's, which no Ctrl-C interrupts; a Ctrl-C then waits in stdin.
+# (The file was opened before "/" became the board's: written through its
+# descriptor, as nothing of the host can be named from here.)
+_pl_up.write("up")
+_pl_up.close()
+del _pl_up
 def _pl_run(name):
     try:
         os.stat(name)
@@ -449,10 +457,10 @@ def write_shims(directory: Path) -> None:
 
 
 def launcher(*, main: bool, fs_dir: Path, name: str, reset_kind: str, unique_id: bytes, up_file: Path) -> str:
-    """The interpreter's -c program: up_file made (MicroPython runs: Ctrl-C
-    can reach it), the board's filesystem as "/", machine's reset cause and
-    id, boot.py, then main.py or (main=False) the mark after which the
-    supervisor enters the raw REPL."""
+    """The interpreter's -c program: the board's filesystem as "/", print
+    cooked, machine's reset cause and id, then up_file written (the board
+    is up: Ctrl-C can reach it), boot.py, then main.py or (main=False) the mark
+    after which the supervisor enters the raw REPL."""
     return LAUNCHER % (str(up_file), str(fs_dir), name, reset_kind, unique_id, main, READY_MARK.decode())
 
 
