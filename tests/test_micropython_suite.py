@@ -84,16 +84,12 @@ def _results(result_dir: Path) -> dict[str, set[str]]:
     return by
 
 
-def _run_tests(tests_dir: Path, result_dir: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, set[str]]:
-    res = subprocess.run([sys.executable, "run-tests.py", "--result-dir", str(result_dir), *args, "-d", *DIRS],
+def _run_tests(tests_dir: Path, result_dir: Path, *args: str, env: dict[str, str] | None = None,
+               which: tuple[str, ...] = ("-d", *DIRS)) -> dict[str, set[str]]:
+    """run-tests.py on `which` (the directories, or --run-failures: what
+    failed in result_dir's last run); its results by outcome."""
+    res = subprocess.run([sys.executable, "run-tests.py", "--result-dir", str(result_dir), *args, *which],
                          cwd=tests_dir, capture_output=True, text=True, timeout=1200, env=env)
-    assert (result_dir / "_results.json").exists(), res.stdout[-3000:] + res.stderr[-3000:]
-    return _results(result_dir)
-
-
-def _rerun_failures(tests_dir: Path, result_dir: Path, *args: str) -> dict[str, set[str]]:
-    res = subprocess.run([sys.executable, "run-tests.py", "--result-dir", str(result_dir), *args, "--run-failures"],
-                         cwd=tests_dir, capture_output=True, text=True, timeout=1200)
     assert (result_dir / "_results.json").exists(), res.stdout[-3000:] + res.stderr[-3000:]
     return _results(result_dir)
 
@@ -113,7 +109,7 @@ def test_micropythons_own_suite_passes_on_the_board_what_it_passes_bare(tmp_path
             # What failed runs once more (run-tests.py's own --run-failures):
             # at the REPL the board's time is the host's, and a timing test
             # (extmod/asyncio_fair.py) can lose to a host starved of CPU.
-            again = _rerun_failures(tests, tmp_path / "board", "-t", f"port:{board.pty_path}")
+            again = _run_tests(tests, tmp_path / "board", "-t", f"port:{board.pty_path}", which=("--run-failures",))
             on_board["pass"] |= again["pass"]
             on_board["fail"] = again["fail"]
     env = {**os.environ, "MICROPY_MICROPYTHON": str(MICROPYTHON),

@@ -83,7 +83,7 @@ class SimBoardTarget(Target):
         a test waits as long as the board took, however busy the host."""
         if self._clock is None:
             if self.board is not None:
-                self._clock = OwnClock(self.board.board_now_us)
+                self._clock = self.board.clock
             elif self._channel is not None:
                 self._clock = OwnClock(self._channel.board_now_us)
             else:
