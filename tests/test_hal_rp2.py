@@ -304,7 +304,12 @@ def test_link_watchdog_and_reset_cause(hal: Any):
     hal.test.machine.mem32[0x40058000] = (1 << 30) | 0x123
     hal.watchdog_stop()
     assert hal.test.machine.mem32[0x40058000] == 0x123  # ENABLE cleared, the rest kept
+    # machine.reset_cause() says WDT_RESET after machine.reset() too: the
+    # watchdog's REASON tells an expiry (TIMER) from a reset asked for (FORCE).
+    hal.test.machine.mem32[0x40058008] = 1
     assert hal.reset_cause() == "watchdog"
+    hal.test.machine.mem32[0x40058008] = 2
+    assert hal.reset_cause() == "soft"
     assert hal.identity() == ("PICO-E66138935F2E5D2A", "DET-E66138935F2E5D2A")
     assert hal.MAX_FRAME_BYTES == 130_000 - 48_000
 

@@ -25,6 +25,11 @@ _DREQ_PIO1_RX0 = const(12)
 # The watchdog's control register (ENABLE is bit 30): machine.WDT cannot be
 # stopped, but a board at the REPL must not reset under mpremote.
 _WATCHDOG_CTRL = {"RP2040": 0x40058000, "RP2350": 0x400D8000}
+# Its REASON register (CTRL + 8): TIMER (bit 0) when it expired, FORCE (bit 1)
+# when a reset was asked for. machine.reset() resets through the watchdog
+# too, and machine.reset_cause() says WDT_RESET for both.
+_WATCHDOG_REASON_OFFSET = const(8)
+_REASON_TIMER = const(1)
 
 
 class Rp2Hal(Hal):
@@ -219,7 +224,10 @@ class Rp2Hal(Hal):
     def reset_cause(self):
         cause = machine.reset_cause()
         if cause == machine.WDT_RESET:
-            return "watchdog"
+            # Only an expiry is a stall; machine.reset() (the flash tool's,
+            # mpremote's, the reboot command's) is a reset asked for.
+            reason = machine.mem32[_WATCHDOG_CTRL[self.chip] + _WATCHDOG_REASON_OFFSET]
+            return "watchdog" if reason & _REASON_TIMER else "soft"
         if cause == machine.PWRON_RESET:
             return "power"
         return "soft"
