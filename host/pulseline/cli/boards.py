@@ -9,6 +9,7 @@ import contextlib
 import json
 from typing import Any
 
+from ..link.clock import WALL, Clock
 from .common import CliError, board_session
 
 
@@ -121,6 +122,18 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _board_clock(port: str) -> Clock:
+    """The board's own clock when it keeps one (a running simulated or
+    emulated board: it may run slower than the wall), else the wall's."""
+    from ..targets import attach
+
+    try:
+        target = attach(port)
+    except (ValueError, OSError):
+        return WALL
+    return target.clock
+
+
 def cmd_flash(args: argparse.Namespace) -> int:
     from ..targets.flash import flash, handshake, plan_offline
 
@@ -131,7 +144,8 @@ def cmd_flash(args: argparse.Namespace) -> int:
         return 0
     # (flash names the port as given in its messages, and finds a simulated board's pty itself)
     plan = flash(args.port, dry_run=args.dry_run, board=args.board, log=(lambda m: None) if args.json else print)
-    board = None if args.dry_run else handshake(_device(args.port), expect_hash=plan.firmware_hash)
+    board = None if args.dry_run else handshake(_device(args.port), expect_hash=plan.firmware_hash,
+                                                 clock=_board_clock(args.port))
     if args.json:
         print(json.dumps({**plan.as_dict(), "dry_run": args.dry_run, "firmware": board and board.get("firmware")}))
     else:

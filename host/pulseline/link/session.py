@@ -594,17 +594,20 @@ class Session:
         self.close()
 
 
-def wait_for_firmware(port: str, timeout_s: float = 30.0) -> dict[str, Any]:
+def wait_for_firmware(port: str, timeout_s: float = 30.0, clock: Clock = WALL) -> dict[str, Any]:
     """Until the firmware on a board that has just started (or been reset)
-    answers the handshake; its hello body. SessionError after timeout_s."""
-    deadline = time.monotonic() + timeout_s
+    answers the handshake; its hello body. SessionError after timeout_s of
+    the board's time (`clock`: a board that keeps its own boots in its own
+    time, however slowly it runs on this host)."""
+    deadline = clock.now() + timeout_s
+    wall_end = time.monotonic() + clock.wall_limit_s(timeout_s)
     while True:
         try:
-            with Session(port, heartbeat=False) as s:
+            with Session(port, heartbeat=False, clock=clock) as s:
                 return dict(s.board)
         except BoardError:
             raise
         except SessionError:
-            if time.monotonic() > deadline:
+            if clock.now() > deadline or time.monotonic() > wall_end:
                 raise
-            time.sleep(0.2)
+            clock.sleep(0.2)

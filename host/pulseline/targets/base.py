@@ -53,7 +53,7 @@ class Target:
 
     def wait_for_firmware(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """The firmware's handshake once it answers (after a start or reset)."""
-        return wait_for_firmware(self.port, timeout_s)
+        return wait_for_firmware(self.port, timeout_s, self.clock)
 
     def link_faults(self) -> list[Any]:
         """Every fault injected on the board->host link so far (ground truth)."""

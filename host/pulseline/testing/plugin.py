@@ -129,7 +129,7 @@ def _flash(dut: Any, source: Path | None) -> tuple[Any, dict[str, Any]]:
 
     with tempfile.TemporaryDirectory(prefix="pulseline-flash-") as build:
         plan = dut.flash(source or FIRMWARE, build_dir=Path(build), log=lambda m: None)
-    return plan, handshake(dut.port, expect_hash=plan.firmware_hash)
+    return plan, handshake(dut.port, expect_hash=plan.firmware_hash, clock=dut.clock)
 
 
 class Plant(PlantControls):
