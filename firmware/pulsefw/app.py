@@ -134,6 +134,10 @@ class App:
         self.state_sent = -1
         self.exam_id = 0
         self.event_id = 0
+        # Hashed now, before the watchdog runs: every file of the firmware
+        # read and hashed takes a Pico longer than the watchdog's timeout,
+        # which the first hello (that reports it) used to meet.
+        self.firmware_hash()
         hal.watchdog_start(WATCHDOG_MS)
         # The high voltage settles long before the first pulse can be asked for.
         hal.generator_set(c.kv, c.ma)

@@ -209,6 +209,30 @@ def test_boot_announces_itself_and_comes_up_disarmed():
     assert b.ok("status")["state"] == "IDLE"
 
 
+def test_the_firmware_hash_is_taken_before_the_watchdog_runs():
+    # Every firmware file read and hashed takes a Pico 234 ms (the emulated
+    # RP2040, board time): far past the 100 ms watchdog, which reset the
+    # board at each hello while the hash was taken for the first one.
+    order = []
+    real = ident.firmware_hash
+
+    class Watched(ScriptedHal):
+        def watchdog_start(self, timeout_ms):
+            order.append("watchdog")
+
+    def hashed(*args):
+        order.append("hash")
+        return real(*args)
+
+    ident.firmware_hash = hashed
+    try:
+        b = Board(hal=Watched())
+        b.ok("hello", {"protocol": wire.PROTOCOL_VERSION})
+    finally:
+        ident.firmware_hash = real
+    assert order == ["hash", "watchdog"], order
+
+
 def test_handshake_checks_the_protocol_version():
     b = Board()
     body = b.ok("hello", {"protocol": wire.PROTOCOL_VERSION})
