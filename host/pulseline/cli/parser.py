@@ -26,6 +26,7 @@ EXAMPLES = {
     "sim": """examples:
   pulseline sim --detach                       start a simulated board in the background
   pulseline sim --detach --link usb-hs --faults corrupt=1e-5,drop=0.001 --seed 7
+  pulseline sim --board pico --detach          an emulated Raspberry Pi Pico, running its own MicroPython
   pulseline sim list
   pulseline sim press; pulseline sim release   the simulated exposure switch
   pulseline sim set door_closed false          any plant input (door_closed, key_on, water_cm, ...)
@@ -275,8 +276,11 @@ def _sim_args(p: argparse.ArgumentParser, lim: Limits) -> None:
                    "hlc_switch, water_cm, structures, ...) and its value")
     p.add_argument("--name", help="board name (default: the next free ttyACM<n>; for other actions: the first)")
     p.add_argument("--fs", type=Path, help="the board's filesystem directory (default .pulseline/<name>.fs)")
-    p.add_argument("--link", default="usb-fs", help="usb-fs, usb-hs or uart:BAUD (default usb-fs)")
-    p.add_argument("--faults", default="", help="seeded link faults, e.g. corrupt=1e-5,drop=0.01,disconnect=30")
+    p.add_argument("--board", choices=["sim", "pico"], default="sim",
+                   help="sim: the firmware on MicroPython's unix port beside the plant (default); pico: an emulated "
+                   "Raspberry Pi Pico running its own MicroPython (../shared/pico or $PULSELINE_PICO_DIR)")
+    p.add_argument("--link", help="usb-fs, usb-hs or uart:BAUD (default usb-fs)")
+    p.add_argument("--faults", help="seeded link faults, e.g. corrupt=1e-5,drop=0.01,disconnect=30")
     # numpy seeds are whole and not negative; 32 bits are plenty of boards
     p.add_argument("--seed", type=Number(0, 2**32 - 1, whole=True), default=0,
                    help="the plant's seed: detector maps, noise, serial numbers")

@@ -18,6 +18,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
     from ..sim.board import SimBoard
     from ..sim.control_channel import load_timeline
 
+    if args.board == "pico" and args.action == "start":
+        return _pico_start(args)
+    args.link = args.link or "usb-fs"
+    args.faults = args.faults or ""
     if args.values and args.action != "set":
         raise CliError(f"sim {args.action} takes no {' '.join(args.values)!r} "
                        "(only sim set takes an input and a value)")
@@ -40,6 +44,36 @@ def cmd_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+# The emulated Pico's link is its USB CDC port and its pins are its own: what
+# only the simulated board's plant and link model take is refused, not ignored.
+_PICO_REFUSES = {"link": "--link", "faults": "--faults", "timeline": "--timeline", "water_cm": "--water-cm"}
+
+
+def _pico_start(args: argparse.Namespace) -> int:
+    from ..sim.pico.board import PicoBoard
+    from ..sim.pico.firmware import find_pico_files
+
+    given = [opt for attr, opt in _PICO_REFUSES.items() if getattr(args, attr) not in (None, "")]
+    if given:
+        raise CliError(f"the emulated Pico takes no {', '.join(given)} (its link is its own USB port, "
+                       "and its pins are not the simulated plant's)")
+    if args.values:
+        raise CliError(f"sim start takes no {' '.join(args.values)!r}")
+    try:
+        find_pico_files()  # here, so that a detached start fails at once
+    except OSError as exc:
+        raise CliError(str(exc)) from None
+    if args.detach:
+        return _sim_detach(args)
+    try:
+        board = PicoBoard(args.fs, name=args.name, seed=args.seed).start()
+    except (ValueError, OSError) as exc:
+        raise CliError(str(exc)) from None
+    _print_board(board.describe(), args.json)
+    board.serve_until_stopped()
+    return 0
+
+
 def _sim_list(args: argparse.Namespace) -> int:
     from ..sim.registry import running_boards
 
@@ -47,7 +81,8 @@ def _sim_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(boards))
     for b in boards if not args.json else []:
-        print(f"{b['name']}: {b['pty']} ({b['link_path']}), {b['url']}, link {b['link']}, fs {b['fs']}")
+        print(f"{b['name']}: {b.get('board', 'sim')}, {b['pty']} ({b['link_path']}), {b['url']}, link {b['link']}, "
+              f"fs {b['fs']}")
     if not boards and not args.json:
         print("no simulated board is running")
     return 0
@@ -109,7 +144,8 @@ def _print_board(desc: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(desc), flush=True)
     else:
-        print(f"simulated board {desc['name']}:\n  serial  {desc['pty']}  (linked as {desc['link_path']})\n"
+        what = "emulated Pico" if desc.get("board") == "pico" else "simulated board"
+        print(f"{what} {desc['name']}:\n  serial  {desc['pty']}  (linked as {desc['link_path']})\n"
               f"  url     {desc['url']}\n  fs      {desc['fs']}\n  link    {desc['link']}", flush=True)
 
 
@@ -148,7 +184,12 @@ def _sim_detach(args: argparse.Namespace) -> int:
 
 
 def _board_command(args: argparse.Namespace, name: str, log: Any) -> list[str]:
-    """The command line of `python -m pulseline.sim.board` for this start."""
+    """The command line of `python -m pulseline.sim.board` (or
+    pulseline.sim.pico.board) for this start."""
+    if args.board == "pico":
+        cmd = [sys.executable, "-m", "pulseline.sim.pico.board", "--name", name, "--seed", str(args.seed),
+               "--log", str(log)]
+        return cmd + (["--fs", str(args.fs)] if args.fs else [])
     cmd = [sys.executable, "-m", "pulseline.sim.board", "--name", name, "--link", args.link, "--faults",
            args.faults, "--seed", str(args.seed), "--log", str(log)]
     if args.fs:

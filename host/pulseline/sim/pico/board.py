@@ -1,0 +1,411 @@
+"""An emulated Raspberry Pi Pico as a board on the host: the emulator
+(emulator.mjs, in Node) runs the RP2040's boot ROM and the Pico's own
+MicroPython; this side gives its USB CDC port the endpoints a simulated
+board has (a raw pty linked as .pulseline/<name>, a socket:// URL, one
+host at a time, another uid refused), its control channel, and its place
+in the registry, so every tool finds it as it finds a simulated board.
+
+The board keeps its flash in <fs>/flash.bin: created from the uf2 on the
+first start, programmed and erased by the firmware (littlefs), kept
+across machine.reset(), the watchdog, power cycles and restarts.
+
+May import link and plant; never targets or above.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ...link.clock import OwnClock
+from ..control_channel import ControlServer
+from ..controls import PlantControls
+from ..endpoints import Client, Clients, HostEndpoints
+from ..registry import (
+    STATE_DIR,
+    BoardFiles,
+    check_name,
+    fs_in_use,
+    lock_dir,
+    lock_file,
+    name_in_use,
+    next_free_name,
+    private_dir,
+    publish,
+    withdraw,
+)
+from .firmware import PicoFiles, find_pico_files
+
+FLASH_IMAGE = "flash.bin"
+# Host bytes held for the emulator before the host's reads stop (its writes
+# then block, as a USB host's do when the board takes nothing).
+TO_BOARD_HIGH_WATER = 64 * 1024
+BOOT_TIMEOUT_S = 30.0
+
+
+class PicoBoard(PlantControls):
+    """One emulated Pico. start() returns once its endpoints exist and the
+    chip has come out of its first reset."""
+
+    kind = "pico"
+
+    def __init__(self, fs_dir: str | Path | None = None, *, name: str | None = None, seed: int = 0,
+                 state_dir: str | Path = STATE_DIR, pico_dir: str | Path | None = None, tcp_port: int = 0) -> None:
+        self.state_dir = Path(state_dir)
+        self.name = check_name(name) if name is not None else next_free_name(self.state_dir)
+        self.files = BoardFiles(self.name, self.state_dir)
+        self.fs_dir = Path(fs_dir) if fs_dir is not None else self.files.default_fs
+        self.seed = seed
+        self.pico: PicoFiles = find_pico_files(pico_dir)
+        # The flash's unique ID (machine.unique_id()), the board's own from its seed.
+        self.unique_id = (0xE660_0000_0000_0000 | (seed & 0xFFFF_FFFF_FFFF)).to_bytes(8, "big")
+        self._tcp_port = tcp_port
+        self._locks: list[int] = []
+        self._started = False
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self.errors: list[str] = []
+        self.boots: list[tuple[int, str]] = []  # (board time us, cause) of each chip reset
+        self._board_us = 0  # the emulator's latest report of board time
+        self._to_emulator = bytearray()  # host bytes not yet taken by the emulator's socket
+        self._events_buf = bytearray()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._usb: socket.socket | None = None  # our end of the emulator's USB CDC socket
+        self.host = HostEndpoints(self._from_host, self._log_error)
+        self.ctl = ControlServer(self, self._stop, self._log_error)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> PicoBoard:
+        private_dir(self.state_dir)
+        self._take_locks()
+        self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _take_locks(self) -> None:
+        fd = lock_file(self.files.lock)
+        if fd is None:
+            raise name_in_use(self.files)
+        self.fs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fs_fd = lock_dir(self.fs_dir)
+        if fs_fd is None:
+            with contextlib.suppress(FileNotFoundError):
+                self.files.lock.unlink()
+            os.close(fd)
+            raise fs_in_use(self.fs_dir, self.state_dir)
+        self._locks = [fd, fs_fd]
+
+    def _start(self) -> None:
+        self.host.open(self._tcp_port)
+        self.pty_path = self.host.pty_path
+        self.url = self.host.url
+        self.ctl.open()
+        self.control = self.ctl.address
+        self._launch()
+        self._thread = threading.Thread(target=self._io_loop, name=f"pico-{self.name}", daemon=True)
+        self._thread.start()
+        self._until(lambda: self.boots, BOOT_TIMEOUT_S, "the emulated Pico's first boot")
+        publish(self.files, self.pty_path, self.describe())
+
+    def _launch(self) -> None:
+        board_end, self._usb = socket.socketpair()
+        cmd = [self.pico.node, str(self.pico.emulator), "--bootrom", str(self.pico.bootrom), "--uf2",
+               str(self.pico.uf2), "--flash", str((self.fs_dir / FLASH_IMAGE).resolve()),
+               "--usb-fd", str(board_end.fileno()), "--unique-id", self.unique_id.hex()]
+        try:
+            # (Its stderr is read and said as the board's own: a detached
+            # board's starter waits for the end of the board's stderr.)
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         pass_fds=[board_end.fileno()])
+        finally:
+            board_end.close()
+        self._usb.setblocking(False)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        os.set_blocking(self.proc.stderr.fileno(), False)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "board": self.kind, "pid": os.getpid(), "pty": self.pty_path,
+                "link_path": str(self.files.link), "url": self.url, "control": self.control,
+                "fs": str(self.fs_dir.resolve()), "link": "usb-cdc", "faults": False, "seed": self.seed,
+                "device": None}
+
+    def stop(self) -> None:
+        self._stop.set()
+        if getattr(self, "_thread", None) is not None:
+            self._thread.join(timeout=3)
+        p = self.proc
+        if p is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._command({"op": "quit"})
+            try:
+                p.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            for f in (p.stdin, p.stdout, p.stderr):
+                if f is not None:
+                    with contextlib.suppress(OSError):
+                        f.close()
+        if self._usb is not None:
+            self._usb.close()
+            self._usb = None
+        self.host.close()
+        self.ctl.close()
+        if self._started:
+            withdraw(self.files)
+            self._started = False
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
+
+    def __enter__(self) -> PicoBoard:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the board's hardware --------------------------------------------------
+
+    def power_cycle(self, off_s: float = 0.0) -> None:
+        """Power off (the chip stops where it is: a power cut), wait, power
+        on: the boot ROM runs again from a cold chip; the flash keeps what
+        was programmed."""
+        n = len(self.boots)
+        self._command({"op": "power", "on": False})
+        if off_s:
+            time.sleep(off_s)
+        self._command({"op": "power", "on": True})
+        self._until(lambda: len(self.boots) > n, BOOT_TIMEOUT_S, "the boot after a power cycle")
+
+    def set_input(self, name: str, value: float | bool) -> int:
+        raise ValueError(f"the emulated Pico's pins are not wired to the plant: cannot set {name!r}")
+
+    def plant_status(self) -> dict[str, Any]:
+        return {"t_us": self.board_now_us(), "boots": [list(b) for b in self.boots]}
+
+    def board_now_us(self) -> int:
+        """Board time (the emulator's cycle count), as the emulator last
+        reported it (every 50 ms of wall time, and at each boot)."""
+        with self._cond:
+            return self._board_us
+
+    @property
+    def clock(self) -> OwnClock:
+        """Waits in the board's time, for sessions on this board."""
+        return OwnClock(self.board_now_us)
+
+    # -- I/O -------------------------------------------------------------------
+
+    def _command(self, msg: dict[str, Any]) -> None:
+        p = self.proc
+        if p is None or p.stdin is None or p.poll() is not None:
+            raise OSError("the emulated Pico is not running")
+        p.stdin.write(json.dumps(msg).encode() + b"\n")
+        p.stdin.flush()
+
+    def _until(self, ready: Callable[[], Any], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while not ready():
+                left = deadline - time.monotonic()
+                p = self.proc
+                if p is not None and p.poll() is not None:
+                    raise OSError(f"the emulated Pico stopped (status {p.returncode}) before {what}")
+                if left <= 0:
+                    raise TimeoutError(f"no {what} within {timeout_s:.0f} s")
+                self._cond.wait(min(left, 0.1))
+
+    def _log_error(self, text: str) -> None:
+        if self.errors and self.errors[-1] == text:
+            return
+        self.errors.append(text)
+        del self.errors[:-100]
+        with contextlib.suppress(OSError, ValueError):
+            print(f"emulated Pico {self.name}: {text}", file=sys.stderr, flush=True)
+
+    def _from_host(self, data: bytes) -> None:
+        self._to_emulator += data
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("ev")
+        with self._cond:
+            if "us" in ev:
+                self._board_us = max(self._board_us, int(ev["us"]))
+            if kind == "boot":
+                self.boots.append((int(ev["us"]), str(ev["cause"])))
+            elif kind == "error":
+                self._log_error(f"emulator: {ev.get('error')}")
+            self._cond.notify_all()
+
+    def _io_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self._io_step():
+                    return
+            except Exception as exc:  # the board outlives any one failure; it is logged
+                self._log_error(f"I/O loop: {type(exc).__name__}: {exc}")
+                self._stop.wait(0.01)
+
+    def _clients(self) -> list[tuple[Clients, Client]]:
+        return [(group, c) for group in (self.host, self.ctl) for c in group.clients]
+
+    def _io_step(self) -> bool:
+        p, usb = self.proc, self._usb
+        if p is None or usb is None or p.stdout is None:
+            return False
+        if p.poll() is not None:
+            self._log_error(f"the emulator ended (status {p.returncode})")
+            with self._cond:
+                self._cond.notify_all()
+            self._stop.wait(0.1)
+            return not self._stop.is_set()
+        now = time.monotonic()
+        poller = select.poll()
+        objs: dict[int, Any] = {}
+        clients = self._clients()
+        taking_host = len(self._to_emulator) < TO_BOARD_HIGH_WATER
+        holding = self.host.holding(now)  # a slow host reader: the emulator's output waits (and then the chip)
+        watched: list[tuple[Any, int, int]] = [(self.host.tcp, self.host.tcp.fileno(), select.POLLIN),
+                                               (self.ctl.sock, self.ctl.sock.fileno(), select.POLLIN),
+                                               (p.stdout, p.stdout.fileno(), select.POLLIN)]
+        if p.stderr is not None and not p.stderr.closed:
+            watched.append((p.stderr, p.stderr.fileno(), select.POLLIN))
+        if taking_host:
+            watched.append((self.host.master, self.host.master, select.POLLIN))
+        usb_events = (0 if holding else select.POLLIN) | (select.POLLOUT if self._to_emulator else 0)
+        if usb_events:
+            watched.append((usb, usb.fileno(), usb_events))
+        for group, c in clients:
+            wants = (select.POLLIN if taking_host or group is self.ctl else 0) | (select.POLLOUT if c.out else 0)
+            if wants and c.sock.fileno() >= 0:
+                watched.append((c.sock, c.sock.fileno(), wants))
+        for obj, fileno, wants in watched:
+            objs[fileno] = obj
+            poller.register(fileno, wants)
+        timeout_ms = 1 if self.host.pending_out or holding else 20
+        for fileno, ev in poller.poll(timeout_ms):
+            obj = objs[fileno]
+            if ev & select.POLLOUT:
+                if obj is usb:
+                    self._to_usb()
+                else:
+                    for group, c in self._clients():
+                        if c.sock is obj:
+                            group.flush(c)
+            if ev & (select.POLLIN | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                self._readable(obj)
+        self.host.send(b"")  # what the pty can take of what waits for it
+        self.host.refused_clients()
+        return True
+
+    def _to_usb(self) -> None:
+        assert self._usb is not None
+        try:
+            n = self._usb.send(self._to_emulator)
+        except BlockingIOError:
+            return
+        del self._to_emulator[:n]
+
+    def _readable(self, obj: Any) -> None:
+        p = self.proc
+        assert p is not None and p.stdout is not None
+        if obj is self.host.tcp:
+            self.host.accept()
+        elif obj is self.ctl.sock:
+            self.ctl.accept()
+        elif obj == self.host.master:
+            self.host.read_pty()
+        elif obj is self._usb:
+            try:
+                data = self._usb.recv(65536)
+            except BlockingIOError:
+                return
+            if data:
+                self.host.send(data)
+        elif obj is p.stdout:
+            try:
+                chunk = os.read(p.stdout.fileno(), 65536)
+            except BlockingIOError:
+                return
+            self._events_buf += chunk
+            while b"\n" in self._events_buf:
+                line, _, rest = bytes(self._events_buf).partition(b"\n")
+                self._events_buf[:] = rest
+                with contextlib.suppress(ValueError):
+                    self._on_event(json.loads(line))
+        elif obj is p.stderr:
+            try:
+                said = os.read(p.stderr.fileno(), 65536)
+            except BlockingIOError:
+                return
+            if not said:
+                p.stderr.close()
+            for text in said.decode(errors="replace").splitlines():
+                if text.strip():
+                    self._log_error(f"emulator: {text.strip()}")
+        else:
+            for group, c in self._clients():
+                if c.sock is obj:
+                    group.read(c)
+
+    def wait(self) -> None:
+        while not self._stop.is_set():
+            time.sleep(0.1)
+
+    def serve_until_stopped(self) -> None:
+        """Block until stopped (a control 'stop', SIGTERM, or Ctrl-C), then
+        shut the board down."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        try:
+            self.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+
+def serve(args: list[str] | None = None) -> int:
+    """`python -m pulseline.sim.pico.board`: one emulated Pico in the
+    foreground (what `pulseline sim --board pico --detach` starts)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="pulseline-pico-board")
+    ap.add_argument("--name")
+    ap.add_argument("--fs")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--state-dir", default=str(STATE_DIR))
+    ap.add_argument("--log", help="once started, output goes here (until then: stderr, for the starter to read)")
+    ns = ap.parse_args(args)
+    try:
+        board = PicoBoard(ns.fs, name=ns.name, seed=ns.seed, state_dir=ns.state_dir).start()
+    except (ValueError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if ns.log:
+        fd = os.open(ns.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        for std in (1, 2):
+            os.dup2(fd, std)
+        os.close(fd)
+    board.serve_until_stopped()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve())

@@ -1,0 +1,656 @@
+// An emulated Raspberry Pi Pico: the RP2040's boot ROM and the Pico's own
+// MicroPython, run instruction by instruction by rp2040js, with what that
+// emulator lacks for a board that keeps files and resets like a Pico:
+//
+//  - a serial NOR flash (W25Q16JV, 2 MB) behind the SSI, programmed and
+//    erased by the commands the boot ROM and the SDK send, its image kept in
+//    a file so it survives resets and power cycles;
+//  - chip resets: the watchdog (machine.WDT, machine.reset()) and a power
+//    cycle build a new chip that runs the boot ROM again, keeping what a
+//    real chip keeps (flash; after a watchdog reset, its scratch registers
+//    and reason), and VREG_AND_CHIP_RESET says which;
+//  - the USB CDC port on a socket (descriptor 3, or --usb-fd), lossless both ways: a host
+//    that sends faster than the board reads is paused, and a host that
+//    reads slower than the board writes pauses the board;
+//  - fast-forward while the core sleeps (WFI/WFE) until its next alarm.
+//
+// Control on stdin, events on stdout: one JSON object per line.
+//   in:  {"op":"power","on":false} | {"op":"power","on":true} | {"op":"time"} | {"op":"quit"}
+//   out: {"ev":"boot","cause":"power-on"|"watchdog"|"force","us":N}
+//        {"ev":"time","us":N,"wall_ms":N}  (every 50 ms of wall time, and when asked)
+//        {"ev":"off","us":N}
+//
+// Usage: node emulator.mjs --bootrom ROM --uf2 UF2 --flash IMAGE [--usb-fd N] [--unique-id HEX16]
+
+import fs from 'node:fs';
+import net from 'node:net';
+import readline from 'node:readline';
+import { RP2040, USBCDC, ConsoleLogger, LogLevel } from 'rp2040js';
+import { BasePeripheral } from 'rp2040js';
+
+const FLASH_BYTES = 2 * 1024 * 1024; // the Pico's W25Q16JV
+const FLASH_BASE = 0x10000000;
+const NS_PER_CYCLE = 8; // 125 MHz
+const SLICE_MS = 20; // wall time per turn of the run loop before Node's I/O gets a turn
+const HOST_IN_HIGH_WATER = 64 * 1024; // host bytes queued for the board before the host is paused
+const HOST_OUT_HIGH_WATER = 256 * 1024; // board bytes queued for the host before the board is paused
+
+function parseArgs(argv) {
+  const args = {};
+  for (let i = 0; i < argv.length; i += 2) {
+    if (!argv[i].startsWith('--') || i + 1 >= argv.length) {
+      throw new Error(`bad argument: ${argv[i]}`);
+    }
+    args[argv[i].slice(2)] = argv[i + 1];
+  }
+  for (const need of ['bootrom', 'uf2', 'flash']) {
+    if (!args[need]) throw new Error(`--${need} is required`);
+  }
+  return args;
+}
+
+function emit(event) {
+  process.stdout.write(JSON.stringify(event) + '\n');
+}
+
+function fail(message) {
+  process.stderr.write(`pico emulator: ${message}\n`);
+  process.exit(2);
+}
+
+// ---- the flash image ------------------------------------------------------
+
+/** The uf2's blocks written into an erased image (what dragging the uf2 onto
+ * the Pico's boot drive does). */
+function imageFromUf2(uf2) {
+  const image = new Uint8Array(FLASH_BYTES).fill(0xff);
+  const view = new DataView(uf2.buffer, uf2.byteOffset, uf2.byteLength);
+  if (uf2.length % 512 !== 0 || uf2.length === 0) throw new Error('not a uf2 file (size)');
+  for (let off = 0; off < uf2.length; off += 512) {
+    const magic0 = view.getUint32(off, true);
+    const magic1 = view.getUint32(off + 4, true);
+    const magicEnd = view.getUint32(off + 508, true);
+    if (magic0 !== 0x0a324655 || magic1 !== 0x9e5d5157 || magicEnd !== 0x0ab16f30) {
+      throw new Error(`not a uf2 file (block at ${off})`);
+    }
+    const target = view.getUint32(off + 12, true);
+    const size = view.getUint32(off + 16, true);
+    if (target < FLASH_BASE || target + size > FLASH_BASE + FLASH_BYTES || size > 476) {
+      throw new Error(`uf2 block outside the flash: 0x${target.toString(16)}`);
+    }
+    image.set(uf2.subarray(off + 32, off + 32 + size), target - FLASH_BASE);
+  }
+  return image;
+}
+
+/** The flash image file: created from the uf2 when absent; every program
+ * and erase written through at once, as the chip's cells keep it. */
+class FlashFile {
+  constructor(path, uf2Path) {
+    if (!fs.existsSync(path)) {
+      const image = imageFromUf2(fs.readFileSync(uf2Path));
+      const tmp = `${path}.new`;
+      fs.writeFileSync(tmp, image);
+      fs.renameSync(tmp, path);
+    }
+    this.fd = fs.openSync(path, 'r+');
+    const size = fs.fstatSync(this.fd).size;
+    if (size !== FLASH_BYTES) throw new Error(`flash image ${path} is ${size} bytes, not ${FLASH_BYTES}`);
+    this.image = new Uint8Array(FLASH_BYTES);
+    fs.readSync(this.fd, this.image, 0, FLASH_BYTES, 0);
+  }
+
+  writeThrough(offset, length) {
+    fs.writeSync(this.fd, this.image, offset, length, offset);
+  }
+}
+
+// ---- the serial flash behind the SSI --------------------------------------
+
+// W25Q16JV: JEDEC manufacturer Winbond, memory type, capacity 2^21.
+const JEDEC_ID = [0xef, 0x40, 0x15];
+
+/** The NOR flash's command interpreter: one transaction per chip select. */
+class SerialFlash {
+  constructor(flashFile, chipFlash, uniqueId) {
+    this.file = flashFile;
+    this.chipFlash = chipFlash; // what XIP reads (rp2040js maps it at 0x10000000)
+    this.uniqueId = uniqueId;
+    this.writeEnabled = false;
+    this.selected = false;
+    this.bytes = [];
+    this.programmed = 0;
+    this.erased = 0;
+  }
+
+  select() {
+    this.selected = true;
+    this.bytes = [];
+  }
+
+  deselect() {
+    if (this.selected) this.finish();
+    this.selected = false;
+    this.bytes = [];
+  }
+
+  /** One byte in (MOSI), one byte out (MISO). */
+  transfer(mosi) {
+    const b = this.bytes;
+    b.push(mosi);
+    const n = b.length; // this byte's place in the transaction, from 1
+    const cmd = b[0];
+    const address = () => ((b[1] << 16) | (b[2] << 8) | b[3]) % FLASH_BYTES;
+    switch (cmd) {
+      case 0x03: // read data
+        return n > 4 ? this.image[(address() + n - 5) % FLASH_BYTES] : 0;
+      case 0x0b: // fast read: one dummy byte
+        return n > 5 ? this.image[(address() + n - 6) % FLASH_BYTES] : 0;
+      case 0x9f: // JEDEC ID
+        return n >= 2 && n <= 4 ? JEDEC_ID[n - 2] : 0;
+      case 0x4b: // unique ID: four dummy bytes, then 64 bits
+        return n >= 6 && n <= 13 ? this.uniqueId[n - 6] : 0;
+      case 0x05: // status register 1: never busy (programs and erases complete at once); WEL
+        return this.writeEnabled ? 0x02 : 0x00;
+      case 0x35: // status register 2: QE set, as boot2 leaves it
+        return 0x02;
+      case 0x15: // status register 3
+        return 0x00;
+      default:
+        return 0;
+    }
+  }
+
+  get image() {
+    return this.file.image;
+  }
+
+  /** A command takes effect when its chip select rises, as on the part. */
+  finish() {
+    const b = this.bytes;
+    if (b.length === 0) return;
+    const cmd = b[0];
+    const address = b.length >= 4 ? ((b[1] << 16) | (b[2] << 8) | b[3]) % FLASH_BYTES : 0;
+    switch (cmd) {
+      case 0x06:
+        this.writeEnabled = true;
+        return;
+      case 0x04:
+        this.writeEnabled = false;
+        return;
+      case 0x02: { // page program: AND into the page, wrapping within it
+        if (!this.writeEnabled || b.length < 5) break;
+        const page = address & ~0xff;
+        const data = b.slice(4).slice(-256);
+        const start = b.length - 4 > 256 ? 0 : address & 0xff;
+        for (let i = 0; i < data.length; i++) {
+          const at = page + ((start + i) & 0xff);
+          this.image[at] &= data[i];
+        }
+        this.commit(page, 256);
+        this.programmed += data.length;
+        break;
+      }
+      case 0x20: // 4 kB sector
+      case 0x52: // 32 kB block
+      case 0xd8: { // 64 kB block
+        if (!this.writeEnabled || b.length !== 4) break;
+        const size = cmd === 0x20 ? 4096 : cmd === 0x52 ? 32768 : 65536;
+        const start = address & ~(size - 1);
+        this.image.fill(0xff, start, start + size);
+        this.commit(start, size);
+        this.erased += size;
+        break;
+      }
+      case 0xc7:
+      case 0x60:
+        if (!this.writeEnabled || b.length !== 1) break;
+        this.image.fill(0xff);
+        this.commit(0, FLASH_BYTES);
+        this.erased += FLASH_BYTES;
+        break;
+      case 0x01:
+      case 0x31:
+      case 0x11: // write status registers: accepted, nothing to keep
+        break;
+      default:
+        return; // reads, IDs, resets, the XIP mode bits: nothing changes
+    }
+    this.writeEnabled = false;
+  }
+
+  commit(offset, length) {
+    this.chipFlash.set(this.image.subarray(offset, offset + length), offset);
+    this.file.writeThrough(offset, length);
+  }
+}
+
+// The SSI's registers (RP2040 datasheet 4.10.13) that the boot ROM, boot2 and
+// the SDK's flash functions use; each byte written to DR0 is clocked through
+// the flash at once (its answer queued for DR0 reads).
+const SSI_CTRLR0 = 0x00;
+const SSI_SSIENR = 0x08;
+const SSI_TXFLR = 0x20;
+const SSI_RXFLR = 0x24;
+const SSI_SR = 0x28;
+const SSI_DR0 = 0x60;
+const SSI_SR_TFNF = 0x02;
+const SSI_SR_TFE = 0x04;
+const SSI_SR_RFNE = 0x08;
+
+class SSI extends BasePeripheral {
+  constructor(chip, flash, chipSelect) {
+    super(chip, 'SSI');
+    this.flash = flash;
+    this.chipSelect = chipSelect; // the IO_QSPI override of SS
+    this.regs = new Map();
+    this.rx = [];
+    this.hardwareIdle = true; // with SS driven by the SSI, a poll that found it idle ends a transaction
+  }
+
+  readUint32(offset) {
+    switch (offset) {
+      case SSI_TXFLR:
+        return 0;
+      case SSI_RXFLR:
+        return Math.min(this.rx.length, 16);
+      case SSI_SR:
+        this.hardwareIdle = true;
+        return SSI_SR_TFE | SSI_SR_TFNF | (this.rx.length ? SSI_SR_RFNE : 0);
+      case SSI_DR0:
+        return this.rx.length ? this.rx.shift() : 0;
+      case 0x58: // IDR
+        return 0x51535049;
+      case 0x5c: // SSI_COMP_VERSION
+        return 0x3430312a;
+      default:
+        return this.regs.get(offset) ?? 0;
+    }
+  }
+
+  writeUint32(offset, value) {
+    switch (offset) {
+      case SSI_DR0: {
+        const forced = this.chipSelect.forced();
+        if (forced === null) {
+          // SS follows the SSI: a transfer after the FIFO drained is a new transaction.
+          if (this.hardwareIdle) {
+            this.flash.deselect();
+            this.flash.select();
+            this.hardwareIdle = false;
+          }
+        }
+        // With the chip select held high the byte is still clocked out (and a
+        // byte clocked in), but the flash does not listen.
+        const miso = forced === 'high' ? 0xff : this.flash.transfer(value & 0xff);
+        // Transmit-and-receive mode keeps the answers; transmit-only drops them.
+        const tmod = ((this.regs.get(SSI_CTRLR0) ?? 0) >> 8) & 3;
+        if (tmod !== 1 && this.rx.length < 16) this.rx.push(miso);
+        return;
+      }
+      case SSI_SSIENR:
+        if (!(value & 1)) {
+          this.rx = [];
+          if (this.chipSelect.forced() === null) this.flash.deselect();
+          this.hardwareIdle = true;
+        }
+        this.regs.set(offset, value);
+        return;
+      default:
+        this.regs.set(offset, value);
+    }
+  }
+}
+
+// IO_QSPI: the SDK and the boot ROM drive the flash's chip select by hand
+// through GPIO_QSPI_SS_CTRL's OUTOVER (2 low, 3 high, 0 the SSI's).
+class IOQSPI extends BasePeripheral {
+  constructor(chip, flash) {
+    super(chip, 'IO_QSPI');
+    this.flash = flash;
+    this.regs = new Map();
+  }
+
+  forced() {
+    const outover = ((this.regs.get(0x0c) ?? 0) >> 8) & 3;
+    return outover === 2 ? 'low' : outover === 3 ? 'high' : null;
+  }
+
+  readUint32(offset) {
+    return this.regs.get(offset) ?? 0;
+  }
+
+  writeUint32(offset, value) {
+    const before = this.forced();
+    this.regs.set(offset, value);
+    if (offset !== 0x0c) return;
+    const after = this.forced();
+    if (after === 'low' && before !== 'low') this.flash.select();
+    if (after !== 'low' && before === 'low') this.flash.deselect();
+  }
+}
+
+// VREG_AND_CHIP_RESET: CHIP_RESET tells the firmware how the chip last came
+// out of reset (machine.reset_cause()).
+const HAD_POR = 1 << 8;
+
+class VregAndChipReset extends BasePeripheral {
+  constructor(chip, chipReset) {
+    super(chip, 'VREG_AND_CHIP_RESET');
+    this.regs = new Map([[0x00, 0xb1], [0x04, 0x91], [0x08, chipReset]]);
+  }
+
+  readUint32(offset) {
+    return this.regs.get(offset) ?? 0;
+  }
+
+  writeUint32(offset, value) {
+    if (offset === 0x08) {
+      // PSM_RESTART_FLAG is the only writable bit; the HAD_* bits are read-only.
+      const keep = this.regs.get(0x08) & ~(1 << 24);
+      this.regs.set(0x08, keep | (value & (1 << 24)));
+      return;
+    }
+    this.regs.set(offset, value);
+  }
+}
+
+// Core 1, as far as core 0 can see it: rp2040js runs one core, and leaves
+// SIO's inter-core FIFO out (every read 0xffffffff). Core 1 sits in the boot
+// ROM's wait for a launch: out of reset it pushes a 0 to core 0; then it
+// echoes each word core 0 pushes (the launch handshake). MicroPython resets
+// core 1 at every soft reset (multicore_reset_core1 waits for that 0); code
+// launched on core 1 (_thread) does not run here.
+const SIO_FIFO_ST = 0x50;
+const SIO_FIFO_WR = 0x54;
+const SIO_FIFO_RD = 0x58;
+const FIFO_ST_VLD = 0x1;
+const FIFO_ST_RDY = 0x2;
+const FIFO_ST_ROE = 0x8; // read while empty (sticky, cleared by a write to FIFO_ST)
+const FIFO_DEPTH = 8;
+const PSM_FRCE_OFF = 0x04;
+const PSM_PROC1 = 1 << 16;
+
+function withCore1(chip) {
+  const { sio } = chip;
+  const fromCore1 = [];
+  let roe = false;
+  const read = sio.readUint32.bind(sio);
+  const write = sio.writeUint32.bind(sio);
+  sio.readUint32 = (offset) => {
+    if (offset === SIO_FIFO_ST) return (fromCore1.length ? FIFO_ST_VLD : 0) | FIFO_ST_RDY | (roe ? FIFO_ST_ROE : 0);
+    if (offset === SIO_FIFO_RD) {
+      if (fromCore1.length) return fromCore1.shift();
+      roe = true;
+      return 0;
+    }
+    return read(offset);
+  };
+  sio.writeUint32 = (offset, value) => {
+    if (offset === SIO_FIFO_WR) {
+      if (fromCore1.length < FIFO_DEPTH) fromCore1.push(value >>> 0); // the ROM's echo
+    } else if (offset === SIO_FIFO_ST) {
+      roe = false;
+    } else {
+      write(offset, value);
+    }
+  };
+  const psm = chip.peripherals[0x40010];
+  const psmWrite = psm.writeUint32.bind(psm);
+  psm.writeUint32 = (offset, value) => {
+    const wasOff = offset === PSM_FRCE_OFF && psm.frceOff & PSM_PROC1;
+    psmWrite(offset, value);
+    if (wasOff && !(psm.frceOff & PSM_PROC1)) {
+      fromCore1.length = 0; // out of reset: its ROM says so
+      fromCore1.push(0);
+    }
+  };
+}
+
+// ---- the board ------------------------------------------------------------
+
+class Pico {
+  constructor(args, cdcSocket) {
+    this.bootrom = new Uint32Array(new Uint8Array(fs.readFileSync(args.bootrom)).buffer);
+    if (this.bootrom.length !== 4096) throw new Error(`boot ROM ${args.bootrom} is not 16 kB`);
+    this.flashFile = new FlashFile(args.flash, args.uf2);
+    this.uniqueId = Uint8Array.from(Buffer.from((args['unique-id'] ?? 'e66038b7135c6a2f').padStart(16, '0'), 'hex'));
+    this.socket = cdcSocket;
+    this.hostIn = []; // Buffers from the host, not yet taken by the board
+    this.hostInBytes = 0;
+    this.pendingRead = null; // {endpoint, size}: the board's OUT transfer waiting for host bytes
+    this.chip = null;
+    this.nsBase = 0; // board time before the current chip (a reset starts a new clock at 0)
+    this.resetRequest = null;
+    this.powered = false;
+    this.running = false;
+    this.bootCount = 0;
+    this.idleSinceMs = null; // when the core went to sleep with nothing due
+  }
+
+  get nowNs() {
+    return this.nsBase + (this.chip ? this.chip.clock.nanos : 0);
+  }
+
+  /** A chip out of reset: a power-on one, or one after a watchdog reset
+   * that keeps the old chip's scratch registers and reason. */
+  build(cause) {
+    const old = this.chip;
+    if (old) this.nsBase += old.clock.nanos;
+    const chip = new RP2040();
+    chip.logger = new ConsoleLogger(LogLevel.Error, true);
+    chip.loadBootrom(this.bootrom); // (resets the core, which erases rp2040js's flash copy)
+    chip.flash.set(this.flashFile.image);
+    // The flash's chip select is pulled up (BOOTSEL not held): the boot ROM
+    // samples it and boots from flash.
+    // (Its pad comes out of reset with the input enabled and a pull-up, 0x5a;
+    // rp2040js starts every pad with the input off.)
+    chip.qspi[1].padValue = 0x5a;
+    chip.qspi[1].setInputValue(true);
+    const flash = new SerialFlash(this.flashFile, chip.flash, this.uniqueId);
+    const ioqspi = new IOQSPI(chip, flash);
+    chip.peripherals[0x18000 >>> 0] = new SSI(chip, flash, ioqspi);
+    chip.peripherals[0x40018] = ioqspi;
+    chip.peripherals[0x40064] = new VregAndChipReset(chip, cause === 'power-on' ? HAD_POR : 0);
+    withCore1(chip);
+    const watchdog = chip.peripherals[0x40058];
+    if (old && cause !== 'power-on') {
+      const oldWatchdog = old.peripherals[0x40058];
+      watchdog.scratchData.set(oldWatchdog.scratchData);
+      watchdog.reason = oldWatchdog.reason;
+      chip.sram.set(old.sram); // SRAM is not cleared by a reset
+    }
+    watchdog.onWatchdogTrigger = () => {
+      this.resetRequest = watchdog.reason & 1 ? 'watchdog' : 'force';
+      // The chip resets: its counter stops (rp2040js would re-arm the alarm
+      // at the same instant, forever).
+      watchdog.alarm.enable = false;
+      watchdog.timer.enable = false;
+    };
+    this.flash = flash;
+    this.chip = chip;
+    this.attachUsb(chip);
+    this.bootCount += 1;
+    emit({ ev: 'boot', cause, us: Math.floor(this.nowNs / 1000), boots: this.bootCount });
+  }
+
+  attachUsb(chip) {
+    const cdc = new USBCDC(chip.usbCtrl);
+    this.cdc = cdc;
+    this.pendingRead = null;
+    cdc.onSerialData = (data) => {
+      const ok = this.socket.write(Buffer.from(data));
+      if (!ok || this.socket.writableLength > HOST_OUT_HIGH_WATER) this.hostSlow = true;
+    };
+    // Replaces USBCDC's OUT handler: an OUT transfer with no host bytes waits
+    // for them (rp2040js completes it empty at once, which keeps the core
+    // busy re-arming it and loses nothing but never lets it sleep).
+    chip.usbCtrl.onEndpointRead = (endpoint, size) => {
+      if (endpoint !== cdc.outEndpoint) return;
+      this.pendingRead = { endpoint, size };
+      this.feedBoard();
+    };
+  }
+
+  fromHost(data) {
+    this.hostIn.push(data);
+    this.hostInBytes += data.length;
+    if (this.hostInBytes > HOST_IN_HIGH_WATER) this.socket.pause();
+    this.feedBoard();
+    this.wake();
+  }
+
+  feedBoard() {
+    if (!this.pendingRead || !this.hostInBytes || !this.chip) return;
+    const { endpoint, size } = this.pendingRead;
+    const take = Math.min(size, this.hostInBytes);
+    const out = new Uint8Array(take);
+    let filled = 0;
+    while (filled < take) {
+      const head = this.hostIn[0];
+      const n = Math.min(head.length, take - filled);
+      out.set(head.subarray(0, n), filled);
+      filled += n;
+      if (n === head.length) this.hostIn.shift();
+      else this.hostIn[0] = head.subarray(n);
+    }
+    this.hostInBytes -= take;
+    this.pendingRead = null;
+    this.chip.usbCtrl.endpointReadDone(endpoint, out);
+    if (this.hostInBytes <= HOST_IN_HIGH_WATER / 2) this.socket.resume();
+  }
+
+  powerOn() {
+    if (this.powered) return;
+    this.chip = null;
+    this.powered = true;
+    this.build('power-on');
+    this.wake();
+  }
+
+  powerOff() {
+    if (!this.powered) return;
+    this.powered = false;
+    this.flash.deselect();
+    if (this.chip) this.nsBase += this.chip.clock.nanos;
+    this.chip = null;
+    this.idleSinceMs = null;
+    emit({ ev: 'off', us: Math.floor(this.nowNs / 1000) });
+  }
+
+  wake() {
+    if (this.idleSinceMs !== null && this.chip) {
+      this.chip.clock.tick((performance.now() - this.idleSinceMs) * 1e6);
+      this.idleSinceMs = null;
+    }
+    if (!this.running && this.powered) {
+      this.running = true;
+      setImmediate(() => this.run());
+    }
+  }
+
+  /** Runs the chip for a slice of wall time, then lets Node's I/O in. Stops
+   * (until woken) when the core sleeps with nothing due, or when the host
+   * has not taken what the board sent. */
+  run() {
+    this.running = false;
+    if (!this.powered) return;
+    if (this.hostSlow) {
+      if (this.socket.writableLength > HOST_OUT_HIGH_WATER / 2) {
+        this.socket.once('drain', () => { this.hostSlow = false; this.wake(); });
+        return;
+      }
+      this.hostSlow = false;
+    }
+    const deadline = performance.now() + SLICE_MS;
+    let idle = false;
+    const { chip } = this;
+    const { core, clock } = chip;
+    outer: while (performance.now() < deadline) {
+      for (let i = 0; i < 20000; i++) {
+        if (core.waiting) {
+          if (!clock.nextAlarm) {
+            idle = true;
+            break outer;
+          }
+          clock.tick(clock.nanosToNextAlarm);
+        } else {
+          clock.tick(core.executeInstruction() * NS_PER_CYCLE);
+        }
+        if (this.resetRequest || this.hostSlow) break outer;
+      }
+    }
+    if (this.resetRequest) {
+      const cause = this.resetRequest;
+      this.resetRequest = null;
+      this.flash.deselect();
+      this.build(cause);
+    }
+    if (idle) {
+      // Asleep with nothing due: woken by host bytes or a control command,
+      // and the time it slept passes on the board as on the wall.
+      this.idleSinceMs = performance.now();
+    } else {
+      this.wake();
+    }
+  }
+}
+
+function main() {
+  let args;
+  try {
+    args = parseArgs(process.argv.slice(2));
+  } catch (e) {
+    fail(e.message);
+  }
+  let socket;
+  try {
+    socket = new net.Socket({ fd: Number(args['usb-fd'] ?? 3), readable: true, writable: true });
+  } catch (e) {
+    fail(`descriptor ${args['usb-fd'] ?? 3} is not the board's USB socket: ${e.message}`);
+  }
+  let pico;
+  try {
+    pico = new Pico(args, socket);
+  } catch (e) {
+    fail(e.message);
+  }
+  socket.on('data', (data) => pico.fromHost(data));
+  socket.on('error', () => {});
+  const report = () => emit({ ev: 'time', us: Math.floor(pico.nowNs / 1000), wall_ms: Math.round(performance.now()) });
+  setInterval(report, 50).unref();
+  const commands = readline.createInterface({ input: process.stdin });
+  commands.on('line', (line) => {
+    let msg;
+    try {
+      msg = JSON.parse(line);
+    } catch {
+      emit({ ev: 'error', error: `not JSON: ${line.slice(0, 80)}` });
+      return;
+    }
+    switch (msg.op) {
+      case 'power':
+        if (msg.on) pico.powerOn();
+        else pico.powerOff();
+        break;
+      case 'time':
+        report();
+        break;
+      case 'debug': {
+        const c = pico.chip;
+        emit({ ev: 'debug', pc: c ? c.core.PC.toString(16) : null, waiting: c ? c.core.waiting : null,
+               us: Math.floor(pico.nowNs / 1000), programmed: pico.flash.programmed, erased: pico.flash.erased });
+        break;
+      }
+      case 'quit':
+        process.exit(0);
+        break;
+      default:
+        emit({ ev: 'error', error: `unknown op: ${msg.op}` });
+    }
+  });
+  commands.on('close', () => process.exit(0));
+  pico.powerOn();
+}
+
+main();

@@ -1,0 +1,101 @@
+"""The emulated Pico: the RP2040's boot ROM and the Pico's own MicroPython
+v1.28.0 (../shared/pico) on the rp2040js emulator, as a board on the host.
+Judged by unmodified mpremote over its pty: it boots from flash through
+the boot ROM, MicroPython formats and keeps its littlefs on the emulated
+serial flash, and files survive machine.reset(), a watchdog expiry, a
+power cycle and a restart of the emulator; machine.reset_cause() and the
+watchdog's REASON say which reset it was."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pulseline.sim.pico.board import FLASH_IMAGE, PicoBoard
+from pulseline.sim.pico.firmware import find_pico_files
+
+pytestmark = pytest.mark.pico
+
+PULSELINE = str(Path(sys.executable).parent / "pulseline")
+MPREMOTE = str(Path(sys.executable).parent / "mpremote")
+# mpremote's own timeouts are the wall's; a guard against a hang only.
+MPREMOTE_HANG_S = 300
+WATCHDOG_REASON = 0x40058008  # TIMER (1): it expired; FORCE (2): a reset asked for
+
+
+def mpremote(port: str, *args: str, cwd: Path | None = None) -> str:
+    res = subprocess.run([MPREMOTE, "connect", port, *args], capture_output=True, text=True,
+                         timeout=MPREMOTE_HANG_S, cwd=cwd)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res.stdout
+
+
+def pulseline(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PULSELINE, *args], capture_output=True, text=True, timeout=120, cwd=cwd,
+                          env={**os.environ, **(env or {})})
+
+
+def test_what_the_emulated_pico_lacks_or_cannot_take_is_said_in_one_line(tmp_path: Path) -> None:
+    res = pulseline("sim", "--board", "pico", "--detach", cwd=tmp_path, env={"PULSELINE_PICO_DIR": str(tmp_path)})
+    assert res.returncode == 2 and res.stdout == "", res
+    (line,) = res.stderr.splitlines()
+    assert "the Pico's MicroPython firmware is not at" in line and "PULSELINE_PICO_DIR" in line, line
+    res = pulseline("sim", "--board", "pico", "--link", "usb-hs", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.splitlines() == [
+        "pulseline: error: the emulated Pico takes no --link (its link is its own USB port, and its pins are "
+        "not the simulated plant's)"], res
+    assert not (tmp_path / ".pulseline").exists() or not list((tmp_path / ".pulseline").glob("*.json"))
+
+
+def _reason_and_cause(port: str) -> tuple[int, int]:
+    out = mpremote(port, "exec", f"import machine; print(machine.mem32[{WATCHDOG_REASON:#x}], machine.reset_cause())")
+    reason, cause = out.split()
+    return int(reason), int(cause)
+
+
+def _boots(board: PicoBoard, n: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(board.boots) < n:
+        assert time.monotonic() < deadline, board.boots
+        time.sleep(0.05)
+
+
+def test_the_pico_boots_its_own_micropython_and_keeps_its_files_through_every_reset(tmp_path: Path) -> None:
+    find_pico_files()  # (a clear failure, not a skip, when ../shared/pico is missing)
+    fs = tmp_path / "pico-fs"
+    (tmp_path / "hello.txt").write_text("kept\n")
+    with PicoBoard(fs, name="pico", state_dir=tmp_path / "state") as board:
+        port = board.pty_path
+        out = mpremote(port, "exec", "import sys, os; print(sys.implementation._build, sys.implementation.version,"
+                       " os.uname().machine)")
+        assert out.strip() == "RPI_PICO (1, 28, 0, '') Raspberry Pi Pico with RP2040", out
+        # Cold from the uf2: MicroPython made its littlefs on the empty flash.
+        assert board.boots == [(0, "power-on")]
+        mpremote(port, "fs", "cp", str(tmp_path / "hello.txt"), ":hello.txt", cwd=tmp_path)
+        assert _reason_and_cause(port) == (0, 1)  # power on: PWRON_RESET
+
+        mpremote(port, "reset")  # machine.reset(): through the watchdog, FORCE
+        _boots(board, 2)
+        assert board.boots[1][1] == "force"
+        assert _reason_and_cause(port) == (2, 3)
+        assert mpremote(port, "fs", "cat", ":hello.txt") == "kept\n"
+
+        # A program that stops feeding its watchdog: reset within its timeout.
+        mpremote(port, "exec", "--no-follow", "import machine\nw = machine.WDT(timeout=200)\nwhile True:\n    pass\n")
+        _boots(board, 3)
+        assert board.boots[2][1] == "watchdog"
+        assert _reason_and_cause(port) == (1, 3)
+
+        board.power_cycle()
+        assert board.boots[3][1] == "power-on"
+        assert _reason_and_cause(port) == (0, 1)
+        assert mpremote(port, "fs", "cat", ":hello.txt") == "kept\n"
+    # The flash image outlives the emulator, as a Pico's flash its power.
+    assert (fs / FLASH_IMAGE).stat().st_size == 2 * 1024 * 1024
+    with PicoBoard(fs, name="pico", state_dir=tmp_path / "state") as board:
+        assert mpremote(board.pty_path, "fs", "ls", ":").split() == ["ls", ":", "5", "hello.txt"]
