@@ -19,7 +19,7 @@ UNIX_STUBS_PIN := micropython-unix-stubs==1.29.0.post1
 # What the Pico runs (the board-neutral package and its board's folder), type-checked against its stubs.
 FW_RP2 := $(wildcard firmware/pulsefw/*.py firmware/pulsefw/boards/__init__.py firmware/pulsefw/boards/rp2/*.py)
 
-.PHONY: all test unit lint bench fuzz fuzz-smoke deps clean demo soak
+.PHONY: all test test-pico unit lint bench fuzz fuzz-smoke deps clean demo soak
 
 all: test
 
@@ -41,7 +41,7 @@ $(NODE_STAMP): package.json package-lock.json
 	@touch $@
 
 unit: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 -q -m "not pico_full"
 	rm -rf $(EVIDENCE)
 	$(BIN)/python -m pytest -n 2 -q hil_tests --target sim -m "not slow and not browser" --evidence $(EVIDENCE)/sim \
 	  --junitxml $(EVIDENCE)/sim.xml
@@ -49,6 +49,10 @@ unit: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest -q hil_tests --target sim -m browser --evidence $(EVIDENCE)/sim \
 	  --junitxml $(EVIDENCE)/sim-browser.xml
 	PULSELINE_SOAK_MINUTES=11 $(BIN)/python -m pytest -q hil_tests --target fast
+
+# Every emulated-Pico test, the minutes-long ones too (make test runs the quick ones).
+test-pico: $(STAMP) $(NODE_STAMP)
+	$(BIN)/python -m pytest -q -m pico tests
 
 # The hour-long scenarios, in virtual time.
 soak: $(STAMP)

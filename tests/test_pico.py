@@ -8,11 +8,13 @@ watchdog's REASON say which reset it was."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +101,44 @@ def test_the_pico_boots_its_own_micropython_and_keeps_its_files_through_every_re
     assert (fs / FLASH_IMAGE).stat().st_size == 2 * 1024 * 1024
     with PicoBoard(fs, name="pico", state_dir=tmp_path / "state") as board:
         assert mpremote(board.pty_path, "fs", "ls", ":").split() == ["ls", ":", "5", "hello.txt"]
+
+
+def _json(res: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert res.returncode == 0, res.stdout + res.stderr
+    out: dict[str, Any] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+@pytest.mark.pico_full
+def test_a_pico_flashed_with_mpremote_answers_as_an_rp2_board_and_keeps_its_journal(tmp_path: Path) -> None:
+    # Acceptance 1 of the emulated Pico, from a fresh state directory.
+    t0 = time.monotonic()
+    started = pulseline("sim", "--board", "pico", "--detach", "--name", "pico", "--json", cwd=tmp_path)
+    boot_s = time.monotonic() - t0
+    board = _json(started)
+    assert board["board"] == "pico" and boot_s < 10, (boot_s, started)
+    link = str(tmp_path / ".pulseline" / "pico")
+    try:
+        # The bundle `pulseline flash` would copy, copied by mpremote itself.
+        plan = _json(pulseline("flash", "--dry-run", "--board", "rp2", "--json", cwd=tmp_path))
+        bundle = tmp_path / "build" / "flash" / "rp2"
+        listed = sorted(f["path"] if isinstance(f, dict) else f for f in plan["bundle"])
+        on_disk = sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file())
+        assert listed == on_disk, (listed, on_disk)
+        mpremote(link, "fs", "cp", "boot.py", "main.py", ":", "+", "fs", "cp", "-r", "pulsefw", ":", "+",
+                 "reset", cwd=bundle)
+        info = _json(pulseline("info", "--port", "sim:pico", "--json", cwd=tmp_path))
+        assert info["board"] == "rp2" and info["firmware_hash"] == plan["firmware_hash"], info
+        assert info["state"] == "IDLE", info
+        exam = _json(pulseline("exam", "--port", "sim:pico", "--new", "--json", cwd=tmp_path))
+        mpremote(link, "reset")
+        again = _json(pulseline("exam", "--port", "sim:pico", "--json", cwd=tmp_path))
+        assert again["exam"] == exam["exam"] > 0, (exam, again)
+    finally:
+        pulseline("sim", "stop", "--name", "pico", cwd=tmp_path)
+    # A power cycle (the emulator's own, in this process), then a restart of the emulator.
+    with PicoBoard(Path(board["fs"]), name="pico", state_dir=tmp_path / ".pulseline") as pico:
+        pico.power_cycle()
+        res = subprocess.run([PULSELINE, "exam", "--port", pico.pty_path, "--json"], capture_output=True, text=True,
+                             timeout=300, cwd=tmp_path)
+        assert _json(res)["exam"] == exam["exam"], res
