@@ -9,7 +9,8 @@ what it replaces, measured in one run on the same data.
     plain-Python reference. Bar: decode >= 5 x numpy.
 
 (C)-(F): bench_sim.py; (G), the live view in a browser:
-bench_view.py (all in tools/, outside the installed package).
+bench_view.py; (H), the emulated Pico's board time against wall time:
+bench_pico.py (all in tools/, outside the installed package).
 
 Every figure is the best of several runs (time.perf_counter), except the
 reference, which runs once on a subset. The C path is timed on a fresh
@@ -32,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import bench_pico
 import bench_sim
 import bench_view
 import numpy as np
@@ -256,6 +258,7 @@ def main() -> int:
     section_b(r)
     bench_sim.run(r)
     bench_view.run(r)
+    bench_pico.run(r)
     print(f"{'PASS' if r.ok else 'FAIL'} ({time.perf_counter() - t0:.1f} s)")
     return 0 if r.ok else 1
 
