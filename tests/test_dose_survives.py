@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from pulseline.link.evidence import TO_BOARD
 from pulseline.link.session import BoardAtRepl, Session, wait_for_firmware
 from pulseline.mpcompat import import_firmware
 from pulseline.sim.board import SimBoard
@@ -112,7 +113,7 @@ def _journal_events(board: SimBoard, exam: int) -> list[dict]:
 @pytest.mark.parametrize("line", ["ctrl-c", "noise"])
 def test_a_stray_ctrl_c_mid_exposure_stops_emission_and_commits_every_pulse(board, line):
     rnd = random.Random(SEED)
-    with Session(board.pty_path, clock=board.clock, answer_timeout_s=10) as s:
+    with Session(board.pty_path, clock=board.clock, answer_timeout_s=10, record=True) as s:
         s.configure(pulses_per_s=PPS, pixels_per_line=64, lines_per_frame=64)
         exam = s.command("new_exam")["exam"]
         s.arm()
@@ -129,12 +130,20 @@ def test_a_stray_ctrl_c_mid_exposure_stops_emission_and_commits_every_pulse(boar
         else:
             s.serial.write(b"\x03")
         stopped = s.wait_event("stopped", 10)
+        told = s.now()  # (the session knew it from here on)
         assert stopped is not None and "Ctrl-C" in stopped.body["reason"] and stopped.body["then"] == "REPL"
         fired = _pulses(board)
         time.sleep(1.0)  # the switch still held
         assert _pulses(board) == fired, "a pulse left after the firmware stopped"
         status = board.plant_status()
         assert status["switch"]
+        # The session typed nothing at the REPL after the firmware said it
+        # stopped: its heartbeat, typed there, could hold a Ctrl-D (a soft
+        # reset, and the firmware back under the next host's feet).
+        assert s.recorder is not None
+        assert [d for direction, t, d in s.recorder.chunks if direction == TO_BOARD and t >= told] == []
+        with pytest.raises(BoardAtRepl):
+            s.status()
     # The event is committed with every pulse the plant delivered, marked interrupted.
     events = _journal_events(board, exam)
     assert len(events) == 1 and events[0]["final"] and events[0]["interrupted"] == "ctrl-c"

@@ -312,6 +312,12 @@ class Session:
         return self._send_raw(op, text.encode(), ignore_answer, repl_safe)
 
     def _send_raw(self, op: int, raw_args: bytes, ignore_answer: bool = False, repl_safe: bool = False) -> int:
+        if self.stopped is not None and not repl_safe:
+            # The firmware said it stopped and left the board at its REPL:
+            # a packet would be typed there, and its bytes acted on (a Ctrl-D
+            # among them soft-resets the board into the firmware again).
+            # Nothing but a repl-safe hello goes to it.
+            raise BoardAtRepl(self.stopped_message())
         with self._write_lock:
             # repl_safe: the next sequence number until the packet holds no
             # byte a REPL acts on beyond the raw REPL's Ctrl-A (see
@@ -348,6 +354,8 @@ class Session:
             due = max(due, time.monotonic() - HEARTBEAT_S)  # far behind: on from now, no burst
             try:
                 self._send("ping", None, ignore_answer=True)
+            except BoardAtRepl:
+                continue  # none typed at the REPL; on again if the firmware comes back (its boot event)
             except SessionError:
                 return
 
