@@ -8,6 +8,7 @@ watchdog's REASON say which reset it was."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -201,3 +202,53 @@ def test_a_power_cut_mid_write_keeps_every_committed_record_on_the_picos_littlef
             seqs = json.loads(seqs_text)
             assert whole == "True" and seqs == list(range(len(seqs))), (cut, seqs_text)
             assert set(said) <= set(seqs) and len(seqs) <= said[-1] + 2, (cut, said[-3:], seqs[-3:])
+
+
+EDGE_WATCHER = """
+from machine import Pin, ADC
+import time
+p = Pin(16, Pin.IN)
+print("R", time.ticks_us())
+while not p.value():
+    pass
+print("S", time.ticks_us(), ADC(26).read_u16() >> 4)
+"""
+
+
+def test_the_picos_pins_are_driven_and_read_in_board_cycles(tmp_path: Path) -> None:
+    # The harness the plant is wired through: an output's edges reported at
+    # their cycle (PWM at 1 kHz, 25 %: 250.000 us high, 750.000 us low), an
+    # input driven at a board time of the host's choosing and seen by the
+    # program at that time, an ADC channel read as set.
+    from mpremote.transport_serial import SerialTransport
+
+    with PicoBoard(tmp_path / "fs", name="pins", state_dir=tmp_path / "state") as board:
+        board.watch(21)
+        mpremote(board.pty_path, "exec", "from machine import Pin, PWM\nimport time\n"
+                 "p = PWM(Pin(21), freq=1000, duty_u16=16384)\ntime.sleep_ms(10)\np.deinit()\n")
+        deadline = time.monotonic() + 10
+        while len(board.edges) < 16:
+            assert time.monotonic() < deadline, board.edges
+            time.sleep(0.05)
+        rises = [ns for ns, pin, level in board.edges if pin == 21 and level == 1]
+        falls = [ns for ns, pin, level in board.edges if pin == 21 and level == 0]
+        highs = [f - r for r, f in zip(rises, [f for f in falls if f > rises[0]], strict=False)][:8]
+        periods = [b - a for a, b in itertools.pairwise(rises)][:8]
+        assert all(abs(h - 250_000) <= 8 for h in highs) and len(highs) >= 6, highs
+        assert all(abs(p - 1_000_000) <= 8 for p in periods) and len(periods) >= 6, periods
+
+        t = SerialTransport(board.pty_path, baudrate=115200)
+        try:
+            t.enter_raw_repl(soft_reset=False)
+            t.exec_raw_no_follow(EDGE_WATCHER)
+            out = t.read_until(1, b"\r\n", timeout=60)
+            ready_us = int(out.split(b"R ")[1].split()[0])
+            at_us = ready_us + 200_000  # (no reset since power-on: ticks_us is board time)
+            board.set_adc({0: 1234})
+            board.set_pins({16: True}, at_us=at_us)
+            seen = t.read_until(1, b"\x04", timeout=60)
+        finally:
+            t.close()
+        seen_us, adc = seen.split(b"S ")[1].split()[:2]
+        assert 0 <= int(seen_us) - at_us <= 20, (seen_us, at_us)  # a loop turn of the program
+        assert int(adc) == 1234

@@ -77,6 +77,7 @@ class PicoBoard(PlantControls):
         self._cond = threading.Condition()
         self.errors: list[str] = []
         self.boots: list[tuple[int, str]] = []  # (board time us, cause) of each chip reset
+        self.edges: list[tuple[int, int, int]] = []  # (board time ns, GPIO, level) of watched outputs
         self._board_us = 0  # the emulator's latest report of board time
         self._to_emulator = bytearray()  # host bytes not yet taken by the emulator's socket
         self._events_buf = bytearray()
@@ -194,6 +195,25 @@ class PicoBoard(PlantControls):
         self._command({"op": "power", "on": True})
         self._until(lambda: len(self.boots) > n, BOOT_TIMEOUT_S, "the boot after a power cycle")
 
+    def set_pins(self, levels: dict[int, bool], at_us: int | None = None) -> None:
+        """Drive input GPIOs from outside (a wire's level), at board time
+        at_us (its cycle) or as soon as the emulator reads the request."""
+        msg: dict[str, Any] = {"op": "pins", "levels": {str(p): int(bool(v)) for p, v in levels.items()}}
+        if at_us is not None:
+            msg["at_ns"] = at_us * 1000
+        self._command(msg)
+
+    def set_adc(self, values: dict[int, int], at_us: int | None = None) -> None:
+        """ADC channels' 12-bit readings (0..4095) from at_us on."""
+        msg: dict[str, Any] = {"op": "adc", "values": {str(c): int(v) for c, v in values.items()}}
+        if at_us is not None:
+            msg["at_ns"] = at_us * 1000
+        self._command(msg)
+
+    def watch(self, *pins: int) -> None:
+        """Report these GPIOs' output edges in `edges`, timed to the cycle."""
+        self._command({"op": "watch", "pins": list(pins)})
+
     def set_input(self, name: str, value: float | bool) -> int:
         raise ValueError(f"the emulated Pico's pins are not wired to the plant: cannot set {name!r}")
 
@@ -250,6 +270,8 @@ class PicoBoard(PlantControls):
                 self._board_us = max(self._board_us, int(ev["us"]))
             if kind == "boot":
                 self.boots.append((int(ev["us"]), str(ev["cause"])))
+            elif kind == "pin":
+                self.edges.append((int(ev["ns"]), int(ev["pin"]), int(ev["level"])))
             elif kind == "error":
                 self._log_error(f"emulator: {ev.get('error')}")
             self._cond.notify_all()

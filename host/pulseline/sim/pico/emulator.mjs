@@ -16,9 +16,14 @@
 //
 // Control on stdin, events on stdout: one JSON object per line.
 //   in:  {"op":"power","on":false} | {"op":"power","on":true} | {"op":"time"} | {"op":"quit"}
+//        {"op":"pins","levels":{"16":1,...},"at_ns":N?}  input pins driven from outside, at board
+//                                            time N (ns; now, or at once if past)
+//        {"op":"adc","values":{"0":N,...},"at_ns":N?}    ADC channels' 12-bit readings from then on
+//        {"op":"watch","pins":[15,...]}      report these pins' edges
 //   out: {"ev":"boot","cause":"power-on"|"watchdog"|"force","us":N}
 //        {"ev":"time","us":N,"wall_ms":N}  (every 50 ms of wall time, and when asked)
 //        {"ev":"off","us":N}
+//        {"ev":"pin","pin":N,"level":0|1,"ns":N}  an edge of a watched pin, at its cycle
 //
 // Usage: node emulator.mjs --bootrom ROM --uf2 UF2 --flash IMAGE [--usb-fd N] [--unique-id HEX16]
 
@@ -426,6 +431,9 @@ class Pico {
     this.running = false;
     this.bootCount = 0;
     this.idleSinceMs = null; // when the core went to sleep with nothing due
+    this.pinLevels = new Map(); // GPIO -> level driven from outside
+    this.adcValues = new Map(); // ADC channel -> 12-bit reading
+    this.watched = new Set(); // GPIOs whose edges are reported
   }
 
   get nowNs() {
@@ -470,8 +478,83 @@ class Pico {
     this.flash = flash;
     this.chip = chip;
     this.attachUsb(chip);
+    this.attachPins(chip);
     this.bootCount += 1;
     emit({ ev: 'boot', cause, us: Math.floor(this.nowNs / 1000), boots: this.bootCount });
+  }
+
+  /** The board's wiring on a new chip: what drives its inputs and ADC
+   * (the levels last set survive a reset, as the wires do), and listeners
+   * for the pins being watched. */
+  attachPins(chip) {
+    for (const [pin, level] of this.pinLevels) {
+      chip.gpio[pin].padValue |= 0x40; // (rp2040js leaves a pad's input off; the SDK's gpio_init turns it on)
+      chip.gpio[pin].setInputValue(level);
+    }
+    for (const [channel, value] of this.adcValues) chip.adc.channelValues[channel] = value;
+    for (const pin of this.watched) this.watchPin(chip, pin);
+  }
+
+  watchPin(chip, pin) {
+    let last = chip.gpio[pin].outputEnable ? chip.gpio[pin].outputValue : null;
+    chip.gpio[pin].addListener(() => {
+      const g = chip.gpio[pin];
+      const level = g.outputEnable ? g.outputValue : null; // (an input's changes are not the board's edges)
+      if (level === null || level === last) return;
+      last = level;
+      emit({ ev: 'pin', pin, level: level ? 1 : 0, ns: Math.round(this.nowNs) });
+    });
+  }
+
+  /** `apply` at board time atNs (now if absent or past), on the chip's own
+   * clock: an alarm fires between instructions, as a wire's edge lands. */
+  atBoardTime(atNs, apply) {
+    const chip = this.chip;
+    const delay = atNs === undefined || atNs === null ? 0 : atNs - this.nowNs;
+    if (!chip || delay <= 0) {
+      apply();
+      return;
+    }
+    const alarm = chip.clock.createAlarm(() => {
+      if (this.chip === chip) apply();
+    });
+    alarm.schedule(delay);
+    this.wake();
+  }
+
+  setPins(levels, atNs) {
+    const parsed = Object.entries(levels).map(([pin, level]) => [Number(pin), !!level]);
+    for (const [pin] of parsed) {
+      if (!Number.isInteger(pin) || pin < 0 || pin > 29) throw new Error(`no GPIO ${pin}`);
+    }
+    this.atBoardTime(atNs, () => {
+      for (const [pin, level] of parsed) {
+        this.pinLevels.set(pin, level);
+        if (this.chip) this.chip.gpio[pin].setInputValue(level);
+      }
+    });
+  }
+
+  setAdc(values, atNs) {
+    const parsed = Object.entries(values).map(([ch, v]) => [Number(ch), Math.max(0, Math.min(4095, Math.round(v)))]);
+    for (const [ch] of parsed) {
+      if (!Number.isInteger(ch) || ch < 0 || ch > 4) throw new Error(`no ADC channel ${ch}`);
+    }
+    this.atBoardTime(atNs, () => {
+      for (const [ch, v] of parsed) {
+        this.adcValues.set(ch, v);
+        if (this.chip) this.chip.adc.channelValues[ch] = v;
+      }
+    });
+  }
+
+  watch(pins) {
+    for (const pin of pins) {
+      if (!Number.isInteger(pin) || pin < 0 || pin > 29) throw new Error(`no GPIO ${pin}`);
+      if (this.watched.has(pin)) continue;
+      this.watched.add(pin);
+      if (this.chip) this.watchPin(this.chip, pin);
+    }
   }
 
   attachUsb(chip) {
@@ -635,6 +718,17 @@ function main() {
         break;
       case 'time':
         report();
+        break;
+      case 'pins':
+      case 'adc':
+      case 'watch':
+        try {
+          if (msg.op === 'pins') pico.setPins(msg.levels ?? {}, msg.at_ns);
+          else if (msg.op === 'adc') pico.setAdc(msg.values ?? {}, msg.at_ns);
+          else pico.watch(msg.pins ?? []);
+        } catch (e) {
+          emit({ ev: 'error', error: `${msg.op}: ${e.message}` });
+        }
         break;
       case 'debug': {
         const c = pico.chip;
