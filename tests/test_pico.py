@@ -207,11 +207,11 @@ def test_a_power_cut_mid_write_keeps_every_committed_record_on_the_picos_littlef
 EDGE_WATCHER = """
 from machine import Pin, ADC
 import time
-p = Pin(16, Pin.IN)
+p = Pin(28, Pin.IN)
 print("R", time.ticks_us())
 while not p.value():
     pass
-print("S", time.ticks_us(), ADC(26).read_u16() >> 4)
+print("S", time.ticks_us(), ADC(3).read_u16() >> 4)
 """
 
 
@@ -244,11 +244,44 @@ def test_the_picos_pins_are_driven_and_read_in_board_cycles(tmp_path: Path) -> N
             out = t.read_until(1, b"\r\n", timeout=60)
             ready_us = int(out.split(b"R ")[1].split()[0])
             at_us = ready_us + 200_000  # (no reset since power-on: ticks_us is board time)
-            board.set_adc({0: 1234})
-            board.set_pins({16: True}, at_us=at_us)
+            board.set_adc({3: 1234})  # (GP28 and ADC3: free on a Pico, not in the pin map)
+            board.set_pins({28: True}, at_us=at_us)
             seen = t.read_until(1, b"\x04", timeout=60)
         finally:
             t.close()
         seen_us, adc = seen.split(b"S ")[1].split()[:2]
         assert 0 <= int(seen_us) - at_us <= 20, (seen_us, at_us)  # a loop turn of the program
         assert int(adc) == 1234
+
+
+READ_INPUTS = ("from machine import Pin\n"
+               "print([Pin(n, Pin.IN).value() for n in (14, 16, 17, 18, 19, 20)])")
+
+
+def test_the_plants_inputs_reach_the_picos_pins_as_the_pin_map_wires_them(tmp_path: Path) -> None:
+    from pulseline.mpcompat import import_firmware
+
+    wiring = import_firmware("pulsefw.boards.rp2.wiring")
+
+    def pins(board: PicoBoard) -> dict[int, int]:
+        levels = json.loads(mpremote(board.pty_path, "exec", READ_INPUTS))
+        return dict(zip((14, 16, 17, 18, 19, 20), levels, strict=True))
+
+    with PicoBoard(tmp_path / "fs", name="wired", state_dir=tmp_path / "state") as board:
+        # At rest: switch and HLC released (pulled up), door closed, key on,
+        # generator ready; the interlock chain open (the switch's contact).
+        assert pins(board) == {14: 0, 16: 1, 17: 1, 18: 1, 19: 1, 20: 1}
+        t = board.press()
+        assert t > 0 and board.plant.inputs_at(t).switch
+        held = pins(board)
+        assert held == {14: 1, 16: 0, 17: 1, 18: 1, 19: 1, 20: 1}
+        # The firmware's own reading of those levels: switch, door, key and
+        # generator ready permissive; the HLC switch released.
+        assert wiring.raw_bits(held[16], held[17], held[18], held[19], held[20]) == wiring.IN_ALL - wiring.IN_HLC
+        board.set_input("door_closed", False)
+        assert pins(board) == {14: 0, 16: 0, 17: 0, 18: 1, 19: 1, 20: 1}
+        board.set_input("generator_fault", True)  # (not ready, as the plant has it)
+        board.set_input("door_closed", True)
+        assert pins(board) == {14: 0, 16: 0, 17: 1, 18: 1, 19: 0, 20: 1}
+        with pytest.raises(ValueError, match="not wired to the plant yet"):
+            board.set_input("water_cm", 30)

@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from ...link.clock import OwnClock
+from ...mpcompat import import_firmware
+from ...plant import InputState, Plant, PlantConfig, Timeline
 from ..control_channel import ControlServer
 from ..controls import PlantControls
 from ..endpoints import Client, Clients, HostEndpoints
@@ -46,6 +48,8 @@ from ..registry import (
     withdraw,
 )
 from .firmware import PicoFiles, find_pico_files
+
+wiring = import_firmware("pulsefw.boards.rp2.wiring")
 
 FLASH_IMAGE = "flash.bin"
 # Host bytes held for the emulator before the host's reads stop (its writes
@@ -85,6 +89,12 @@ class PicoBoard(PlantControls):
         self._usb: socket.socket | None = None  # our end of the emulator's USB CDC socket
         self.host = HostEndpoints(self._from_host, self._log_error)
         self.ctl = ControlServer(self, self._stop, self._log_error)
+        # The plant its pins are wired to (docs/board.md's pin map): so far
+        # its inputs (switch, door, key, generator ready, HLC switch and the
+        # interlock chain); plant time is board time.
+        self.plant = Plant(PlantConfig(seed=seed), Timeline())
+        self._plant_lock = threading.Lock()
+        self._held_ns: int | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -122,6 +132,8 @@ class PicoBoard(PlantControls):
         self._thread = threading.Thread(target=self._io_loop, name=f"pico-{self.name}", daemon=True)
         self._thread.start()
         self._until(lambda: self.boots, BOOT_TIMEOUT_S, "the emulated Pico's first boot")
+        with self._plant_lock:
+            self.set_pins(input_levels(self.plant.inputs_at(0)))  # (held from power-on, as wires are)
         publish(self.files, self.pty_path, self.describe())
 
     def _launch(self) -> None:
@@ -215,10 +227,35 @@ class PicoBoard(PlantControls):
         self._command({"op": "watch", "pins": list(pins)})
 
     def set_input(self, name: str, value: float | bool) -> int:
-        raise ValueError(f"the emulated Pico's pins are not wired to the plant: cannot set {name!r}")
+        """Change a plant input now; returns the board time it took effect
+        at. The chip is held while the wiring changes, so the plant's record
+        and the pins agree to the cycle."""
+        if name not in WIRED_INPUTS:
+            raise ValueError(f"the emulated Pico's {name!r} is not wired to the plant yet "
+                             f"(wired: {', '.join(sorted(WIRED_INPUTS))})")
+        with self._plant_lock:
+            t_ns = self._hold()
+            try:
+                t_us = -(-t_ns // 1000)  # (the next whole microsecond: the timeline's unit)
+                self.plant.timeline.add(t_us, name, value)
+                self.set_pins(input_levels(self.plant.inputs_at(t_us)), at_us=t_us)
+            finally:
+                self._command({"op": "release"})
+        return t_us
+
+    def _hold(self) -> int:
+        """Stop the chip where it is; its board time (ns)."""
+        with self._cond:
+            self._held_ns = None
+        self._command({"op": "hold"})
+        self._until(lambda: self._held_ns is not None, BOOT_TIMEOUT_S, "the emulator's hold")
+        assert self._held_ns is not None
+        return self._held_ns
 
     def plant_status(self) -> dict[str, Any]:
-        return {"t_us": self.board_now_us(), "boots": [list(b) for b in self.boots]}
+        t_us = self.board_now_us()
+        with self._plant_lock:
+            return {**self.plant.status(t_us), "boots": [list(b) for b in self.boots]}
 
     def board_now_us(self) -> int:
         """Board time (the emulator's cycle count), as the emulator last
@@ -270,6 +307,8 @@ class PicoBoard(PlantControls):
                 self._board_us = max(self._board_us, int(ev["us"]))
             if kind == "boot":
                 self.boots.append((int(ev["us"]), str(ev["cause"])))
+            elif kind == "held":
+                self._held_ns = int(ev["ns"])
             elif kind == "pin":
                 self.edges.append((int(ev["ns"]), int(ev["pin"]), int(ev["level"])))
             elif kind == "error":
@@ -401,6 +440,20 @@ class PicoBoard(PlantControls):
             pass
         finally:
             self.stop()
+
+
+WIRED_INPUTS = frozenset({"switch", "door_closed", "key_on", "generator_ready", "generator_fault", "hlc_switch"})
+
+
+def input_levels(s: InputState) -> dict[int, bool]:
+    """The plant's inputs as the board's pins see them (docs/board.md's pin
+    map): the two switches pull their pin low when pressed, the rest drive
+    theirs high when permissive, and the interlock chain (the switch's
+    second contact, door, key and generator ready in series) is high only
+    when every one of them is."""
+    return {wiring.PIN_SWITCH: not s.switch, wiring.PIN_DOOR_CLOSED: s.door_closed, wiring.PIN_KEY_ON: s.key_on,
+            wiring.PIN_GENERATOR_READY: s.generator_ready, wiring.PIN_HLC_SWITCH: not s.hlc_switch,
+            wiring.PIN_INTERLOCK_OK: s.switch and s.door_closed and s.key_on and s.generator_ready}
 
 
 def serve(args: list[str] | None = None) -> int:

@@ -20,6 +20,8 @@
 //                                            time N (ns; now, or at once if past)
 //        {"op":"adc","values":{"0":N,...},"at_ns":N?}    ADC channels' 12-bit readings from then on
 //        {"op":"watch","pins":[15,...]}      report these pins' edges
+//        {"op":"hold"} | {"op":"release"}     stop the chip where it is (board time stands still),
+//                                            answered {"ev":"held","ns":N}; and go on
 //   out: {"ev":"boot","cause":"power-on"|"watchdog"|"force","us":N}
 //        {"ev":"time","us":N,"wall_ms":N}  (every 50 ms of wall time, and when asked)
 //        {"ev":"off","us":N}
@@ -434,6 +436,7 @@ class Pico {
     this.pinLevels = new Map(); // GPIO -> level driven from outside
     this.adcValues = new Map(); // ADC channel -> 12-bit reading
     this.watched = new Set(); // GPIOs whose edges are reported
+    this.held = false; // stopped by the host, to change the wiring at an exact board time
   }
 
   get nowNs() {
@@ -637,7 +640,7 @@ class Pico {
    * has not taken what the board sent. */
   run() {
     this.running = false;
-    if (!this.powered) return;
+    if (!this.powered || this.held) return;
     if (this.hostSlow) {
       if (this.socket.writableLength > HOST_OUT_HIGH_WATER / 2) {
         this.socket.once('drain', () => { this.hostSlow = false; this.wake(); });
@@ -718,6 +721,14 @@ function main() {
         break;
       case 'time':
         report();
+        break;
+      case 'hold':
+        pico.held = true;
+        emit({ ev: 'held', ns: Math.round(pico.nowNs) });
+        break;
+      case 'release':
+        pico.held = false;
+        pico.wake();
         break;
       case 'pins':
       case 'adc':
