@@ -285,3 +285,49 @@ def test_the_plants_inputs_reach_the_picos_pins_as_the_pin_map_wires_them(tmp_pa
         assert pins(board) == {14: 0, 16: 0, 17: 1, 18: 1, 19: 0, 20: 1}
         with pytest.raises(ValueError, match="not wired to the plant yet"):
             board.set_input("water_cm", 30)
+
+
+GATE_PULSES = """
+from machine import Pin, PWM
+import time
+kv = PWM(Pin(21), freq=50_000, duty_u16=%d)
+ma = PWM(Pin(22), freq=50_000, duty_u16=%d)
+time.sleep_ms(50)
+gate = Pin(15, Pin.OUT, value=0)
+for i in range(3):
+    gate.on()
+    time.sleep_ms(4)
+    gate.off()
+    time.sleep_ms(20)
+"""
+
+
+def test_the_picos_gate_and_setpoints_reach_the_plants_generator(tmp_path: Path) -> None:
+    # GATE (GP15) is the generator's exposure request and the kV and mA
+    # setpoints are the duty of their PWM (GP21, GP22), as the pin map wires
+    # them: pulses a program gates are the plant's, their width the pin's,
+    # their technique the setpoints'; with the switch released the plant's
+    # interlock chain refuses them, as the hardware's breaks GATE's line.
+    from pulseline.mpcompat import import_firmware
+
+    wiring = import_firmware("pulsefw.boards.rp2.wiring")
+    program = GATE_PULSES % (wiring.setpoint_duty(80.0, wiring.KV_FULL_SCALE),
+                             wiring.setpoint_duty(20.0, wiring.MA_FULL_SCALE))
+    with PicoBoard(tmp_path / "fs", name="gate", state_dir=tmp_path / "state") as board:
+        mpremote(board.pty_path, "exec", program)  # the switch released
+        time.sleep(0.3)
+        assert board.plant.pulses == [] and len(board.plant.refused) == 3, board.plant.refused
+        assert all("switch_released" in why for _, why in board.plant.refused)
+        board.press()
+        mpremote(board.pty_path, "exec", program)
+        deadline = time.monotonic() + 10
+        while len(board.plant.pulses) < 3:
+            assert time.monotonic() < deadline, board.plant.pulses
+            time.sleep(0.05)
+        gate = [(ns, level) for ns, pin, level in board.edges if pin == wiring.PIN_GATE]
+        widths = [(b - a) / 1000 for (a, la), (b, lb) in itertools.pairwise(gate) if la == 1 and lb == 0][-3:]
+        for pulse, width in zip(board.plant.pulses, widths, strict=True):
+            assert pulse.width_us == round(width) and 4000 <= width < 4100, (pulse.width_us, width)
+            # (to one step of the PWM: 125 MHz / 50 kHz, 2500 steps of full scale)
+            assert abs(pulse.kv_set - 80.0) <= 150 / 2500 and abs(pulse.ma_set - 20.0) <= 100 / 2500, pulse
+        assert board.plant.meter_kerma_ugy > 0

@@ -94,7 +94,10 @@ class PicoBoard(PlantControls):
         # interlock chain); plant time is board time.
         self.plant = Plant(PlantConfig(seed=seed), Timeline())
         self._plant_lock = threading.Lock()
+        self._setting = threading.Lock()
         self._held_ns: int | None = None
+        self._gate_rise_ns: int | None = None
+        self._pwm_duty = {"kv": 0.0, "ma": 0.0}  # the setpoints' duty (0..1), from their PWM slices
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -134,6 +137,7 @@ class PicoBoard(PlantControls):
         self._until(lambda: self.boots, BOOT_TIMEOUT_S, "the emulated Pico's first boot")
         with self._plant_lock:
             self.set_pins(input_levels(self.plant.inputs_at(0)))  # (held from power-on, as wires are)
+        self.watch(wiring.PIN_GATE)
         publish(self.files, self.pty_path, self.describe())
 
     def _launch(self) -> None:
@@ -233,12 +237,14 @@ class PicoBoard(PlantControls):
         if name not in WIRED_INPUTS:
             raise ValueError(f"the emulated Pico's {name!r} is not wired to the plant yet "
                              f"(wired: {', '.join(sorted(WIRED_INPUTS))})")
-        with self._plant_lock:
+        with self._setting:  # (one change at a time; the I/O thread takes the plant lock for the gate)
             t_ns = self._hold()
             try:
                 t_us = -(-t_ns // 1000)  # (the next whole microsecond: the timeline's unit)
-                self.plant.timeline.add(t_us, name, value)
-                self.set_pins(input_levels(self.plant.inputs_at(t_us)), at_us=t_us)
+                with self._plant_lock:
+                    self.plant.timeline.add(t_us, name, value)
+                    levels = input_levels(self.plant.inputs_at(t_us))
+                self.set_pins(levels, at_us=t_us)
             finally:
                 self._command({"op": "release"})
         return t_us
@@ -289,6 +295,31 @@ class PicoBoard(PlantControls):
                     raise TimeoutError(f"no {what} within {timeout_s:.0f} s")
                 self._cond.wait(min(left, 0.1))
 
+    def _pwm(self, pwm_slice: int, cc: int, top: int, t_ns: int) -> None:
+        """A setpoint's PWM written: the generator's kV or mA setpoint, its
+        duty of full scale (the RC filter and amplifier are linear)."""
+        for name, pin in (("kv", wiring.PIN_KV_SET), ("ma", wiring.PIN_MA_SET)):
+            if pwm_slice != (pin >> 1) & 7:  # (GPIO n is slice n/2 mod 8, channel A or B by its last bit)
+                continue
+            level = (cc >> 16) if pin & 1 else (cc & 0xFFFF)
+            duty = min(1.0, level / (top + 1))
+            if duty != self._pwm_duty[name]:
+                self._pwm_duty[name] = duty
+                with self._plant_lock:
+                    self.plant.generator_set(t_ns // 1000, self._pwm_duty["kv"] * wiring.KV_FULL_SCALE,
+                                             self._pwm_duty["ma"] * wiring.MA_FULL_SCALE)
+
+    def _gate(self, level: int, t_ns: int) -> None:
+        """GATE's edges: the generator's exposure request, as long as it was
+        held (the plant's interlock chain refuses what the hardware would)."""
+        if level:
+            self._gate_rise_ns = t_ns
+            return
+        rise, self._gate_rise_ns = self._gate_rise_ns, None
+        if rise is not None:
+            with self._plant_lock:
+                self.plant.generator_fire(rise // 1000, max(1, round((t_ns - rise) / 1000)))
+
     def _log_error(self, text: str) -> None:
         if self.errors and self.errors[-1] == text:
             return
@@ -302,6 +333,10 @@ class PicoBoard(PlantControls):
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("ev")
+        if kind == "pwm":
+            self._pwm(int(ev["slice"]), int(ev["cc"]), int(ev["top"]), int(ev["ns"]))
+        elif kind == "pin" and int(ev["pin"]) == wiring.PIN_GATE:
+            self._gate(int(ev["level"]), int(ev["ns"]))
         with self._cond:
             if "us" in ev:
                 self._board_us = max(self._board_us, int(ev["us"]))

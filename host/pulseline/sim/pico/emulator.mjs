@@ -26,6 +26,7 @@
 //        {"ev":"time","us":N,"wall_ms":N}  (every 50 ms of wall time, and when asked)
 //        {"ev":"off","us":N}
 //        {"ev":"pin","pin":N,"level":0|1,"ns":N}  an edge of a watched pin, at its cycle
+//        {"ev":"pwm","slice":N,"cc":N,"top":N,"ns":N}  a PWM slice's compare or top written
 //
 // Usage: node emulator.mjs --bootrom ROM --uf2 UF2 --flash IMAGE [--usb-fd N] [--unique-id HEX16]
 
@@ -496,6 +497,15 @@ class Pico {
     }
     for (const [channel, value] of this.adcValues) chip.adc.channelValues[channel] = value;
     for (const pin of this.watched) this.watchPin(chip, pin);
+    chip.pwm.channels.forEach((channel, slice) => {
+      const write = channel.writeRegister.bind(channel);
+      channel.writeRegister = (offset, value) => {
+        write(offset, value);
+        if (offset === 0x0c || offset === 0x10) {  // CC, TOP: a setpoint's duty
+          emit({ ev: 'pwm', slice, cc: channel.cc >>> 0, top: channel.top, ns: Math.round(this.nowNs) });
+        }
+      };
+    });
   }
 
   watchPin(chip, pin) {
