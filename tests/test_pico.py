@@ -331,3 +331,49 @@ def test_the_picos_gate_and_setpoints_reach_the_plants_generator(tmp_path: Path)
             # (to one step of the PWM: 125 MHz / 50 kHz, 2500 steps of full scale)
             assert abs(pulse.kv_set - 80.0) <= 150 / 2500 and abs(pulse.ma_set - 20.0) <= 100 / 2500, pulse
         assert board.plant.meter_kerma_ugy > 0
+
+
+MONITOR_SAMPLER = """
+from machine import Pin, PWM, ADC
+import time
+kv = PWM(Pin(21), freq=50_000, duty_u16=%d)
+ma = PWM(Pin(22), freq=50_000, duty_u16=%d)
+time.sleep_ms(50)
+gate = Pin(15, Pin.OUT, value=0)
+kv_mon, ma_mon = ADC(26), ADC(27)
+idle = (kv_mon.read_u16(), ma_mon.read_u16())
+kvs, mas = [], []
+gate.on()
+t0 = time.ticks_us()
+while time.ticks_diff(time.ticks_us(), t0) < 4000:
+    kvs.append(kv_mon.read_u16())
+    mas.append(ma_mon.read_u16())
+gate.off()
+print(idle, sum(kvs) / len(kvs), sum(mas) / len(mas), len(kvs))
+"""
+
+
+def test_the_generators_monitors_reach_the_picos_adc_while_gate_is_high(tmp_path: Path) -> None:
+    # The kV and mA monitors (GP26, GP27) carry the plant generator's
+    # waveform while GATE requests a pulse, through the 10:3 dividers: the
+    # mean a program samples is the pulse's true mean (the firmware's dose
+    # is computed from it), to the ADC's resolution and the tube's rise.
+    from pulseline.mpcompat import import_firmware
+
+    wiring = import_firmware("pulsefw.boards.rp2.wiring")
+    program = MONITOR_SAMPLER % (wiring.setpoint_duty(80.0, wiring.KV_FULL_SCALE),
+                                 wiring.setpoint_duty(20.0, wiring.MA_FULL_SCALE))
+    with PicoBoard(tmp_path / "fs", name="mon", state_dir=tmp_path / "state") as board:
+        board.press()
+        out = mpremote(board.pty_path, "exec", program)
+        deadline = time.monotonic() + 10
+        while not board.plant.pulses:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    idle_kv, idle_ma, kv_u16, ma_u16, samples = out.replace("(", "").replace(")", "").replace(",", " ").split()
+    assert (int(idle_kv), int(idle_ma)) == (0, 0) and int(samples) > 20, out
+    (pulse,) = board.plant.pulses
+    kv = wiring.monitor_value(float(kv_u16), wiring.KV_FULL_SCALE)
+    ma = wiring.monitor_value(float(ma_u16), wiring.MA_FULL_SCALE)
+    assert abs(kv - pulse.kv_mean) / pulse.kv_mean < 0.01, (kv, pulse.kv_mean)
+    assert abs(ma - pulse.ma_mean) / pulse.ma_mean < 0.01, (ma, pulse.ma_mean)

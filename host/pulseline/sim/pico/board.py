@@ -28,9 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...link.clock import OwnClock
 from ...mpcompat import import_firmware
 from ...plant import InputState, Plant, PlantConfig, Timeline
+from ...plant.generator import WIDTH_MAX_US
 from ..control_channel import ControlServer
 from ..controls import PlantControls
 from ..endpoints import Client, Clients, HostEndpoints
@@ -137,7 +140,8 @@ class PicoBoard(PlantControls):
         self._until(lambda: self.boots, BOOT_TIMEOUT_S, "the emulated Pico's first boot")
         with self._plant_lock:
             self.set_pins(input_levels(self.plant.inputs_at(0)))  # (held from power-on, as wires are)
-        self.watch(wiring.PIN_GATE)
+        # GATE's rise holds the chip until the monitors' waveform is on the ADC.
+        self._command({"op": "watch", "pins": [wiring.PIN_GATE], "hold_on_rise": True})
         publish(self.files, self.pty_path, self.describe())
 
     def _launch(self) -> None:
@@ -314,11 +318,31 @@ class PicoBoard(PlantControls):
         held (the plant's interlock chain refuses what the hardware would)."""
         if level:
             self._gate_rise_ns = t_ns
+            try:
+                self._command({"op": "adc_schedule", "points": self._monitor_points(t_ns)})
+            finally:
+                self._command({"op": "release"})
             return
         rise, self._gate_rise_ns = self._gate_rise_ns, None
+        # The request ends: the monitors fall with the tube's current (read
+        # as 0: the firmware samples them only while GATE is high).
+        self._command({"op": "adc_schedule", "points": [[t_ns, {str(MON_KV): 0, str(MON_MA): 0}]]})
         if rise is not None:
             with self._plant_lock:
                 self.plant.generator_fire(rise // 1000, max(1, round((t_ns - rise) / 1000)))
+
+    def _monitor_points(self, rise_ns: int) -> list[list[Any]]:
+        """The generator's kV and mA monitors from GATE's rise, as the ADC
+        reads them (12 bits through the 10:3 dividers): the plant's waveform
+        of the longest pulse, whose shape up to any width is that width's."""
+        t_us = rise_ns // 1000
+        with self._plant_lock:
+            s = self.plant.timeline.state_at(t_us)
+            wave = self.plant.generator.waveform(t_us, WIDTH_MAX_US, float(s["kv_error"]), float(s["ma_error"]))
+        kv_code = monitor_codes(wave.kv, wiring.KV_FULL_SCALE)
+        ma_code = monitor_codes(wave.ma, wiring.MA_FULL_SCALE)
+        return [[rise_ns + int((t - t_us) * 1000), {str(MON_KV): int(k), str(MON_MA): int(m)}]
+                for t, k, m in zip(wave.t_us, kv_code, ma_code, strict=True) if t - t_us <= WIDTH_MAX_US]
 
     def _log_error(self, text: str) -> None:
         if self.errors and self.errors[-1] == text:
@@ -475,6 +499,17 @@ class PicoBoard(PlantControls):
             pass
         finally:
             self.stop()
+
+
+MON_KV, MON_MA = wiring.PIN_KV_MON - 26, wiring.PIN_MA_MON - 26  # ADC channels (GP26 is ADC0)
+ADC_FULL_CODE = 4095
+
+
+def monitor_codes(values: Any, full_scale: float) -> Any:
+    """A monitor's readings as the RP2040's 12-bit ADC gives them: 0..10 V
+    for 0..full scale, through the 10:3 divider, against 3.3 V."""
+    volts = np.asarray(values) / full_scale * wiring.ADC_MONITOR_VOLTS
+    return np.clip(np.rint(volts / wiring.ADC_REF_VOLTS * ADC_FULL_CODE), 0, ADC_FULL_CODE)
 
 
 WIRED_INPUTS = frozenset({"switch", "door_closed", "key_on", "generator_ready", "generator_fault", "hlc_switch"})

@@ -19,7 +19,10 @@
 //        {"op":"pins","levels":{"16":1,...},"at_ns":N?}  input pins driven from outside, at board
 //                                            time N (ns; now, or at once if past)
 //        {"op":"adc","values":{"0":N,...},"at_ns":N?}    ADC channels' 12-bit readings from then on
-//        {"op":"watch","pins":[15,...]}      report these pins' edges
+//        {"op":"watch","pins":[15,...],"hold_on_rise":bool}  report these pins' edges (and hold the
+//                                            chip at a rise, for the host to answer it in time)
+//        {"op":"adc_schedule","points":[[ns,{"0":N,...}],...]}  ADC readings from those board times,
+//                                            replacing any schedule not yet reached
 //        {"op":"hold"} | {"op":"release"}     stop the chip where it is (board time stands still),
 //                                            answered {"ev":"held","ns":N}; and go on
 //   out: {"ev":"boot","cause":"power-on"|"watchdog"|"force","us":N}
@@ -438,6 +441,8 @@ class Pico {
     this.adcValues = new Map(); // ADC channel -> 12-bit reading
     this.watched = new Set(); // GPIOs whose edges are reported
     this.held = false; // stopped by the host, to change the wiring at an exact board time
+    this.holdOnRise = new Set(); // watched pins whose rise holds the chip for the host
+    this.adcAlarms = []; // the ADC schedule's pending changes
   }
 
   get nowNs() {
@@ -496,6 +501,7 @@ class Pico {
       chip.gpio[pin].setInputValue(level);
     }
     for (const [channel, value] of this.adcValues) chip.adc.channelValues[channel] = value;
+    this.adcAlarms = []; // (the old chip's, gone with its clock)
     for (const pin of this.watched) this.watchPin(chip, pin);
     chip.pwm.channels.forEach((channel, slice) => {
       const write = channel.writeRegister.bind(channel);
@@ -516,7 +522,36 @@ class Pico {
       if (level === null || level === last) return;
       last = level;
       emit({ ev: 'pin', pin, level: level ? 1 : 0, ns: Math.round(this.nowNs) });
+      if (level && this.holdOnRise.has(pin)) this.held = true; // (until the host's release)
     });
+  }
+
+  scheduleAdc(points) {
+    for (const alarm of this.adcAlarms) alarm.cancel();
+    this.adcAlarms = [];
+    const chip = this.chip;
+    if (!chip) return;
+    for (const [atNs, values] of points) {
+      const apply = () => {
+        for (const [ch, v] of Object.entries(values)) {
+          const channel = Number(ch);
+          const value = Math.max(0, Math.min(4095, Math.round(v)));
+          this.adcValues.set(channel, value);
+          chip.adc.channelValues[channel] = value;
+        }
+      };
+      const delay = atNs - this.nowNs;
+      if (delay <= 0) {
+        apply();
+        continue;
+      }
+      const alarm = chip.clock.createAlarm(() => {
+        if (this.chip === chip) apply();
+      });
+      alarm.schedule(delay);
+      this.adcAlarms.push(alarm);
+    }
+    this.wake();
   }
 
   /** `apply` at board time atNs (now if absent or past), on the chip's own
@@ -561,8 +596,9 @@ class Pico {
     });
   }
 
-  watch(pins) {
+  watch(pins, holdOnRise) {
     for (const pin of pins) {
+      if (holdOnRise && Number.isInteger(pin)) this.holdOnRise.add(pin);
       if (!Number.isInteger(pin) || pin < 0 || pin > 29) throw new Error(`no GPIO ${pin}`);
       if (this.watched.has(pin)) continue;
       this.watched.add(pin);
@@ -673,7 +709,7 @@ class Pico {
         } else {
           clock.tick(core.executeInstruction() * NS_PER_CYCLE);
         }
-        if (this.resetRequest || this.hostSlow) break outer;
+        if (this.resetRequest || this.hostSlow || this.held) break outer;
       }
     }
     if (this.resetRequest) {
@@ -740,13 +776,16 @@ function main() {
         pico.held = false;
         pico.wake();
         break;
+      case 'adc_schedule':
+        pico.scheduleAdc(msg.points ?? []);
+        break;
       case 'pins':
       case 'adc':
       case 'watch':
         try {
           if (msg.op === 'pins') pico.setPins(msg.levels ?? {}, msg.at_ns);
           else if (msg.op === 'adc') pico.setAdc(msg.values ?? {}, msg.at_ns);
-          else pico.watch(msg.pins ?? []);
+          else pico.watch(msg.pins ?? [], !!msg.hold_on_rise);
         } catch (e) {
           emit({ ev: 'error', error: `${msg.op}: ${e.message}` });
         }
