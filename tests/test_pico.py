@@ -271,7 +271,15 @@ def test_the_plants_inputs_reach_the_picos_pins_as_the_pin_map_wires_them(tmp_pa
         # At rest: switch and HLC released (pulled up), door closed, key on,
         # generator ready; the interlock chain open (the switch's contact).
         assert pins(board) == {14: 0, 16: 1, 17: 1, 18: 1, 19: 1, 20: 1}
-        t = board.press()
+        # Through its control channel, as `pulseline sim press` does (answered
+        # on the board's own I/O thread, which holds the chip meanwhile).
+        from pulseline.sim.control_channel import SimControl
+
+        ctl = SimControl("wired", tmp_path / "state")
+        try:
+            t = ctl.press()
+        finally:
+            ctl.close()
         assert t > 0 and board.plant.inputs_at(t).switch
         held = pins(board)
         assert held == {14: 1, 16: 0, 17: 1, 18: 1, 19: 1, 20: 1}

@@ -312,7 +312,7 @@ class Session:
         return self._send_raw(op, text.encode(), ignore_answer, repl_safe)
 
     def _send_raw(self, op: int, raw_args: bytes, ignore_answer: bool = False, repl_safe: bool = False) -> int:
-        if self.stopped is not None and not repl_safe:
+        if not repl_safe and self.stopped is not None:
             # The firmware said it stopped and left the board at its REPL:
             # a packet would be typed there, and its bytes acted on (a Ctrl-D
             # among them soft-resets the board into the firmware again).

@@ -258,7 +258,19 @@ class PicoBoard(PlantControls):
         with self._cond:
             self._held_ns = None
         self._command({"op": "hold"})
-        self._until(lambda: self._held_ns is not None, BOOT_TIMEOUT_S, "the emulator's hold")
+        if threading.current_thread() is getattr(self, "_thread", None):
+            # Asked on the I/O thread (the control channel's set): it reads
+            # the emulator's answer itself, nobody else would.
+            deadline = time.monotonic() + BOOT_TIMEOUT_S
+            p = self.proc
+            assert p is not None and p.stdout is not None
+            while self._held_ns is None:
+                if time.monotonic() > deadline or p.poll() is not None:
+                    raise TimeoutError("no answer to the emulator's hold")
+                if select.select([p.stdout], [], [], 0.1)[0]:
+                    self._read_events()
+        else:
+            self._until(lambda: self._held_ns is not None, BOOT_TIMEOUT_S, "the emulator's hold")
         assert self._held_ns is not None
         return self._held_ns
 
@@ -321,7 +333,7 @@ class PicoBoard(PlantControls):
             try:
                 self._command({"op": "adc_schedule", "points": self._monitor_points(t_ns)})
             finally:
-                self._command({"op": "release"})
+                self._command({"op": "release_rise"})
             return
         rise, self._gate_rise_ns = self._gate_rise_ns, None
         # The request ends: the monitors fall with the tube's current (read
@@ -460,16 +472,7 @@ class PicoBoard(PlantControls):
             if data:
                 self.host.send(data)
         elif obj is p.stdout:
-            try:
-                chunk = os.read(p.stdout.fileno(), 65536)
-            except BlockingIOError:
-                return
-            self._events_buf += chunk
-            while b"\n" in self._events_buf:
-                line, _, rest = bytes(self._events_buf).partition(b"\n")
-                self._events_buf[:] = rest
-                with contextlib.suppress(ValueError):
-                    self._on_event(json.loads(line))
+            self._read_events()
         elif obj is p.stderr:
             try:
                 said = os.read(p.stderr.fileno(), 65536)
@@ -484,6 +487,21 @@ class PicoBoard(PlantControls):
             for group, c in self._clients():
                 if c.sock is obj:
                     group.read(c)
+
+    def _read_events(self) -> None:
+        """The emulator's events that have come, each handled in order."""
+        p = self.proc
+        assert p is not None and p.stdout is not None
+        try:
+            chunk = os.read(p.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return
+        self._events_buf += chunk
+        while b"\n" in self._events_buf:
+            line, _, rest = bytes(self._events_buf).partition(b"\n")
+            self._events_buf[:] = rest
+            with contextlib.suppress(ValueError):
+                self._on_event(json.loads(line))
 
     def wait(self) -> None:
         while not self._stop.is_set():

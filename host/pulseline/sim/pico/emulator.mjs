@@ -25,6 +25,7 @@
 //                                            replacing any schedule not yet reached
 //        {"op":"hold"} | {"op":"release"}     stop the chip where it is (board time stands still),
 //                                            answered {"ev":"held","ns":N}; and go on
+//        {"op":"release_rise"}               go on after a hold_on_rise pin's rise (a hold of its own)
 //   out: {"ev":"boot","cause":"power-on"|"watchdog"|"force","us":N}
 //        {"ev":"time","us":N,"wall_ms":N}  (every 50 ms of wall time, and when asked)
 //        {"ev":"off","us":N}
@@ -441,6 +442,7 @@ class Pico {
     this.adcValues = new Map(); // ADC channel -> 12-bit reading
     this.watched = new Set(); // GPIOs whose edges are reported
     this.held = false; // stopped by the host, to change the wiring at an exact board time
+    this.heldAtRise = false; // stopped at a watched pin's rise, until the host answers it
     this.holdOnRise = new Set(); // watched pins whose rise holds the chip for the host
     this.adcAlarms = []; // the ADC schedule's pending changes
   }
@@ -522,7 +524,7 @@ class Pico {
       if (level === null || level === last) return;
       last = level;
       emit({ ev: 'pin', pin, level: level ? 1 : 0, ns: Math.round(this.nowNs) });
-      if (level && this.holdOnRise.has(pin)) this.held = true; // (until the host's release)
+      if (level && this.holdOnRise.has(pin)) this.heldAtRise = true; // (until the host's release_rise)
     });
   }
 
@@ -686,7 +688,7 @@ class Pico {
    * has not taken what the board sent. */
   run() {
     this.running = false;
-    if (!this.powered || this.held) return;
+    if (!this.powered || this.held || this.heldAtRise) return;
     if (this.hostSlow) {
       if (this.socket.writableLength > HOST_OUT_HIGH_WATER / 2) {
         this.socket.once('drain', () => { this.hostSlow = false; this.wake(); });
@@ -709,7 +711,7 @@ class Pico {
         } else {
           clock.tick(core.executeInstruction() * NS_PER_CYCLE);
         }
-        if (this.resetRequest || this.hostSlow || this.held) break outer;
+        if (this.resetRequest || this.hostSlow || this.held || this.heldAtRise) break outer;
       }
     }
     if (this.resetRequest) {
@@ -774,6 +776,10 @@ function main() {
         break;
       case 'release':
         pico.held = false;
+        pico.wake();
+        break;
+      case 'release_rise':
+        pico.heldAtRise = false;
         pico.wake();
         break;
       case 'adc_schedule':

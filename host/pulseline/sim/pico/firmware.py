@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import PulselineError
+
 HERE = Path(__file__).resolve().parent
 EMULATOR = HERE / "emulator.mjs"
 REPO_ROOT = HERE.parents[3]
@@ -24,7 +26,7 @@ WHERE_TO_GET = ("MicroPython's RPI_PICO v1.28.0 uf2 is published at https://micr
                 "the boot ROM is built from https://github.com/raspberrypi/pico-bootrom (see docs/board.md)")
 
 
-class PicoMissing(FileNotFoundError):
+class PicoMissing(PulselineError, FileNotFoundError):
     """Something the emulated Pico needs is not there."""
 
 
