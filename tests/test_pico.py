@@ -385,3 +385,36 @@ def test_the_generators_monitors_reach_the_picos_adc_while_gate_is_high(tmp_path
     ma = wiring.monitor_value(float(ma_u16), wiring.MA_FULL_SCALE)
     assert abs(kv - pulse.kv_mean) / pulse.kv_mean < 0.01, (kv, pulse.kv_mean)
     assert abs(ma - pulse.ma_mean) / pulse.ma_mean < 0.01, (ma, pulse.ma_mean)
+
+
+PIO_SQUARE = """
+import rp2, time
+from machine import Pin
+@rp2.asm_pio(set_init=rp2.PIO.OUT_LOW)
+def square():
+    set(pins, 1) [9]
+    set(pins, 0) [4]
+sm = rp2.StateMachine(0, square, freq=100_000, set_base=Pin(28))
+sm.active(1)
+time.sleep_ms(2)
+sm.active(0)
+"""
+
+
+def test_the_picos_pio_runs_in_board_cycles_with_its_delays_and_divider(tmp_path: Path) -> None:
+    # rp2040js runs PIO programs on a wall-clock timer, an instruction a
+    # step, delays and clock dividers ignored; here each state machine runs
+    # on the system clock: 10 cycles high and 5 low at 100 kHz are 100 us
+    # and 50 us, to the nanosecond, while the core sleeps (time.sleep_ms).
+    with PicoBoard(tmp_path / "fs", name="pio", state_dir=tmp_path / "state") as board:
+        board.watch(28)
+        mpremote(board.pty_path, "exec", PIO_SQUARE)
+        deadline = time.monotonic() + 10
+        while len(board.edges) < 20:
+            assert time.monotonic() < deadline, board.edges
+            time.sleep(0.05)
+    edges = [(ns, level) for ns, pin, level in board.edges if pin == 28][1:]  # (after set_init's low)
+    highs = [b - a for (a, la), (b, lb) in itertools.pairwise(edges) if la == 1 and lb == 0]
+    lows = [b - a for (a, la), (b, lb) in itertools.pairwise(edges) if la == 0 and lb == 1]
+    assert len(highs) >= 10 and set(highs) == {100_000}, highs
+    assert len(lows) >= 10 and set(lows) == {50_000}, lows

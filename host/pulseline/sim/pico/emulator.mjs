@@ -43,6 +43,7 @@ import { BasePeripheral } from 'rp2040js';
 const FLASH_BYTES = 2 * 1024 * 1024; // the Pico's W25Q16JV
 const FLASH_BASE = 0x10000000;
 const NS_PER_CYCLE = 8; // 125 MHz
+const PIO_STRIDE = 64; // cycles stepped at a time while the core sleeps and a state machine runs
 const SLICE_MS = 20; // wall time per turn of the run loop before Node's I/O gets a turn
 const HOST_IN_HIGH_WATER = 64 * 1024; // host bytes queued for the board before the host is paused
 const HOST_OUT_HIGH_WATER = 256 * 1024; // board bytes queued for the host before the board is paused
@@ -443,6 +444,8 @@ class Pico {
     this.watched = new Set(); // GPIOs whose edges are reported
     this.held = false; // stopped by the host, to change the wiring at an exact board time
     this.heldAtRise = false; // stopped at a watched pin's rise, until the host answers it
+    this.edgeNs = null; // a PIO instruction's time, while it runs (its edges carry it)
+    this.pioCycle = 0; // system clock cycles the PIO blocks have been stepped through
     this.holdOnRise = new Set(); // watched pins whose rise holds the chip for the host
     this.adcAlarms = []; // the ADC schedule's pending changes
   }
@@ -472,6 +475,8 @@ class Pico {
     chip.peripherals[0x40018] = ioqspi;
     chip.peripherals[0x40064] = new VregAndChipReset(chip, cause === 'power-on' ? HAD_POR : 0);
     withCore1(chip);
+    for (const pio of chip.pio) pio.run = () => {}; // stepped by the run loop, in cycles (stepPio)
+    this.pioCycle = 0;
     const watchdog = chip.peripherals[0x40058];
     if (old && cause !== 'power-on') {
       const oldWatchdog = old.peripherals[0x40058];
@@ -523,9 +528,49 @@ class Pico {
       const level = g.outputEnable ? g.outputValue : null; // (an input's changes are not the board's edges)
       if (level === null || level === last) return;
       last = level;
-      emit({ ev: 'pin', pin, level: level ? 1 : 0, ns: Math.round(this.nowNs) });
+      emit({ ev: 'pin', pin, level: level ? 1 : 0, ns: Math.round(this.edgeNs ?? this.nowNs) });
       if (level && this.holdOnRise.has(pin)) this.heldAtRise = true; // (until the host's release_rise)
     });
+  }
+
+  /** Whether a PIO state machine is enabled and not stalled (on a FIFO,
+   * a pin or an IRQ, which only the core, DMA or a wire can change). */
+  pioRunnable(chip) {
+    for (const pio of chip.pio) {
+      if (pio.stopped) continue;
+      for (const m of pio.machines) if (m.enabled && !m.waiting) return true;
+    }
+    return false;
+  }
+
+  /** The PIO blocks for `cycles` system clock cycles, each state machine
+   * an instruction at a time at its own clock divider, each instruction
+   * taking its cycles and delay (rp2040js runs them on a wall-clock timer,
+   * an instruction a step, delays and dividers ignored). */
+  stepPio(chip, cycles) {
+    const end = this.pioCycle + cycles;
+    for (const pio of chip.pio) {
+      if (pio.stopped) continue;
+      for (const m of pio.machines) {
+        if (!m.enabled) continue;
+        if (m.nextAt === undefined || m.nextAt < this.pioCycle) m.nextAt = this.pioCycle;
+        const div = (m.clockDivInt || 65536) + m.clockDivFrac / 256;
+        while (m.nextAt < end) {
+          const before = m.cycles;
+          // (Its pins' edges are timed at this instruction's cycle, not the batch's start.)
+          this.edgeNs = this.nowNs + (m.nextAt - this.pioCycle) * NS_PER_CYCLE;
+          m.step();
+          pio.checkChangedPins();
+          this.edgeNs = null;
+          if (m.waiting && m.cycles === before) {
+            m.nextAt = end; // stalled: nothing of it moves until the core, DMA or a wire does
+            break;
+          }
+          m.nextAt += Math.max(1, m.cycles - before) * div;
+        }
+      }
+    }
+    this.pioCycle = end;
   }
 
   scheduleAdc(points) {
@@ -703,13 +748,21 @@ class Pico {
     outer: while (performance.now() < deadline) {
       for (let i = 0; i < 20000; i++) {
         if (core.waiting) {
-          if (!clock.nextAlarm) {
+          const runnable = this.pioRunnable(chip);
+          if (!clock.nextAlarm && !runnable) {
             idle = true;
             break outer;
           }
-          clock.tick(clock.nanosToNextAlarm);
+          // Asleep: on to the next alarm at once, unless a state machine
+          // runs meanwhile (then in steps it is stepped through).
+          let cycles = clock.nextAlarm ? Math.max(1, Math.ceil(clock.nanosToNextAlarm / NS_PER_CYCLE)) : PIO_STRIDE;
+          if (runnable) cycles = Math.min(cycles, PIO_STRIDE);
+          this.stepPio(chip, cycles);
+          clock.tick(cycles * NS_PER_CYCLE);
         } else {
-          clock.tick(core.executeInstruction() * NS_PER_CYCLE);
+          const cycles = core.executeInstruction();
+          this.stepPio(chip, cycles);
+          clock.tick(cycles * NS_PER_CYCLE);
         }
         if (this.resetRequest || this.hostSlow || this.held || this.heldAtRise) break outer;
       }
