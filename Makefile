@@ -41,7 +41,9 @@ $(NODE_STAMP): package.json package-lock.json
 	@touch $@
 
 unit: $(STAMP) $(NODE_STAMP)
-	$(BIN)/python -m pytest -n 2 -q -m "not pico_full"
+	$(BIN)/python -m pytest -n 2 -q -m "not pico"
+	# The emulated Pico's quick tests on their own: its emulator takes a whole CPU.
+	$(BIN)/python -m pytest -q -m "pico and not pico_full" tests
 	rm -rf $(EVIDENCE)
 	$(BIN)/python -m pytest -n 2 -q hil_tests --target sim -m "not slow and not browser" --evidence $(EVIDENCE)/sim \
 	  --junitxml $(EVIDENCE)/sim.xml

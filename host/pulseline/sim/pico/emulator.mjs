@@ -496,17 +496,25 @@ class Pico {
     this.attachUsb(chip);
     this.attachPins(chip);
     this.bootCount += 1;
-    emit({ ev: 'boot', cause, us: Math.floor(this.nowNs / 1000), boots: this.bootCount });
+    const event = { ev: 'boot', cause, us: Math.floor(this.nowNs / 1000), boots: this.bootCount };
+    if (old && cause === 'watchdog') {
+      // Where the stalled program was (the firmware's ELF names it), and its caller.
+      event.pc = old.core.PC >>> 0;
+      event.lr = old.core.registers[14] >>> 0;
+    }
+    emit(event);
   }
 
   /** The board's wiring on a new chip: what drives its inputs and ADC
    * (the levels last set survive a reset, as the wires do), and listeners
    * for the pins being watched. */
   attachPins(chip) {
-    for (const [pin, level] of this.pinLevels) {
-      chip.gpio[pin].padValue |= 0x40; // (rp2040js leaves a pad's input off; the SDK's gpio_init turns it on)
-      chip.gpio[pin].setInputValue(level);
-    }
+    // Bank 0's pads out of reset as the datasheet has them (0x56: input
+    // enabled, Schmitt trigger, pull-down, 4 mA); rp2040js starts them with
+    // the input off (0x36), so a pin only a PIO program reads (the gate's
+    // JMP pin, INTERLOCK_OK) read 0 whatever drove it.
+    for (const g of chip.gpio) g.padValue = 0x56;
+    for (const [pin, level] of this.pinLevels) chip.gpio[pin].setInputValue(level);
     for (const [channel, value] of this.adcValues) chip.adc.channelValues[channel] = value;
     this.adcAlarms = []; // (the old chip's, gone with its clock)
     for (const pin of this.watched) this.watchPin(chip, pin);
