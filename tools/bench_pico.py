@@ -8,7 +8,7 @@ mpremote's transport.
 
 Each ratio is board seconds over the wall seconds between the program's
 first and last line reaching the host. Exposing and reading out need the
-pins wired to the plant (not yet: docs/board.md, "The emulated Pico").
+detector's pixel bus wired (not yet: docs/board.md, "The emulated Pico").
 
     python tools/bench_pico.py
 """
@@ -64,7 +64,7 @@ def run(r: Any) -> None:
             t.exit_raw_repl()
         finally:
             t.close()
-    r.figure("exposing, reading out", "not yet", "the pins are not wired to the plant")
+    r.figure("exposing, reading out", "not yet", "the detector's pixel bus is not wired")
 
 
 if __name__ == "__main__":
