@@ -12,7 +12,12 @@
 //  - the USB CDC port on a socket (descriptor 3, or --usb-fd), lossless both ways: a host
 //    that sends faster than the board reads is paused, and a host that
 //    reads slower than the board writes pauses the board;
-//  - fast-forward while the core sleeps (WFI/WFE) until its next alarm.
+//  - fast-forward while the core sleeps (WFI/WFE) until its next alarm;
+//  - the PIO blocks stepped in system clock cycles (rp2040js runs them on a
+//    wall-clock timer), core 1 as core 0 sees it, and pads out of reset as
+//    the datasheet has them;
+//  - the wiring to the plant: pins and ADC driven at board times, outputs'
+//    edges and PWM setpoints reported (board.py wires them to the plant).
 //
 // Control on stdin, events on stdout: one JSON object per line.
 //   in:  {"op":"power","on":false} | {"op":"power","on":true} | {"op":"time"} | {"op":"quit"}
@@ -26,7 +31,9 @@
 //        {"op":"hold"} | {"op":"release"}     stop the chip where it is (board time stands still),
 //                                            answered {"ev":"held","ns":N}; and go on
 //        {"op":"release_rise"}               go on after a hold_on_rise pin's rise (a hold of its own)
-//   out: {"ev":"boot","cause":"power-on"|"watchdog"|"force","us":N}
+//        {"op":"debug"}                      answered {"ev":"debug",...}: the core's PC and state
+//   out: {"ev":"boot","cause":"power-on"|"watchdog"|"force","us":N,"pc":N?,"lr":N?}
+//                                            (pc, lr: where a watchdog reset found the program)
 //        {"ev":"time","us":N,"wall_ms":N}  (every 50 ms of wall time, and when asked)
 //        {"ev":"off","us":N}
 //        {"ev":"pin","pin":N,"level":0|1,"ns":N}  an edge of a watched pin, at its cycle
