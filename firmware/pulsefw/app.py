@@ -138,13 +138,17 @@ class App:
         # read and hashed takes a Pico longer than the watchdog's timeout,
         # which the first hello (that reports it) used to meet.
         self.firmware_hash()
-        hal.watchdog_start(WATCHDOG_MS)
         # The high voltage settles long before the first pulse can be asked for.
         hal.generator_set(c.kv, c.ma)
         self.journal = None
         journal_error = None
         cause = hal.reset_cause()
         recovered = None
+        # The journal is read whole and an interrupted event committed before
+        # the watchdog runs: on a Pico a long journal takes longer than its
+        # timeout, and a watchdog reset there came back to the same read, for
+        # ever. (Nothing can emit before the loop runs: the watchdog guards
+        # the loop.)
         try:
             j = journal.Journal(hal.storage)
             self.journal = j
@@ -153,6 +157,7 @@ class App:
         except (OSError, ValueError, KeyError) as exc:
             self.journal = None
             journal_error = "journal unreadable: %s" % exc
+        hal.watchdog_start(WATCHDOG_MS)
         self.tx.event(codes.EV_BOOT, now, {"firmware": ident.FIRMWARE_VERSION, "protocol": wire.PROTOCOL_VERSION,
                                         "board": hal.BOARD, "serial": self.serial, "reset_cause": cause,
                                         "exam": self.exam_id})

@@ -233,6 +233,34 @@ def test_the_firmware_hash_is_taken_before_the_watchdog_runs():
     assert order == ["hash", "watchdog"], order
 
 
+def test_the_journal_is_read_and_recovered_before_the_watchdog_runs():
+    # The whole journal is read and decoded at boot, and an interrupted
+    # event committed: on the Pico's littlefs a long journal takes longer
+    # than the 100 ms watchdog, and a board reset there came back to the
+    # same read at every boot (seen on the emulated Pico).
+    order = []
+
+    class Watched(ScriptedHal):
+        def watchdog_start(self, timeout_ms):
+            order.append("watchdog")
+
+    class Logged(Disk):
+        def read(self, name):
+            order.append("read " + name)
+            return Disk.read(self, name)
+
+        def append(self, name, data):
+            order.append("append " + name)
+            Disk.append(self, name, data)
+
+    disk = Logged()
+    first = Board(hal=Watched(disk))
+    first.ok("new_exam")
+    del order[:]
+    Board(hal=Watched(disk))
+    assert order.index("read journal.bin") < order.index("watchdog"), order
+
+
 def test_handshake_checks_the_protocol_version():
     b = Board()
     body = b.ok("hello", {"protocol": wire.PROTOCOL_VERSION})
