@@ -50,7 +50,7 @@ import numpy as np
 from ..link.clock import OwnClock
 from ..plant import Plant, PlantConfig, Timeline
 from .control_channel import MAX_CONTROL_BACKLOG, MAX_CONTROL_LINE, ControlServer, SimControl, load_timeline
-from .controls import PlantControls
+from .controls import PlantControls, ServedBoard
 from .endpoints import BUSY_MESSAGE, MAX_CLIENT_BACKLOG, Client, Clients, HostEndpoints
 from .link import FaultSpec, LinkClass, LinkDirection, parse_faults, parse_link
 from .plantserver import PlantServer
@@ -131,7 +131,7 @@ def parse_board_faults(spec: str) -> tuple[FaultSpec, bool]:
     return parse_faults(",".join(i for i in items if not i.startswith("dir="))), "dir=both" in items
 
 
-class SimBoard(PlantControls):
+class SimBoard(PlantControls, ServedBoard):
     """One simulated board. start() returns once its endpoints exist."""
 
     def __init__(self, fs_dir: str | Path | None = None, *, name: str | None = None, link: str = "usb-fs",
@@ -701,22 +701,6 @@ class SimBoard(PlantControls):
     def link_counters(self) -> dict[str, dict[str, int]]:
         assert self._to_board is not None and self._to_host is not None
         return {"to_board": dict(self._to_board.counters), "to_host": dict(self._to_host.counters)}
-
-    def wait(self) -> None:
-        """Run until stopped (Ctrl-C, SIGTERM or a control 'stop')."""
-        while not self._stop.is_set():
-            time.sleep(0.1)
-
-    def serve_until_stopped(self) -> None:
-        """Block until stopped (a control 'stop', SIGTERM, or Ctrl-C), then
-        shut the board down."""
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        try:
-            self.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
 
 
 def serve(args: list[str] | None = None) -> int:

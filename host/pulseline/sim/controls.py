@@ -1,10 +1,14 @@
 """The controls of a simulated board's hardware, one interface for every
 kind (SimBoard in this process, SimControl over a running board's control
 channel, FastBoard in virtual time): a board gives set_input, and the
-exposure switch is one of its inputs."""
+exposure switch is one of its inputs. ServedBoard: a board run in the
+foreground until stopped (SimBoard, PicoBoard)."""
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -27,3 +31,28 @@ class PlantControls(ABC):
 
     def release(self) -> int:
         return self.set_input("switch", False)
+
+
+class ServedBoard:
+    """A board run in the foreground until stopped: its `_stop` event is
+    set by a control 'stop', SIGTERM or Ctrl-C, and `stop()` shuts it down."""
+
+    _stop: threading.Event
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def wait(self) -> None:
+        """Run until stopped (Ctrl-C, SIGTERM or a control 'stop')."""
+        while not self._stop.is_set():
+            time.sleep(0.1)
+
+    def serve_until_stopped(self) -> None:
+        """Block until stopped, then shut the board down."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        try:
+            self.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()

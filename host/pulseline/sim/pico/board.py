@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,7 @@ from ...mpcompat import import_firmware
 from ...plant import InputState, Plant, PlantConfig, Timeline
 from ...plant.generator import WIDTH_MAX_US
 from ..control_channel import ControlServer
-from ..controls import PlantControls
+from ..controls import PlantControls, ServedBoard
 from ..endpoints import Client, Clients, HostEndpoints
 from ..registry import (
     STATE_DIR,
@@ -61,7 +60,7 @@ TO_BOARD_HIGH_WATER = 64 * 1024
 BOOT_TIMEOUT_S = 30.0
 
 
-class PicoBoard(PlantControls):
+class PicoBoard(PlantControls, ServedBoard):
     """One emulated Pico. start() returns once its endpoints exist and the
     chip has come out of its first reset."""
 
@@ -502,21 +501,6 @@ class PicoBoard(PlantControls):
             self._events_buf[:] = rest
             with contextlib.suppress(ValueError):
                 self._on_event(json.loads(line))
-
-    def wait(self) -> None:
-        while not self._stop.is_set():
-            time.sleep(0.1)
-
-    def serve_until_stopped(self) -> None:
-        """Block until stopped (a control 'stop', SIGTERM, or Ctrl-C), then
-        shut the board down."""
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        try:
-            self.wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            self.stop()
 
 
 MON_KV, MON_MA = wiring.PIN_KV_MON - 26, wiring.PIN_MA_MON - 26  # ADC channels (GP26 is ADC0)
