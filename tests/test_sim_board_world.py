@@ -115,6 +115,23 @@ def test_output_is_never_dropped_a_slow_reader_slows_the_board(board: SimBoard, 
     assert board.dropped_out == 0
 
 
+def test_a_programs_write_returns_once_its_bytes_are_nearly_on_the_wire(board: SimBoard) -> None:
+    # A board's USB buffer holds a few hundred bytes, so a program's write
+    # lasts as long as the link takes (mpremote mount's program starts its
+    # 1 s wait for the host's answer after its write: a write that returned
+    # 0.95 s early at usb-fs left the host 50 ms). Slowness only lengthens it.
+    size = 400_000
+    with serial.Serial(board.pty_path, timeout=0.1) as port:
+        _raw_exec_no_follow(port, b"import sys, time\nb = b'x' * %d\nt = time.ticks_ms()\n"
+                                  b"sys.stdout.buffer.write(b)\nprint('took', time.ticks_diff(time.ticks_ms(), t))\n"
+                                  % size)
+        out = _read_until(port, b"\x04>", timeout_s=120)
+    took_ms = int(out.split(b"took ")[1].split(b"\r")[0])
+    ahead = 64 * 1024  # what may be left in flight: the buffer and a link chunk, with room
+    assert out.count(b"x") >= size
+    assert took_ms >= (size - ahead) / board.link_class.bytes_per_s * 1000, took_ms
+
+
 def test_the_repl_ends_lines_with_crlf_as_a_board_does(board: SimBoard) -> None:
     res = subprocess.run([MPREMOTE, "connect", board.pty_path, "exec", "print('a'); print('b\\nc')"],
                          capture_output=True, timeout=60)

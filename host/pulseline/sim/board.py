@@ -96,8 +96,19 @@ __all__ = [
     "private_dir", "running_boards", "serve", "wait_stopped",
 ]
 
-PIPE_BYTES = 1 << 20  # the interpreter's stdout pipe: see _launch
-LINK_HOLD_S = 0.1  # the board's output waits while the link has this much queued
+# The board's USB buffer: its output the link has not taken yet, which a
+# write may leave behind and return. At the REPL it is a board's (a Pico's
+# CDC buffer holds 256 bytes; a pipe holds a page at least), so a program's
+# write returns once its bytes are nearly on the wire: mpremote mount's
+# program then waits 1 s for its host's answer, and the 1 s is the host's,
+# not the link's (a 1 MB buffer let a 1 MB write return 0.95 s early at
+# usb-fs). While the firmware runs it is 1 MB: its link writes never wait
+# for a starved supervisor (a frame's burst goes out at the link's pace),
+# and the board's clock stands while one does (BoardClock.hold).
+PIPE_BYTES = 1 << 20  # the interpreter's stdout pipe while the firmware runs
+REPL_PIPE_BYTES = 4096  # ... at the REPL (the least a pipe holds)
+LINK_HOLD_S = 0.1  # the board's output waits while the link has this much queued (the firmware's)
+REPL_LINK_HOLD_S = 0.02  # ... at the REPL
 HEAP = "16M"
 # A started interpreter waiting for its launcher (one line: the launcher's
 # repr), binding no name of its own.
@@ -172,6 +183,7 @@ class SimBoard(PlantControls, ServedBoard):
         # machine.unique_id(): the board's own, from its seed (a Pico's flash id has 8 bytes).
         self.unique_id = hashlib.blake2b(f"pulseline-sim-{seed}".encode(), digest_size=8).digest()
         self._pending_in = bytearray()
+        self._pipe_bytes = 0  # the interpreter's stdout pipe's size, as set
         self._spare: subprocess.Popen[bytes] | None = None  # the next reset's interpreter, started ahead
         self.host = HostEndpoints(self._from_host, self._log_error)
         self.ctl = ControlServer(self, self._stop, self._log_error)
@@ -334,19 +346,29 @@ class SimBoard(PlantControls, ServedBoard):
             self.plant.board_started()  # the generator's enable comes up with the board
         os.set_blocking(self.proc.stdout.fileno(), False)
         os.set_blocking(self.proc.stdin.fileno(), False)
-        # The pipe stands for the board's own USB buffer: the link model paces
-        # what reaches the host. Its default 64 kB (less than a 256 x 256
-        # frame) would block the interpreter's writes whenever this process
-        # is starved of its GIL or a CPU for a moment (a browser starting in
-        # the same test), and a write blocked that way is not the firmware's
-        # stall, yet its watchdog would see one. 1 MB rides that out.
-        with contextlib.suppress(OSError, AttributeError):
-            fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        # The pipe stands for the board's own USB buffer (PIPE_BYTES): a
+        # board's size until the firmware runs.
+        self._pipe_bytes = 0
+        self._size_usb_buffer()
         if not keep_input:
             # A reset drops the USB connection, and what it held; a soft
             # reset does not (a board's USB stack runs on, its buffer kept).
             self._pending_in.clear()
         self.repl.launched(main=main)
+
+    def _size_usb_buffer(self) -> None:
+        """The interpreter's stdout pipe sized for what runs: 1 MB for the
+        firmware, a page at the REPL (PIPE_BYTES). A pipe holding more than
+        the smaller size refuses it (EBUSY) until this loop has read it down."""
+        p = self.proc
+        want = PIPE_BYTES if self.server.board_clocked() else REPL_PIPE_BYTES
+        if want == self._pipe_bytes or p is None or p.stdout is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self._pipe_bytes = fcntl.fcntl(p.stdout.fileno(), fcntl.F_SETPIPE_SZ, want)
+
+    def _link_hold_s(self) -> float:
+        return LINK_HOLD_S if self.server.board_clocked() else REPL_LINK_HOLD_S
 
     @staticmethod
     def _kill_spare(spare: subprocess.Popen[bytes] | None) -> None:
@@ -513,7 +535,8 @@ class SimBoard(PlantControls, ServedBoard):
         # The board's output waits while the host side is full (a slow
         # reader slows the board, as USB CDC does): it stays in the
         # interpreter's pipe, whose writes block once that is full too.
-        holding = self.host.holding(now) or self._to_host.backlog_s(now) > LINK_HOLD_S
+        self._size_usb_buffer()
+        holding = self.host.holding(now) or self._to_host.backlog_s(now) > self._link_hold_s()
         if p is not None and p.stdout is not None and not holding:
             watched.append((p.stdout.fileno(), p.stdout.fileno()))
         sending = {id(c.sock) for _, c in clients if c.out}
