@@ -110,3 +110,56 @@ def test_the_board_refuses_a_packet_of_another_protocol_version(tmp_path: Path, 
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
             assert s.status()["state"] == "IDLE"
+
+
+class PingCountingBoard:
+    """A board on a socket:// URL that answers the handshake and counts the
+    host's pings."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.url = f"socket://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.pings = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        dec = wire.CommandDecoder()
+        while data := conn.recv(4096):
+            for _, ptype, seq, payload in dec.feed(data):
+                if ptype != wire.PKT_COMMAND or payload is None:
+                    continue
+                if payload[0] == 14:  # ping
+                    self.pings += 1
+                    conn.sendall(_answer(seq, {"t_us": 0}))
+                elif payload[0] == 1:  # hello
+                    args = json.loads(payload[1:] or b"{}")
+                    config = {"pixels_per_line": 8, "lines_per_frame": 8, "pixel_format": 2}
+                    conn.sendall(_answer(seq, {"protocol": 1, "firmware": "0", "board": "fake", "config": config,
+                                               "session": args["session"]}))
+
+
+def test_the_heartbeat_keeps_the_boards_time_not_the_walls():
+    # A board whose time runs at an eighth of the wall's (the emulated Pico)
+    # gets a ping per 50 ms of its own time, not eight: paced on the wall,
+    # the pings took its control loop past its watchdog.
+    from pulseline.link.clock import OwnClock
+    from pulseline.link.session import HEARTBEAT_S
+
+    board = PingCountingBoard()
+    t0 = time.monotonic()
+    clock = OwnClock(lambda: int((time.monotonic() - t0) / 8 * 1e6))
+    with Session(board.url, clock=clock) as s:
+        start_s = clock.now()
+        deadline = time.monotonic() + 60  # (a guard against a hang only)
+        while board.pings < 3:
+            assert time.monotonic() < deadline, "no heartbeat"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        board_s = clock.now() - start_s
+        pings = board.pings
+        assert s.error is None
+    # Slowness can only make it fewer.
+    assert pings <= board_s / HEARTBEAT_S + 2, (pings, board_s)

@@ -48,7 +48,12 @@ OPCODES = {name: op for op, name in codes.OP_NAMES.items()}
 # The board stops emission after 200 ms without a word from the host. A
 # loaded host is late now and then (its scheduler, other threads holding the
 # GIL: 110 ms measured beside a browser), so the heartbeat comes every 50 ms,
-# on a fixed schedule: the link survives a stall of 150 ms.
+# on a fixed schedule: the link survives a stall of 150 ms. The schedule is
+# the board's clock: the board judges the silence in its own time, and a
+# board whose time runs slower than the wall (an emulated Pico at an eighth
+# of real time, a simulated board on a starved host) would otherwise get
+# its pings that many times as often as a board does, and spend its loop on
+# them (an emulated Pico's loop passed its 100 ms watchdog that way).
 HEARTBEAT_S = 0.05
 # Asks a REPL to show itself without ever running code: End (twice: the
 # first may only end an escape sequence our packets left half typed), then
@@ -346,12 +351,29 @@ class Session:
         return seq
 
     def _heartbeat_loop(self) -> None:
-        due = time.monotonic()
+        clock = self.clock
+        try:
+            due = clock.now()
+        except (OSError, ValueError):  # a clock the board can no longer tell (its channel gone): the wall's
+            clock = WALL
+            due = clock.now()
         while True:
             due += HEARTBEAT_S  # a late ping does not push the next one later
-            if self._closed.wait(max(0.0, due - time.monotonic())):
+            # A board's time never runs faster than the wall: waiting in wall
+            # time for what is left of its due never passes it.
+            while True:
+                try:
+                    now = clock.now()
+                except (OSError, ValueError):
+                    clock = WALL
+                    now = due = clock.now()
+                if due - now <= 0:
+                    break
+                if self._closed.wait(min(due - now, HEARTBEAT_S)):
+                    return
+            if self._closed.is_set():
                 return
-            due = max(due, time.monotonic() - HEARTBEAT_S)  # far behind: on from now, no burst
+            due = max(due, now - HEARTBEAT_S)  # far behind: on from now, no burst
             try:
                 self._send("ping", None, ignore_answer=True)
             except BoardAtRepl:
