@@ -79,3 +79,16 @@ def test_a_wait_returns_as_soon_as_it_is_ready():
     threading.Timer(0.02, deliver).start()
     assert clock.wait(cond, lambda: box, 1.0) is True
     assert clock.wait(cond, lambda: False, 1.0, failed=lambda: True) is False  # a failed link ends it at once
+
+
+def test_a_board_far_slower_than_the_wall_is_waited_for_while_its_clock_moves():
+    # An emulated Pico runs at an eighth of real time, slower on a busy
+    # host: a wait lasts its length of the board's time however long that
+    # takes of the wall's, as long as the board's clock moves.
+    board = SlowBoard(0.02)  # 0.05 s of board time is 2.5 s of wall time, past 3 times 0.05 s
+    clock = QuickClock(board.now_us)
+    cond = threading.Condition()
+    start = clock.now()
+    assert clock.wait(cond, lambda: False, 0.05) is False
+    assert clock.now() - start >= 0.05
+    assert clock.wait_for(lambda: clock.now() - start >= 0.08, 0.05, "the board's time")

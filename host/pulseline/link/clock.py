@@ -54,21 +54,28 @@ class Clock:
         """predicate()'s first true value, polled on this clock; AssertionError
         (for tests: it names what did not hold) after timeout_s."""
         deadline = self.now() + timeout_s
-        wall_end = time.monotonic() + self.wall_limit_s(timeout_s)
+        stood_still = self.wall_guard(timeout_s)
         while True:
             value = predicate()
             if value:
                 return value
             if self.now() >= deadline:
                 raise AssertionError(f"{what} did not hold within {timeout_s:g} s of target time")
-            if time.monotonic() >= wall_end:
+            if stood_still():
                 raise AssertionError(f"{what} did not hold, and the target's clock stood still for "
                                      f"{self.wall_limit_s(timeout_s):g} s of wall time")
             self.sleep(0.02)
 
     def wall_limit_s(self, timeout_s: float) -> float:
-        """The most wall time a wait of timeout_s on this clock may take."""
+        """The most wall time a wait of timeout_s on this clock may stand
+        without the board's time moving."""
         return timeout_s
+
+    def wall_guard(self, timeout_s: float) -> Callable[[], bool]:
+        """For a wait of timeout_s: whether it has taken too long in wall
+        time (on the wall clock: its length)."""
+        wall_end = time.monotonic() + self.wall_limit_s(timeout_s)
+        return lambda: time.monotonic() >= wall_end
 
     def session_id(self) -> str:
         """A new host session's id: drawn, so that no two sessions share one."""
@@ -91,9 +98,12 @@ class OwnClock(Clock):
     """The time of a board that keeps its own: now_us() gives it. It never
     runs faster than the wall clock (the board counts what it ran and what
     it asked to wait, never what the host took from it), so waiting in wall
-    time for what is left of a deadline never passes it. A board whose clock
-    stands still (stopped, or blocked on a host that does not read) ends a
-    wait after WALL_FACTOR times its length of wall time, so no host hangs."""
+    time for what is left of a deadline never passes it. However slowly it
+    runs (an emulated Pico at an eighth of real time, slower still on a
+    busy host), a wait lasts its length of the board's time; a board whose
+    clock stands still (stopped, or blocked on a host that does not read)
+    for WALL_FACTOR times the wait's length of wall time ends it, so no
+    host hangs."""
 
     WALL_FACTOR = 10.0
     WALL_EXTRA_S = 5.0
@@ -107,10 +117,24 @@ class OwnClock(Clock):
     def wall_limit_s(self, timeout_s: float) -> float:
         return timeout_s * self.WALL_FACTOR + self.WALL_EXTRA_S
 
+    def wall_guard(self, timeout_s: float) -> Callable[[], bool]:
+        """Whether the board's clock has stood still for wall_limit_s."""
+        limit_s = self.wall_limit_s(timeout_s)
+        last = [self.now(), time.monotonic()]  # the board's time, and when it last moved
+
+        def stood_still() -> bool:
+            t, wall = self.now(), time.monotonic()
+            if t != last[0]:
+                last[0], last[1] = t, wall
+                return False
+            return wall - last[1] >= limit_s
+
+        return stood_still
+
     def sleep(self, seconds: float) -> None:
         end = self.now() + seconds
-        wall_end = time.monotonic() + self.wall_limit_s(seconds)
-        while (left := end - self.now()) > 0 and time.monotonic() < wall_end:
+        stood_still = self.wall_guard(seconds)
+        while (left := end - self.now()) > 0 and not stood_still():
             time.sleep(max(left, 0.001))  # the board's clock moves in its loop's steps
 
     def wait(self, cond: threading.Condition, ready: Callable[[], Any], timeout_s: float,
@@ -118,7 +142,7 @@ class OwnClock(Clock):
         # The board's time is read outside cond: reading it may ask the board
         # (a round trip) while the reader thread needs cond to deliver.
         end = self.now() + timeout_s
-        wall_end = time.monotonic() + self.wall_limit_s(timeout_s)
+        stood_still = self.wall_guard(timeout_s)
         left = timeout_s
         while True:
             with cond:
@@ -126,11 +150,11 @@ class OwnClock(Clock):
                     return True
                 if failed():
                     return False
-                cond.wait(max(0.0, min(left, wall_end - time.monotonic())))
+                cond.wait(max(0.0, left))
                 if ready():
                     return True
             left = end - self.now()
-            if left <= 0 or time.monotonic() >= wall_end:
+            if left <= 0 or stood_still():
                 with cond:
                     return bool(ready())
 

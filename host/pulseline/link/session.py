@@ -630,7 +630,7 @@ def wait_for_firmware(port: str, timeout_s: float = 30.0, clock: Clock = WALL) -
     the board's time (`clock`: a board that keeps its own boots in its own
     time, however slowly it runs on this host)."""
     deadline = clock.now() + timeout_s
-    wall_end = time.monotonic() + clock.wall_limit_s(timeout_s)
+    stood_still = clock.wall_guard(timeout_s)
     while True:
         try:
             with Session(port, heartbeat=False, clock=clock) as s:
@@ -638,6 +638,6 @@ def wait_for_firmware(port: str, timeout_s: float = 30.0, clock: Clock = WALL) -
         except BoardError:
             raise
         except SessionError:
-            if clock.now() > deadline or time.monotonic() > wall_end:
+            if clock.now() > deadline or stood_still():
                 raise
             clock.sleep(0.2)
