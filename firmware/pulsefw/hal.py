@@ -83,6 +83,10 @@ class Hal:
         the wire pixel format); set landed[i] = 1 as line i lands."""
         raise NotImplementedError
 
+    def detector_release(self):
+        """Let go of the frame buffer and its line flags: a new geometry's
+        are about to be made, and a board's heap may not hold both."""
+
     def detector_dark(self, width_us):
         """Read the armed frame with the beam off (for dark-field
         calibration): the line clock runs as for a pulse of width_us and

@@ -3,6 +3,8 @@
 # the detector lands a pulse's lines in it during the pulse (slot scan) and
 # this module sends each landed line as a LINE packet, in line order,
 # straight from the buffer (no copy).
+import gc
+
 from micropython import const
 
 from . import ticks, wire
@@ -30,7 +32,15 @@ class Readout:
         self.lines = lines
         self.pixels = pixels
         self.pixel_format = pixel_format
-        self.frame_buf = bytearray(0)  # let the old buffer go before the new one is made
+        # Every reference to the old buffer goes before the new one is made
+        # (its line views, the HAL's, the DMA's): a Pico's heap cannot hold a
+        # 256 x 256 frame and a 128 x 128 one at once.
+        if getattr(self, "frame_buf", None) is not None:
+            self.line_views = []
+            self.frame_buf = bytearray(0)
+            self.landed = bytearray(0)
+            self.hal.detector_release()
+            gc.collect()
         pb = self.enc.pixel_bytes
         self.frame_buf = bytearray(lines * pb)
         self.landed = bytearray(lines)

@@ -92,6 +92,10 @@ class ScriptedHal:
         self.buf = frame_buf
         self.landed = landed
 
+    def detector_release(self):
+        self.buf = None
+        self.landed = None
+
     def detector_dark(self, width_us):
         self.darks.append((self.now, width_us))
 

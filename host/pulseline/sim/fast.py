@@ -143,6 +143,10 @@ class VirtualPort:
             return
         self.plant.detector_arm(self.sim.now_us, lines, pixels, pixel_format)
 
+    def detector_release(self) -> None:
+        self.frame_buf = bytearray(0)
+        self.landed = bytearray(0)
+
     def detector_dark(self, width_us: int) -> None:
         self.copied = 0
         if self.sim.pixels:

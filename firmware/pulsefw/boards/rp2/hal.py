@@ -176,6 +176,13 @@ class Rp2Hal(Hal):
             sm.get()
         self._rx_dma.config(read=_PIO1_RXF0, write=frame_buf, count=self._words, ctrl=self._rx_ctrl, trigger=True)
 
+    def detector_release(self):
+        # (The DMA stopped first: it must never write into a buffer let go.)
+        self._tx_dma.active(0)
+        self._rx_dma.active(0)
+        self._buf = None
+        self._landed = bytearray(0)
+
     def detector_dark(self, width_us):
         self._tx_dma.config(read=self._line_word, write=_PIO1_TXF0, count=self._lines, ctrl=self._tx_ctrl,
                             trigger=True)

@@ -113,6 +113,9 @@ class SimHal(Hal):
     def detector_arm(self, frame_buf, landed, lines, pixels, pixel_format):
         self.port.detector_arm(frame_buf, landed, lines, pixels, pixel_format)
 
+    def detector_release(self):
+        self.port.detector_release()
+
     def detector_dark(self, width_us):
         self.port.detector_dark(width_us)
 
@@ -387,6 +390,10 @@ class PlantClient:
         self.landed = landed
         struct.pack_into("<HHB", self.req, REQUEST_HEAD, lines, pixels, pixel_format)
         self.ask(OP_ARM, 5, 1)
+
+    def detector_release(self):
+        self.frame_views = []
+        self.landed = bytearray(0)
 
     def detector_dark(self, width_us):
         struct.pack_into("<I", self.req, REQUEST_HEAD, width_us)
