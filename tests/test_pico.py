@@ -8,6 +8,7 @@ watchdog's REASON say which reset it was."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import os
@@ -295,6 +296,45 @@ def test_the_plants_inputs_reach_the_picos_pins_as_the_pin_map_wires_them(tmp_pa
             board.set_input("water_cm", 30)
 
 
+SAMPLE_SWITCH_AND_DOOR = """
+from machine import Pin
+import time
+switch, door = Pin(16, Pin.IN), Pin(17, Pin.IN)
+print("go")
+seen, last, t0 = [], None, time.ticks_us()
+while time.ticks_diff(time.ticks_us(), t0) < 20_000_000 and len(seen) < 4:
+    v = (switch.value(), door.value())
+    if v != last:
+        seen.append((time.ticks_us(), v))
+        last = v
+    time.sleep_us(100)
+print(seen)
+"""
+
+
+def test_a_change_scripted_ahead_reaches_the_pins_at_its_time_and_keeps_the_ones_before(tmp_path: Path) -> None:
+    # plant.at(...) on the emulated Pico: a release scripted 1 s ahead, set
+    # the moment after a press (whose pins the chip had not reached yet),
+    # and a door scripted to open before that release, set after it. The
+    # board samples its pins on its own clock: each change lands at its time.
+    with PicoBoard(tmp_path / "fs", name="ahead", state_dir=tmp_path / "state") as board:
+        run = subprocess.Popen([MPREMOTE, "connect", board.pty_path, "exec", SAMPLE_SWITCH_AND_DOOR],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert run.stdout is not None
+            assert run.stdout.readline().strip() == "go"
+            t_press = board.press()
+            board.set_input("switch", False, at_us=t_press + 1_000_000)
+            board.set_input("door_closed", False, at_us=t_press + 500_000)
+            out, _ = run.communicate(timeout=MPREMOTE_HANG_S)
+        finally:
+            run.kill()
+    seen = ast.literal_eval(out.strip().splitlines()[-1])  # [(ticks_us, (GP16, GP17)), ...] (GP16 low: pressed)
+    assert [levels for _, levels in seen] == [(1, 1), (0, 1), (0, 0), (1, 0)], out
+    pressed, opened, released = (t for t, _ in seen[1:])
+    assert abs(opened - pressed - 500_000) <= 1000 and abs(released - pressed - 1_000_000) <= 1000, seen
+
+
 GATE_PULSES = """
 from machine import Pin, PWM
 import time
@@ -418,3 +458,72 @@ def test_the_picos_pio_runs_in_board_cycles_with_its_delays_and_divider(tmp_path
     lows = [b - a for (a, la), (b, lb) in itertools.pairwise(edges) if la == 0 and lb == 1]
     assert len(highs) >= 10 and set(highs) == {100_000}, highs
     assert len(lows) >= 10 and set(lows) == {50_000}, lows
+
+
+GATE_CUT_PULSES = """
+import rp2, time
+from machine import Pin
+import pio, timing
+interlock = Pin(14, Pin.IN, Pin.PULL_DOWN)
+gate = rp2.StateMachine(0, pio.pulse_gate, freq=timing.GATE_SM_HZ, sideset_base=Pin(15), jmp_pin=interlock)
+gate.active(1)
+for k in range(%d):
+    while not interlock.value():  # (the host closes the door again)
+        time.sleep_ms(1)
+    for w in timing.gate_words(30_000_000, 30_100_000):  # a 30 s pulse: only the interlock ends it
+        gate.put(w)
+    print(k, gate.get())
+    while interlock.value():  # (until the host opens the door: the gate falls then)
+        time.sleep_ms(1)
+time.sleep_ms(1)
+gate.active(0)
+"""
+
+
+def test_an_interlock_opening_mid_pulse_ends_it_within_33_us_at_the_pins(tmp_path: Path) -> None:
+    # The firmware's own gate program (pio.pulse_gate) on the Pico's PIO:
+    # the door opens at a seeded moment of each pulse (the chip held while
+    # the wire changes, so its cycle is exact), and GATE falls within
+    # timing.GATE_INTERLOCK_CYCLES of it, measured at the pins.
+    import random
+
+    from pulseline.mpcompat import import_firmware
+    from pulseline.targets.flash import FIRMWARE
+
+    timing = import_firmware("pulsefw.boards.rp2.timing")
+    wiring = import_firmware("pulsefw.boards.rp2.wiring")
+    rp2_dir = FIRMWARE / "pulsefw" / "boards" / "rp2"
+    pulses = 4
+    rng = random.Random(19)
+    cuts_ns: list[int] = []
+    with PicoBoard(tmp_path / "fs", name="cut", state_dir=tmp_path / "state") as board:
+        board.press()
+        mpremote(board.pty_path, "fs", "cp", str(rp2_dir / "pio.py"), str(rp2_dir / "timing.py"), ":")
+        run = subprocess.Popen([MPREMOTE, "connect", board.pty_path, "exec", GATE_CUT_PULSES % pulses],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            clock = board.clock
+            for k in range(pulses):
+                clock.wait_for(lambda k=k: len(_pulses(board, wiring.PIN_GATE)) > k, 30, f"pulse {k}'s rise")
+                clock.sleep(rng.uniform(0.0, 0.01))  # (a moment of the pulse; the coarse loop is 32 us a turn)
+                cuts_ns.append(board.set_input("door_closed", False) * 1000)
+                clock.wait_for(lambda k=k: _pulses(board, wiring.PIN_GATE)[k][1] is not None, 30, f"pulse {k}'s fall")
+                board.set_input("door_closed", True)
+            out, _ = run.communicate(timeout=MPREMOTE_HANG_S)
+        finally:
+            run.kill()
+    assert run.returncode == 0, out
+    late_ns = [fall - cut for (_, fall), cut in zip(_pulses(board, wiring.PIN_GATE), cuts_ns, strict=True)]
+    assert all(0 < late <= timing.GATE_INTERLOCK_CYCLES * 1000 for late in late_ns), late_ns
+    assert len(set(late_ns)) > 1  # (seen at more than one phase of the loop)
+
+
+def _pulses(board: PicoBoard, pin: int) -> list[tuple[int, Any]]:
+    """(rise, fall or None) of each pulse on a watched pin, in board ns."""
+    pulses: list[tuple[int, Any]] = []
+    for ns, p, level in list(board.edges):
+        if p == pin and level == 1:
+            pulses.append((ns, None))
+        elif p == pin and pulses and pulses[-1][1] is None:
+            pulses[-1] = (pulses[-1][0], ns)
+    return pulses

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import PulselineError
 from ...link.clock import OwnClock
 from ...mpcompat import import_firmware
 from ...plant import InputState, Plant, PlantConfig, Timeline
@@ -58,6 +59,10 @@ FLASH_IMAGE = "flash.bin"
 # then block, as a USB host's do when the board takes nothing).
 TO_BOARD_HIGH_WATER = 64 * 1024
 BOOT_TIMEOUT_S = 30.0
+
+
+class NotWired(PulselineError, ValueError):
+    """A plant input or fault the emulated Pico's wiring does not carry yet."""
 
 
 class PicoBoard(PlantControls, ServedBoard):
@@ -233,21 +238,29 @@ class PicoBoard(PlantControls, ServedBoard):
         """Report these GPIOs' output edges in `edges`, timed to the cycle."""
         self._command({"op": "watch", "pins": list(pins)})
 
-    def set_input(self, name: str, value: float | bool) -> int:
-        """Change a plant input now; returns the board time it took effect
-        at. The chip is held while the wiring changes, so the plant's record
-        and the pins agree to the cycle."""
+    def set_input(self, name: str, value: float | bool, at_us: int | None = None) -> int:
+        """Change a plant input now, or at board time at_us (scripted ahead);
+        returns the board time it takes effect at. The chip is held while
+        the wiring changes, so the plant's record and the pins agree to the
+        cycle."""
         if name not in WIRED_INPUTS:
-            raise ValueError(f"the emulated Pico's {name!r} is not wired to the plant yet "
+            raise NotWired(f"the emulated Pico's {name!r} is not wired to the plant yet "
                              f"(wired: {', '.join(sorted(WIRED_INPUTS))})")
         with self._setting:  # (one change at a time; the I/O thread takes the plant lock for the gate)
             t_ns = self._hold()
             try:
-                t_us = -(-t_ns // 1000)  # (the next whole microsecond: the timeline's unit)
+                now_us = -(-t_ns // 1000)  # (the next whole microsecond: the timeline's unit)
+                t_us = max(now_us, at_us or 0)
                 with self._plant_lock:
                     self.plant.timeline.add(t_us, name, value)
-                    levels = input_levels(self.plant.inputs_at(t_us))
-                self.set_pins(levels, at_us=t_us)
+                    # The wires from now on, at every change the timeline
+                    # has not reached yet (one scripted earlier may come
+                    # after this; one set just before, for the next
+                    # microsecond, may not have been reached either).
+                    times = sorted({t_us, *(e.t_us for e in self.plant.timeline.events() if e.t_us * 1000 >= t_ns)})
+                    points = [[t * 1000, {str(pin): int(level) for pin, level in
+                                          input_levels(self.plant.inputs_at(t)).items()}] for t in times]
+                self._command({"op": "pins_schedule", "points": points})
             finally:
                 self._command({"op": "release"})
         return t_us

@@ -26,6 +26,8 @@
 //        {"op":"adc","values":{"0":N,...},"at_ns":N?}    ADC channels' 12-bit readings from then on
 //        {"op":"watch","pins":[15,...],"hold_on_rise":bool}  report these pins' edges (and hold the
 //                                            chip at a rise, for the host to answer it in time)
+//        {"op":"pins_schedule","points":[[ns,{"16":1,...}],...]}  input levels from those board times,
+//                                            replacing any schedule not yet reached (kept across resets)
 //        {"op":"adc_schedule","points":[[ns,{"0":N,...}],...]}  ADC readings from those board times,
 //                                            replacing any schedule not yet reached
 //        {"op":"hold"} | {"op":"release"}     stop the chip where it is (board time stands still),
@@ -455,6 +457,8 @@ class Pico {
     this.pioCycle = 0; // system clock cycles the PIO blocks have been stepped through
     this.holdOnRise = new Set(); // watched pins whose rise holds the chip for the host
     this.adcAlarms = []; // the ADC schedule's pending changes
+    this.pinSchedule = []; // [ns, [[pin, level]...]] input changes not yet reached: the wires', kept across resets
+    this.pinAlarms = [];
   }
 
   get nowNs() {
@@ -502,6 +506,7 @@ class Pico {
     this.chip = chip;
     this.attachUsb(chip);
     this.attachPins(chip);
+    this.armPinSchedule();
     this.bootCount += 1;
     const event = { ev: 'boot', cause, us: Math.floor(this.nowNs / 1000), boots: this.bootCount };
     if (old && cause === 'watchdog') {
@@ -643,6 +648,47 @@ class Pico {
         if (this.chip) this.chip.gpio[pin].setInputValue(level);
       }
     });
+  }
+
+  /** Input levels from those board times on, replacing any schedule not
+   * yet reached. What the wires will do is theirs: it outlives a reset. */
+  schedulePins(points) {
+    const parsed = points.map(([atNs, levels]) => {
+      const pins = Object.entries(levels).map(([pin, level]) => [Number(pin), !!level]);
+      for (const [pin] of pins) {
+        if (!Number.isInteger(pin) || pin < 0 || pin > 29) throw new Error(`no GPIO ${pin}`);
+      }
+      return [Number(atNs), pins];
+    });
+    this.pinSchedule = parsed.sort((a, b) => a[0] - b[0]);
+    this.armPinSchedule();
+  }
+
+  armPinSchedule() {
+    for (const alarm of this.pinAlarms) alarm.cancel();
+    this.pinAlarms = [];
+    const chip = this.chip;
+    if (!chip) return;
+    for (const point of this.pinSchedule) {
+      const apply = () => {
+        for (const [pin, level] of point[1]) {
+          this.pinLevels.set(pin, level);
+          chip.gpio[pin].setInputValue(level);
+        }
+        this.pinSchedule = this.pinSchedule.filter((p) => p !== point);
+      };
+      const delay = point[0] - this.nowNs;
+      if (delay <= 0) {
+        apply();
+        continue;
+      }
+      const alarm = chip.clock.createAlarm(() => {
+        if (this.chip === chip) apply();
+      });
+      alarm.schedule(delay);
+      this.pinAlarms.push(alarm);
+    }
+    this.wake();
   }
 
   setAdc(values, atNs) {
@@ -852,6 +898,13 @@ function main() {
         break;
       case 'adc_schedule':
         pico.scheduleAdc(msg.points ?? []);
+        break;
+      case 'pins_schedule':
+        try {
+          pico.schedulePins(msg.points ?? []);
+        } catch (e) {
+          emit({ ev: 'error', error: e.message });
+        }
         break;
       case 'pins':
       case 'adc':
