@@ -20,14 +20,13 @@ def test_the_dose_report_agrees_with_the_reference_meter(session, plant):
 
 @pytest.mark.needs_plant
 def test_the_journal_survives_a_reset(board, plant):
-    from pulseline.link.session import Session
 
-    with Session(board.port) as s:
+    with board.dut.open_session() as s:
         cap = capture(s, 4, press=plant.press, release=plant.release)
         assert cap.error is None, cap.error
         report = s.dose_report()
     board.reset()
-    with Session(board.port) as s:
+    with board.dut.open_session() as s:
         after = s.dose_report()
     # Everything but the board's time now is as it was.
     after.pop("board_us")

@@ -104,7 +104,6 @@ def test_a_board_whose_session_is_gone_is_disarmed_and_a_later_press_exposes_nob
                                                                                    clock):
     """The terminal closed mid-exposure (the host process killed): the
     board must not stay armed for whoever connects next."""
-    from pulseline.link.session import Session
 
     session.arm()
     plant.press()
@@ -114,7 +113,7 @@ def test_a_board_whose_session_is_gone_is_disarmed_and_a_later_press_exposes_nob
     plant.release()
     # Another program opens the port and keeps the link alive, but arms nothing
     # (no handshake either: that alone disarms, and is not what is shown here).
-    with Session(board.port, handshake=False) as later:
+    with board.dut.open_session(handshake=False) as later:
         clock.sleep(0.3)
         t_press = plant.press()
         clock.sleep(1.0)

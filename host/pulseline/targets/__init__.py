@@ -16,6 +16,7 @@ from .hardware import HardwareTarget
 
 SIM = "sim"
 FAST = "fast"
+PICO = "pico"
 
 
 def resolve_port(port: str, state_dir: Path | None = None) -> str:
@@ -51,11 +52,13 @@ def attach(port: str, state_dir: Path | None = None) -> Target:
 
 def create(spec: str, *, seed: int = 0, faults: str = "", workdir: Path | None = None,
            bundle: Path | None = None, source: Path | None = None, start_us: int = 0,
-           record: bool = True) -> Target:
+           record: bool = True, pico_image: Path | None = None) -> Target:
     """A board for a test run, from --target: "sim" (a new simulated board
     under workdir, with the firmware bundle or source), "fast" (a new fast
-    board), or a device path or URL (hardware; link faults through a proxy).
-    TargetError for what a kind cannot do."""
+    board), "pico" (a new emulated Pico under workdir, its flash a copy of
+    pico_image: targets.pico.flash_image), or a device path or URL
+    (hardware; link faults through a proxy). TargetError for what a kind
+    cannot do."""
     if spec == FAST:
         if faults:
             raise TargetError("link faults: the fast target has no link (use sim or a board)")
@@ -70,8 +73,16 @@ def create(spec: str, *, seed: int = 0, faults: str = "", workdir: Path | None =
         return SimBoardTarget.start(workdir / "board-fs", bundle=bundle, source=source,
                                     state_dir=workdir / ".pulseline", seed=seed, record=record, faults=faults,
                                     start_us=start_us)
+    if spec == PICO:
+        from .pico import PicoTarget
+
+        if faults:
+            raise TargetError("link faults: the emulated Pico's USB has no fault injection yet (use sim)")
+        if workdir is None:
+            raise TargetError("an emulated Pico needs a working directory")
+        return PicoTarget.start(workdir / "board-fs", image=pico_image, state_dir=workdir / ".pulseline", seed=seed)
     return HardwareTarget(spec, faults=faults, seed=seed)
 
 
-__all__ = ["FAST", "SIM", "HardwareTarget", "Target", "TargetError", "attach", "create", "resolve_port"]
+__all__ = ["FAST", "PICO", "SIM", "HardwareTarget", "Target", "TargetError", "attach", "create", "resolve_port"]
 
