@@ -607,34 +607,28 @@ class Pico {
           chip.adc.channelValues[channel] = value;
         }
       };
-      const delay = atNs - this.nowNs;
-      if (delay <= 0) {
-        apply();
-        continue;
-      }
-      const alarm = chip.clock.createAlarm(() => {
-        if (this.chip === chip) apply();
-      });
-      alarm.schedule(delay);
-      this.adcAlarms.push(alarm);
+      const alarm = this.atBoardTime(atNs, apply);
+      if (alarm) this.adcAlarms.push(alarm);
     }
     this.wake();
   }
 
   /** `apply` at board time atNs (now if absent or past), on the chip's own
-   * clock: an alarm fires between instructions, as a wire's edge lands. */
+   * clock: an alarm fires between instructions, as a wire's edge lands.
+   * The alarm (to cancel), or null when applied at once. */
   atBoardTime(atNs, apply) {
     const chip = this.chip;
     const delay = atNs === undefined || atNs === null ? 0 : atNs - this.nowNs;
     if (!chip || delay <= 0) {
       apply();
-      return;
+      return null;
     }
     const alarm = chip.clock.createAlarm(() => {
       if (this.chip === chip) apply();
     });
     alarm.schedule(delay);
     this.wake();
+    return alarm;
   }
 
   setPins(levels, atNs) {
@@ -677,16 +671,8 @@ class Pico {
         }
         this.pinSchedule = this.pinSchedule.filter((p) => p !== point);
       };
-      const delay = point[0] - this.nowNs;
-      if (delay <= 0) {
-        apply();
-        continue;
-      }
-      const alarm = chip.clock.createAlarm(() => {
-        if (this.chip === chip) apply();
-      });
-      alarm.schedule(delay);
-      this.pinAlarms.push(alarm);
+      const alarm = this.atBoardTime(point[0], apply);
+      if (alarm) this.pinAlarms.push(alarm);
     }
     this.wake();
   }
