@@ -33,14 +33,15 @@ class PlantControls(ABC):
         return self.set_input("switch", False)
 
 
-class ServedBoard:
+class ServedBoard(ABC):
     """A board run in the foreground until stopped: its `_stop` event is
     set by a control 'stop', SIGTERM or Ctrl-C, and `stop()` shuts it down."""
 
     _stop: threading.Event
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Shut the board down (its interpreter or emulator, its endpoints)."""
 
     def wait(self) -> None:
         """Run until stopped (Ctrl-C, SIGTERM or a control 'stop')."""
