@@ -163,3 +163,39 @@ def test_the_heartbeat_keeps_the_boards_time_not_the_walls():
         assert s.error is None
     # Slowness can only make it fewer.
     assert pings <= board_s / HEARTBEAT_S + 2, (pings, board_s)
+
+
+def test_a_board_that_disarmed_itself_is_told_apart_from_a_host_that_fell_silent():
+    # The board says it disarmed because the host fell silent; the session,
+    # on the board's clock, knows when its heartbeats left: a capture then
+    # says whether this host was silent or its words came late.
+    from types import SimpleNamespace
+
+    from pulseline.exam.capture import _stop_reason
+    from pulseline.link.clock import OwnClock
+    from pulseline.link.session import Event
+
+    board = PingCountingBoard()
+    t0 = time.monotonic()
+    clock = OwnClock(lambda: int((time.monotonic() - t0) * 1e6))
+    with Session(board.url, clock=clock) as s:
+        before_s = clock.now()
+        deadline = time.monotonic() + 60  # (a guard against a hang only)
+        while board.pings < 2:
+            assert time.monotonic() < deadline, "no heartbeat"
+            time.sleep(0.05)
+        time.sleep(0.1)
+        now_s = clock.now()
+        gap_s = s.heartbeat_before(now_s)
+        assert gap_s is not None and 0 <= gap_s <= now_s - before_s
+        assert s.heartbeat_before(before_s - 1) is None  # none had left then
+    with Session(PingCountingBoard().url, heartbeat=False) as s:
+        assert s.heartbeat_before(time.monotonic()) is None  # the host's clock is not the board's
+
+    disarmed = Event(5_000_000, "state", {"state": "IDLE", "from": "EXPOSING", "fault": 0, "why": "host link lost"})
+    late = SimpleNamespace(heartbeat_before=lambda t_s: 0.03)
+    silent = SimpleNamespace(heartbeat_before=lambda t_s: 0.45)
+    assert "last heartbeat left 30 ms before, and reached it late" in _stop_reason([disarmed], 2, late)
+    assert "sent no heartbeat for 450 ms before it" in _stop_reason([disarmed], 2, silent)
+    commanded = Event(5_000_000, "state", {"state": "IDLE", "from": "EXPOSING", "fault": 0})
+    assert _stop_reason([commanded], 2, silent) == "the board was disarmed"

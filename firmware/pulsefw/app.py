@@ -345,10 +345,11 @@ class App:
         if s != self.state_sent:
             prev = self.state_sent
             self.state_sent = s
-            self.tx.event(codes.EV_STATE, now_us, {
-                "state": codes.STATE_NAMES[s],
-                "from": codes.STATE_NAMES[prev] if prev >= 0 else None,
-                "fault": self.ctl.fault_code})
+            body = {"state": codes.STATE_NAMES[s], "from": codes.STATE_NAMES[prev] if prev >= 0 else None,
+                    "fault": self.ctl.fault_code}
+            if s == codes.IDLE and self.ctl.disarm_cause:
+                body["why"] = codes.BLOCK_NAMES[self.ctl.disarm_cause]
+            self.tx.event(codes.EV_STATE, now_us, body)
 
     def alarm(self, kind, active, now_us, extra=None):
         body = {"alarm": kind, "active": active}

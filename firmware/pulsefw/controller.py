@@ -90,6 +90,10 @@ class Controller:
         self.lead_us = 0
         self.pulse_id = 0
         self.block = codes.BLOCK_NOT_ARMED
+        # Why the board last left armed for IDLE by itself (BLOCK_LINK: the
+        # host fell silent), 0 when a command disarmed it: said in the state
+        # event, so a host can tell its own lateness from an operator's act.
+        self.disarm_cause = 0
         self._pulse = Pulse(0, 0.0, 0.0, 0.0, False, False)  # reused: no allocation per pulse
         self.state = codes.IDLE
 
@@ -100,6 +104,7 @@ class Controller:
             return "a fault is latched: reset it first"
         if self.state == codes.IDLE:
             self.state = codes.READY
+            self.disarm_cause = 0
             # A pedal already down when arming does not expose.
             self.released_seen = False
         return None
@@ -107,6 +112,7 @@ class Controller:
     def disarm(self):
         if self.state != codes.FAULT:
             self.state = codes.IDLE
+            self.disarm_cause = 0
 
     def latch_fault(self, code):
         self.fault_code = code
@@ -116,6 +122,7 @@ class Controller:
         if self.state == codes.FAULT:
             self.fault_code = 0
             self.released_seen = False
+            self.disarm_cause = 0
             self.state = codes.IDLE
 
     def host_seen(self, now_us):
@@ -179,6 +186,7 @@ class Controller:
             # The session that armed the board is gone: disarm, so that a
             # later press never exposes for nobody (whatever else blocks).
             self.state = codes.IDLE
+            self.disarm_cause = codes.BLOCK_LINK
             self.released_seen = False
             return None
         if not inputs.switch:

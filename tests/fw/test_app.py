@@ -815,11 +815,17 @@ def test_a_host_that_goes_silent_leaves_the_board_disarmed():
         b.app.poll()
     assert b.app.ctl.state == codes.IDLE
     assert len(b.hal.fired) <= fired + 2  # within the link timeout (7.5 pps)
+    # The host is told why when it is back: it fell silent, nobody disarmed it.
+    idle = [e for e in b.events(codes.EV_STATE) if e["state"] == "IDLE" and e["from"] == "EXPOSING"]
+    assert idle and idle[-1]["why"] == "host link lost"
     b.hal.switch = False
     b.run(100_000)
     b.hal.switch = True
     b.run(500_000)  # the host is back, a fresh press: nobody armed for it
     assert b.app.ctl.state == codes.IDLE and b.events(codes.EV_IRRADIATION)[0]["pulses"] == len(b.hal.fired)
+    b.ok("arm")
+    b.ok("disarm")  # the operator's act: no reason of the board's own
+    assert "why" not in b.events(codes.EV_STATE)[-1]
 
 
 def test_a_release_as_a_pulse_is_due_is_no_fault():

@@ -39,7 +39,20 @@ class Capture:
     warnings: list[str] = field(default_factory=list)
 
 
-def _stop_reason(events: list[Any], frames: int) -> str | None:
+def _link_lost_reason(session: Session, t_us: int) -> str:
+    """A board that disarmed itself because the host fell silent: and whether
+    the silence was this host's (no heartbeat left) or the way's (one left in
+    time and came late), where the session's clock is the board's."""
+    text = "the board disarmed itself: it heard nothing from the host for its link timeout (200 ms)"
+    gap_s = session.heartbeat_before(t_us / 1e6)
+    if gap_s is None:
+        return text
+    if gap_s < 0.2:
+        return text + f"; this host's last heartbeat left {gap_s * 1e3:.0f} ms before, and reached it late"
+    return text + f"; this host sent no heartbeat for {gap_s * 1e3:.0f} ms before it"
+
+
+def _stop_reason(events: list[Any], frames: int, session: Session | None = None) -> str | None:
     """Why the board will send no more frames of this press, from the events
     since the capture began: None while it may."""
     for e in events:
@@ -55,6 +68,8 @@ def _stop_reason(events: list[Any], frames: int) -> str | None:
             why = b.get("reason") or "a permissive is missing"
             return f"the board does not expose: {why}" if not frames else f"the exposure stopped: {why}"
         if e.name == "state" and b.get("state") == "IDLE" and b.get("from") in ("READY", "EXPOSING", "HOLD"):
+            if b.get("why") == "host link lost" and session is not None:
+                return _link_lost_reason(session, e.t_us)
             return "the board was disarmed"
     return None
 
@@ -83,7 +98,7 @@ def capture(session: Session, frames: int, *, press: Callable[[], object] | None
             if left <= 0:
                 out.error = f"only {len(out.frames)} of {frames} frames within {limit:.0f} s"
                 break
-            why = _stop_reason(session.events[first_event:], len(out.frames))
+            why = _stop_reason(session.events[first_event:], len(out.frames), session)
             if why is not None:
                 out.error = why
                 break

@@ -24,6 +24,7 @@ May import only the base and the link layer: no simulator, no plant.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import math
@@ -189,6 +190,11 @@ class Session:
         self._closed = threading.Event()
         self._reader: threading.Thread | None = None
         self._heartbeat: threading.Thread | None = None
+        # When the last heartbeats left, on the session's clock (the board's
+        # time when it keeps its own): a board that disarmed itself for the
+        # host's silence can then be told whether the host was late or its
+        # words were (see heartbeat_before).
+        self._pings_sent_s: collections.deque[float] = collections.deque(maxlen=256)
         if self.clock.virtual:
             # The board's own stand-in host sends the heartbeat in virtual time.
             heartbeat = False
@@ -376,6 +382,7 @@ class Session:
             due = max(due, now - HEARTBEAT_S)  # far behind: on from now, no burst
             try:
                 self._send("ping", None, ignore_answer=True)
+                self._pings_sent_s.append(now)
             except BoardAtRepl:
                 continue  # none typed at the REPL; on again if the firmware comes back (its boot event)
             except SessionError:
@@ -586,6 +593,15 @@ class Session:
         """Seconds since the last byte from the board (it sends at least a
         heartbeat answer every 50 ms, so silence means the link is down)."""
         return self.now() - self.last_rx
+
+    def heartbeat_before(self, t_s: float) -> float | None:
+        """How long before t_s (a board time, in s) this session's last
+        heartbeat left; None where the session cannot tell (no heartbeat
+        before it, or a clock that is the host's and not the board's)."""
+        if self.clock is WALL:
+            return None
+        sent = [s for s in list(self._pings_sent_s) if s <= t_s]
+        return t_s - sent[-1] if sent else None
 
     def counters(self) -> dict[str, int]:
         with self._asm_lock:
