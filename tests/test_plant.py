@@ -164,6 +164,25 @@ def test_same_seed_same_frames_other_seed_differs():
         assert not np.array_equal(fa.raw_adu, fc.raw_adu)
 
 
+def test_a_frame_read_out_while_its_pulse_is_on_is_that_pulses_frame():
+    # A front end that clocks lines out under the beam (the emulated Pico's
+    # bus) has the frame before the pulse ends: it is the frame the pulse
+    # would have had, noise and all, and the pulse keeps it.
+    whole = frame_at(ready_plant(seed=3), 1_000, width_us=8_000)
+    plant = ready_plant(seed=3)
+    plant.detector_arm(1_000, 64, 64, wire.FMT_MONO12P)
+    early = plant.detector_expose(1_000, 8_000)
+    assert early is not None and plant.detector_expose(1_000, 8_000) is None  # (read out once)
+    np.testing.assert_array_equal(early.raw_adu, whole.raw_adu)
+    pulse = plant.generator_fire(1_000, 6_000, frame=early)  # the interlock cut it at 6 ms
+    assert pulse is not None and pulse.frame is early and pulse.width_us == 6_000
+    # A pulse the interlock will refuse as things stand exposes nothing: the detector stays armed.
+    released = Plant(PlantConfig(seed=3), Timeline())
+    released.generator_set(0, 80.0, 20.0)
+    released.detector_arm(1_000, 64, 64, wire.FMT_MONO12P)
+    assert released.detector_expose(1_000, 8_000) is None and released.detector.armed is not None
+
+
 def test_fixed_maps_do_not_depend_on_history():
     a, b = ready_plant(seed=5), ready_plant(seed=5)
     for k in range(3):

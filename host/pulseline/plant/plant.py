@@ -259,9 +259,10 @@ class Plant:
             reasons.append("busy")  # the one-shot is still running
         return reasons
 
-    def generator_fire(self, t_us: int, width_us: int) -> PulseTruth | None:
+    def generator_fire(self, t_us: int, width_us: int, frame: FrameTruth | None = None) -> PulseTruth | None:
         """The hardware one-shot. None (and an entry in `refused`) when the
-        interlock chain or the watchdog blocks it; otherwise the pulse truth."""
+        interlock chain or the watchdog blocks it; otherwise the pulse truth.
+        `frame`: the pulse's frame, read out already (detector_expose)."""
         reasons = self._refusals(t_us, width_us)
         if reasons:
             self.refused.append((t_us, ",".join(reasons)))
@@ -276,8 +277,7 @@ class Plant:
         kv_fb, ma_fb = Generator.feedback(wave, self._feedback_rng)
         self._feedback = (kv_fb, ma_fb, width_us)
         water_cm = self.water_cm_at(t_us)
-        frame = None
-        if self.detector.armed is not None:
+        if frame is None and self.detector.armed is not None:
             frame = self._expose(index, t_us, width_us, kv_mean, entrance, water_cm)
         truth = PulseTruth(
             index=index, t_us=t_us, width_us=width_us, kv_set=self.generator.kv_set, ma_set=self.generator.ma_set,
@@ -324,6 +324,21 @@ class Plant:
                                      _substream(self.config.seed, STREAM_NOISE, index))
         self.detector.readout = Readout(frame, t_us, width_us)
         return frame
+
+    def detector_expose(self, t_us: int, width_us: int) -> FrameTruth | None:
+        """The armed frame of a pulse that has begun and is not over: a
+        front end that clocks its lines out while the beam is on (the
+        emulated Pico's bus) needs its pixels now. It is the pulse as
+        planned (width_us from t_us), with the noise the pulse will have;
+        generator_fire(t_us, delivered width, frame=) records it with the
+        pulse. None (the detector stays armed) when the pulse will be
+        refused as it stands, or none is armed."""
+        if self.detector.armed is None or self._refusals(t_us, width_us):
+            return None
+        s = self.timeline.state_at(t_us)
+        wave = self.generator.waveform(t_us, width_us, float(s["kv_error"]), float(s["ma_error"]))
+        entrance = self.meter.at_detector_ugy(self.meter.kerma_1m_ugy(wave))
+        return self._expose(len(self.pulses), t_us, width_us, wave.kv_mean, entrance, self.water_cm_at(t_us))
 
     def detector_dark(self, t_us: int, width_us: int) -> FrameTruth:
         """Read the armed frame with the beam off (offset and read noise

@@ -131,10 +131,6 @@ class Rp2Hal(Hal):
         self._ma = ma
 
     def generator_fire(self, width_us, period_us):
-        # The readout starts with the pulse (slot scan): its line words first.
-        if self._buf is not None:
-            self._tx_dma.config(read=self._line_word, write=_PIO1_TXF0, count=self._lines, ctrl=self._tx_ctrl,
-                                trigger=True)
         hc, hf, lc, lf = timing.gate_words(width_us, period_us)
         self._kv_sum = self._ma_sum = self._samples = 0
         g = self._gate
@@ -142,7 +138,14 @@ class Rp2Hal(Hal):
         g.put(hf)
         g.put(lc)
         g.put(lf)
-        return g.get() != 0  # the gate says at once whether the interlock let it fire
+        fired = g.get() != 0  # the gate says at once whether the interlock let it fire
+        # The readout starts with the pulse (slot scan): once the gate is on,
+        # so that its first line is clocked out under the beam (the gate may
+        # rise later than asked: it holds the pulse rate itself).
+        if self._buf is not None:
+            self._tx_dma.config(read=self._line_word, write=_PIO1_TXF0, count=self._lines, ctrl=self._tx_ctrl,
+                                trigger=True)
+        return fired
 
     def emission_off(self):
         # The gate's state machine stopped, its pin taken back from the PIO
