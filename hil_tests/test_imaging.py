@@ -6,6 +6,7 @@ import itertools
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
 from pulseline.exam.capture import capture, save
@@ -130,3 +131,25 @@ def test_an_exam_of_two_presses_files_as_fluoroscopy_with_its_times(session, pla
     uids = [next(it.UID for it in e.ContentSequence if it.ConceptNameCodeSequence[0].CodeValue == "113769")
             for e in events]
     assert str(rf.IrradiationEventUID) == uids[1]
+
+
+@pytest.mark.needs_plant
+def test_every_pixel_is_the_detectors_output(session, plant):
+    # The image is the detector's digital output, bit for bit, dark and
+    # exposed. On the emulated Pico it crosses the front end's bus first
+    # (GP0-GP11, clocked by the readout's state machine, DMA'd as Mono12p).
+    session.configure(pixels_per_line=64, lines_per_frame=64, pixel_format=2, pulses_per_s=7.5,
+                      abc_enabled=False)
+    first = session.command("dark_frames", {"frames": 1})["first_frame"]
+    dark = session.next_frame(5)
+    assert dark is not None and dark.frame_id == first and dark.complete
+    np.testing.assert_array_equal(dark.pixels, plant.model.dark_frames[-1].raw_adu)
+    cap = capture(session, 3, press=plant.press, release=plant.release)
+    assert len(cap.frames) >= 3, cap.error
+    for f in cap.frames:
+        assert f.complete, f
+        # Its pulse: the plant's, fired as the firmware stamped it.
+        pulse = min(plant.model.pulses, key=lambda p: abs(p.t_us - f.timestamp_us))
+        assert abs(pulse.t_us - f.timestamp_us) < 1000 and pulse.frame is not None
+        np.testing.assert_array_equal(f.pixels, pulse.frame.raw_adu)
+    assert len({f.pixels.tobytes() for f in cap.frames}) == len(cap.frames)  # each its own noise

@@ -527,3 +527,35 @@ def _pulses(board: PicoBoard, pin: int) -> list[tuple[int, Any]]:
         elif p == pin and pulses and pulses[-1][1] is None:
             pulses[-1] = (pulses[-1][0], ns)
     return pulses
+
+
+@pytest.mark.pico_full
+def test_frames_at_the_default_geometry_cross_the_picos_pixel_bus_bit_for_bit(tmp_path: Path) -> None:
+    # The firmware flashed as `pulseline flash --board rp2` does, exposing at
+    # its default geometry: each pixel of the plant's detector goes onto
+    # GP0-GP11 at a rise of PIX_CLK, is sampled by the readout's state
+    # machine, DMA'd into the frame buffer as Mono12p and sent. The frames
+    # arrive equal to what the detector put out, to the bit.
+    import numpy as np
+
+    from pulseline.exam.capture import capture
+    from pulseline.targets.pico import PicoTarget, flash_image
+
+    image = flash_image(tmp_path / "image")
+    target = PicoTarget.start(tmp_path / "fs", image=image, state_dir=tmp_path / "state", seed=5)
+    try:
+        target.wait_for_firmware(60)
+        with target.open_session() as s:
+            config = s.command("get_config")
+            assert (config["lines_per_frame"], config["pixels_per_line"], config["pixel_format"]) == (256, 256, 2)
+            cap = capture(s, 2, press=target.board.press, release=target.board.release)
+    finally:
+        target.close()
+    assert len(cap.frames) >= 2, cap.error
+    pulses = [p for p in target.board.plant.pulses if p.frame is not None]
+    assert target.board.frames_served >= len(cap.frames)
+    for f in cap.frames:
+        assert f.complete, f
+        pulse = min(pulses, key=lambda p: abs(p.t_us - f.timestamp_us))
+        assert abs(pulse.t_us - f.timestamp_us) < 1000 and pulse.frame is not None
+        np.testing.assert_array_equal(f.pixels, pulse.frame.raw_adu)

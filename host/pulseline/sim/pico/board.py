@@ -14,6 +14,7 @@ May import link and plant; never targets or above.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -31,8 +32,10 @@ import numpy as np
 
 from ...errors import PulselineError
 from ...link.clock import OwnClock
+from ...link.protocol import wire
 from ...mpcompat import import_firmware
 from ...plant import InputState, Plant, PlantConfig, Timeline
+from ...plant.detector import FrameTruth
 from ...plant.generator import WIDTH_MAX_US
 from ..control_channel import ControlServer
 from ..controls import PlantControls, ServedBoard
@@ -53,6 +56,7 @@ from ..registry import (
 from .firmware import PicoFiles, find_pico_files
 
 wiring = import_firmware("pulsefw.boards.rp2.wiring")
+timing = import_firmware("pulsefw.boards.rp2.timing")
 
 FLASH_IMAGE = "flash.bin"
 # Host bytes held for the emulator before the host's reads stop (its writes
@@ -104,6 +108,9 @@ class PicoBoard(PlantControls, ServedBoard):
         self._setting = threading.Lock()
         self._held_ns: int | None = None
         self._gate_rise_ns: int | None = None
+        self._planned_width_us: int | None = None  # the pulse the gate's state machine holds, from its rise
+        self._pulse_frame: FrameTruth | None = None  # the pulse's frame, served on the bus before its fall
+        self.frames_served = 0  # frames put on the pixel bus (pulse and dark)
         self._pwm_duty = {"kv": 0.0, "ma": 0.0}  # the setpoints' duty (0..1), from their PWM slices
 
     # -- lifecycle -------------------------------------------------------------
@@ -146,6 +153,8 @@ class PicoBoard(PlantControls, ServedBoard):
             self.set_pins(input_levels(self.plant.inputs_at(0)))  # (held from power-on, as wires are)
         # GATE's rise holds the chip until the monitors' waveform is on the ADC.
         self._command({"op": "watch", "pins": [wiring.PIN_GATE], "hold_on_rise": True})
+        # The front end on GP0-GP11: each frame's first line holds the chip until the plant's frame is on it.
+        self._command({"op": "bus", "on": True})
         publish(self.files, self.pty_path, self.describe())
 
     def _launch(self) -> None:
@@ -337,23 +346,49 @@ class PicoBoard(PlantControls, ServedBoard):
                     self.plant.generator_set(t_ns // 1000, self._pwm_duty["kv"] * wiring.KV_FULL_SCALE,
                                              self._pwm_duty["ma"] * wiring.MA_FULL_SCALE)
 
-    def _gate(self, level: int, t_ns: int) -> None:
+    def _gate(self, level: int, t_ns: int, sm: dict[str, int] | None = None) -> None:
         """GATE's edges: the generator's exposure request, as long as it was
-        held (the plant's interlock chain refuses what the hardware would)."""
+        held (the plant's interlock chain refuses what the hardware would).
+        `sm`: at a rise, the gate's state machine's counts, which say how
+        long it will hold the pin unless the interlock opens."""
         if level:
             self._gate_rise_ns = t_ns
+            self._planned_width_us = (timing.GATE_HIGH_FIXED + int(sm["y"]) + timing.GATE_HIGH_COARSE * int(sm["x"])
+                                      if sm is not None else None)
+            self._pulse_frame = None
             try:
                 self._command({"op": "adc_schedule", "points": self._monitor_points(t_ns)})
             finally:
                 self._command({"op": "release_rise"})
             return
         rise, self._gate_rise_ns = self._gate_rise_ns, None
+        frame, self._pulse_frame = self._pulse_frame, None
         # The request ends: the monitors fall with the tube's current (read
         # as 0: the firmware samples them only while GATE is high).
         self._command({"op": "adc_schedule", "points": [[t_ns, {str(MON_KV): 0, str(MON_MA): 0}]]})
         if rise is not None:
             with self._plant_lock:
-                self.plant.generator_fire(rise // 1000, max(1, round((t_ns - rise) / 1000)))
+                self.plant.generator_fire(rise // 1000, max(1, round((t_ns - rise) / 1000)), frame=frame)
+
+    def _frame(self, lines: int, pixels: int, t_ns: int) -> None:
+        """The front end's next frame, asked for at its first line (the chip
+        held meanwhile): the pulse's, if the gate is on (the plant exposes
+        it as the gate will hold it), else a dark one (offset and read
+        noise). Its 12-bit pixels go on GP0-GP11 as the PIO clocks them:
+        the frame the plant's record keeps is the one served."""
+        t_us = t_ns // 1000
+        with self._plant_lock:
+            self.plant.detector_arm(t_us, lines, pixels, wire.FMT_MONO12P)
+            frame = None
+            if self._gate_rise_ns is not None and self._planned_width_us is not None:
+                frame = self.plant.detector_expose(self._gate_rise_ns // 1000, self._planned_width_us)
+                self._pulse_frame = frame
+            if frame is None:
+                width_us = timing.readout_frame_us(lines, pixels, timing.SYS_HZ_PICO)
+                frame = self.plant.detector_dark(t_us, max(1, width_us))
+        data = np.ascontiguousarray(frame.raw_adu, dtype="<u2").tobytes()
+        self.frames_served += 1
+        self._command({"op": "frame", "lines": lines, "pixels": pixels, "data": base64.b64encode(data).decode()})
 
     def _monitor_points(self, rise_ns: int) -> list[list[Any]]:
         """The generator's kV and mA monitors from GATE's rise, as the ADC
@@ -384,7 +419,9 @@ class PicoBoard(PlantControls, ServedBoard):
         if kind == "pwm":
             self._pwm(int(ev["slice"]), int(ev["cc"]), int(ev["top"]), int(ev["ns"]))
         elif kind == "pin" and int(ev["pin"]) == wiring.PIN_GATE:
-            self._gate(int(ev["level"]), int(ev["ns"]))
+            self._gate(int(ev["level"]), int(ev["ns"]), ev.get("sm"))
+        elif kind == "frame":
+            self._frame(int(ev["lines"]), int(ev["pixels"]), int(ev["ns"]))
         with self._cond:
             if "us" in ev:
                 self._board_us = max(self._board_us, int(ev["us"]))

@@ -33,12 +33,22 @@
 //        {"op":"hold"} | {"op":"release"}     stop the chip where it is (board time stands still),
 //                                            answered {"ev":"held","ns":N}; and go on
 //        {"op":"release_rise"}               go on after a hold_on_rise pin's rise (a hold of its own)
+//        {"op":"bus","on":true}              the detector's front end on GP0-GP11: each first line of a
+//                                            frame (LINE_SYNC) holds the chip and asks for the frame
+//        {"op":"frame","lines":L,"pixels":P,"data":B64}  the frame asked for (12-bit pixels, uint16
+//                                            little-endian, line by line), and go on: each PIX_CLK rise
+//                                            puts its next pixel on GP0-GP11
 //        {"op":"debug"}                      answered {"ev":"debug",...}: the core's PC and state
 //   out: {"ev":"boot","cause":"power-on"|"watchdog"|"force","us":N,"pc":N?,"lr":N?}
 //                                            (pc, lr: where a watchdog reset found the program)
 //        {"ev":"time","us":N,"wall_ms":N}  (every 50 ms of wall time, and when asked)
 //        {"ev":"off","us":N}
-//        {"ev":"pin","pin":N,"level":0|1,"ns":N}  an edge of a watched pin, at its cycle
+//        {"ev":"pin","pin":N,"level":0|1,"ns":N,"sm":{"x":N,"y":N}?}  an edge of a watched pin, at
+//                                            its cycle (a hold_on_rise pin's rise: the scratch registers
+//                                            of the state machine whose side-set drives it)
+//        {"ev":"frame","lines":L,"pixels":P,"ns":N}  the front end's next frame is due (its first
+//                                            LINE_SYNC), of the geometry the readout's DMA and line
+//                                            word give; the chip is held until the frame comes
 //        {"ev":"pwm","slice":N,"cc":N,"top":N,"ns":N}  a PWM slice's compare or top written
 //
 // Usage: node emulator.mjs --bootrom ROM --uf2 UF2 --flash IMAGE [--usb-fd N] [--unique-id HEX16]
@@ -56,6 +66,14 @@ const PIO_STRIDE = 64; // cycles stepped at a time while the core sleeps and a s
 const SLICE_MS = 20; // wall time per turn of the run loop before Node's I/O gets a turn
 const HOST_IN_HIGH_WATER = 64 * 1024; // host bytes queued for the board before the host is paused
 const HOST_OUT_HIGH_WATER = 256 * 1024; // board bytes queued for the host before the board is paused
+// The detector's front end (docs/board.md's pin map): a 12-bit pixel on
+// GP0-GP11, LINE_SYNC on GP12 and PIX_CLK on GP13 from the readout state
+// machine (PIO1's first), paced by the line words DMA'd to its TX FIFO.
+const PIN_DATA0 = 0;
+const DATA_BITS = 12;
+const PIN_LINE_SYNC = 12;
+const PIN_PIX_CLK = 13;
+const PIO1_TXF0 = 0x50300010;
 
 function parseArgs(argv) {
   const args = {};
@@ -459,6 +477,17 @@ class Pico {
     this.adcAlarms = []; // the ADC schedule's pending changes
     this.pinSchedule = []; // [ns, [[pin, level]...]] input changes not yet reached: the wires', kept across resets
     this.pinAlarms = [];
+    this.pioDue = 0; // the cycle the chip's clock has reached, as the PIO sees it (pioCycle lags it in a hold)
+    this.bus = false; // the front end wired (the host serves its frames)
+    this.heldForFrame = false; // stopped at a frame's first line, until the host sends the frame
+    this.busFrame = null; // {lines, pixels, data: Uint16Array}: the frame on the bus
+    this.busLine = -1; // the line being clocked out, and its next pixel
+    this.busPixel = 0;
+    this.busValue = 0; // the level on DATA0..11 now
+  }
+
+  get holding() {
+    return this.held || this.heldAtRise || this.heldForFrame;
   }
 
   get nowNs() {
@@ -488,6 +517,7 @@ class Pico {
     withCore1(chip);
     for (const pio of chip.pio) pio.run = () => {}; // stepped by the run loop, in cycles (stepPio)
     this.pioCycle = 0;
+    this.pioDue = 0;
     const watchdog = chip.peripherals[0x40058];
     if (old && cause !== 'power-on') {
       const oldWatchdog = old.peripherals[0x40058];
@@ -530,6 +560,7 @@ class Pico {
     for (const [channel, value] of this.adcValues) chip.adc.channelValues[channel] = value;
     this.adcAlarms = []; // (the old chip's, gone with its clock)
     for (const pin of this.watched) this.watchPin(chip, pin);
+    if (this.bus) this.attachBus(chip);
     chip.pwm.channels.forEach((channel, slice) => {
       const write = channel.writeRegister.bind(channel);
       channel.writeRegister = (offset, value) => {
@@ -548,9 +579,99 @@ class Pico {
       const level = g.outputEnable ? g.outputValue : null; // (an input's changes are not the board's edges)
       if (level === null || level === last) return;
       last = level;
-      emit({ ev: 'pin', pin, level: level ? 1 : 0, ns: Math.round(this.edgeNs ?? this.nowNs) });
-      if (level && this.holdOnRise.has(pin)) this.heldAtRise = true; // (until the host's release_rise)
+      const event = { ev: 'pin', pin, level: level ? 1 : 0, ns: Math.round(this.edgeNs ?? this.nowNs) };
+      if (level && this.holdOnRise.has(pin)) {
+        const m = this.sidesetMachine(chip, pin);
+        if (m) event.sm = { x: m.x >>> 0, y: m.y >>> 0 };
+        this.heldAtRise = true; // (until the host's release_rise)
+      }
+      emit(event);
     });
+  }
+
+  /** The enabled state machine whose side-set pins include `pin`. */
+  sidesetMachine(chip, pin) {
+    for (const pio of chip.pio) {
+      for (const m of pio.machines) {
+        if (m.enabled && m.sidesetCount && pin >= m.sidesetBase && pin < m.sidesetBase + m.sidesetCount) return m;
+      }
+    }
+    return null;
+  }
+
+  /** The front end on a new chip: LINE_SYNC starts a line (the first of a
+   * frame asks the host for the frame), each PIX_CLK rise puts the line's
+   * next pixel on DATA0..11, as the detector's ADC does. */
+  attachBus(chip) {
+    this.heldForFrame = false; // (a frame asked of a chip that is gone is asked again by the new one)
+    this.busFrame = null;
+    this.busLine = -1;
+    this.busValue = 0;
+    for (let n = 0; n < DATA_BITS; n++) chip.gpio[PIN_DATA0 + n].setInputValue(false);
+    const rising = (pin, then) => {
+      const g = chip.gpio[pin];
+      let last = false;
+      g.addListener(() => {
+        const level = g.outputEnable && g.outputValue;
+        if (level === last) return;
+        last = level;
+        if (level) then();
+      });
+    };
+    rising(PIN_LINE_SYNC, () => this.lineSync(chip));
+    rising(PIN_PIX_CLK, () => this.nextPixel(chip));
+  }
+
+  /** A line starts: which one, from what the readout has taken of its DMA's
+   * line words (each word a line, taken just before its LINE_SYNC). */
+  lineSync(chip) {
+    const tx = chip.dma.channels.find((c) => c.writeAddr === PIO1_TXF0);
+    this.busPixel = 0;
+    if (!tx) {
+      this.busLine = -1;
+      return;
+    }
+    const lines = tx.transCountReload;
+    const pixels = (chip.readUint32(tx.readAddr) + 1) * 2;
+    const taken = lines - tx.transCount - chip.pio[1].machines[0].txFIFO.itemCount;
+    this.busLine = taken - 1;
+    const f = this.busFrame;
+    if (this.busLine === 0 || !f || f.lines !== lines || f.pixels !== pixels) {
+      this.busFrame = null;
+      this.heldForFrame = true; // (until the host's frame)
+      emit({ ev: 'frame', lines, pixels, ns: Math.round(this.edgeNs ?? this.nowNs) });
+    }
+  }
+
+  nextPixel(chip) {
+    const f = this.busFrame;
+    const line = this.busLine;
+    const k = this.busPixel++;
+    const value = f && line >= 0 && line < f.lines && k < f.pixels ? f.data[line * f.pixels + k] & 0xfff : 0;
+    const changed = value ^ this.busValue;
+    if (!changed) return;
+    this.busValue = value;
+    for (let n = 0; n < DATA_BITS; n++) {
+      if ((changed >> n) & 1) chip.gpio[PIN_DATA0 + n].setInputValue(((value >> n) & 1) === 1);
+    }
+  }
+
+  wireBus() {
+    if (this.bus) return;
+    this.bus = true;
+    if (this.chip) this.attachBus(this.chip);
+  }
+
+  serveFrame(lines, pixels, b64) {
+    const bytes = Buffer.from(b64 ?? '', 'base64');
+    if (!Number.isInteger(lines) || !Number.isInteger(pixels) || bytes.length !== lines * pixels * 2) {
+      throw new Error(`frame: ${bytes.length} bytes for ${lines} lines of ${pixels} pixels`);
+    }
+    const data = new Uint16Array(lines * pixels);
+    for (let i = 0; i < data.length; i++) data[i] = bytes[2 * i] | (bytes[2 * i + 1] << 8);
+    this.busFrame = { lines, pixels, data };
+    this.heldForFrame = false;
+    this.wake();
   }
 
   /** Whether a PIO state machine is enabled and not stalled (on a FIFO,
@@ -568,7 +689,14 @@ class Pico {
    * taking its cycles and delay (rp2040js runs them on a wall-clock timer,
    * an instruction a step, delays and dividers ignored). */
   stepPio(chip, cycles) {
-    const end = this.pioCycle + cycles;
+    // The chip's clock is at cycle `start` now (its tick for these cycles
+    // comes after): the machines step on to `end`. A hold asked for by an
+    // edge (a rise the host answers, a frame's first line) stops them at
+    // that instruction: the rest of the batch is stepped after the hold,
+    // each edge still timed at its own cycle.
+    const start = this.pioDue;
+    const end = start + cycles;
+    this.pioDue = end;
     for (const pio of chip.pio) {
       if (pio.stopped) continue;
       for (const m of pio.machines) {
@@ -578,7 +706,7 @@ class Pico {
         while (m.nextAt < end) {
           const before = m.cycles;
           // (Its pins' edges are timed at this instruction's cycle, not the batch's start.)
-          this.edgeNs = this.nowNs + (m.nextAt - this.pioCycle) * NS_PER_CYCLE;
+          this.edgeNs = this.nowNs + (m.nextAt - start) * NS_PER_CYCLE;
           m.step();
           pio.checkChangedPins();
           this.edgeNs = null;
@@ -587,6 +715,7 @@ class Pico {
             break;
           }
           m.nextAt += Math.max(1, m.cycles - before) * div;
+          if (this.holding) return; // (pioCycle stays where this batch began: the others step on later)
         }
       }
     }
@@ -780,7 +909,7 @@ class Pico {
    * has not taken what the board sent. */
   run() {
     this.running = false;
-    if (!this.powered || this.held || this.heldAtRise) return;
+    if (!this.powered || this.holding) return;
     if (this.hostSlow) {
       if (this.socket.writableLength > HOST_OUT_HIGH_WATER / 2) {
         this.socket.once('drain', () => { this.hostSlow = false; this.wake(); });
@@ -811,7 +940,7 @@ class Pico {
           this.stepPio(chip, cycles);
           clock.tick(cycles * NS_PER_CYCLE);
         }
-        if (this.resetRequest || this.hostSlow || this.held || this.heldAtRise) break outer;
+        if (this.resetRequest || this.hostSlow || this.holding) break outer;
       }
     }
     if (this.resetRequest) {
@@ -881,6 +1010,16 @@ function main() {
       case 'release_rise':
         pico.heldAtRise = false;
         pico.wake();
+        break;
+      case 'bus':
+        if (msg.on) pico.wireBus();
+        break;
+      case 'frame':
+        try {
+          pico.serveFrame(msg.lines, msg.pixels, msg.data);
+        } catch (e) {
+          emit({ ev: 'error', error: e.message });
+        }
         break;
       case 'adc_schedule':
         pico.scheduleAdc(msg.points ?? []);
