@@ -208,6 +208,11 @@ class Plant:
         if self._wd.started and not self.watchdog_expired(t_us):
             self._wd.fed_us = max(self._wd.fed_us, t_us)
 
+    @property
+    def watchdog_fed_us(self) -> int | None:
+        """Plant time of the running watchdog's last feed (None: not running)."""
+        return self._wd.fed_us if self._wd.started else None
+
     def watchdog_expired(self, t_us: int) -> bool:
         wd = self._wd
         if wd.started and not wd.expired and t_us - wd.fed_us > wd.timeout_us:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import sys
 import threading
 import time
 from typing import Any
@@ -130,6 +131,19 @@ class PlantServer:
             # runs, and a program at the REPL (machine.WDT) opens its own.
             threading.Thread(target=self._serve_one, args=(conn,), name="plant-board", daemon=True).start()
 
+    def _said_refusal(self, now_us: int) -> None:
+        """A pulse the hardware chain refused is said on the board's log (the
+        firmware knows only that it was refused, and latches a fault unless
+        it saw the switch released), with the watchdog's last feed."""
+        p = self.plant
+        why = p.refused[-1][1] if p.refused else "?"
+        fed = p.watchdog_fed_us
+        text = f"simulated plant: a pulse at {now_us} us refused ({why})"
+        if fed is not None:
+            text += f"; the watchdog was last fed {now_us - fed} us before"
+        with contextlib.suppress(OSError, ValueError):
+            print(text, file=sys.stderr, flush=True)
+
     def _serve_one(self, conn: socket.socket) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
@@ -206,6 +220,8 @@ class PlantServer:
                     if ok:
                         copied = 0
                         frame = b""
+                    else:
+                        self._said_refusal(now)
                     out = b"\x01" if ok else b"\x00"
                 elif op == hal_sim.OP_FEEDBACK:
                     kv, ma, _ = p.generator_feedback()
