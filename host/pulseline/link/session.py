@@ -246,6 +246,8 @@ class Session:
                 if rec is not None:
                     rec.frame(item)
                 self.frames.put(item)
+                with self._cond:  # (a wait on the board's clock, next_frame, is woken by it)
+                    self._cond.notify_all()
             else:
                 self._packet(item)
 
@@ -267,7 +269,12 @@ class Session:
     def _wait(self, ready: Any, timeout_s: float) -> bool:
         """Until ready() (checked under the session's lock) or timeout_s of
         target time, or the link is lost; whether it became ready."""
-        return self.clock.wait(self._cond, ready, timeout_s, lambda: self.error)
+        try:
+            return self.clock.wait(self._cond, ready, timeout_s, lambda: self.error)
+        except (OSError, ValueError):
+            # The board's clock can no longer be read (a simulated board that
+            # is gone takes its control channel with it): the host's time.
+            return WALL.wait(self._cond, ready, timeout_s, lambda: self.error)
 
     def _packet(self, p: Packet) -> None:
         if p.type == wire.PKT_RESPONSE and len(p.payload) >= wire.RESPONSE_HEAD_SIZE:
@@ -567,8 +574,10 @@ class Session:
     # -- what comes in -----------------------------------------------------------------
 
     def next_frame(self, timeout_s: float) -> Frame | None:
+        """The next frame within timeout_s of the target's time (a board
+        that keeps its own waits as long as it took, however slowly it ran)."""
         try:
-            if self.clock.virtual:
+            if self.clock is not WALL:
                 self._wait(lambda: not self.frames.empty(), timeout_s)
                 return self.frames.get_nowait()
             return self.frames.get(timeout=timeout_s)
