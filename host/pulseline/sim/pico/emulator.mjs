@@ -38,6 +38,9 @@
 //        {"op":"frame","lines":L,"pixels":P,"data":B64}  the frame asked for (12-bit pixels, uint16
 //                                            little-endian, line by line), and go on: each PIX_CLK rise
 //                                            puts its next pixel on GP0-GP11
+//        {"op":"stall","at_ns":N,"for_ns":D}  from board time N the core hangs for D ns, as a control
+//                                            loop stuck in a loop would: the clock, timers, DMA, PIO and
+//                                            watchdog go on (answered {"ev":"stall","ns":N} when it begins)
 //        {"op":"debug"}                      answered {"ev":"debug",...}: the core's PC and state
 //   out: {"ev":"boot","cause":"power-on"|"watchdog"|"force","us":N,"pc":N?,"lr":N?}
 //                                            (pc, lr: where a watchdog reset found the program)
@@ -484,6 +487,8 @@ class Pico {
     this.busLine = -1; // the line being clocked out, and its next pixel
     this.busPixel = 0;
     this.busValue = 0; // the level on DATA0..11 now
+    this.stallEndNs = null; // the core hangs until then (a scripted stall of the control loop)
+    this.stallAlarm = null;
   }
 
   get holding() {
@@ -518,6 +523,8 @@ class Pico {
     for (const pio of chip.pio) pio.run = () => {}; // stepped by the run loop, in cycles (stepPio)
     this.pioCycle = 0;
     this.pioDue = 0;
+    this.stallEndNs = null; // (a reset ends a hang; one scripted for later goes with the old chip's clock)
+    this.stallAlarm = null;
     const watchdog = chip.peripherals[0x40058];
     if (old && cause !== 'power-on') {
       const oldWatchdog = old.peripherals[0x40058];
@@ -557,6 +564,19 @@ class Pico {
     // JMP pin, INTERLOCK_OK) read 0 whatever drove it.
     for (const g of chip.gpio) g.padValue = 0x56;
     for (const [pin, level] of this.pinLevels) chip.gpio[pin].setInputValue(level);
+    // A pad's input sees the level on its pin: the chip's own while its
+    // output is enabled (a program reads back a pin a PIO drives, as the
+    // firmware reads GATE to sample the monitors during a pulse), else the
+    // wiring's. rp2040js gives an input only what is set from outside.
+    chip.gpio.forEach((g, pin) => {
+      let driving = null;
+      g.addListener(() => {
+        const level = g.outputEnable ? g.outputValue : null;
+        if (level === driving) return;
+        driving = level;
+        g.setInputValue(level !== null ? level : (this.pinLevels.get(pin) ?? false));
+      });
+    });
     for (const [channel, value] of this.adcValues) chip.adc.channelValues[channel] = value;
     this.adcAlarms = []; // (the old chip's, gone with its clock)
     for (const pin of this.watched) this.watchPin(chip, pin);
@@ -806,6 +826,18 @@ class Pico {
     this.wake();
   }
 
+  /** The core hangs from board time atNs for forNs: it executes nothing,
+   * takes no interrupt, feeds no watchdog, while the rest of the chip runs. */
+  stall(atNs, forNs) {
+    if (!Number.isFinite(forNs) || forNs <= 0) throw new Error(`stall of ${forNs} ns`);
+    if (this.stallAlarm) this.stallAlarm.cancel();
+    this.stallAlarm = this.atBoardTime(atNs, () => {
+      this.stallAlarm = null;
+      this.stallEndNs = this.nowNs + forNs;
+      emit({ ev: 'stall', ns: Math.round(this.nowNs), for_ns: forNs });
+    });
+  }
+
   setAdc(values, atNs) {
     const parsed = Object.entries(values).map(([ch, v]) => [Number(ch), Math.max(0, Math.min(4095, Math.round(v)))]);
     for (const [ch] of parsed) {
@@ -923,7 +955,16 @@ class Pico {
     const { core, clock } = chip;
     outer: while (performance.now() < deadline) {
       for (let i = 0; i < 20000; i++) {
-        if (core.waiting) {
+        if (this.stallEndNs !== null && this.nowNs >= this.stallEndNs) this.stallEndNs = null;
+        if (this.stallEndNs !== null) {
+          // Hung: time runs on to the hang's end, the next alarm (a timer,
+          // DMA, the watchdog) or a state machine's next stride.
+          let cycles = Math.max(1, Math.ceil((this.stallEndNs - this.nowNs) / NS_PER_CYCLE));
+          if (clock.nextAlarm) cycles = Math.min(cycles, Math.max(1, Math.ceil(clock.nanosToNextAlarm / NS_PER_CYCLE)));
+          if (this.pioRunnable(chip)) cycles = Math.min(cycles, PIO_STRIDE);
+          this.stepPio(chip, cycles);
+          clock.tick(cycles * NS_PER_CYCLE);
+        } else if (core.waiting) {
           const runnable = this.pioRunnable(chip);
           if (!clock.nextAlarm && !runnable) {
             idle = true;
@@ -1040,6 +1081,13 @@ function main() {
           else pico.watch(msg.pins ?? [], !!msg.hold_on_rise);
         } catch (e) {
           emit({ ev: 'error', error: `${msg.op}: ${e.message}` });
+        }
+        break;
+      case 'stall':
+        try {
+          pico.stall(msg.at_ns, Number(msg.for_ns));
+        } catch (e) {
+          emit({ ev: 'error', error: e.message });
         }
         break;
       case 'debug': {
