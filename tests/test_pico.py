@@ -292,8 +292,9 @@ def test_the_plants_inputs_reach_the_picos_pins_as_the_pin_map_wires_them(tmp_pa
         board.set_input("generator_fault", True)  # (not ready, as the plant has it)
         board.set_input("door_closed", True)
         assert pins(board) == {14: 0, 16: 0, 17: 1, 18: 1, 19: 0, 20: 1}
-        with pytest.raises(ValueError, match="not wired to the plant yet"):
-            board.set_input("water_cm", 30)
+        # What a Pico cannot have is refused with its reason.
+        with pytest.raises(ValueError, match="clocks its front end itself"):
+            board.set_input("readout_timeout", True)
 
 
 SAMPLE_SWITCH_AND_DOOR = """

@@ -1,11 +1,16 @@
 # The host's commands: parse, validate, act, answer. A command that fails any
 # check gets an error response and changes nothing. docs/protocol.md lists
 # them with their arguments and answers.
+import gc
 import json
 
 from micropython import const
 
 from . import codes, config, ident, wire
+
+# The heap's free bytes (MicroPython's gc; CPython, which runs the fast
+# simulator's firmware, has no such figure).
+_mem_free = getattr(gc, "mem_free", None)
 
 MAX_JOURNAL_RECORDS = const(32)  # per read_journal answer (the answer must fit a packet)
 MAX_REPORT_EVENTS = const(64)
@@ -181,6 +186,7 @@ def status(app, args, now):
         "rx_bytes_skipped": d.bytes_skipped, "rx_header_errors": d.header_errors, "rx_crc_errors": d.crc_errors,
         "rx_partial_dropped": d.partial_dropped, "rx_bad_version": app.packets_bad_version,
         "pulses_withheld": app.pulses_withheld,
+        "heap_free_bytes": _mem_free() if _mem_free is not None else None,
     }
 
 

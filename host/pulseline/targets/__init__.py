@@ -76,11 +76,11 @@ def create(spec: str, *, seed: int = 0, faults: str = "", workdir: Path | None =
     if spec == PICO:
         from .pico import PicoTarget
 
-        if faults:
-            raise TargetError("link faults: the emulated Pico's USB has no fault injection yet (use sim)")
         if workdir is None:
             raise TargetError("an emulated Pico needs a working directory")
-        return PicoTarget.start(workdir / "board-fs", image=pico_image, state_dir=workdir / ".pulseline", seed=seed)
+        # Link faults: through the fault proxy, as a real board's.
+        return PicoTarget.start(workdir / "board-fs", image=pico_image, state_dir=workdir / ".pulseline", seed=seed,
+                                faults=faults)
     return HardwareTarget(spec, faults=faults, seed=seed)
 
 

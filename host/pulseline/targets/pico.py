@@ -38,19 +38,32 @@ def flash_image(workdir: Path, *, source: Path | None = None, state_dir: Path | 
 class PicoTarget(Target):
     kind = "pico"
 
-    def __init__(self, name: str, port: str, *, seed: int = 0, board: PicoBoard) -> None:
+    def __init__(self, name: str, port: str, *, seed: int = 0, board: PicoBoard, proxy: Any = None) -> None:
         super().__init__(name, port, seed=seed, controls=board)
         self.board = board
+        self.proxy = proxy  # the fault proxy the host's port goes through, if link faults were asked for
 
     @classmethod
-    def start(cls, fs: Path, *, image: Path | None = None, state_dir: Path, seed: int = 0) -> PicoTarget:
+    def start(cls, fs: Path, *, image: Path | None = None, state_dir: Path, seed: int = 0,
+              faults: str = "") -> PicoTarget:
         """An emulated Pico on a fresh filesystem, its flash a copy of
-        `image` (flash_image) or, without one, the bare uf2's."""
+        `image` (flash_image) or, without one, the bare uf2's. With link
+        faults, the host reaches its USB port (its socket:// URL) through
+        the fault proxy a real board gets."""
         fs.mkdir(parents=True, exist_ok=True)
         if image is not None:
             shutil.copyfile(image, fs / FLASH_IMAGE)
         board = PicoBoard(fs, state_dir=state_dir, seed=seed).start()
-        return cls(board.name, board.pty_path, seed=seed, board=board)
+        if not faults:
+            return cls(board.name, board.pty_path, seed=seed, board=board)
+        from .faultproxy import FaultProxy
+
+        try:
+            proxy = FaultProxy(board.url, faults, seed=seed).start()
+        except BaseException:
+            board.stop()
+            raise
+        return cls(board.name, proxy.url, seed=seed, board=board, proxy=proxy)
 
     @property
     def clock(self) -> Clock:
@@ -61,9 +74,15 @@ class PicoTarget(Target):
               dry_run: bool = False, board: str | None = None) -> Any:
         return super().flash(source, build_dir=build_dir, log=log, dry_run=dry_run, board=board or "rp2")
 
+    def link_faults(self) -> list[Any]:
+        return list(self.proxy.faults_log) if self.proxy is not None else []
+
     def write_evidence(self, out: Path) -> None:
         (out / "timeline.json").write_text(json.dumps(self.board.plant.timeline.to_json()))
         (out / "boots.json").write_text(json.dumps(self.board.boots))
 
     def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+            self.proxy = None
         self.board.stop()

@@ -92,6 +92,7 @@ class PicoBoard(PlantControls, ServedBoard):
         self._cond = threading.Condition()
         self.errors: list[str] = []
         self.boots: list[tuple[int, str]] = []  # (board time us, cause) of each chip reset
+        self._stalls: list[int] = []  # board time (us) at which each scripted stall hung the core
         self.edges: list[tuple[int, int, int]] = []  # (board time ns, GPIO, level) of watched outputs
         self._board_us = 0  # the emulator's latest report of board time
         self._to_emulator = bytearray()  # host bytes not yet taken by the emulator's socket
@@ -252,6 +253,8 @@ class PicoBoard(PlantControls, ServedBoard):
         returns the board time it takes effect at. The chip is held while
         the wiring changes, so the plant's record and the pins agree to the
         cycle."""
+        if name in NOT_WIRED:
+            raise NotWired(f"the emulated Pico has no {name!r}: {NOT_WIRED[name]}")
         if name not in WIRED_INPUTS:
             raise NotWired(f"the emulated Pico's {name!r} is not wired to the plant yet "
                              f"(wired: {', '.join(sorted(WIRED_INPUTS))})")
@@ -270,6 +273,9 @@ class PicoBoard(PlantControls, ServedBoard):
                     points = [[t * 1000, {str(pin): int(level) for pin, level in
                                           input_levels(self.plant.inputs_at(t)).items()}] for t in times]
                 self._command({"op": "pins_schedule", "points": points})
+                if name == "stall":
+                    # The control loop hangs: the core stops where it is, the rest of the chip runs on.
+                    self._command({"op": "stall", "at_ns": t_us * 1000, "for_ns": int(value) * 1000})
             finally:
                 self._command({"op": "release"})
         return t_us
@@ -294,6 +300,12 @@ class PicoBoard(PlantControls, ServedBoard):
             self._until(lambda: self._held_ns is not None, BOOT_TIMEOUT_S, "the emulator's hold")
         assert self._held_ns is not None
         return self._held_ns
+
+    @property
+    def stalls(self) -> list[int]:
+        """Board time (us) at which each scripted stall hung the core."""
+        with self._cond:
+            return list(self._stalls)
 
     def plant_status(self) -> dict[str, Any]:
         t_us = self.board_now_us()
@@ -427,6 +439,8 @@ class PicoBoard(PlantControls, ServedBoard):
                 self._board_us = max(self._board_us, int(ev["us"]))
             if kind == "boot":
                 self.boots.append((int(ev["us"]), str(ev["cause"])))
+            elif kind == "stall":
+                self._stalls.append(int(ev["ns"]) // 1000)
             elif kind == "held":
                 self._held_ns = int(ev["ns"])
             elif kind == "pin":
@@ -564,7 +578,18 @@ def monitor_codes(values: Any, full_scale: float) -> Any:
     return np.clip(np.rint(volts / wiring.ADC_REF_VOLTS * ADC_FULL_CODE), 0, ADC_FULL_CODE)
 
 
-WIRED_INPUTS = frozenset({"switch", "door_closed", "key_on", "generator_ready", "generator_fault", "hlc_switch"})
+# The plant's inputs the Pico's wiring carries: the pins' (switch, door,
+# key, generator ready and fault, HLC switch), what the plant's generator
+# and detector make of the gate and the bus (the slab, structures, the
+# generator's errors), and a hung control loop (the core stopped).
+WIRED_INPUTS = frozenset({"switch", "door_closed", "key_on", "generator_ready", "generator_fault", "hlc_switch",
+                          "water_cm", "structures", "kv_error", "ma_error", "stall"})
+# What a Pico cannot have, and why.
+NOT_WIRED = {
+    "readout_timeout": "it clocks its front end itself (LINE_SYNC, PIX_CLK), so every line it asks for comes",
+    "line_loss": "it clocks its front end itself (LINE_SYNC, PIX_CLK), so every line it asks for comes",
+    "link_down": "its link is its USB port; cut it with a link fault (the fault proxy's disconnect=)",
+}
 
 
 def input_levels(s: InputState) -> dict[int, bool]:
