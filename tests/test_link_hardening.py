@@ -124,6 +124,12 @@ class PingCountingBoard:
         self.pings = 0
         threading.Thread(target=self._serve, daemon=True).start()
 
+    def wait_for_pings(self, n: int) -> None:
+        deadline = time.monotonic() + 60  # (a guard against a hang only)
+        while self.pings < n:
+            assert time.monotonic() < deadline, "no heartbeat"
+            time.sleep(0.05)
+
     def _serve(self) -> None:
         conn, _ = self.listener.accept()
         dec = wire.CommandDecoder()
@@ -153,10 +159,7 @@ def test_the_heartbeat_keeps_the_boards_time_not_the_walls():
     clock = OwnClock(lambda: int((time.monotonic() - t0) / 8 * 1e6))
     with Session(board.url, clock=clock) as s:
         start_s = clock.now()
-        deadline = time.monotonic() + 60  # (a guard against a hang only)
-        while board.pings < 3:
-            assert time.monotonic() < deadline, "no heartbeat"
-            time.sleep(0.05)
+        board.wait_for_pings(3)
         time.sleep(0.5)
         board_s = clock.now() - start_s
         pings = board.pings
@@ -180,10 +183,7 @@ def test_a_board_that_disarmed_itself_is_told_apart_from_a_host_that_fell_silent
     clock = OwnClock(lambda: int((time.monotonic() - t0) * 1e6))
     with Session(board.url, clock=clock) as s:
         before_s = clock.now()
-        deadline = time.monotonic() + 60  # (a guard against a hang only)
-        while board.pings < 2:
-            assert time.monotonic() < deadline, "no heartbeat"
-            time.sleep(0.05)
+        board.wait_for_pings(2)
         time.sleep(0.1)
         now_s = clock.now()
         gap_s = s.heartbeat_before(now_s)
