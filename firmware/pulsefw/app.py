@@ -87,6 +87,8 @@ class App:
         self.account = dose.DoseAccount(c.dose_notify)
         self.decoder = wire.CommandDecoder(1024)
         self.rxbuf = bytearray(512)
+        self._on_packet_bound = self._on_packet  # (bound once: a bound method per pass would allocate)
+        self._rx_now = now
         self.rx_last_us = now  # when the host's last byte came (RX_GAP_US)
         self.packets_bad_version = 0
         # The host session this board answers (hello's "session"): a hello
@@ -448,25 +450,8 @@ class App:
         n = hal.link_read(self.rxbuf)
         if n:
             self.rx_last_us = now
-            for version, ptype, seq, payload in self.decoder.feed(memoryview(self.rxbuf)[:n]):
-                if version != wire.PROTOCOL_VERSION:
-                    # Not this board's protocol: never run, never taken for a live host.
-                    self.packets_bad_version += 1
-                    if ptype == wire.PKT_COMMAND:
-                        self.tx.response(seq, codes.ERR_VERSION, "board speaks protocol %d, the packet %d"
-                                         % (wire.PROTOCOL_VERSION, version))
-                    continue
-                if payload is None:
-                    if ptype == wire.PKT_COMMAND:
-                        self.commands_bad += 1
-                        self.tx.response(seq, codes.ERR_MALFORMED, "command longer than %d bytes"
-                                         % self.decoder.max_payload)
-                    continue
-                if ticks.diff(now, ctl.last_host_us) > controller.LINK_TIMEOUT_US:
-                    self.host_back(now)
-                ctl.host_seen(now)
-                if ptype == wire.PKT_COMMAND:
-                    commands.handle(self, seq, payload, now)
+            self._rx_now = now
+            self.decoder.feed_into(self.rxbuf, n, self._on_packet_bound)
         elif self.decoder.partial() and ticks.diff(now, self.rx_last_us) > RX_GAP_US:
             self.decoder.drop_partial()
         prev = ctl.state
@@ -497,6 +482,36 @@ class App:
         self._timers(now)
         hal.watchdog_feed()
         hal.wait_until(self._next_wake(now))
+
+    def _on_packet(self, version, ptype, seq, length):
+        """One packet from the host, its payload in the decoder's buffer
+        during the call (length -1: one announced too long)."""
+        now = self._rx_now
+        ctl = self.ctl
+        if version != wire.PROTOCOL_VERSION:
+            # Not this board's protocol: never run, never taken for a live host.
+            self.packets_bad_version += 1
+            if ptype == wire.PKT_COMMAND:
+                self.tx.response(seq, codes.ERR_VERSION, "board speaks protocol %d, the packet %d"
+                                 % (wire.PROTOCOL_VERSION, version))
+            return
+        if length < 0:
+            if ptype == wire.PKT_COMMAND:
+                self.commands_bad += 1
+                self.tx.response(seq, codes.ERR_MALFORMED, "command longer than %d bytes"
+                                 % self.decoder.max_payload)
+            return
+        if ticks.diff(now, ctl.last_host_us) > controller.LINK_TIMEOUT_US:
+            self.host_back(now)
+        ctl.host_seen(now)
+        if ptype == wire.PKT_COMMAND:
+            b = self.decoder.buf
+            at = wire.HEADER_SIZE
+            if length and b[at] == codes.OP_PING and (length == 1 or (length == 3 and b[at + 1] == 0x7B
+                                                                      and b[at + 2] == 0x7D)):
+                self.tx.ping_answer(seq, now)  # the heartbeat ("{}" or no arguments): from a packet made once
+            else:
+                commands.handle(self, seq, self.decoder.payload(length), now)
 
     def state_changed(self, prev, now):
         """Bookkeeping after any state change (loop, command or fault)."""

@@ -20,6 +20,7 @@ class Tx:
         self.clock = clock  # ticks.BoardClock: events carry board time, not ticks
         self.seq = 0
         self._trailer = wire.TrailerEncoder()
+        self._ping = wire.PingAnswer()
 
     def next_seq(self):
         s = self.seq
@@ -35,6 +36,11 @@ class Tx:
         else:
             body = str(body).encode()
         self.send(wire.PKT_RESPONSE, wire.response_payload(command_seq, status, body))
+
+    def ping_answer(self, command_seq, now_us):
+        """A ping's answer ({"t_us": board time at the tick now_us}), from
+        a packet made once: the heartbeat allocates nothing."""
+        self.write(self._ping.fill(self.next_seq(), command_seq, self.clock.hi(now_us), now_us))
 
     def event(self, code, now_us, body):
         """An event at the tick now_us."""

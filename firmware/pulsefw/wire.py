@@ -7,7 +7,7 @@ from binascii import crc32
 
 from micropython import const
 
-from .crc import crc32_into
+from .crc import crc32_into, crc32_span_into
 
 PROTOCOL_VERSION = const(1)
 
@@ -231,6 +231,66 @@ def stuff(packet):
     return bytes(out)
 
 
+PING_BODY_HEAD = b'{"t_us":'
+PING_DIGITS = const(20)  # board time, right-aligned (JSON takes the spaces before it)
+
+
+class PingAnswer:
+    """The answer to a ping, {"t_us": board time}, in one packet made once:
+    the heartbeat's answer allocates nothing. The time fills a fixed field,
+    so the packet's length, its header check's inputs but the seq, and its
+    views never change; its digits come from the ticks and their wraps in
+    small integers (one integer would be a long one on a 32-bit board)."""
+
+    def __init__(self):
+        plen = RESPONSE_HEAD_SIZE + len(PING_BODY_HEAD) + PING_DIGITS + 1
+        self.packet = bytearray(HEADER_SIZE + plen + CRC_SIZE)
+        p = self.packet
+        p[0:4] = SYNC
+        struct.pack_into(PACKET_HEADER_FORMAT, p, 4, PROTOCOL_VERSION, PKT_RESPONSE, 0, plen)
+        body = HEADER_SIZE + RESPONSE_HEAD_SIZE  # (status ERR_OK: 0, as made)
+        p[body:body + len(PING_BODY_HEAD)] = PING_BODY_HEAD
+        self._digits = body + len(PING_BODY_HEAD)
+        p[self._digits + PING_DIGITS] = 0x7D  # }
+        mv = memoryview(p)
+        self._check_part = mv[4:10]
+        self._crc_part = mv[4:HEADER_SIZE + plen]
+        self._crc_at = HEADER_SIZE + plen
+        self._scratch = bytearray(CRC_SIZE)
+
+    def fill(self, seq, command_seq, hi, tick):
+        """The packet answering command_seq at board time hi * 2**30 + tick."""
+        p = self.packet
+        p[HEADER_SIZE] = command_seq & 0xFF
+        p[HEADER_SIZE + 1] = (command_seq >> 8) & 0xFF
+        # Decimal digits of the time, in 15-bit limbs (a remainder times
+        # 2**15 plus a limb stays a small integer).
+        l3 = hi >> 15
+        l2 = hi & 0x7FFF
+        l1 = tick >> 15
+        l0 = tick & 0x7FFF
+        i = self._digits + PING_DIGITS
+        while True:
+            r = l3 % 10
+            l3 //= 10
+            t = r * 32768 + l2
+            l2 = t // 10
+            t = (t % 10) * 32768 + l1
+            l1 = t // 10
+            t = (t % 10) * 32768 + l0
+            l0 = t // 10
+            i -= 1
+            p[i] = 48 + t % 10
+            if not (l3 or l2 or l1 or l0):
+                break
+        while i > self._digits:
+            i -= 1
+            p[i] = 0x20
+        put_seq_and_check(p, seq, self._check_part, self._scratch)
+        crc32_into(p, self._crc_at, self._crc_part)
+        return p
+
+
 class CommandDecoder:
     """Board-side decoder of the stuffed host->board stream.
 
@@ -254,6 +314,9 @@ class CommandDecoder:
         self.max_payload = max_payload
         self.buf = bytearray(HEADER_SIZE + max_payload + CRC_SIZE)
         self.mv = memoryview(self.buf)
+        # The checks allocate nothing: a CRC's value would be a long integer
+        # on a 32-bit board, so it goes into _crc, over spans of buf.
+        self._crc = bytearray(CRC_SIZE)
         self.n = 0
         self.escaped = False
         self.bytes_skipped = 0
@@ -263,8 +326,25 @@ class CommandDecoder:
         self.partial_dropped = 0  # packets cut short: dropped for a later good header, or after a gap
 
     def feed(self, data):
+        """Every packet in data as a list of (version, type, seq, payload)
+        (payload: bytes, or None for one announced too long)."""
         out = []  # type: list
-        for b in data:
+
+        def keep(version, ptype, seq, length):
+            out.append((version, ptype, seq, None if length < 0 else bytes(self.payload(length))))
+
+        self.feed_into(data, len(data), keep)
+        return out
+
+    def feed_into(self, data, n, handler):
+        """The main loop's way: data[:n] taken in, and handler(version,
+        type, seq, length) called for each packet whose checks hold
+        (length -1: one announced too long). During the call its payload
+        is buf[HEADER_SIZE:HEADER_SIZE + length] (payload() gives a view
+        of it). Allocates nothing."""
+        buf = self.buf
+        for i in range(n):
+            b = data[i]
             if self.escaped:
                 self.escaped = False
                 if b == CTRL_C ^ ESC_XOR or b == ESC ^ ESC_XOR:
@@ -279,12 +359,11 @@ class CommandDecoder:
             elif b == ESC:
                 self.escaped = True
                 continue
-            self.buf[self.n] = b
+            buf[self.n] = b
             self.n += 1
-            if self.n == len(self.buf):
-                self._parse(out)  # full: make room (the buffer holds the largest packet)
-        self._parse(out)
-        return out
+            if self.n == len(buf):
+                self._parse(handler)  # full: make room (the buffer holds the largest packet)
+        self._parse(handler)
 
     def partial(self):
         """Bytes of an unfinished packet are waiting."""
@@ -298,11 +377,22 @@ class CommandDecoder:
             self.n = 0
         self.escaped = False
 
+    def payload(self, length):
+        """A view of the packet's payload being handled (valid during the
+        handler's call only)."""
+        return self.mv[HEADER_SIZE:HEADER_SIZE + length]
+
+    def _header_holds(self, i):
+        """The header check of the header at i holds."""
+        crc = self._crc
+        crc32_span_into(crc, 0, self.buf, i + 4, 6)
+        return crc[0] == self.buf[i + 10] and crc[1] == self.buf[i + 11]
+
     def _good_header_at(self, i):
         """A sync marker with a header whose check holds starts at i."""
         buf = self.buf
         return (buf[i] == SYNC0 and buf[i + 1] == SYNC1 and buf[i + 2] == SYNC2 and buf[i + 3] == SYNC3
-                and crc32(self.mv[i + 4:i + 10]) & 0xFFFF == buf[i + 10] | (buf[i + 11] << 8))
+                and self._header_holds(i))
 
     def _later_header(self):
         """Where a good header starts after the sync marker at 0 (-1: none
@@ -318,13 +408,17 @@ class CommandDecoder:
             i += 1
 
     def _discard(self, k):
+        # The rest moves down in place (usually nothing is left: a packet
+        # comes whole), byte by byte: no copy is allocated.
         n = self.n - k
-        if n > 0:
-            self.mv[0:n] = bytes(self.mv[k:self.n])
+        buf = self.buf
+        for i in range(n if n > 0 else 0):
+            buf[i] = buf[k + i]
         self.n = n if n > 0 else 0
 
-    def _parse(self, out):
+    def _parse(self, handler):
         buf = self.buf
+        crc = self._crc
         while self.n:
             # Drop bytes that cannot start a sync marker.
             i = 0
@@ -342,7 +436,7 @@ class CommandDecoder:
             # A header that fails its check, or announces more than this
             # board accepts, is no packet start (so the buffer, sized for the
             # largest acceptable packet, can never overflow).
-            if crc32(self.mv[4:10]) & 0xFFFF != buf[10] | (buf[11] << 8):
+            if not self._header_holds(0):
                 self.header_errors += 1
                 self.bytes_skipped += 1
                 self._discard(1)
@@ -351,7 +445,7 @@ class CommandDecoder:
                 # A good header announcing more than this board takes: report
                 # it (payload None) so the sender gets an answer, then scan on.
                 self.too_long += 1
-                out.append((buf[4], buf[5], buf[6] | (buf[7] << 8), None))
+                handler(buf[4], buf[5], buf[6] | (buf[7] << 8), -1)
                 self.bytes_skipped += 1
                 self._discard(1)
                 continue
@@ -365,11 +459,12 @@ class CommandDecoder:
                 self.bytes_skipped += j
                 self._discard(j)
                 continue
-            want = buf[total - 4] | (buf[total - 3] << 8) | (buf[total - 2] << 16) | (buf[total - 1] << 24)
-            if crc32(self.mv[4:total - CRC_SIZE]) & 0xFFFFFFFF != want:
+            crc32_span_into(crc, 0, buf, 4, HEADER_SIZE - 4 + length)
+            if (crc[0] != buf[total - 4] or crc[1] != buf[total - 3] or crc[2] != buf[total - 2]
+                    or crc[3] != buf[total - 1]):
                 self.crc_errors += 1
                 self.bytes_skipped += 1
                 self._discard(1)
                 continue
-            out.append((buf[4], buf[5], buf[6] | (buf[7] << 8), bytes(self.mv[HEADER_SIZE:HEADER_SIZE + length])))
+            handler(buf[4], buf[5], buf[6] | (buf[7] << 8), length)
             self._discard(total)

@@ -4,6 +4,7 @@
 # the physics; these cover the protocol and the bookkeeping.
 import json
 import struct
+from binascii import crc32
 
 from pulsefw import app, codes, commands, crc, dose, ident, ticks, wire
 
@@ -544,6 +545,10 @@ def _quiet_crc32_into(out, off, first, second=None):
     out[off] = out[off + 1] = out[off + 2] = out[off + 3] = 0
 
 
+def _quiet_crc32_span_into(out, off, buf, start, n):
+    out[off] = out[off + 1] = out[off + 2] = out[off + 3] = 0
+
+
 def test_the_hot_path_allocates_nothing_while_waiting_and_nothing_per_line_across_the_wrap():
     import gc
 
@@ -594,6 +599,88 @@ def test_the_hot_path_allocates_nothing_while_waiting_and_nothing_per_line_acros
         assert a.clock.wraps == 6
     finally:
         wire.crc32_into = crc.crc32_into
+
+
+class HeartbeatHal(QuietHal):
+    """The quiet board, with a host that sends one packet (made once) when
+    told to, and a link that counts what the board writes."""
+
+    def __init__(self, board_us, packet):
+        QuietHal.__init__(self, board_us)
+        self.packet = packet
+        self.pending = 0
+        self.writes = 0
+        self.recorded = None
+
+    def link_read(self, buf):
+        n = self.pending if self.pending < len(buf) else len(buf)
+        start = len(self.packet) - self.pending
+        for i in range(n):
+            buf[i] = self.packet[start + i]
+        self.pending -= n
+        return n
+
+    def link_write(self, data):
+        self.writes += 1
+        if self.recorded is not None:
+            self.recorded += data
+
+
+def test_a_ping_answer_tells_any_board_time_in_small_integers():
+    answer = wire.PingAnswer()
+    for hi, tick in ((0, 0), (0, 7), (3, 123_456), (1 << 15, (1 << 30) - 1), ((1 << 30) - 1, (1 << 30) - 1)):
+        p = bytes(answer.fill(9, 0x1234, hi, tick))
+        assert crc32(p[4:10]) & 0xFFFF == struct.unpack("<H", p[10:12])[0]  # the header's check
+        assert crc32(p[4:-4]) & 0xFFFFFFFF == struct.unpack("<I", p[-4:])[0]  # the packet's CRC
+        (ptype, payload), = packets(p)
+        assert ptype == wire.PKT_RESPONSE and struct.unpack("<HB", payload[:3]) == (0x1234, codes.ERR_OK)
+        assert json.loads(payload[3:]) == {"t_us": hi * (1 << 30) + tick}
+
+
+def test_the_hosts_heartbeat_costs_the_board_no_allocation():
+    # A session pings every 50 ms of the board's time, whatever the board
+    # does: on a Pico each allocation can cost a search of the heap across
+    # the frame buffer, so the ping and its answer allocate nothing.
+    import gc
+
+    if not hasattr(gc, "mem_alloc"):
+        return  # CPython
+    packet = wire.encode(wire.PKT_COMMAND, 7, wire.command_payload(codes.OP_PING, b"{}"))
+    ping = wire.stuff(packet)
+    hal = HeartbeatHal((3 << 30) - 500_000, ping)
+    a = app.App(hal)
+    a.ctl.arm()
+    if not crc.NATIVE:
+        # No viper here (the webassembly port): CRCs of zeros stand in, on
+        # both sides, so what is measured is everything else.
+        wire.crc32_into = _quiet_crc32_into
+        wire.crc32_span_into = _quiet_crc32_span_into
+        quiet = bytearray(packet)
+        quiet[10] = quiet[11] = 0
+        quiet[-4] = quiet[-3] = quiet[-2] = quiet[-1] = 0
+        hal.packet = wire.stuff(bytes(quiet))
+
+    def beat():
+        hal.advance(50_000)
+        hal.pending = len(hal.packet)
+        a.poll()
+
+    try:
+        for _ in range(5):
+            beat()
+        writes = hal.writes
+        assert _allocated(beat, 50) == 0
+        assert hal.writes > writes  # (answered)
+    finally:
+        wire.crc32_into = crc.crc32_into
+        wire.crc32_span_into = crc.crc32_span_into
+        hal.packet = ping
+    # The answer is the ping's: its seq, OK, and the board's time.
+    hal.recorded = bytearray()
+    beat()
+    answers = [p for t, p in packets(bytes(hal.recorded)) if t == wire.PKT_RESPONSE]
+    assert len(answers) == 1 and struct.unpack("<HB", answers[0][:3]) == (7, codes.ERR_OK)
+    assert json.loads(answers[0][3:]) == {"t_us": a.clock.us(hal.tick)}
 
 
 def test_while_exposing_only_pulses_allocate_not_loop_passes():
