@@ -121,8 +121,10 @@ class App:
         self.pend_press = None  # the event the pulse in flight belongs to
         # The pulse in flight, until accounted: pulse_id, frame_id, t0, t1,
         # kv, ma, width_ms, capped, hlc; then what it delivered.
-        self.pend = (0, 0, 0, 0, 0.0, 0.0, 0.0, False, False)
-        self.pend_dose = (0.0, 0.0, 0.0, 0.0)
+        # The pulse in flight and what it delivered, filled in place (a tuple
+        # per pulse is a multi-block allocation: see _keep_pend).
+        self.pend = [0, 0, 0, 0, 0.0, 0.0, 0.0, False, False]
+        self.pend_dose = [0.0, 0.0, 0.0, 0.0]
         self.pend_done = True
         self.trailer_due = False
         self.rate_mgy_min = 0.0
@@ -563,8 +565,8 @@ class App:
         # The frame's time is its pulse's, as it left (not when it was decided).
         self.readout.started(t_fire, self.clock.hi(t_fire))
         # Keep what the trailer and the dose need (p is reused by step()).
-        self.pend = (p.pulse_id, self.frame_id, t_fire, ticks.add(t_fire, width_us), p.kv, p.ma, p.pulse_width_ms,
-                     p.capped, p.hlc)
+        self._keep_pend(p.pulse_id, self.frame_id, t_fire, ticks.add(t_fire, width_us), p.kv, p.ma, p.pulse_width_ms,
+                        p.capped, p.hlc)
         self.pend_done = False
         self.pend_press = self.press
         if p.hlc and not self.hlc_tone:
@@ -585,10 +587,32 @@ class App:
         self.readout.arm(self.frame_id, 0, now, self.clock.hi(now), width_us)
         self.hal.detector_dark(width_us)
         # Its trailer: pulse 0, no kV, no mA, no dose (nothing was fired).
-        self.pend = (0, self.frame_id, now, ticks.add(now, width_us), 0.0, 0.0, c.pulse_width_ms, False, False)
-        self.pend_dose = (0.0, 0.0, 0.0, 0.0)
+        self._keep_pend(0, self.frame_id, now, ticks.add(now, width_us), 0.0, 0.0, c.pulse_width_ms, False, False)
+        self._keep_dose(0.0, 0.0, 0.0, 0.0)
         self.pend_done = True
         self.frame_dark = True
+
+    def _keep_pend(self, pulse_id, frame_id, t0, t1, kv, ma, width_ms, capped, hlc):
+        # In place: on a Pico an allocation of more than one block searches
+        # the heap's table from its first free block, across the frame
+        # buffer; a few of them per pulse cost milliseconds.
+        e = self.pend
+        e[0] = pulse_id
+        e[1] = frame_id
+        e[2] = t0
+        e[3] = t1
+        e[4] = kv
+        e[5] = ma
+        e[6] = width_ms
+        e[7] = capped
+        e[8] = hlc
+
+    def _keep_dose(self, kv, ma, kerma, kap):
+        e = self.pend_dose
+        e[0] = kv
+        e[1] = ma
+        e[2] = kerma
+        e[3] = kap
 
     def _pulse_end(self, now):
         """Once the pulse in flight has ended: read what was delivered,
@@ -602,7 +626,7 @@ class App:
         kv, ma = fb[0], fb[1]
         kerma = self.geometry.pulse_kerma_ugy(kv, ma, width_ms)
         kap = self.geometry.pulse_kap_ugy_m2(kerma)
-        self.pend_dose = (kv, ma, kerma, kap)
+        self._keep_dose(kv, ma, kerma, kap)
         self.rate_mgy_min = kerma * self.ctl.technique.pulses_per_s * 0.06
         if self.account.add_pulse(kerma, kap):
             self.alarm("dose_notify", True, now, {"kerma_mgy": round(self.account.kerma_mgy(), 1)})
