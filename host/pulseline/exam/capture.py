@@ -20,6 +20,10 @@ from .. import __version__
 from ..errors import PulselineError
 from ..link.frames import Frame
 from ..link.session import Session, SessionError
+from ..mpcompat import import_firmware
+
+# The board's own link timeout (the firmware's constant, not a copy of it).
+LINK_TIMEOUT_S = import_firmware("pulsefw.controller").LINK_TIMEOUT_US / 1e6
 
 SILENCE_S = 2.0  # the board answers a heartbeat every 50 ms: this much silence is a dead link
 
@@ -43,11 +47,12 @@ def _link_lost_reason(session: Session, t_us: int) -> str:
     """A board that disarmed itself because the host fell silent: and whether
     the silence was this host's (no heartbeat left) or the way's (one left in
     time and came late), where the session's clock is the board's."""
-    text = "the board disarmed itself: it heard nothing from the host for its link timeout (200 ms)"
+    text = ("the board disarmed itself: it heard nothing from the host for its link timeout "
+            f"({LINK_TIMEOUT_S * 1e3:.0f} ms)")
     gap_s = session.heartbeat_before(t_us / 1e6)
     if gap_s is None:
         return text
-    if gap_s < 0.2:
+    if gap_s < LINK_TIMEOUT_S:
         return text + f"; this host's last heartbeat left {gap_s * 1e3:.0f} ms before, and reached it late"
     return text + f"; this host sent no heartbeat for {gap_s * 1e3:.0f} ms before it"
 
