@@ -345,7 +345,7 @@ time.sleep_ms(50)
 gate = Pin(15, Pin.OUT, value=0)
 for i in range(3):
     gate.on()
-    time.sleep_ms(4)
+    time.sleep_us(4000)  # (not sleep_ms: it counts whole ms ticks, and a wake-up near one ends it up to 1 ms early)
     gate.off()
     time.sleep_ms(20)
 """
@@ -437,7 +437,7 @@ def square():
     set(pins, 0) [4]
 sm = rp2.StateMachine(0, square, freq=100_000, set_base=Pin(28))
 sm.active(1)
-time.sleep_ms(2)
+time.sleep_us(2000)  # (at least 2 ms: sleep_ms may end up to 1 ms early)
 sm.active(0)
 """
 
@@ -446,7 +446,7 @@ def test_the_picos_pio_runs_in_board_cycles_with_its_delays_and_divider(tmp_path
     # rp2040js runs PIO programs on a wall-clock timer, an instruction a
     # step, delays and clock dividers ignored; here each state machine runs
     # on the system clock: 10 cycles high and 5 low at 100 kHz are 100 us
-    # and 50 us, to the nanosecond, while the core sleeps (time.sleep_ms).
+    # and 50 us, to the nanosecond, while the core sleeps (time.sleep_us).
     with PicoBoard(tmp_path / "fs", name="pio", state_dir=tmp_path / "state") as board:
         board.watch(28)
         mpremote(board.pty_path, "exec", PIO_SQUARE)
@@ -557,6 +557,48 @@ def test_frames_at_the_default_geometry_cross_the_picos_pixel_bus_bit_for_bit(tm
     assert target.board.frames_served >= len(cap.frames)
     for f in cap.frames:
         assert f.complete, f
+        pulse = min(pulses, key=lambda p: abs(p.t_us - f.timestamp_us))
+        assert abs(pulse.t_us - f.timestamp_us) < 1000 and pulse.frame is not None
+        np.testing.assert_array_equal(f.pixels, pulse.frame.raw_adu)
+
+
+@pytest.mark.pico_full
+def test_a_frame_the_plant_cannot_make_is_served_blank_and_the_board_runs_on(tmp_path: Path) -> None:
+    # The chip waits at a frame's first line for the host's pixels. A frame
+    # the plant fails to make must not leave it held (the board would stop
+    # dead, its watchdog with it): the front end reads zeros, the reason is
+    # logged, and the next frame is the detector's again.
+    import numpy as np
+
+    from pulseline.exam.capture import capture
+    from pulseline.targets.pico import PicoTarget, flash_image
+
+    image = flash_image(tmp_path / "image")
+    target = PicoTarget.start(tmp_path / "fs", image=image, state_dir=tmp_path / "state", seed=6)
+    board = target.board
+    expose = board.plant.detector_expose
+    failed: list[int] = []
+
+    def fails_once(t_us: int, width_us: int) -> Any:
+        if not failed:
+            failed.append(t_us)
+            raise ValueError("a render that fails")
+        return expose(t_us, width_us)
+
+    board.plant.detector_expose = fails_once  # type: ignore[method-assign]
+    try:
+        target.wait_for_firmware(60)
+        with target.open_session() as s:
+            cap = capture(s, 3, press=board.press, release=board.release)
+    finally:
+        target.close()
+    assert failed and len(cap.frames) >= 3, cap.error
+    assert any("the plant could not make it (ValueError: a render that fails); zeros served" in e
+               for e in board.errors), board.errors
+    first, *rest = cap.frames
+    assert first.complete and not first.pixels.any()
+    pulses = [p for p in board.plant.pulses if p.frame is not None]
+    for f in rest:
         pulse = min(pulses, key=lambda p: abs(p.t_us - f.timestamp_us))
         assert abs(pulse.t_us - f.timestamp_us) < 1000 and pulse.frame is not None
         np.testing.assert_array_equal(f.pixels, pulse.frame.raw_adu)

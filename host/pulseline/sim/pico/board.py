@@ -389,16 +389,26 @@ class PicoBoard(PlantControls, ServedBoard):
         noise). Its 12-bit pixels go on GP0-GP11 as the PIO clocks them:
         the frame the plant's record keeps is the one served."""
         t_us = t_ns // 1000
-        with self._plant_lock:
-            self.plant.detector_arm(t_us, lines, pixels, wire.FMT_MONO12P)
-            frame = None
-            if self._gate_rise_ns is not None and self._planned_width_us is not None:
-                frame = self.plant.detector_expose(self._gate_rise_ns // 1000, self._planned_width_us)
-                self._pulse_frame = frame
-            if frame is None:
-                width_us = timing.readout_frame_us(lines, pixels, timing.SYS_HZ_PICO)
-                frame = self.plant.detector_dark(t_us, max(1, width_us))
-        data = np.ascontiguousarray(frame.raw_adu, dtype="<u2").tobytes()
+        try:
+            with self._plant_lock:
+                self.plant.detector_arm(t_us, lines, pixels, wire.FMT_MONO12P)
+                frame = None
+                if self._gate_rise_ns is not None and self._planned_width_us is not None:
+                    frame = self.plant.detector_expose(self._gate_rise_ns // 1000, self._planned_width_us)
+                    self._pulse_frame = frame
+                if frame is None:
+                    width_us = timing.readout_frame_us(lines, pixels, timing.SYS_HZ_PICO)
+                    frame = self.plant.detector_dark(t_us, max(1, width_us))
+            data = np.ascontiguousarray(frame.raw_adu, dtype="<u2").tobytes()
+        except Exception as exc:  # (any: the chip is held until it has a frame)
+            # The chip waits at the frame's first line: a frame the plant
+            # cannot make must still release it, or the board stops dead.
+            # The front end reads zeros (a frame the host sees is blank),
+            # and the reason is logged.
+            self._log_error(f"frame at {t_us} us ({lines} x {pixels}): the plant could not make it "
+                            f"({type(exc).__name__}: {exc}); zeros served")
+            self._pulse_frame = None
+            data = bytes(lines * pixels * 2)
         self.frames_served += 1
         self._command({"op": "frame", "lines": lines, "pixels": pixels, "data": base64.b64encode(data).decode()})
 

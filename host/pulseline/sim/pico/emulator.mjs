@@ -658,6 +658,7 @@ class Pico {
     const f = this.busFrame;
     if (this.busLine === 0 || !f || f.lines !== lines || f.pixels !== pixels) {
       this.busFrame = null;
+      this.busAsked = { lines, pixels };
       this.heldForFrame = true; // (until the host's frame)
       emit({ ev: 'frame', lines, pixels, ns: Math.round(this.edgeNs ?? this.nowNs) });
     }
@@ -685,7 +686,13 @@ class Pico {
   serveFrame(lines, pixels, b64) {
     const bytes = Buffer.from(b64 ?? '', 'base64');
     if (!Number.isInteger(lines) || !Number.isInteger(pixels) || bytes.length !== lines * pixels * 2) {
-      throw new Error(`frame: ${bytes.length} bytes for ${lines} lines of ${pixels} pixels`);
+      // A frame that cannot be put on the bus: the front end reads zeros
+      // for the frame asked (the chip must not stay held for it).
+      const asked = this.busAsked ?? { lines: 0, pixels: 0 };
+      this.busFrame = { lines: asked.lines, pixels: asked.pixels, data: new Uint16Array(asked.lines * asked.pixels) };
+      this.heldForFrame = false;
+      this.wake();
+      throw new Error(`frame: ${bytes.length} bytes for ${lines} lines of ${pixels} pixels: zeros served`);
     }
     const data = new Uint16Array(lines * pixels);
     for (let i = 0; i < data.length; i++) data[i] = bytes[2 * i] | (bytes[2 * i + 1] << 8);
