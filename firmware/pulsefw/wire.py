@@ -408,12 +408,14 @@ class CommandDecoder:
             i += 1
 
     def _discard(self, k):
-        # The rest moves down in place (usually nothing is left: a packet
-        # comes whole), byte by byte: no copy is allocated.
+        # Usually nothing is left (a packet comes whole): then nothing is
+        # moved or made. What is left moves down through a copy (C speed):
+        # byte by byte in Python, a burst of packets (the host's pings
+        # queued while the board was busy) cost a Pico its watchdog.
         n = self.n - k
-        buf = self.buf
-        for i in range(n if n > 0 else 0):
-            buf[i] = buf[k + i]
+        if n > 0:
+            buf = self.buf
+            buf[:n] = buf[k:k + n]
         self.n = n if n > 0 else 0
 
     def _parse(self, handler):
