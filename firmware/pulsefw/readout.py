@@ -11,6 +11,10 @@ from . import ticks, wire
 
 # A readout that is not over this long after the pulse has ended has failed.
 READOUT_TIMEOUT_US = const(50_000)
+# The line views in lists of 32 (configure).
+_VIEWS_SHIFT = const(5)
+_VIEWS_PER_LIST = const(1 << _VIEWS_SHIFT)
+_VIEWS_MASK = const(_VIEWS_PER_LIST - 1)
 
 
 class Readout:
@@ -42,12 +46,17 @@ class Readout:
             self.hal.detector_release()
             gc.collect()
         pb = self.enc.pixel_bytes
-        self.frame_buf = bytearray(lines * pb)
+        self.frame_buf = self.hal.frame_buffer(lines * pb)
         self.landed = bytearray(lines)
         self._zeros = bytes(lines)
         mv = memoryview(self.frame_buf)
         # One view per line, made once: sending a line allocates nothing.
-        self.line_views = [mv[i * pb:(i + 1) * pb] for i in range(lines)]
+        # Kept in lists of _VIEWS_PER_LIST: MicroPython's collector marks
+        # an object's children from a stack of 64, and a list of more
+        # overflows it, which costs a pass over the whole heap (on a Pico,
+        # 12 ms of each collection for one list of 256).
+        self.line_views = [[mv[i * pb:(i + 1) * pb] for i in range(k, min(k + _VIEWS_PER_LIST, lines))]
+                           for k in range(0, lines, _VIEWS_PER_LIST)]
 
     def arm(self, frame_id, pulse_id, t_us, t_hi, width_us):
         """Read the next frame: the pulse starts at the tick t_us, in the
@@ -94,7 +103,7 @@ class Readout:
             if landed[n]:
                 ts = ticks.add(t0, n * step)
                 self.enc.write_line(write, tx.next_seq(), self.frame_id, n, self.pulse_id,
-                                    hi + 1 if ts < t0 else hi, ts, self.line_views[n])
+                                    hi + 1 if ts < t0 else hi, ts, self.line_views[n >> _VIEWS_SHIFT][n & _VIEWS_MASK])
                 sent += 1
             elif not self.over:
                 break  # not landed yet
