@@ -481,6 +481,7 @@ class App:
             self.trailer_due = True
         if self.trailer_due and self.pend_done:
             self._frame_done(now)
+            hal.between_frames()
         self._timers(now)
         hal.watchdog_feed()
         hal.wait_until(self._next_wake(now))

@@ -87,6 +87,16 @@ class Hal:
         """Let go of the frame buffer and its line flags: a new geometry's
         are about to be made, and a board's heap may not hold both."""
 
+    def between_frames(self):
+        """Called once a frame's trailer has gone, before the next pulse is
+        decided: a board may tidy its heap here. Not on the per-pass path;
+        takes at most a few tens of milliseconds."""
+
+    def frame_buffer(self, nbytes):
+        """A new frame buffer of nbytes, made once per geometry (not on the
+        hot path): where in the heap is the board's choice."""
+        return bytearray(nbytes)
+
     def detector_dark(self, width_us):
         """Read the armed frame with the beam off (for dark-field
         calibration): the line clock runs as for a pulse of width_us and

@@ -97,6 +97,12 @@ class ScriptedHal:
         self.buf = None
         self.landed = None
 
+    def frame_buffer(self, nbytes):
+        return bytearray(nbytes)
+
+    def between_frames(self):
+        pass
+
     def detector_dark(self, width_us):
         self.darks.append((self.now, width_us))
 

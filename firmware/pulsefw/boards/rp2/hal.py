@@ -3,6 +3,7 @@
 # docs/board.md; the arithmetic is in wiring.py and timing.py (portable,
 # tested on the host), the PIO programs in pio.py (run on an emulator in
 # tests/test_pio.py). Everything here is the thin layer onto machine and rp2.
+import gc
 import sys
 import time
 from array import array
@@ -30,6 +31,15 @@ _WATCHDOG_CTRL = {"RP2040": 0x40058000, "RP2350": 0x400D8000}
 # too, and machine.reset_cause() says WDT_RESET for both.
 _WATCHDOG_REASON_OFFSET = const(8)
 _REASON_TIMER = const(1)
+# frame_buffer(): the room let go at the top is at least the buffer and
+# this much; the fill stops at pieces this small (the holes left are for
+# what the placing itself needs), or this many.
+_TOP_SLACK_BYTES = const(256)
+_GC_FLOOR_BYTES = const(32_000)  # between_frames(): collect when less is free
+_PIECE_GAP_BYTES = const(64)  # pieces this close are one room (an object's header between)
+_PLACED_WITHIN_BYTES = const(1024)  # a buffer ending this close to its room's top is where it was meant to be
+_FILL_MIN_BYTES = const(256)
+_FILL_PIECES = const(1024)
 
 
 class Rp2Hal(Hal):
@@ -81,8 +91,6 @@ class Rp2Hal(Hal):
         self._wdt = None
         self.storage = journal.FileStore("")  # type: ignore[assignment]  # (the base class says None)
         # The frame buffer's budget: what the heap has now, less the firmware's reserve.
-        import gc
-
         gc.collect()
         self.MAX_FRAME_BYTES = wiring.frame_budget_bytes(gc.mem_free())
         self._stdin = sys.stdin.buffer
@@ -185,6 +193,96 @@ class Rp2Hal(Hal):
         self._rx_dma.active(0)
         self._buf = None
         self._landed = bytearray(0)
+
+    def between_frames(self):
+        # A collection between frames, while the heap still has room: as
+        # it fills, each call's frame (from the heap, see frame_buffer) is
+        # searched for further up a table full of small holes, and the
+        # last tenth of a cycle costs more than the collection. Here it
+        # comes at a known moment, not inside an allocation mid-frame.
+        if gc.mem_free() < _GC_FLOOR_BYTES:
+            gc.collect()
+
+    def frame_buffer(self, nbytes):
+        """The frame buffer at the top of the heap. MicroPython on a Pico
+        takes a function call's frame from the heap (most of the firmware's
+        functions: more than 44 bytes of state) and gives it back on return;
+        each such allocation searches the allocation table from its lowest
+        free block on. With the frame buffer above free blocks, the search
+        crosses its table (tens of thousands of instructions) on every call,
+        and the control loop outruns its watchdog. Placed at the top, it
+        lies beyond every search but the last before a collection."""
+        import uctypes
+
+        # Plug every hole of the heap with pieces (large first: each goes to
+        # the lowest hole it fits). The highest run of pieces that holds the
+        # buffer is the highest free room it can have: those pieces go, a
+        # filler takes the bottom of the room and the buffer the rest, up to
+        # its top. Then the filler and the plugs go.
+        gc.collect()
+        fill: list = [None] * _FILL_PIECES  # (made first: a growing list would land among the pieces)
+        made: list = [None, None]  # (the filler and the buffer, let go by name)
+        n = 0
+        try:
+            size = gc.mem_free()
+            while size >= _FILL_MIN_BYTES and n < _FILL_PIECES:
+                self.watchdog_feed()  # (a failed try collects first: each is a pass over the heap)
+                try:
+                    fill[n] = bytearray(size)
+                except MemoryError:
+                    size >>= 1
+                    continue
+                n += 1
+            # (Only holes under _FILL_MIN_BYTES are left: little may be made from here on.)
+            del fill[n:]
+            fill.sort(key=uctypes.addressof)
+            addr = uctypes.addressof
+            # The highest room (a run of pieces, each next to the last) that
+            # holds the buffer: pieces fill[k..j].
+            j = n - 1
+            lead = -1
+            while j >= 0:
+                k = j
+                while k > 0 and addr(fill[k]) - addr(fill[k - 1]) - len(fill[k - 1]) <= _PIECE_GAP_BYTES:
+                    k -= 1
+                top = addr(fill[j]) + len(fill[j])
+                lead = top - addr(fill[k]) - nbytes - _TOP_SLACK_BYTES
+                if lead >= 0:
+                    break
+                j = k - 1
+            if lead >= 0:
+                while j >= k:
+                    fill.pop(j)
+                    j -= 1
+                for _ in range(4):
+                    # (A piece let go may still be held a while: a stale
+                    # pointer the collector cannot tell from a live one. And
+                    # the room may have grown below, as objects there went:
+                    # the filler goes where it fits first, and is sized again
+                    # from there. The buffer is kept only where it was meant
+                    # to be.)
+                    gc.collect()
+                    try:
+                        made[0] = bytearray(lead)
+                        made[1] = bytearray(nbytes)
+                    except MemoryError:
+                        made[0] = made[1] = None
+                        continue
+                    buf = made[1]
+                    start = addr(made[0])
+                    made[0] = made[1] = None
+                    if addr(buf) + nbytes + _PLACED_WITHIN_BYTES >= top:
+                        return buf
+                    buf = None
+                    lead = top - start - nbytes - _TOP_SLACK_BYTES
+                    if lead < 0:
+                        break
+        except MemoryError:
+            pass  # anywhere, as before
+        finally:
+            fill = []
+            gc.collect()
+        return bytearray(nbytes)
 
     def detector_dark(self, width_us):
         self._tx_dma.config(read=self._line_word, write=_PIO1_TXF0, count=self._lines, ctrl=self._tx_ctrl,
