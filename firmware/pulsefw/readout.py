@@ -4,6 +4,7 @@
 # this module sends each landed line as a LINE packet, in line order,
 # straight from the buffer (no copy).
 import gc
+from struct import pack_into
 
 from micropython import const
 
@@ -99,11 +100,28 @@ class Readout:
         t0 = self.t_us
         hi = self.t_hi
         step = self.width_us // self.lines  # slot scan: line i is read at t0 + i * step
+        enc = self.enc
+        head = enc.head
+        crc = enc.crc
+        frame_id = self.frame_id
+        pulse_id = self.pulse_id
+        views = self.line_views
         while n < self.lines and sent < max_lines:
             if landed[n]:
                 ts = ticks.add(t0, n * step)
-                self.enc.write_line(write, tx.next_seq(), self.frame_id, n, self.pulse_id,
-                                    hi + 1 if ts < t0 else hi, ts, self.line_views[n >> _VIEWS_SHIFT][n & _VIEWS_MASK])
+                pixels = views[n >> _VIEWS_SHIFT][n & _VIEWS_MASK]
+                # LineEncoder.write_line, written out: on a Pico a call's
+                # frame this large is a heap allocation (more than 44 bytes
+                # of state), which searches the heap's table; two calls a
+                # line were most of a frame's time there.
+                wire.put_seq_and_check(head, tx.next_seq(), enc.check_part, enc.check_scratch)
+                pack_into("<IH", head, wire.HEADER_SIZE, frame_id, n)
+                pack_into("<I", head, wire.HEADER_SIZE + 12, pulse_id)
+                wire.put_u64(head, wire.HEADER_SIZE + 16, hi + 1 if ts < t0 else hi, ts)
+                wire.crc32_into(crc, 0, enc.crc_part, pixels)
+                write(head)
+                write(pixels)
+                write(crc)
                 sent += 1
             elif not self.over:
                 break  # not landed yet

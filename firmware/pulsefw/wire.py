@@ -152,18 +152,21 @@ class LineEncoder:
         self.crc = bytearray(CRC_SIZE)
         self._check = bytearray(CRC_SIZE)
         self._head_mv = memoryview(self.head)
-        self._crc_part = self._head_mv[4:]
-        self._check_part = self._head_mv[4:10]
+        # (Public: the readout's pump writes lines with these itself.)
+        self.crc_part = self._head_mv[4:]
+        self.check_part = self._head_mv[4:10]
+        self.check_scratch = self._check
 
     def _fill(self, seq, frame_id, line_index, pulse_id, ts_hi, ts_lo, pixels):
+        # (readout.Readout.pump does the same, written out: keep them alike.)
         if len(pixels) != self.pixel_bytes:
             raise ValueError("pixel data has the wrong length")
         h = self.head
-        put_seq_and_check(h, seq, self._check_part, self._check)
+        put_seq_and_check(h, seq, self.check_part, self._check)
         struct.pack_into("<IH", h, HEADER_SIZE, frame_id, line_index)
         struct.pack_into("<I", h, HEADER_SIZE + 12, pulse_id)
         put_u64(h, HEADER_SIZE + 16, ts_hi, ts_lo)
-        crc32_into(self.crc, 0, self._crc_part, pixels)
+        crc32_into(self.crc, 0, self.crc_part, pixels)
 
     def write_line(self, write, seq, frame_id, line_index, pulse_id, ts_hi, ts_lo, pixels):
         self._fill(seq, frame_id, line_index, pulse_id, ts_hi, ts_lo, pixels)
