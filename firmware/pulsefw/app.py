@@ -119,10 +119,10 @@ class App:
         # they are committed (a new press may already have started).
         self.closing = []
         self.pend_press = None  # the event the pulse in flight belongs to
-        # The pulse in flight, until accounted: pulse_id, frame_id, t0, t1,
-        # kv, ma, width_ms, capped, hlc; then what it delivered.
-        # The pulse in flight and what it delivered, filled in place (a tuple
-        # per pulse is a multi-block allocation: see _keep_pend).
+        # The pulse in flight, until accounted (pulse_id, frame_id, t0, t1,
+        # kv, ma, width_ms, capped, hlc), then what it delivered (kv, ma,
+        # kerma, kap): filled in place, as a tuple per pulse is a multi-block
+        # allocation (see _keep_pend).
         self.pend = [0, 0, 0, 0, 0.0, 0.0, 0.0, False, False]
         self.pend_dose = [0.0, 0.0, 0.0, 0.0]
         self.pend_done = True
