@@ -150,19 +150,18 @@ class LineEncoder:
         struct.pack_into(PACKET_HEADER_FORMAT, self.head, 4, PROTOCOL_VERSION, PKT_LINE, 0, self.payload_size)
         struct.pack_into("<HHB", self.head, HEADER_SIZE + 6, lines_per_frame, pixels_per_line, pixel_format)
         self.crc = bytearray(CRC_SIZE)
-        self._check = bytearray(CRC_SIZE)
         self._head_mv = memoryview(self.head)
         # (Public: the readout's pump writes lines with these itself.)
+        self.check_scratch = bytearray(CRC_SIZE)
         self.crc_part = self._head_mv[4:]
         self.check_part = self._head_mv[4:10]
-        self.check_scratch = self._check
 
     def _fill(self, seq, frame_id, line_index, pulse_id, ts_hi, ts_lo, pixels):
         # (readout.Readout.pump does the same, written out: keep them alike.)
         if len(pixels) != self.pixel_bytes:
             raise ValueError("pixel data has the wrong length")
         h = self.head
-        put_seq_and_check(h, seq, self.check_part, self._check)
+        put_seq_and_check(h, seq, self.check_part, self.check_scratch)
         struct.pack_into("<IH", h, HEADER_SIZE, frame_id, line_index)
         struct.pack_into("<I", h, HEADER_SIZE + 12, pulse_id)
         put_u64(h, HEADER_SIZE + 16, ts_hi, ts_lo)
