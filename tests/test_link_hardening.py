@@ -199,3 +199,71 @@ def test_a_board_that_disarmed_itself_is_told_apart_from_a_host_that_fell_silent
     assert "sent no heartbeat for 450 ms before it" in _stop_reason([disarmed], 2, silent)
     commanded = Event(5_000_000, "state", {"state": "IDLE", "from": "EXPOSING", "fault": 0})
     assert _stop_reason([commanded], 2, silent) == "the board was disarmed"
+
+
+HOLD_LOCK = "import sys, time; sys.stdin.read()"  # holds what it inherited until told to go
+
+
+def _child_holding(fd: int) -> subprocess.Popen[str]:
+    """A child holding a copy of `fd` (as one does between its fork and its
+    exec, stretched until its stdin closes)."""
+    return subprocess.Popen([sys.executable, "-c", HOLD_LOCK], stdin=subprocess.PIPE, text=True, pass_fds=(fd,))
+
+
+def test_a_port_closed_and_opened_again_while_a_child_starts_is_not_busy():
+    """A process that forks holds the lock of a port this process just
+    closed, until it runs exec: a port opened again meanwhile waits that
+    out instead of failing as busy (a simulated board that resets in the
+    host's own process starts processes at just that moment)."""
+    import os
+    import pty
+
+    import serial
+
+    from pulseline.link import ports
+
+    master, slave = pty.openpty()
+    device = os.ttyname(slave)
+    try:
+        first = serial.Serial(device, exclusive=True)
+        child = _child_holding(first.fd)
+        first.close()
+        assert ports.lock_holder(device) == os.getpid()  # the lock outlives the close: the child's copy holds it
+        with pytest.raises(serial.SerialException, match="exclusively lock"):
+            serial.Serial(device, exclusive=True)  # what a plain open meets
+        threading.Timer(0.3, child.communicate, args=("",)).start()  # the child execs, as it were
+        again = ports.open_exclusive(device, lambda: serial.Serial(device, exclusive=True))
+        assert again.is_open and child.wait(timeout=30) == 0
+        again.close()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_port_another_program_holds_is_busy_at_once_and_says_who(monkeypatch):
+    import os
+    import pty
+
+    import serial
+
+    from pulseline.link import ports
+
+    master, slave = pty.openpty()
+    device = os.ttyname(slave)
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", device],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with monkeypatch.context() as m:
+            m.setattr(ports.time, "sleep", lambda s: pytest.fail("waited for another program's lock"))
+            with pytest.raises(serial.SerialException):
+                ports.open_exclusive(device, lambda: serial.Serial(device, exclusive=True))
+        assert (ports.held_by(device) or "").startswith(f"process {holder.pid} (python")
+        # And as the host tool says it.
+        with pytest.raises(Exception, match=f"busy: process {holder.pid} "):
+            Session(device)
+    finally:
+        holder.communicate("")
+        os.close(master)
+        os.close(slave)

@@ -39,6 +39,7 @@ from typing import Any
 import serial
 
 from ..errors import PulselineError
+from . import ports
 from .assembler import FrameAssembler
 from .clock import WALL, Clock
 from .evidence import TO_BOARD, TO_HOST, Recorder
@@ -137,11 +138,13 @@ class Session:
             # Exclusive on a device: a second program on the same board would
             # steal its bytes (pyserial takes a lock on POSIX).
             kwargs: dict[str, Any] = {} if "://" in port else {"exclusive": True}
-            self.serial = serial.serial_for_url(port, baudrate=115200, timeout=0.02, write_timeout=2, **kwargs)
+            self.serial = ports.open_exclusive(port, lambda: serial.serial_for_url(
+                port, baudrate=115200, timeout=0.02, write_timeout=2, **kwargs))
         except (serial.SerialException, ValueError) as exc:
             text = str(exc)
             if "exclusively lock" in text or "Resource temporarily unavailable" in text:
-                raise SessionError(f"port {self.port} is busy: another program has it open") from None
+                raise SessionError(f"port {self.port} is busy: {ports.held_by(port) or 'another program'} "
+                                   "has it open") from None
             code = getattr(exc, "errno", None)
             if isinstance(code, int) and code > 0:  # pyserial repeats the port and errno: say it once
                 raise SessionError(f"cannot open port {self.port}: {os.strerror(code)}") from None

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import serial
 
+from ..link import ports
 from ..sim.link import LinkDirection, parse_link
 
 POLL_S = 0.001
@@ -65,7 +66,8 @@ class FaultProxy:
         target = resolve_port(self.port)
         kwargs: dict[str, Any] = {} if "://" in target else {"exclusive": True}
         try:
-            self._board = serial.serial_for_url(target, baudrate=115200, timeout=0, **kwargs)
+            self._board = ports.open_exclusive(
+                target, lambda: serial.serial_for_url(target, baudrate=115200, timeout=0, **kwargs))
         except (serial.SerialException, ValueError) as exc:
             raise ValueError(f"fault proxy: cannot open port {self.port}: {exc}") from None
         self._thread = threading.Thread(target=self._serve, name="fault-proxy", daemon=True)

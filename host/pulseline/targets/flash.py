@@ -197,12 +197,19 @@ def _transport(port: str) -> Any:
     from mpremote.transport import TransportError
     from mpremote.transport_serial import SerialTransport
 
+    from ..link import ports
     from . import resolve_port
 
     try:
-        t = SerialTransport(resolve_port(port), baudrate=115200)
-    except Exception as exc:  # mpremote raises its own and pyserial's errors
+        device = resolve_port(port)
+    except ValueError as exc:
         raise FlashError(f"cannot open port {port}: {exc}") from None
+    try:
+        t = ports.open_exclusive(device, lambda: SerialTransport(device, baudrate=115200))
+    except Exception as exc:  # mpremote raises its own and pyserial's errors
+        holder = ports.held_by(device)
+        why = f"busy: {holder} has it open" if holder else str(exc)
+        raise FlashError(f"cannot open port {port}: {why}") from None
     # mpremote reads a pty without a timeout; with one, a board that never
     # answers is an error instead of a hang.
     t.serial.timeout = 1
