@@ -410,6 +410,53 @@ def test_time_the_host_takes_from_the_board_is_not_the_boards(tmp_path):
             assert b.board_now_us() - stopped_at < 500_000
 
 
+SPIN_THROUGH_A_STOP = """
+import select, sys, time
+from pulsefw.boards.sim.hal import BoardClock
+c = BoardClock(time)
+p = select.poll()
+p.register(sys.stdin, select.POLLIN)
+w0 = time.ticks_us()
+b0 = c.now()
+print("spinning")
+while not p.poll(0):
+    c.now()
+print("S", c._stat is not None, c.now() - b0, time.ticks_diff(time.ticks_us(), w0))
+"""
+
+
+def test_a_board_stopped_while_it_runs_does_not_count_the_stop(tmp_path):
+    """The board's clock tells a stop outside any wait or host call (SIGSTOP
+    while its code runs, or waits for a host CPU) from running, by the
+    kernel's account of what the interpreter ran and queued for. Its "/" is
+    its own filesystem: the account is read by its host path."""
+    import os
+    import signal
+
+    from mpremote.transport_serial import SerialTransport
+
+    deploy(tmp_path / "fs")
+    with SimBoard(tmp_path / "fs", state_dir=tmp_path / "st") as b:
+        wait_for_firmware(b.pty_path, timeout_s=60)
+        t = SerialTransport(b.pty_path, baudrate=115200)
+        try:
+            t.enter_raw_repl(soft_reset=False)
+            t.exec_raw_no_follow(SPIN_THROUGH_A_STOP)
+            t.read_until(1, b"spinning\r\n", timeout=60)
+            assert b.proc is not None
+            os.kill(b.proc.pid, signal.SIGSTOP)  # the program spins: the stop lands in running code
+            time.sleep(1.0)
+            os.kill(b.proc.pid, signal.SIGCONT)
+            t.serial.write(b"x")  # the spin ends (only after the stop: it cannot end before)
+            out = t.read_until(1, b"\x04", timeout=60)
+        finally:
+            t.close()
+    kernel_account, board_us, wall_us = out.split(b"S ")[1].split(b"\r\n")[0].decode().split(" ")
+    assert kernel_account == "True"
+    # The wall saw the stop; the board did not (EXEC_SLACK_US aside).
+    assert int(board_us) < int(wall_us) - 900_000, (board_us, wall_us)
+
+
 def test_flash_dry_run_for_the_pico_lists_its_exact_bundle_and_a_board_of_another_kind_is_refused(tmp_path):
     import subprocess
     import sys

@@ -183,8 +183,12 @@ class BoardClock:
         self._taken = 0  # us the host took, run-queue delay apart
         self._buf = bytearray(64)
         try:
-            self._stat = open("/proc/self/schedstat", "rb")
-        except OSError:  # no such kernel table: wall time, less the host calls
+            # By its host path: the board's "/" is its own filesystem, with
+            # no /proc (an unmounted VfsPosix opens the host's paths).
+            import vfs
+
+            self._stat = vfs.VfsPosix().open("/proc/self/schedstat", "rb")  # type: ignore[abstract]  # (the stub's ABC)
+        except (ImportError, OSError):  # no such kernel table: wall time, less the host calls
             self._stat = None
         self._ran = 0  # CPU time run, as last read (us)
         self._queued0 = self._run_delay_us()
