@@ -21,6 +21,12 @@ CHECKPOINT_US = const(500_000)
 # deaf, nor have its later bytes taken for the rest of that packet.
 RX_GAP_US = const(200_000)
 LINES_PER_PUMP = const(32)  # lines sent per loop pass: the loop stays within ~1 ms on a board
+# Host bytes taken per loop pass. A burst is answered over several passes,
+# each of which feeds the watchdog: the 21 heartbeats (400 bytes) a host sent
+# while a Pico booted after a watchdog reset, answered in its first pass,
+# took that pass past the 100 ms watchdog, and the board reset again, for
+# ever. A command of 1 kB (the decoder's most) takes 16 passes.
+RX_PER_PASS = const(64)
 
 # Delivered technique must stay this close to the setpoint, or a fault latches.
 KV_TOLERANCE = 0.05
@@ -86,7 +92,7 @@ class App:
         self.ctl.state = codes.BOOT
         self.account = dose.DoseAccount(c.dose_notify)
         self.decoder = wire.CommandDecoder(1024)
-        self.rxbuf = bytearray(512)
+        self.rxbuf = bytearray(RX_PER_PASS)
         self._on_packet_bound = self._on_packet  # (bound once: a bound method per pass would allocate)
         self._rx_now = now
         self.rx_last_us = now  # when the host's last byte came (RX_GAP_US)

@@ -186,6 +186,8 @@ class Board:
         self.seq += 1
         self.hal.rx += wire.stuff(wire.encode(wire.PKT_COMMAND, self.seq, payload))
         self.app.poll()
+        while self.hal.rx:  # (the loop takes app.RX_PER_PASS bytes a pass)
+            self.app.poll()
         for ptype, payload in self.new_packets():
             if ptype == wire.PKT_RESPONSE:
                 cseq, status = struct.unpack("<HB", payload[:3])
@@ -949,3 +951,31 @@ def test_a_release_as_a_pulse_is_due_is_no_fault():
     status = b.ok("status")
     assert status["state"] == "HOLD" and status["fault"] == 0
     assert status["pulses_refused"] == 0 and status["pulses_withheld"] == 1
+
+
+class FeedCountingHal(ScriptedHal):
+    def __init__(self):
+        ScriptedHal.__init__(self)
+        self.feeds = 0
+
+    def watchdog_feed(self):
+        self.feeds += 1
+
+
+def test_a_burst_from_the_host_is_answered_over_passes_that_each_feed_the_watchdog():
+    # 40 heartbeats at once (a host that went on pinging while the board
+    # booted): a few a pass, every one answered, in order, and the watchdog
+    # fed after each pass, however long the burst.
+    b = Board(hal=FeedCountingHal())
+    b.hal.rx += b"".join(wire.stuff(wire.encode(wire.PKT_COMMAND, 100 + i, b"\x0e{}")) for i in range(40))
+    answered = []
+    passes = 0
+    while b.hal.rx:
+        feeds = b.hal.feeds
+        b.app.poll()
+        passes += 1
+        assert b.hal.feeds == feeds + 1
+        now = [struct.unpack("<H", p[:2])[0] for t, p in b.new_packets() if t == wire.PKT_RESPONSE]
+        assert len(now) <= app.RX_PER_PASS // 16  # (a ping is 16 bytes or more on the wire)
+        answered += now
+    assert answered == list(range(100, 140)) and passes >= 10
