@@ -14,8 +14,8 @@
 //    reads slower than the board writes pauses the board;
 //  - fast-forward while the core sleeps (WFI/WFE) until its next alarm;
 //  - the PIO blocks stepped in system clock cycles (rp2040js runs them on a
-//    wall-clock timer), core 1 as core 0 sees it, and pads out of reset as
-//    the datasheet has them;
+//    wall-clock timer), core 1 as core 0 sees it, pads out of reset as the
+//    datasheet has them, and the UARTs' transmit interrupt as a PL011's;
 //  - the wiring to the plant: pins and ADC driven at board times, outputs'
 //    edges and PWM setpoints reported (board.py wires them to the plant).
 //
@@ -450,6 +450,29 @@ function withCore1(chip) {
   };
 }
 
+const UARTDR = 0x0;
+const UARTTXINTR = 1 << 5;
+
+/** A PL011's transmit interrupt, as the chip raises it. rp2040js raises it
+ * on every check and never lets it fall (its TX FIFO is a to-do), so a
+ * program that enables it (MicroPython's machine.UART does) never leaves
+ * its handler: `UART(0)` hung the core. A PL011 raises it when its TX FIFO
+ * falls to the trigger level, and a clear (ICR) holds until it falls there
+ * again; here each byte written is sent at once, so each write raises it. */
+function withUartTxInterrupt(uart) {
+  uart.checkInterrupts = () => {
+    uart.rp2040.setInterrupt(uart.irq, !!(uart.interruptStatus & uart.interruptMask));
+  };
+  const write = uart.writeUint32.bind(uart);
+  uart.writeUint32 = (offset, value) => {
+    write(offset, value);
+    if (offset === UARTDR) {
+      uart.interruptStatus |= UARTTXINTR;
+      uart.checkInterrupts();
+    }
+  };
+}
+
 // ---- the board ------------------------------------------------------------
 
 class Pico {
@@ -520,6 +543,7 @@ class Pico {
     chip.peripherals[0x40018] = ioqspi;
     chip.peripherals[0x40064] = new VregAndChipReset(chip, cause === 'power-on' ? HAD_POR : 0);
     withCore1(chip);
+    for (const uart of chip.uart) withUartTxInterrupt(uart);
     for (const pio of chip.pio) pio.run = () => {}; // stepped by the run loop, in cycles (stepPio)
     this.pioCycle = 0;
     this.pioDue = 0;
