@@ -36,9 +36,6 @@ TEST_TIMEOUT_S = 300
 
 # What fails on the emulated Pico and would not on a Pico, and why: the one list.
 EMULATOR_GAPS = {
-    "ports/rp2/rp2_dma.py": "rp2040js's DMA makes each transfer at once, taking no board time: a 16 kB copy it "
-                           "expects to take 30-80 us (one word a cycle, 33 us at 125 MHz) takes 9 us, the time of "
-                           "the code around it (the other seven DMA tests pass)",
     "ports/rp2/rp2_lightsleep_thread.py": "core 1 runs no code in the emulator (rp2040js emulates one core; the "
                                          "launch handshake is answered so that soft reset works): a thread "
                                          "started with _thread never runs",

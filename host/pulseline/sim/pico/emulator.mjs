@@ -15,7 +15,8 @@
 //  - fast-forward while the core sleeps (WFI/WFE) until its next alarm;
 //  - the PIO blocks stepped in system clock cycles (rp2040js runs them on a
 //    wall-clock timer), core 1 as core 0 sees it, pads out of reset as the
-//    datasheet has them, and the UARTs' transmit interrupt as a PL011's;
+//    datasheet has them, the UARTs' transmit interrupt as a PL011's, and
+//    DMA at one transfer a cycle;
 //  - the wiring to the plant: pins and ADC driven at board times, outputs'
 //    edges and PWM setpoints reported (board.py wires them to the plant).
 //
@@ -473,6 +474,25 @@ function withUartTxInterrupt(uart) {
   };
 }
 
+const TREQ_PERMANENT = 0x3f;
+
+/** DMA at the chip's pace: a channel makes one transfer a system clock cycle
+ * while its request is up. rp2040js makes each at once, so a 16 kB copy took
+ * no board time (MicroPython's rp2_dma.py expects 30-80 us: one word a
+ * cycle is 33 us at 125 MHz). */
+function withDmaPace(chip) {
+  for (const channel of chip.dma.channels) {
+    channel.scheduleTransfer = () => {
+      if (channel.dma.dreq[channel.treqValue] || channel.treqValue === TREQ_PERMANENT) {
+        channel.transferAlarm.schedule(NS_PER_CYCLE);
+      } else {
+        const delay = channel.dma.getTimer(channel.treqValue);
+        if (delay) channel.transferAlarm.schedule(delay * 1000);
+      }
+    };
+  }
+}
+
 // ---- the board ------------------------------------------------------------
 
 class Pico {
@@ -544,6 +564,7 @@ class Pico {
     chip.peripherals[0x40064] = new VregAndChipReset(chip, cause === 'power-on' ? HAD_POR : 0);
     withCore1(chip);
     for (const uart of chip.uart) withUartTxInterrupt(uart);
+    withDmaPace(chip);
     for (const pio of chip.pio) pio.run = () => {}; // stepped by the run loop, in cycles (stepPio)
     this.pioCycle = 0;
     this.pioDue = 0;
